@@ -1,0 +1,791 @@
+//! The store: opening and creating it, writing chunks with group commit,
+//! and reading them back verified.
+//!
+//! Write order is the durability contract: a chunk's frame is appended to a
+//! pack (visible to readers of this process at once), then a commit makes
+//! all appended frames durable with one `fdatasync` per touched pack, then
+//! records their locations in the index with one synced RocksDB write, and
+//! only then may a ref point at them. Concurrent committers share one
+//! commit (group commit), so durability costs one fsync per batch, not per
+//! chunk.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::blob::{BlobNodeCache, BlobWriter};
+use crate::chunker::Chunking;
+use crate::config::{OpenOptions, StoreConfig, MAX_CHUNK_LEN, MAX_FRAMES_PER_PACK};
+use crate::error::{Error, Result};
+use crate::frame;
+use crate::id::{ChunkId, ChunkKind};
+use crate::index::{ChunkLocation, IndexDb, OpenMode, RefValue};
+use crate::lease::{LeaseInfo, LeaseSet, Leases};
+use crate::node::{self, Node};
+use crate::pack::{self, ActivePack, PackId};
+use crate::refs::{validate_ref_name, RefExpectation};
+
+/// Name of the marker file that makes a directory a store.
+pub const MARKER_FILE: &str = "strata-store.json";
+/// Store format version written by this build.
+pub const STORE_VERSION: u32 = 1;
+const PACKS_DIR: &str = "packs";
+const INDEX_DIR: &str = "index";
+
+/// The marker file's contents.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Marker {
+    format: String,
+    version: u32,
+    created_unix: u64,
+    config: StoreConfig,
+}
+
+/// A handle to an open store. Cheap to clone; all clones share one store.
+/// Safe to use from many threads at once.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) home: PathBuf,
+    pub(crate) packs_dir: PathBuf,
+    pub(crate) config: StoreConfig,
+    pub(crate) options: OpenOptions,
+    pub(crate) index: IndexDb,
+    appender: Mutex<Appender>,
+    pending: Mutex<Pending>,
+    commit_lock: Mutex<()>,
+    durable_seq: AtomicU64,
+    write_failure: Mutex<Option<String>>,
+    chunk_cache: quick_cache::sync::Cache<ChunkId, Bytes, ByteWeight>,
+    pub(crate) blob_nodes: BlobNodeCache,
+    open_packs: quick_cache::sync::Cache<PackId, Arc<File>>,
+    pub(crate) leases: Leases,
+    refs_lock: Mutex<()>,
+    pub(crate) gc_lock: Mutex<()>,
+}
+
+#[derive(Clone)]
+struct ByteWeight;
+
+impl quick_cache::Weighter<ChunkId, Bytes> for ByteWeight {
+    fn weight(&self, _: &ChunkId, value: &Bytes) -> u64 {
+        value.len() as u64 + 64
+    }
+}
+
+/// The write side of the packs: the active pack and what awaits a commit.
+struct Appender {
+    active: Option<ActivePack>,
+    next_pack: PackId,
+    /// Appends so far; a chunk's sequence number orders it for commits.
+    seq: u64,
+    /// Sealed packs whose bytes are not yet synced.
+    unsynced: Vec<Arc<File>>,
+    /// Whether the active pack has bytes not yet synced.
+    active_dirty: bool,
+    /// Highest pack sealed since the last commit.
+    sealed_since_commit: Option<PackId>,
+}
+
+/// Chunks appended to a pack but not yet in the index.
+#[derive(Default)]
+struct Pending {
+    by_id: HashMap<ChunkId, (ChunkLocation, u64)>,
+    queue: Vec<(ChunkId, ChunkLocation)>,
+}
+
+/// What a `put` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub id: ChunkId,
+    /// False when the content was already stored (nothing was written).
+    pub written: bool,
+    /// Sequence number to commit through for this chunk to be durable.
+    pub(crate) seq: u64,
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Creates a new, empty store at `home`, which must not exist or be an
+    /// empty directory.
+    pub fn init(home: &Path, config: StoreConfig) -> Result<Store> {
+        config.validate()?;
+        match std::fs::read_dir(home) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    let reason = if home.join(MARKER_FILE).exists() {
+                        "a store already exists there"
+                    } else {
+                        "the directory is not empty"
+                    };
+                    return Err(Error::AlreadyExists {
+                        path: home.to_path_buf(),
+                        reason: reason.into(),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(home)
+                    .map_err(|e| Error::io(format!("creating {}", home.display()), e))?;
+            }
+            Err(e) => return Err(Error::io(format!("reading {}", home.display()), e)),
+        }
+        let packs_dir = home.join(PACKS_DIR);
+        std::fs::create_dir(&packs_dir)
+            .map_err(|e| Error::io(format!("creating {}", packs_dir.display()), e))?;
+        drop(IndexDb::open(
+            &home.join(INDEX_DIR),
+            OpenMode::Create,
+            8 << 20,
+        )?);
+        let marker = Marker {
+            format: "strata-cas".into(),
+            version: STORE_VERSION,
+            created_unix: now_nanos() / 1_000_000_000,
+            config,
+        };
+        let text = serde_json::to_vec_pretty(&marker)
+            .map_err(|e| Error::Invariant(format!("encoding the marker: {e}")))?;
+        write_durably(&home.join(MARKER_FILE), &text)?;
+        pack::sync_dir(home)?;
+        Store::open(home, OpenOptions::default())
+    }
+
+    /// Opens the store at `home`, recovering from any crash: torn pack
+    /// tails are cut off and frames that reached a pack but not the index
+    /// are indexed.
+    pub fn open(home: &Path, options: OpenOptions) -> Result<Store> {
+        let marker = read_marker(home)?;
+        let packs_dir = home.join(PACKS_DIR);
+        let index = IndexDb::open(
+            &home.join(INDEX_DIR),
+            OpenMode::Existing,
+            options.index_cache_bytes,
+        )?;
+        let (active, next_pack) = crate::recovery::recover_packs(&packs_dir, &index)?;
+        let inner = Inner {
+            home: home.to_path_buf(),
+            packs_dir,
+            config: marker.config,
+            chunk_cache: quick_cache::sync::Cache::with_weighter(
+                (options.chunk_cache_bytes / 65536).max(16) as usize,
+                options.chunk_cache_bytes,
+                ByteWeight,
+            ),
+            blob_nodes: BlobNodeCache::new(),
+            open_packs: quick_cache::sync::Cache::new(options.max_open_packs.max(4)),
+            options,
+            index,
+            appender: Mutex::new(Appender {
+                active,
+                next_pack,
+                seq: 0,
+                unsynced: Vec::new(),
+                active_dirty: false,
+                sealed_since_commit: None,
+            }),
+            pending: Mutex::new(Pending::default()),
+            commit_lock: Mutex::new(()),
+            durable_seq: AtomicU64::new(0),
+            write_failure: Mutex::new(None),
+            leases: Leases::default(),
+            refs_lock: Mutex::new(()),
+            gc_lock: Mutex::new(()),
+        };
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The store's directory.
+    pub fn home(&self) -> &Path {
+        &self.inner.home
+    }
+
+    /// The configuration fixed at `init`.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// Starts a write operation. Everything the writer puts or pins stays
+    /// alive (GC will not remove it) until the writer is dropped; `purpose`
+    /// names the operation in reports.
+    pub fn writer(&self, purpose: &str) -> Writer {
+        let (lease_id, lease) = self.inner.leases.acquire(purpose);
+        Writer {
+            store: self.clone(),
+            lease_id,
+            lease,
+            needs_seq: AtomicU64::new(0),
+        }
+    }
+
+    /// The bytes of chunk `id`, verified against its id.
+    pub fn get(&self, id: &ChunkId) -> Result<Bytes> {
+        self.inner.read_chunk(id).map(|(_, bytes)| bytes)
+    }
+
+    /// The bytes of chunk `id` with its kind.
+    pub fn get_with_kind(&self, id: &ChunkId) -> Result<(ChunkKind, Bytes)> {
+        self.inner.read_chunk(id)
+    }
+
+    /// Decodes node `id`.
+    pub fn get_node(&self, id: &ChunkId) -> Result<Node> {
+        let (kind, bytes) = self.inner.read_chunk(id)?;
+        if kind != ChunkKind::Node {
+            return Err(Error::wrong_kind(*id, kind, "a node"));
+        }
+        Node::decode(*id, &bytes)
+    }
+
+    /// Whether chunk `id` is stored (durably or awaiting commit), and where.
+    pub fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        self.inner.locate(id)
+    }
+
+    /// The ref called `name`.
+    pub fn get_ref(&self, name: &str) -> Result<Option<RefValue>> {
+        validate_ref_name(name)?;
+        self.inner.index.get_ref(name)
+    }
+
+    /// Refs whose names start with `prefix` (all with `""`).
+    pub fn list_refs(&self, prefix: &str) -> Result<Vec<(String, RefValue)>> {
+        self.inner.index.list_refs(prefix)
+    }
+
+    /// Points ref `name` at an existing chunk `root`, durably, if the ref's
+    /// current state matches `expect`.
+    pub fn set_ref(&self, name: &str, root: ChunkId, expect: RefExpectation) -> Result<RefValue> {
+        self.writer("set ref").set_ref(name, root, expect)
+    }
+
+    /// Deletes ref `name` durably if its state matches `expect`. What only
+    /// it reached becomes collectable.
+    pub fn delete_ref(&self, name: &str, expect: RefExpectation) -> Result<RefValue> {
+        validate_ref_name(name)?;
+        let _guard = self.inner.refs_lock.lock();
+        let current = self.inner.index.get_ref(name)?;
+        let Some(current) = current else {
+            return Err(Error::RefNotFound { name: name.into() });
+        };
+        expect.check(name, Some(&current))?;
+        self.inner.index.write_ref(name, None)?;
+        Ok(current)
+    }
+
+    /// The leases of operations in flight.
+    pub fn leases(&self) -> Vec<LeaseInfo> {
+        self.inner.leases.list()
+    }
+
+    /// Makes everything written so far durable.
+    pub fn commit(&self) -> Result<()> {
+        let target = self.inner.appender.lock().seq;
+        self.inner.commit_through(target)
+    }
+
+    /// The index database (for fsck, stats and damage tests).
+    #[doc(hidden)]
+    pub fn index(&self) -> &IndexDb {
+        &self.inner.index
+    }
+
+    /// The directory holding pack files.
+    pub fn packs_dir(&self) -> &Path {
+        &self.inner.packs_dir
+    }
+
+    /// Drops cached chunks and open pack files, so the next reads go to
+    /// the pack files on disk.
+    pub fn clear_cache(&self) {
+        self.inner.chunk_cache.clear();
+        self.inner.blob_nodes.clear();
+        self.inner.open_packs.clear();
+    }
+}
+
+/// A write operation in flight, holding a lease on everything it writes.
+/// Methods take `&self`, so one writer can be shared by many threads.
+pub struct Writer {
+    store: Store,
+    lease_id: u64,
+    lease: Arc<LeaseSet>,
+    needs_seq: AtomicU64,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.store.inner.leases.release(self.lease_id);
+    }
+}
+
+impl Writer {
+    /// The store written to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stores `bytes` as a data chunk. Writes nothing if the content is
+    /// already stored. Durable after [`Writer::commit`].
+    pub fn put_data(&self, bytes: &[u8]) -> Result<PutOutcome> {
+        self.put(ChunkKind::Data, bytes)
+    }
+
+    /// Stores a chunk whose id the caller already computed (the blob writer
+    /// hashes in parallel). `id` must be `ChunkId::compute(kind, bytes)`.
+    pub(crate) fn put_hashed(
+        &self,
+        id: ChunkId,
+        kind: ChunkKind,
+        bytes: &[u8],
+    ) -> Result<PutOutcome> {
+        debug_assert_eq!(id, ChunkId::compute(kind, bytes));
+        let outcome = self.store.inner.put_hashed(&self.lease, id, kind, bytes)?;
+        self.needs_seq.fetch_max(outcome.seq, Ordering::AcqRel);
+        Ok(outcome)
+    }
+
+    fn put(&self, kind: ChunkKind, bytes: &[u8]) -> Result<PutOutcome> {
+        if bytes.len() > MAX_CHUNK_LEN {
+            return Err(Error::ChunkTooLarge {
+                len: bytes.len(),
+                max: MAX_CHUNK_LEN,
+            });
+        }
+        self.put_hashed(ChunkId::compute(kind, bytes), kind, bytes)
+    }
+
+    /// Stores a node. Every chunk it links to must be in the store; the
+    /// node and its links are pinned before the links are checked, so none
+    /// of them can be collected once this returns.
+    pub fn put_node(&self, node: &Node) -> Result<PutOutcome> {
+        let bytes = node.encode()?;
+        if bytes.len() > MAX_CHUNK_LEN {
+            return Err(Error::ChunkTooLarge {
+                len: bytes.len(),
+                max: MAX_CHUNK_LEN,
+            });
+        }
+        let id = ChunkId::compute(ChunkKind::Node, &bytes);
+        self.store.inner.leases.touch(&self.lease, id);
+        for link in &node.links {
+            self.store.inner.leases.touch(&self.lease, *link);
+            if self.store.inner.locate(link)?.is_none() {
+                return Err(Error::DanglingLink {
+                    node: id,
+                    link: *link,
+                });
+            }
+        }
+        self.put_hashed(id, ChunkKind::Node, &bytes)
+    }
+
+    /// Pins an existing chunk (and what it links to) for the life of this
+    /// writer, e.g. a base tree a new structure will link to.
+    pub fn pin(&self, id: &ChunkId) -> Result<()> {
+        self.store.inner.leases.touch(&self.lease, *id);
+        match self.store.inner.locate(id)? {
+            Some(_) => Ok(()),
+            None => Err(Error::ChunkNotFound { id: *id }),
+        }
+    }
+
+    /// A streaming writer for one blob cut with `chunking`.
+    pub fn blob_writer(&self, chunking: Chunking) -> BlobWriter<'_> {
+        BlobWriter::new(self, chunking)
+    }
+
+    /// Reads `source` to its end and stores it as a blob.
+    pub fn write_blob(
+        &self,
+        source: &mut dyn std::io::Read,
+        chunking: Chunking,
+    ) -> Result<crate::blob::BlobInfo> {
+        use std::io::Write;
+        let mut blob = self.blob_writer(chunking);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("reading blob input", e)),
+            };
+            blob.write_all(&buf[..n])
+                .map_err(|e| match e.downcast::<Error>() {
+                    Ok(err) => err,
+                    Err(e) => Error::io("storing blob input", e),
+                })?;
+        }
+        blob.finish()
+    }
+
+    /// Makes everything this writer wrote durable (and whatever else was
+    /// appended before it: commits are shared).
+    pub fn commit(&self) -> Result<()> {
+        self.store
+            .inner
+            .commit_through(self.needs_seq.load(Ordering::Acquire))
+    }
+
+    /// Commits, then points ref `name` at `root` durably if the ref's
+    /// current state matches `expect`. Returns the new ref value.
+    pub fn set_ref(&self, name: &str, root: ChunkId, expect: RefExpectation) -> Result<RefValue> {
+        validate_ref_name(name)?;
+        self.commit()?;
+        let inner = &self.store.inner;
+        let _guard = inner.refs_lock.lock();
+        inner.leases.touch(&self.lease, root);
+        if inner.index.location(&root)?.is_none() {
+            return Err(Error::ChunkNotFound { id: root });
+        }
+        let current = inner.index.get_ref(name)?;
+        expect.check(name, current.as_ref())?;
+        let value = RefValue {
+            root,
+            generation: current.map_or(1, |c| c.generation + 1),
+            updated_unix_nanos: now_nanos(),
+        };
+        inner.index.write_ref(name, Some(&value))?;
+        inner.leases.touch_untracked(root);
+        Ok(value)
+    }
+}
+
+impl Inner {
+    fn check_writable(&self) -> Result<()> {
+        match self.write_failure.lock().as_ref() {
+            Some(reason) => Err(Error::WritesFailed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail_writes(&self, error: &Error) {
+        let mut failure = self.write_failure.lock();
+        if failure.is_none() {
+            tracing::error!(%error, "durability failure; the store stops accepting writes");
+            *failure = Some(error.to_string());
+        }
+    }
+
+    pub(crate) fn put_hashed(
+        &self,
+        lease: &LeaseSet,
+        id: ChunkId,
+        kind: ChunkKind,
+        bytes: &[u8],
+    ) -> Result<PutOutcome> {
+        self.check_writable()?;
+        // Touch before looking up: GC's sweep relies on this order.
+        self.leases.touch(lease, id);
+        if let Some((_, seq)) = self.pending.lock().by_id.get(&id) {
+            return Ok(PutOutcome {
+                id,
+                written: false,
+                seq: *seq,
+            });
+        }
+        if self.index.location(&id)?.is_some() {
+            return Ok(PutOutcome {
+                id,
+                written: false,
+                seq: 0,
+            });
+        }
+        let frame = frame::encode(id, kind, bytes, self.options.zstd_level);
+        self.append_frame(id, kind, &frame)
+    }
+
+    /// Appends an encoded frame unless the chunk is already awaiting commit.
+    pub(crate) fn append_frame(
+        &self,
+        id: ChunkId,
+        kind: ChunkKind,
+        frame_bytes: &[u8],
+    ) -> Result<PutOutcome> {
+        let (outcome, pending_count) = {
+            let mut appender = self.appender.lock();
+            let pending = self.pending.lock();
+            if let Some((_, seq)) = pending.by_id.get(&id) {
+                return Ok(PutOutcome {
+                    id,
+                    written: false,
+                    seq: *seq,
+                });
+            }
+            drop(pending);
+            let entry = self.append_locked(&mut appender, frame_bytes)?;
+            appender.seq += 1;
+            let seq = appender.seq;
+            let location = ChunkLocation {
+                pack: entry.0,
+                offset: entry.1.offset,
+                stored_len: entry.1.stored_len,
+                raw_len: entry.1.raw_len,
+                kind,
+            };
+            let mut pending = self.pending.lock();
+            pending.by_id.insert(id, (location, seq));
+            pending.queue.push((id, location));
+            let count = pending.queue.len();
+            drop(pending);
+            self.seal_if_full(&mut appender)?;
+            (
+                PutOutcome {
+                    id,
+                    written: true,
+                    seq,
+                },
+                count,
+            )
+        };
+        if pending_count >= self.options.max_pending_chunks {
+            self.commit_through(outcome.seq)?;
+        }
+        Ok(outcome)
+    }
+
+    fn append_locked(
+        &self,
+        appender: &mut Appender,
+        frame_bytes: &[u8],
+    ) -> Result<(PackId, pack::TrailerEntry)> {
+        if appender.active.is_none() {
+            let id = appender.next_pack;
+            // Reserve the number durably first, so it is never reused.
+            self.index.set_next_pack(PackId(id.0 + 1))?;
+            appender.next_pack = PackId(id.0 + 1);
+            appender.active = Some(ActivePack::create(&self.packs_dir, id)?);
+        }
+        let active = appender
+            .active
+            .as_mut()
+            .ok_or_else(|| Error::Invariant("no active pack after creating one".into()))?;
+        let entry = active
+            .append(frame_bytes)
+            .inspect_err(|e| self.fail_writes(e))?;
+        appender.active_dirty = true;
+        Ok((active.id(), entry))
+    }
+
+    fn seal_if_full(&self, appender: &mut Appender) -> Result<()> {
+        let full = appender.active.as_ref().is_some_and(|a| {
+            a.len() >= self.config.pack_target_bytes || a.frame_count() >= MAX_FRAMES_PER_PACK
+        });
+        if full {
+            if let Some(active) = appender.active.take() {
+                let id = active.id();
+                let file = active.seal().inspect_err(|e| self.fail_writes(e))?;
+                appender.unsynced.push(file);
+                appender.active_dirty = false;
+                appender.sealed_since_commit = Some(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every append up to sequence number `target` durable: data,
+    /// then index. Callers arriving while a commit runs wait for it and
+    /// usually find their chunks covered (group commit).
+    pub(crate) fn commit_through(&self, target: u64) -> Result<()> {
+        if self.durable_seq.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let _commit = self.commit_lock.lock();
+        if self.durable_seq.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        self.check_writable()?;
+        let (upto, files, entries, sealed_below) = {
+            let mut appender = self.appender.lock();
+            let mut files = std::mem::take(&mut appender.unsynced);
+            if appender.active_dirty {
+                if let Some(active) = &appender.active {
+                    files.push(Arc::clone(active.file()));
+                }
+                appender.active_dirty = false;
+            }
+            let entries = std::mem::take(&mut self.pending.lock().queue);
+            let sealed_below = appender.sealed_since_commit.take().map(|p| PackId(p.0 + 1));
+            (appender.seq, files, entries, sealed_below)
+        };
+        let result = (|| {
+            for file in &files {
+                file.sync_data()
+                    .map_err(|e| Error::io("syncing a pack file", e))?;
+            }
+            self.index.record_locations(&entries, sealed_below)
+        })();
+        if let Err(e) = result {
+            self.fail_writes(&e);
+            return Err(e);
+        }
+        {
+            let mut pending = self.pending.lock();
+            for (id, location) in &entries {
+                if pending.by_id.get(id).is_some_and(|(l, _)| l == location) {
+                    pending.by_id.remove(id);
+                }
+            }
+        }
+        self.durable_seq.store(upto, Ordering::Release);
+        Ok(())
+    }
+
+    /// The active pack's id, or the id the next pack will get: packs below
+    /// it are sealed.
+    pub(crate) fn active_pack_floor(&self) -> PackId {
+        let appender = self.appender.lock();
+        appender
+            .active
+            .as_ref()
+            .map_or(appender.next_pack, |a| a.id())
+    }
+
+    pub(crate) fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        if let Some((location, _)) = self.pending.lock().by_id.get(id) {
+            return Ok(Some(*location));
+        }
+        self.index.location(id)
+    }
+
+    pub(crate) fn read_chunk(&self, id: &ChunkId) -> Result<(ChunkKind, Bytes)> {
+        if let Some(bytes) = self.chunk_cache.get(id) {
+            // Only data chunks are cached (nodes are cached decoded).
+            return Ok((ChunkKind::Data, bytes));
+        }
+        let location = self.locate(id)?.ok_or(Error::ChunkNotFound { id: *id })?;
+        let bytes = match self.read_frame(id, &location) {
+            // GC may have moved the chunk to another pack between the lookup
+            // and the read; look it up once more.
+            Err(Error::PackMissing { .. }) => match self.locate(id)? {
+                Some(moved) if moved != location => self.read_frame(id, &moved)?,
+                _ => {
+                    return Err(Error::PackMissing {
+                        id: *id,
+                        pack: location.pack,
+                    })
+                }
+            },
+            other => other?,
+        };
+        if location.kind == ChunkKind::Data {
+            self.chunk_cache.insert(*id, bytes.clone());
+        }
+        Ok((location.kind, bytes))
+    }
+
+    /// Reads and verifies one frame.
+    pub(crate) fn read_frame(&self, id: &ChunkId, location: &ChunkLocation) -> Result<Bytes> {
+        let corrupt = |reason: String| Error::CorruptChunk {
+            id: *id,
+            pack: location.pack,
+            offset: location.offset,
+            reason,
+        };
+        let file = self.pack_file(id, location.pack)?;
+        let len = frame::FRAME_HEADER_LEN + location.stored_len as usize;
+        let mut buf = vec![0u8; len];
+        use std::os::unix::fs::FileExt;
+        if let Err(e) = file.read_exact_at(&mut buf, location.offset) {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                return Err(corrupt("the frame runs past the end of the pack".into()));
+            }
+            return Err(Error::io(format!("reading pack {}", location.pack), e));
+        }
+        let (header, bytes) = frame::decode(buf).map_err(corrupt)?;
+        if header.id != *id {
+            return Err(corrupt(format!(
+                "the index points at the frame of another chunk ({})",
+                header.id.short()
+            )));
+        }
+        if header.kind != location.kind {
+            return Err(corrupt("the frame's kind differs from the index".into()));
+        }
+        Ok(bytes)
+    }
+
+    fn pack_file(&self, id: &ChunkId, pack: PackId) -> Result<Arc<File>> {
+        self.open_packs
+            .get_or_insert_with(&pack, || match pack::open_pack(&self.packs_dir, pack) {
+                Ok(file) => Ok(Arc::new(file)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(Error::PackMissing { id: *id, pack })
+                }
+                Err(e) => Err(Error::io(format!("opening pack {pack}"), e)),
+            })
+    }
+
+    /// Forgets an open pack file (after GC deleted it).
+    pub(crate) fn forget_pack(&self, pack: PackId) {
+        self.open_packs.remove(&pack);
+    }
+
+    /// Reads the links of node `id` (for GC and fsck).
+    pub(crate) fn node_links(&self, id: &ChunkId) -> Result<Vec<ChunkId>> {
+        let (_, bytes) = self.read_chunk(id)?;
+        let links = node::links_of(*id, &bytes)?.collect();
+        Ok(links)
+    }
+}
+
+pub(crate) fn read_marker(home: &Path) -> Result<Marker> {
+    let path = home.join(MARKER_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotAStore {
+                path: home.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let marker: Marker = serde_json::from_slice(&text)
+        .map_err(|e| Error::InvalidConfig(format!("{} does not parse: {e}", path.display())))?;
+    if marker.format != "strata-cas" {
+        return Err(Error::NotAStore {
+            path: home.to_path_buf(),
+        });
+    }
+    if marker.version != STORE_VERSION {
+        return Err(Error::UnsupportedVersion {
+            path: home.to_path_buf(),
+            found: marker.version,
+            supported: STORE_VERSION,
+        });
+    }
+    marker.config.validate()?;
+    Ok(marker)
+}
+
+/// Writes a small file atomically and durably (temp file, fsync, rename).
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file =
+        File::create(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
+    Ok(())
+}

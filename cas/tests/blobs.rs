@@ -1,0 +1,287 @@
+//! Chunks and blobs: ids, dedup, round trips, ranged and streaming reads.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom};
+
+use cas::{ChunkId, ChunkKind, Chunking, Node, NodeType, RefExpectation, Store, StoreConfig};
+use common::*;
+
+#[test]
+fn chunk_ids_are_blake3_of_the_uncompressed_bytes() {
+    let (_dir, store) = new_store(StoreConfig::default());
+    let writer = store.writer("test");
+    let bytes = text_bytes(100_000, 1);
+    let outcome = writer.put_data(&bytes).unwrap();
+    assert_eq!(outcome.id.as_bytes(), blake3::hash(&bytes).as_bytes());
+    assert_eq!(store.get(&outcome.id).unwrap(), bytes);
+    // Compressible data is stored compressed.
+    let location = store.locate(&outcome.id).unwrap().unwrap();
+    assert!((location.stored_len as usize) < bytes.len() / 2);
+}
+
+#[test]
+fn putting_existing_content_writes_nothing_new() {
+    let (_dir, store) = new_store(StoreConfig::default());
+    let data = random_bytes(3 << 20, 2);
+    let writer = store.writer("first");
+    let first = writer
+        .write_blob(&mut &data[..], Chunking::ContentDefined)
+        .unwrap();
+    writer.commit().unwrap();
+    let before = pack_bytes(&store);
+    let chunks_before = store.stats().unwrap().chunks;
+
+    let writer = store.writer("second");
+    let second = writer
+        .write_blob(&mut &data[..], Chunking::ContentDefined)
+        .unwrap();
+    writer.commit().unwrap();
+    assert_eq!(first.id, second.id);
+    assert_eq!(second.new_chunks, 0);
+    assert_eq!(second.new_bytes, 0);
+    assert!(second.chunks > 10);
+    assert_eq!(pack_bytes(&store), before, "a duplicate put grew the packs");
+    assert_eq!(store.stats().unwrap().chunks, chunks_before);
+    let chunk = writer.put_data(b"once").unwrap();
+    assert!(chunk.written);
+    assert!(!writer.put_data(b"once").unwrap().written);
+}
+
+#[test]
+fn blobs_of_every_shape_round_trip() {
+    let (_dir, store) = new_store(small_config());
+    let writer = store.writer("shapes");
+    let mut zero_middle = random_bytes(50_000, 3);
+    zero_middle.extend(vec![0u8; 40_000]);
+    zero_middle.extend(random_bytes(50_000, 4));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("one byte", vec![7]),
+        ("one chunk", random_bytes(200, 5)),
+        ("many chunks, deep tree", random_bytes(600_000, 6)),
+        ("text", text_bytes(300_000, 7)),
+        ("all zeros", vec![0u8; 100_000]),
+        ("zeros in the middle", zero_middle),
+        (
+            "zeros at the end",
+            [random_bytes(9000, 8), vec![0u8; 70_000]].concat(),
+        ),
+    ];
+    for (name, data) in &cases {
+        for chunking in [Chunking::ContentDefined, Chunking::FixedSize] {
+            let info = writer.write_blob(&mut &data[..], chunking).unwrap();
+            assert_eq!(info.len, data.len() as u64, "{name}");
+            let back = read_blob(&store, &info.id).unwrap();
+            assert!(back == *data, "{name} ({chunking:?}) did not round-trip");
+        }
+    }
+    writer.commit().unwrap();
+}
+
+#[test]
+fn zero_chunks_are_holes_and_cost_nothing() {
+    let (_dir, store) = new_store(StoreConfig::default());
+    let writer = store.writer("memory image");
+    // 256 MiB "memory image" with one non-zero page in the middle.
+    let mut image = vec![0u8; 256 << 20];
+    image[100 << 20..(100 << 20) + 4096].copy_from_slice(&random_bytes(4096, 9));
+    let before = pack_bytes(&store);
+    let info = writer
+        .write_blob(&mut &image[..], Chunking::FixedSize)
+        .unwrap();
+    writer.commit().unwrap();
+    assert_eq!(info.chunks, 1);
+    assert_eq!(info.zero_bytes, (256 << 20) - 65536);
+    assert!(pack_bytes(&store) - before < 200_000);
+    let blob = store.blob(&info.id).unwrap();
+    let mut page = vec![1u8; 8192];
+    blob.read_at((100 << 20) - 4096, &mut page).unwrap();
+    assert!(page[..4096].iter().all(|&b| b == 0));
+    assert_eq!(&page[4096..], &image[100 << 20..(100 << 20) + 4096]);
+}
+
+#[test]
+fn ranged_reads_at_any_offset_match_the_source() {
+    let (_dir, store) = new_store(small_config());
+    let writer = store.writer("ranged");
+    let mut data = random_bytes(400_000, 10);
+    data[100_000..160_000].fill(0);
+    let info = writer
+        .write_blob(&mut &data[..], Chunking::ContentDefined)
+        .unwrap();
+    let blob = store.blob(&info.id).unwrap();
+    let mut x: u64 = 12345;
+    for _ in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let offset = (x % (data.len() as u64 + 100)) as usize;
+        let len = ((x >> 20) % 20_000) as usize;
+        let mut buf = vec![0xAAu8; len];
+        let n = blob.read_at(offset as u64, &mut buf).unwrap();
+        let expected = data
+            .get(offset..(offset + len).min(data.len()))
+            .unwrap_or(&[]);
+        assert_eq!(n, expected.len());
+        assert_eq!(&buf[..n], expected, "read at {offset}+{len}");
+    }
+}
+
+#[test]
+fn streaming_reader_reads_and_seeks() {
+    let (_dir, store) = new_store(small_config());
+    let writer = store.writer("stream");
+    let data = text_bytes(250_000, 11);
+    let info = writer
+        .write_blob(&mut &data[..], Chunking::ContentDefined)
+        .unwrap();
+    let mut reader = store.blob(&info.id).unwrap().reader();
+    let mut all = Vec::new();
+    reader.read_to_end(&mut all).unwrap();
+    assert_eq!(all, data);
+    reader.seek(SeekFrom::Start(123_456)).unwrap();
+    let mut piece = [0u8; 1000];
+    reader.read_exact(&mut piece).unwrap();
+    assert_eq!(&piece[..], &data[123_456..124_456]);
+    reader.seek(SeekFrom::End(-10)).unwrap();
+    let mut tail = Vec::new();
+    reader.read_to_end(&mut tail).unwrap();
+    assert_eq!(tail, &data[data.len() - 10..]);
+    assert!(reader.seek(SeekFrom::Current(-1_000_000)).is_err());
+}
+
+#[test]
+fn large_blobs_keep_every_node_bounded_by_the_fanout() {
+    let (_dir, store) = new_store(small_config());
+    let writer = store.writer("big");
+    // ~1,000 chunks with fanout 4: a tree five levels deep.
+    let data = random_bytes(1 << 20, 12);
+    let info = writer
+        .write_blob(&mut &data[..], Chunking::ContentDefined)
+        .unwrap();
+    writer.commit().unwrap();
+    let mut depth = 0;
+    let mut stack = vec![(info.id, 0)];
+    let mut nodes = 0;
+    while let Some((id, level)) = stack.pop() {
+        let (kind, _) = store.get_with_kind(&id).unwrap();
+        if kind == ChunkKind::Node {
+            let node = store.get_node(&id).unwrap();
+            assert!(
+                node.links.len() <= 4,
+                "node with {} entries",
+                node.links.len()
+            );
+            nodes += 1;
+            depth = depth.max(level);
+            stack.extend(node.links.iter().map(|l| (*l, level + 1)));
+        }
+    }
+    assert!(depth >= 4, "depth {depth}");
+    assert!(nodes > 250);
+    assert_eq!(read_blob(&store, &info.id).unwrap(), data);
+}
+
+#[test]
+fn wrong_ids_and_wrong_kinds_get_clear_errors() {
+    let (_dir, store) = new_store(StoreConfig::default());
+    let missing = ChunkId::compute(ChunkKind::Data, b"never stored");
+    assert!(matches!(
+        store.get(&missing),
+        Err(cas::Error::ChunkNotFound { .. })
+    ));
+    assert!(matches!(
+        store.blob(&missing),
+        Err(cas::Error::ChunkNotFound { .. })
+    ));
+    assert!(matches!(
+        "xyz".parse::<ChunkId>(),
+        Err(cas::Error::InvalidId { .. })
+    ));
+    let writer = store.writer("kinds");
+    let leaf = writer.put_data(b"leaf").unwrap().id;
+    let opaque = writer
+        .put_node(&Node::new(NodeType::OPAQUE, vec![leaf], b"x".to_vec()))
+        .unwrap()
+        .id;
+    // A non-blob node is not a blob.
+    assert!(matches!(
+        store.blob(&opaque),
+        Err(cas::Error::WrongKind { .. })
+    ));
+    // A node may not link to what is not stored.
+    let dangling = Node::new(NodeType::OPAQUE, vec![missing], vec![]);
+    assert!(matches!(
+        writer.put_node(&dangling),
+        Err(cas::Error::DanglingLink { .. })
+    ));
+    // Oversized chunks are refused.
+    let huge = vec![1u8; cas::MAX_CHUNK_LEN + 1];
+    assert!(matches!(
+        writer.put_data(&huge),
+        Err(cas::Error::ChunkTooLarge { .. })
+    ));
+}
+
+#[test]
+fn refs_compare_and_swap_and_survive_reopen() {
+    let (dir, store) = new_store(StoreConfig::default());
+    let writer = store.writer("refs");
+    let a = writer.put_data(b"a").unwrap().id;
+    let b = writer.put_data(b"b").unwrap().id;
+    let first = writer
+        .set_ref("image/a", a, RefExpectation::Absent)
+        .unwrap();
+    assert_eq!(first.generation, 1);
+    assert!(matches!(
+        writer.set_ref("image/a", b, RefExpectation::Absent),
+        Err(cas::Error::RefConflict { .. })
+    ));
+    let second = writer
+        .set_ref("image/a", b, RefExpectation::Generation(1))
+        .unwrap();
+    assert_eq!(second.generation, 2);
+    assert!(matches!(
+        writer.set_ref("image/a", a, RefExpectation::Generation(1)),
+        Err(cas::Error::RefConflict { .. })
+    ));
+    assert!(matches!(
+        writer.set_ref("../escape", a, RefExpectation::Any),
+        Err(cas::Error::InvalidRefName { .. })
+    ));
+    let missing = ChunkId::compute(ChunkKind::Data, b"missing");
+    assert!(matches!(
+        writer.set_ref("image/b", missing, RefExpectation::Any),
+        Err(cas::Error::ChunkNotFound { .. })
+    ));
+    drop(writer);
+    drop(store);
+    let store = Store::open(&dir.path().join("store"), cas::OpenOptions::default()).unwrap();
+    assert_eq!(store.get_ref("image/a").unwrap().unwrap().root, b);
+    assert_eq!(store.get(&b).unwrap(), &b"b"[..]);
+    assert!(store.get_ref("image/b").unwrap().is_none());
+}
+
+#[test]
+fn opening_what_is_not_a_store_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::open(dir.path(), cas::OpenOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, cas::Error::NotAStore { .. }));
+    assert!(err.to_string().contains("snapctl store init"));
+    std::fs::write(dir.path().join("file"), b"x").unwrap();
+    assert!(matches!(
+        Store::init(dir.path(), StoreConfig::default()),
+        Err(cas::Error::AlreadyExists { .. })
+    ));
+    let (dir2, store) = new_store(StoreConfig::default());
+    let again = Store::open(&dir2.path().join("store"), cas::OpenOptions::default());
+    assert!(
+        matches!(again, Err(cas::Error::Locked { .. })),
+        "{:?}",
+        again.err()
+    );
+    drop(store);
+}
