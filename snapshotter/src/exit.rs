@@ -1,0 +1,71 @@
+//! Exit codes: each failure kind has its own, so scripts can react.
+
+use std::process::ExitCode;
+
+use cas::ErrorClass;
+
+/// Success.
+pub const OK: u8 = 0;
+/// A failure that fits no other class.
+pub const FAILURE: u8 = 1;
+// 2 is clap's code for a command-line usage error.
+/// The id, ref or file asked for does not exist.
+pub const NOT_FOUND: u8 = 3;
+/// No store at the data directory, or it is in use, or of another version.
+pub const STORE_UNAVAILABLE: u8 = 4;
+/// Stored data failed verification, or fsck found damage.
+pub const CORRUPTION: u8 = 5;
+/// The operating system failed an operation (disk full, permissions).
+pub const IO_ERROR: u8 = 6;
+/// The input was invalid (malformed id, bad ref name, ref conflict).
+pub const INVALID_INPUT: u8 = 7;
+
+/// Shown at the end of `snapctl --help`.
+pub const HELP: &str = "\
+Exit codes: 0 success, 1 other failure, 2 usage error, 3 not found,
+4 store missing/in use/wrong version, 5 corruption found, 6 I/O error,
+7 invalid input.
+The data directory is --home, else $STRATA_HOME, else /var/lib/strata (root)
+or ~/.local/share/strata. Set STRATA_LOG=info (or debug) for logs on stderr.";
+
+/// The exit code for an error: the class of the first `cas::Error` in its
+/// chain, or of an I/O error.
+pub fn code_for(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<cas::Error>() {
+            return match e.class() {
+                ErrorClass::NotFound => NOT_FOUND,
+                ErrorClass::InvalidInput => INVALID_INPUT,
+                ErrorClass::StoreUnavailable => STORE_UNAVAILABLE,
+                ErrorClass::Corruption => CORRUPTION,
+                ErrorClass::Io => IO_ERROR,
+                ErrorClass::Internal => FAILURE,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<std::io::Error>() {
+            return if e.kind() == std::io::ErrorKind::NotFound {
+                NOT_FOUND
+            } else {
+                IO_ERROR
+            };
+        }
+    }
+    FAILURE
+}
+
+/// A short name for the error class, for `--json` output.
+pub fn kind_name(code: u8) -> &'static str {
+    match code {
+        NOT_FOUND => "not_found",
+        STORE_UNAVAILABLE => "store_unavailable",
+        CORRUPTION => "corruption",
+        IO_ERROR => "io",
+        INVALID_INPUT => "invalid_input",
+        _ => "failure",
+    }
+}
+
+/// Wraps a code for `main`.
+pub fn code(code: u8) -> ExitCode {
+    ExitCode::from(code)
+}

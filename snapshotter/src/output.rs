@@ -1,0 +1,160 @@
+//! How results and errors reach the user: text for people, JSON for
+//! programs, progress bars only on a terminal.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::exit;
+
+/// The output mode of one invocation.
+pub struct Output {
+    json: bool,
+    interactive: bool,
+}
+
+impl Output {
+    /// `json` selects JSON on stdout; progress bars appear only when
+    /// stdout and stderr are terminals and JSON is off.
+    pub fn new(json: bool) -> Output {
+        let interactive =
+            !json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+        Output { json, interactive }
+    }
+
+    /// Whether JSON output was asked for.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// Prints a result: `value` as JSON, or `human` as text.
+    pub fn print<T: Serialize>(
+        &self,
+        value: &T,
+        human: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        if self.json {
+            serde_json::to_writer_pretty(&mut stdout, value)?;
+            writeln!(stdout)?;
+        } else {
+            let text = human();
+            if !text.is_empty() {
+                writeln!(stdout, "{text}")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A note for people on stderr (suppressed with `--json`).
+    pub fn note(&self, text: &str) {
+        if !self.json {
+            eprintln!("{text}");
+        }
+    }
+
+    /// A byte-count progress bar (hidden unless interactive).
+    pub fn bytes_bar(&self, total: Option<u64>, what: &str) -> ProgressBar {
+        if !self.interactive {
+            return ProgressBar::hidden();
+        }
+        let bar = match total {
+            Some(total) => ProgressBar::new(total),
+            None => ProgressBar::no_length(),
+        };
+        let template = if total.is_some() {
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+        } else {
+            "{msg} {spinner} {bytes} {bytes_per_sec}"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_string());
+        bar
+    }
+
+    /// A spinner with a message (hidden unless interactive).
+    pub fn spinner(&self, what: &str) -> ProgressBar {
+        if !self.interactive {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar.set_message(what.to_string());
+        bar
+    }
+
+    /// Reports an error and returns the exit code for it.
+    pub fn fail(&self, error: &anyhow::Error) -> ExitCode {
+        let code = exit::code_for(error);
+        if self.json {
+            let value = serde_json::json!({
+                "error": {
+                    "kind": exit::kind_name(code),
+                    "message": format!("{error:#}"),
+                }
+            });
+            println!("{value}");
+        } else {
+            eprintln!("snapctl: error: {error:#}");
+        }
+        exit::code(code)
+    }
+}
+
+/// Bytes in binary units for people: `1.5 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Parses a size such as `32MiB`, `64M`, `1g` or `4096`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (try 32MiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown size unit '{other}' (use K, M or G)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!(parse_size("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("").is_err());
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12), "12 B");
+    }
+}

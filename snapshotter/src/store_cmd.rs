@@ -1,0 +1,162 @@
+//! `snapctl store init|stats|fsck|gc`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cas::{FsckOptions, OpenOptions, Store, StoreConfig};
+use clap::Subcommand;
+
+use crate::exit;
+use crate::output::{human_bytes, parse_size, Output};
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Create a new, empty store in the data directory.
+    Init {
+        /// Size at which pack files are sealed (16MiB..64MiB recommended).
+        #[arg(long, default_value = "32MiB", value_parser = parse_size)]
+        pack_size: u64,
+    },
+    /// Show what the store holds and how much space it takes.
+    Stats,
+    /// Check packs, frames, index and refs; name every damaged chunk.
+    Fsck {
+        /// Check frame checksums only, without decompressing and hashing
+        /// every chunk.
+        #[arg(long)]
+        quick: bool,
+        /// Rebuild the chunk index from the pack trailers and frames first
+        /// (also repairs an index that no longer opens).
+        #[arg(long)]
+        rebuild_index: bool,
+    },
+    /// Remove chunks no ref reaches and compact mostly-dead packs.
+    Gc,
+}
+
+/// Opens the store for a command, with context for the error message.
+pub fn open(home: &Path) -> anyhow::Result<Store> {
+    Store::open(home, OpenOptions::default())
+        .with_context(|| format!("opening the store at {}", home.display()))
+}
+
+pub fn run(cmd: StoreCommand, home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
+    match cmd {
+        StoreCommand::Init { pack_size } => {
+            let config = StoreConfig {
+                pack_target_bytes: pack_size,
+                ..StoreConfig::default()
+            };
+            let store = Store::init(home, config)
+                .with_context(|| format!("creating a store at {}", home.display()))?;
+            let value = serde_json::json!({
+                "home": store.home(),
+                "config": store.config(),
+            });
+            out.print(&value, || {
+                format!("created an empty store at {}", home.display())
+            })?;
+        }
+        StoreCommand::Stats => {
+            let store = open(home)?;
+            let stats = store.stats()?;
+            let value = serde_json::json!({ "home": home, "stats": stats });
+            out.print(&value, || {
+                format!(
+                    "store    {}\nchunks   {} ({} data, {} nodes)\ndata     {} raw, {} stored ({:.2}x compression)\npacks    {} files, {}\nrefs     {}",
+                    home.display(),
+                    stats.chunks,
+                    stats.data_chunks,
+                    stats.node_chunks,
+                    human_bytes(stats.raw_bytes),
+                    human_bytes(stats.stored_bytes),
+                    stats.compression_ratio(),
+                    stats.packs,
+                    human_bytes(stats.pack_bytes),
+                    stats.refs,
+                )
+            })?;
+        }
+        StoreCommand::Fsck {
+            quick,
+            rebuild_index,
+        } => return fsck(home, quick, rebuild_index, out),
+        StoreCommand::Gc => {
+            let store = open(home)?;
+            let spinner = out.spinner("collecting garbage");
+            let report = store.gc()?;
+            spinner.finish_and_clear();
+            out.print(&report, || {
+                format!(
+                    "{} chunks reachable; swept {} chunks ({}); deleted {} packs, compacted {} (moved {} chunks); freed {} in {} ms",
+                    report.reachable_chunks,
+                    report.swept_chunks,
+                    human_bytes(report.swept_bytes),
+                    report.packs_deleted,
+                    report.packs_compacted,
+                    report.chunks_relocated,
+                    human_bytes(report.bytes_reclaimed),
+                    report.millis
+                )
+            })?;
+        }
+    }
+    Ok(exit::code(exit::OK))
+}
+
+fn fsck(home: &Path, quick: bool, rebuild_index: bool, out: &Output) -> anyhow::Result<ExitCode> {
+    let spinner = out.spinner("checking");
+    let progress = |what: &str, n: u64| spinner.set_message(format!("{what} {n}"));
+    let mut rebuilt = None;
+    let store = if rebuild_index {
+        let store = cas::repair_index(home, &progress)
+            .with_context(|| format!("rebuilding the index of {}", home.display()))?;
+        rebuilt = Some(store.stats()?.chunks);
+        store
+    } else {
+        open(home)?
+    };
+    let report = store.fsck(
+        FsckOptions {
+            verify_data: !quick,
+        },
+        &progress,
+    )?;
+    spinner.finish_and_clear();
+    let value = serde_json::json!({
+        "clean": report.is_clean(),
+        "rebuilt_index_chunks": rebuilt,
+        "report": report,
+    });
+    out.print(&value, || {
+        let mut text = String::new();
+        if let Some(n) = rebuilt {
+            text.push_str(&format!("rebuilt the index from packs: {n} chunks\n"));
+        }
+        text.push_str(&format!(
+            "checked {} packs, {} frames, {} indexed chunks, {} refs reaching {} chunks ({} unindexed frames awaiting gc)\n",
+            report.packs,
+            report.frames,
+            report.indexed_chunks,
+            report.refs,
+            report.reachable_chunks,
+            report.unindexed_frames
+        ));
+        if report.is_clean() {
+            text.push_str("clean");
+        } else {
+            text.push_str(&format!("{} problems:\n", report.problems.len()));
+            for problem in &report.problems {
+                text.push_str(&format!("  {problem}\n"));
+            }
+            text.push_str("run `snapctl store fsck --rebuild-index` if the index is damaged; damaged chunks must be restored from another copy");
+        }
+        text
+    })?;
+    Ok(exit::code(if report.is_clean() {
+        exit::OK
+    } else {
+        exit::CORRUPTION
+    }))
+}
