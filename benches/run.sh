@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs Strata's benchmarks side by side with the alternatives and updates
+# benches/RESULTS.md.
+#   benches/run.sh cas [--runs N] [--inputs usr,debian,random] ...
+# Installs casync, zstd, b3sum and debootstrap, and builds the Debian root
+# filesystem fixtures once (cached under $STRATA_FIXTURES). Needs root (to
+# drop the page cache for cold reads and to run debootstrap).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh casync zstd b3sum debootstrap
+bench=${1:-cas}
+shift || true
+case "$bench" in
+    cas)
+        fixtures/debian-rootfs.sh bookworm-minbase bookworm-buildd
+        cargo build --release --locked -p strata-benches
+        exec target/release/strata-bench cas "$@"
+        ;;
+    *)
+        echo "unknown benchmark '$bench' (known: cas)" >&2
+        exit 2
+        ;;
+esac

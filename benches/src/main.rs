@@ -1,0 +1,44 @@
+//! `strata-bench`: Strata's benchmarks and demo.
+//!
+//! Every benchmark runs Strata side by side with what a user would use
+//! instead, in the same run, on the same input, and writes its section of
+//! `benches/RESULTS.md` with the machine and the date.
+
+mod cas_bench;
+mod demo;
+mod machine;
+mod report;
+mod tools;
+mod tree;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "strata-bench", about = "Strata benchmarks and demo")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingest a directory tree into a fresh store, read it back, verify it
+    /// and print throughput and dedup ratio.
+    Demo {
+        /// The tree to ingest.
+        #[arg(default_value = "/usr/share")]
+        dir: PathBuf,
+    },
+    /// The chunk-store benchmark: Strata vs casync vs the raw zstd+b3sum
+    /// pipeline on /usr, Debian root filesystems and random data.
+    Cas(cas_bench::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Demo { dir } => demo::run(&dir),
+        Command::Cas(args) => cas_bench::run(args),
+    }
+}
