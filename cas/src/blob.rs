@@ -307,6 +307,29 @@ impl<'w> BlobWriter<'w> {
         Ok(self.writer.put_node(&node.to_node())?.id)
     }
 
+    /// Reads `source` to its end straight into the chunking buffer (no
+    /// intermediate copy), storing chunks as batches fill. Read sizes start
+    /// small and grow, so small files cost small buffers.
+    pub fn read_from(&mut self, source: &mut dyn Read) -> Result<u64> {
+        let mut total = 0u64;
+        let mut want = 16u64 << 10;
+        loop {
+            // `read_to_end` on a `take` appends without zero-filling first
+            // and retries interrupted reads.
+            let n = Read::take(&mut *source, want)
+                .read_to_end(&mut self.buf)
+                .map_err(|e| Error::io("reading blob input", e))?;
+            total += n as u64;
+            if self.buf.len() >= BATCH_BYTES + self.chunker.max_chunk_len() {
+                self.process(false)?;
+            }
+            if (n as u64) < want {
+                return Ok(total);
+            }
+            want = (want * 2).min(1 << 20);
+        }
+    }
+
     /// Stores what remains and the blob's index nodes; returns the blob.
     /// The blob is durable after the writer commits.
     pub fn finish(mut self) -> Result<BlobInfo> {

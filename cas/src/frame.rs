@@ -124,10 +124,15 @@ const MIN_COMPRESS_LEN: usize = 128;
 /// compressing with zstd when that makes the chunk smaller.
 pub fn encode(id: ChunkId, kind: ChunkKind, raw: &[u8], zstd_level: i32) -> Vec<u8> {
     debug_assert!(raw.len() <= MAX_CHUNK_LEN);
-    let mut frame = Vec::new();
+    let bound = if raw.len() >= MIN_COMPRESS_LEN {
+        zstd::zstd_safe::compress_bound(raw.len())
+    } else {
+        raw.len()
+    };
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + bound.max(raw.len()));
+    frame.resize(FRAME_HEADER_LEN, 0);
     if raw.len() >= MIN_COMPRESS_LEN {
-        let bound = zstd::zstd_safe::compress_bound(raw.len());
-        frame.resize(FRAME_HEADER_LEN + bound, 0);
+        // Compress straight after the header, into uninitialised capacity.
         let compressed = COMPRESSOR.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.as_ref().map(|(level, _)| *level) != Some(zstd_level) {
@@ -136,19 +141,17 @@ pub fn encode(id: ChunkId, kind: ChunkKind, raw: &[u8], zstd_level: i32) -> Vec<
                     .map(|c| (zstd_level, c));
             }
             let (_, compressor) = slot.as_mut()?;
-            compressor
-                .compress_to_buffer(raw, &mut frame[FRAME_HEADER_LEN..])
-                .ok()
+            let mut out = std::io::Cursor::new(&mut frame);
+            out.set_position(FRAME_HEADER_LEN as u64);
+            compressor.compress_to_buffer(raw, &mut out).ok()
         });
         if let Some(len) = compressed.filter(|&len| len < raw.len()) {
-            frame.truncate(FRAME_HEADER_LEN + len);
+            debug_assert_eq!(frame.len(), FRAME_HEADER_LEN + len);
             write_header(&mut frame, id, kind, Codec::Zstd, raw.len());
             return frame;
         }
-        frame.clear();
+        frame.truncate(FRAME_HEADER_LEN);
     }
-    frame.reserve_exact(FRAME_HEADER_LEN + raw.len());
-    frame.resize(FRAME_HEADER_LEN, 0);
     frame.extend_from_slice(raw);
     write_header(&mut frame, id, kind, Codec::Raw, raw.len());
     frame
@@ -207,8 +210,10 @@ pub fn check(frame: &[u8]) -> Result<FrameHeader, String> {
 
 /// Decodes a zstd payload whose crc has been checked.
 fn decode_zstd(header: &FrameHeader, payload: &[u8]) -> Result<Vec<u8>, String> {
-    let mut raw = vec![0u8; header.raw_len as usize];
-    let written = DECOMPRESSOR.with(|cell| {
+    // Decode into uninitialised capacity of exactly the promised length; a
+    // payload that would decode to more fails instead of growing the buffer.
+    let mut raw = Vec::with_capacity(header.raw_len as usize);
+    DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(
@@ -218,13 +223,14 @@ fn decode_zstd(header: &FrameHeader, payload: &[u8]) -> Result<Vec<u8>, String> 
         }
         let decoder = slot.as_mut().ok_or("zstd decoder unavailable")?;
         decoder
-            .decompress_to_buffer(payload, &mut raw[..])
+            .decompress_to_buffer(payload, &mut raw)
             .map_err(|e| format!("zstd payload does not decode: {e}"))
     })?;
-    if written != raw.len() {
+    if raw.len() != header.raw_len as usize {
         return Err(format!(
-            "zstd payload decodes to {written} bytes, header says {}",
-            raw.len()
+            "zstd payload decodes to {} bytes, header says {}",
+            raw.len(),
+            header.raw_len
         ));
     }
     Ok(raw)

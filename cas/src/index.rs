@@ -137,6 +137,9 @@ fn db_options(cache: &Cache) -> Options {
     opts.set_max_log_file_size(8 << 20);
     opts.set_paranoid_checks(true);
     opts.increase_parallelism(2);
+    // Bounded memtables (RocksDB's default is 64 MiB each).
+    opts.set_write_buffer_size(16 << 20);
+    opts.set_max_write_buffer_number(2);
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     table.set_bloom_filter(10.0, false);
@@ -386,6 +389,16 @@ impl IndexDb {
         let mut batch = WriteBatch::default();
         batch.put_cf(&cf, id.as_bytes(), value);
         self.sync_write(batch, "overwriting an index entry")
+    }
+}
+
+impl Drop for IndexDb {
+    /// Flushes memtables on a clean close, so the next open does not replay
+    /// the log into memory. Losing this flush loses nothing: the log has it.
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "could not flush the index on close");
+        }
     }
 }
 

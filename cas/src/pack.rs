@@ -444,6 +444,21 @@ impl ActivePack {
     }
 }
 
+/// Starts writing back `len` bytes of `file` from `offset` (0: to the end)
+/// without waiting for them. Purely an optimisation: durability still comes
+/// from the commit's `fdatasync`, so a failure here is ignored.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is
+    // valid for as long as `file` is borrowed, and no memory is passed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
 /// Makes a directory's entries durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

@@ -95,7 +95,17 @@ struct Appender {
     active_dirty: bool,
     /// Highest pack sealed since the last commit.
     sealed_since_commit: Option<PackId>,
+    /// Offset in the active pack up to which write-back has been started.
+    writeback_from: u64,
 }
+
+/// Bytes appended before their write-back to disk is started, so a commit
+/// finds most of them already written instead of flushing everything at
+/// once (RocksDB's `bytes_per_sync`, for packs).
+const WRITEBACK_BYTES: u64 = 8 << 20;
+
+/// A range of a pack whose write-back should be started.
+type Writeback = Option<(Arc<File>, u64, u64)>;
 
 /// Chunks appended to a pack but not yet in the index.
 #[derive(Default)]
@@ -199,6 +209,7 @@ impl Store {
                 unsynced: Vec::new(),
                 active_dirty: false,
                 sealed_since_commit: None,
+                writeback_from: 0,
             }),
             pending: Mutex::new(Pending::default()),
             commit_lock: Mutex::new(()),
@@ -419,22 +430,8 @@ impl Writer {
         source: &mut dyn std::io::Read,
         chunking: Chunking,
     ) -> Result<crate::blob::BlobInfo> {
-        use std::io::Write;
         let mut blob = self.blob_writer(chunking);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = match source.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("reading blob input", e)),
-            };
-            blob.write_all(&buf[..n])
-                .map_err(|e| match e.downcast::<Error>() {
-                    Ok(err) => err,
-                    Err(e) => Error::io("storing blob input", e),
-                })?;
-        }
+        blob.read_from(source)?;
         blob.finish()
     }
 
@@ -454,6 +451,12 @@ impl Writer {
         let inner = &self.store.inner;
         let _guard = inner.refs_lock.lock();
         inner.leases.touch(&self.lease, root);
+        // The root may have been written by another writer and still await
+        // its commit; everything appended before it commits with it.
+        let pending = inner.pending.lock().by_id.get(&root).map(|(_, seq)| *seq);
+        if let Some(seq) = pending {
+            inner.commit_through(seq)?;
+        }
         if inner.index.location(&root)?.is_none() {
             return Err(Error::ChunkNotFound { id: root });
         }
@@ -521,7 +524,7 @@ impl Inner {
         kind: ChunkKind,
         frame_bytes: &[u8],
     ) -> Result<PutOutcome> {
-        let (outcome, pending_count) = {
+        let (outcome, pending_count, writeback) = {
             let mut appender = self.appender.lock();
             let pending = self.pending.lock();
             if let Some((_, seq)) = pending.by_id.get(&id) {
@@ -547,7 +550,7 @@ impl Inner {
             pending.queue.push((id, location));
             let count = pending.queue.len();
             drop(pending);
-            self.seal_if_full(&mut appender)?;
+            let writeback = self.seal_if_full(&mut appender)?;
             (
                 PutOutcome {
                     id,
@@ -555,8 +558,13 @@ impl Inner {
                     seq,
                 },
                 count,
+                writeback,
             )
         };
+        // Outside the lock: starting write-back may wait for the device.
+        if let Some((file, offset, len)) = writeback {
+            pack::start_writeback(&file, offset, len);
+        }
         if pending_count >= self.options.max_pending_chunks {
             self.commit_through(outcome.seq)?;
         }
@@ -586,20 +594,34 @@ impl Inner {
         Ok((active.id(), entry))
     }
 
-    fn seal_if_full(&self, appender: &mut Appender) -> Result<()> {
-        let full = appender.active.as_ref().is_some_and(|a| {
-            a.len() >= self.config.pack_target_bytes || a.frame_count() >= MAX_FRAMES_PER_PACK
-        });
-        if full {
-            if let Some(active) = appender.active.take() {
-                let id = active.id();
-                let file = active.seal().inspect_err(|e| self.fail_writes(e))?;
-                appender.unsynced.push(file);
-                appender.active_dirty = false;
-                appender.sealed_since_commit = Some(id);
+    /// Seals the active pack once it is full; returns a range whose
+    /// write-back should start (the rest of a sealed pack, or the last
+    /// `WRITEBACK_BYTES` of the active one).
+    fn seal_if_full(&self, appender: &mut Appender) -> Result<Writeback> {
+        let Some(active) = appender.active.as_ref() else {
+            return Ok(None);
+        };
+        let full = active.len() >= self.config.pack_target_bytes
+            || active.frame_count() >= MAX_FRAMES_PER_PACK;
+        let from = appender.writeback_from;
+        if !full {
+            if active.len() - from < WRITEBACK_BYTES {
+                return Ok(None);
             }
+            appender.writeback_from = active.len();
+            return Ok(Some((Arc::clone(active.file()), from, active.len() - from)));
         }
-        Ok(())
+        let Some(active) = appender.active.take() else {
+            return Ok(None);
+        };
+        let id = active.id();
+        let file = active.seal().inspect_err(|e| self.fail_writes(e))?;
+        appender.unsynced.push(Arc::clone(&file));
+        appender.active_dirty = false;
+        appender.sealed_since_commit = Some(id);
+        appender.writeback_from = 0;
+        // Length 0: through the end of the file, trailer included.
+        Ok(Some((file, from, 0)))
     }
 
     /// Makes every append up to sequence number `target` durable: data,
@@ -627,12 +649,22 @@ impl Inner {
             let sealed_below = appender.sealed_since_commit.take().map(|p| PackId(p.0 + 1));
             (appender.seq, files, entries, sealed_below)
         };
+        let started = std::time::Instant::now();
         let result = (|| {
             for file in &files {
                 file.sync_data()
                     .map_err(|e| Error::io("syncing a pack file", e))?;
             }
-            self.index.record_locations(&entries, sealed_below)
+            let synced = started.elapsed();
+            self.index.record_locations(&entries, sealed_below)?;
+            tracing::debug!(
+                chunks = entries.len(),
+                packs = files.len(),
+                sync_ms = synced.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "commit"
+            );
+            Ok(())
         })();
         if let Err(e) = result {
             self.fail_writes(&e);

@@ -1,0 +1,121 @@
+//! Many readers and writers at once.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use cas::{Chunking, FsckOptions, OpenOptions, RefExpectation, Store, StoreConfig};
+use common::*;
+
+fn content(seed: u64) -> Vec<u8> {
+    let len = 5_000 + (seed % 7) as usize * 40_000;
+    if seed % 3 == 0 {
+        text_bytes(len, seed)
+    } else {
+        random_bytes(len, seed)
+    }
+}
+
+#[test]
+fn readers_and_writers_at_once_see_only_correct_bytes() {
+    let (dir, store) = new_store(small_config());
+    let written: Arc<Mutex<Vec<(cas::ChunkId, u64)>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4u64)
+        .map(|r| {
+            let store = store.clone();
+            let written = Arc::clone(&written);
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                let mut x = r + 1;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                    let pick = {
+                        let list = written.lock().unwrap();
+                        if list.is_empty() {
+                            None
+                        } else {
+                            x = x
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            Some(list[(x >> 33) as usize % list.len()])
+                        }
+                    };
+                    if let Some((id, seed)) = pick {
+                        // Most of these chunks are not committed yet.
+                        assert_eq!(read_blob(&store, &id).unwrap(), content(seed));
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let store = store.clone();
+            let written = Arc::clone(&written);
+            std::thread::spawn(move || {
+                let writer = store.writer("concurrent writer");
+                for i in 0..40u64 {
+                    // Overlapping seeds: writers race to store the same content.
+                    let seed = (w * 17 + i * 5) % 60;
+                    let info = writer
+                        .write_blob(&mut &content(seed)[..], Chunking::ContentDefined)
+                        .unwrap();
+                    written.lock().unwrap().push((info.id, seed));
+                    if i % 10 == 9 {
+                        writer
+                            .set_ref(&format!("w{w}/{i}"), info.id, RefExpectation::Absent)
+                            .unwrap();
+                    }
+                }
+                writer.commit().unwrap();
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writer panicked");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        assert!(reader.join().expect("reader panicked") > 0);
+    }
+    let list = written.lock().unwrap().clone();
+    drop(store);
+    let store = Store::open(&dir.path().join("store"), OpenOptions::default()).unwrap();
+    for (id, seed) in &list {
+        assert_eq!(read_blob(&store, id).unwrap(), content(*seed));
+    }
+    let report = store.fsck(FsckOptions::default(), &|_, _| {}).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+#[test]
+fn racing_puts_of_the_same_content_store_it_once() {
+    let (_dir, store) = new_store(StoreConfig::default());
+    let data = Arc::new(random_bytes(4 << 20, 99));
+    let ids: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            let data = Arc::clone(&data);
+            std::thread::spawn(move || {
+                let writer = store.writer("racer");
+                let info = writer
+                    .write_blob(&mut &data[..], Chunking::ContentDefined)
+                    .unwrap();
+                writer.commit().unwrap();
+                info.id
+            })
+        })
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]));
+    // One copy (plus frame headers and the blob's node), not eight.
+    let stored = pack_bytes(&store);
+    assert!(
+        stored < data.len() as u64 + (1 << 20),
+        "stored {stored} bytes for a 4 MiB blob"
+    );
+    assert_eq!(read_blob(&store, &ids[0]).unwrap(), *data);
+}
