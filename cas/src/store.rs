@@ -473,6 +473,20 @@ impl Writer {
     }
 }
 
+impl Drop for Inner {
+    /// A clean close commits what was appended but not yet committed, so
+    /// nothing written is dropped needlessly. (Only a commit acknowledges
+    /// durability; this is a courtesy to callers that forgot one.)
+    fn drop(&mut self) {
+        let target = self.appender.lock().seq;
+        if self.write_failure.lock().is_none() {
+            if let Err(e) = self.commit_through(target) {
+                tracing::error!(error = %e, "could not commit on close");
+            }
+        }
+    }
+}
+
 impl Inner {
     fn check_writable(&self) -> Result<()> {
         match self.write_failure.lock().as_ref() {
