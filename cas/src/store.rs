@@ -97,15 +97,36 @@ struct Appender {
     sealed_since_commit: Option<PackId>,
     /// Offset in the active pack up to which write-back has been started.
     writeback_from: u64,
+    /// Offset in the active pack up to which pages were released.
+    released_upto: u64,
 }
 
 /// Bytes appended before their write-back to disk is started, so a commit
 /// finds most of them already written instead of flushing everything at
-/// once (RocksDB's `bytes_per_sync`, for packs).
+/// once (RocksDB's `bytes_per_sync`, for packs). The window before that is
+/// then dropped from the page cache (see [`pack::release_written`]).
 const WRITEBACK_BYTES: u64 = 8 << 20;
 
-/// A range of a pack whose write-back should be started.
-type Writeback = Option<(Arc<File>, u64, u64)>;
+/// Page-cache work on a pack, done outside the appender lock because it may
+/// wait for the device.
+struct Writeback {
+    file: Arc<File>,
+    /// Range whose write-back to start (length 0: to the end).
+    start: Option<(u64, u64)>,
+    /// Range to wait for and drop (length 0: to the end).
+    release: Option<(u64, u64)>,
+}
+
+impl Writeback {
+    fn run(self) {
+        if let Some((offset, len)) = self.start {
+            pack::start_writeback(&self.file, offset, len);
+        }
+        if let Some((offset, len)) = self.release {
+            pack::release_written(&self.file, offset, len);
+        }
+    }
+}
 
 /// Chunks appended to a pack but not yet in the index.
 #[derive(Default)]
@@ -210,6 +231,7 @@ impl Store {
                 active_dirty: false,
                 sealed_since_commit: None,
                 writeback_from: 0,
+                released_upto: 0,
             }),
             pending: Mutex::new(Pending::default()),
             commit_lock: Mutex::new(()),
@@ -575,9 +597,8 @@ impl Inner {
                 writeback,
             )
         };
-        // Outside the lock: starting write-back may wait for the device.
-        if let Some((file, offset, len)) = writeback {
-            pack::start_writeback(&file, offset, len);
+        if let Some(writeback) = writeback {
+            writeback.run();
         }
         if pending_count >= self.options.max_pending_chunks {
             self.commit_through(outcome.seq)?;
@@ -608,22 +629,28 @@ impl Inner {
         Ok((active.id(), entry))
     }
 
-    /// Seals the active pack once it is full; returns a range whose
-    /// write-back should start (the rest of a sealed pack, or the last
-    /// `WRITEBACK_BYTES` of the active one).
-    fn seal_if_full(&self, appender: &mut Appender) -> Result<Writeback> {
+    /// Seals the active pack once it is full. Returns the page-cache work
+    /// that is due: for a growing pack, start writing back the newest
+    /// window and release the one before; for a sealed pack, release all of
+    /// it once written.
+    fn seal_if_full(&self, appender: &mut Appender) -> Result<Option<Writeback>> {
         let Some(active) = appender.active.as_ref() else {
             return Ok(None);
         };
         let full = active.len() >= self.config.pack_target_bytes
             || active.frame_count() >= MAX_FRAMES_PER_PACK;
-        let from = appender.writeback_from;
+        let (from, released) = (appender.writeback_from, appender.released_upto);
         if !full {
             if active.len() - from < WRITEBACK_BYTES {
                 return Ok(None);
             }
             appender.writeback_from = active.len();
-            return Ok(Some((Arc::clone(active.file()), from, active.len() - from)));
+            appender.released_upto = from;
+            return Ok(Some(Writeback {
+                file: Arc::clone(active.file()),
+                start: Some((from, active.len() - from)),
+                release: (from > released).then(|| (released, from - released)),
+            }));
         }
         let Some(active) = appender.active.take() else {
             return Ok(None);
@@ -634,8 +661,12 @@ impl Inner {
         appender.active_dirty = false;
         appender.sealed_since_commit = Some(id);
         appender.writeback_from = 0;
-        // Length 0: through the end of the file, trailer included.
-        Ok(Some((file, from, 0)))
+        appender.released_upto = 0;
+        Ok(Some(Writeback {
+            file,
+            start: None,
+            release: Some((released, 0)),
+        }))
     }
 
     /// Makes every append up to sequence number `target` durable: data,
