@@ -32,12 +32,16 @@ pub fn drop_caches() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }
 
-/// Reads every file once so the input is in the page cache for every tool.
+/// Reads every file once so the input is in the page cache for every tool,
+/// then flushes what earlier phases left dirty and lets the disk settle, so
+/// no tool pays for another's write-back.
 pub fn warm(dir: &Path) -> Result<()> {
     timed(&format!(
         "find {} -type f -print0 | xargs -0 -P2 -n 256 cat > /dev/null 2>&1 || true",
         shell_quote(dir)
     ))?;
+    let _ = Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(2));
     Ok(())
 }
 

@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     pending: Mutex<Pending>,
     commit_lock: Mutex<()>,
     durable_seq: AtomicU64,
+    /// Group commits performed since the store was opened.
+    commits: AtomicU64,
     write_failure: Mutex<Option<String>>,
     chunk_cache: quick_cache::sync::Cache<ChunkId, Bytes, ByteWeight>,
     pub(crate) blob_nodes: BlobNodeCache,
@@ -236,6 +238,7 @@ impl Store {
             pending: Mutex::new(Pending::default()),
             commit_lock: Mutex::new(()),
             durable_seq: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
             write_failure: Mutex::new(None),
             leases: Leases::default(),
             refs_lock: Mutex::new(()),
@@ -333,6 +336,12 @@ impl Store {
     pub fn commit(&self) -> Result<()> {
         let target = self.inner.appender.lock().seq;
         self.inner.commit_through(target)
+    }
+
+    /// Group commits (each: one fdatasync per touched pack and one synced
+    /// index write) performed since this store was opened.
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
     }
 
     /// The index database (for fsck, stats and damage tests).
@@ -724,6 +733,7 @@ impl Inner {
             }
         }
         self.durable_seq.store(upto, Ordering::Release);
+        self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -119,3 +119,46 @@ fn racing_puts_of_the_same_content_store_it_once() {
     );
     assert_eq!(read_blob(&store, &ids[0]).unwrap(), *data);
 }
+
+#[test]
+fn durability_costs_one_commit_per_batch_not_per_chunk() {
+    let (_dir, store) = new_store(small_config());
+    let writer = store.writer("batch");
+    let info = writer
+        .write_blob(&mut &random_bytes(400_000, 7)[..], Chunking::ContentDefined)
+        .unwrap();
+    assert!(info.chunks > 100);
+    let before = store.commits();
+    writer.commit().unwrap();
+    assert_eq!(
+        store.commits() - before,
+        1,
+        "{} chunks, one commit",
+        info.chunks
+    );
+
+    // Concurrent committers share commits.
+    let before = store.commits();
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let writer = store.writer("committer");
+                for i in 0..50u64 {
+                    writer
+                        .put_data(&random_bytes(2_000, t * 1000 + i + 1))
+                        .unwrap();
+                    writer.commit().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let commits = store.commits() - before;
+    assert!(
+        commits < 400,
+        "{commits} commits for 400 durable puts: none was shared"
+    );
+}
