@@ -1,0 +1,214 @@
+//! Importing a directory of the host into a [`MemTree`].
+//!
+//! Reads without following symlinks, keeps hard links (by device and inode
+//! number), extended attributes, devices, fifos and sockets, and times to
+//! the nanosecond. Does not cross into other filesystems mounted below the
+//! directory (they appear as empty directories), as `tar
+//! --one-file-system` does. File contents are stored in parallel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use cas::{Chunking, Writer};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::import::ImportLimits;
+use crate::memtree::{MemKind, MemNode, MemTree, NodeIndex, MAX_DEPTH};
+use crate::tree::{validate_xattrs, Attrs, InodeKind, Timestamp, MAX_PATH_LEN};
+
+/// What a directory import read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DirStats {
+    pub entries: u64,
+    pub files: u64,
+    pub file_bytes: u64,
+    pub new_bytes: u64,
+}
+
+fn io_err<'p>(path: &'p Path, what: &str) -> impl FnOnce(std::io::Error) -> Error + 'p {
+    let what = what.to_string();
+    move |e| Error::io(format!("{what} {}", path.display()), e)
+}
+
+/// Attributes of `meta` and the extended attributes of `path`.
+pub fn attrs_of(path: &Path, meta: &fs::Metadata) -> Result<Attrs> {
+    let time = |secs: i64, nanos: i64| Timestamp::new(secs, nanos as u32).unwrap_or_default();
+    let mut xattrs = BTreeMap::new();
+    // Sockets and some special files refuse xattr calls; they have none.
+    if let Ok(names) = xattr::list(path) {
+        for name in names {
+            if let Ok(Some(value)) = xattr::get(path, &name) {
+                xattrs.insert(name.as_bytes().to_vec(), value);
+            }
+        }
+    }
+    validate_xattrs(&xattrs).map_err(|reason| Error::BadPath {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    Ok(Attrs {
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        atime: time(meta.atime(), meta.atime_nsec()),
+        mtime: time(meta.mtime(), meta.mtime_nsec()),
+        ctime: time(meta.ctime(), meta.ctime_nsec()),
+        xattrs,
+    })
+}
+
+/// Reads directory `root` into a new tree. File contents are written with
+/// `writer`.
+pub fn import_dir(
+    root: &Path,
+    writer: &Writer,
+    limits: &ImportLimits,
+) -> Result<(MemTree, DirStats)> {
+    let root_meta = fs::symlink_metadata(root).map_err(io_err(root, "reading"))?;
+    if !root_meta.is_dir() {
+        return Err(Error::BadPath {
+            path: root.display().to_string(),
+            reason: "not a directory".into(),
+        });
+    }
+    let mut tree = MemTree::new(attrs_of(root, &root_meta)?);
+    let mut stats = DirStats::default();
+    let mut hard_links: HashMap<(u64, u64), NodeIndex> = HashMap::new();
+    let mut files: Vec<(NodeIndex, PathBuf, u64)> = Vec::new();
+    let mut stack: Vec<(PathBuf, NodeIndex, usize)> = vec![(root.to_path_buf(), tree.root(), 0)];
+    let device = root_meta.dev();
+
+    while let Some((dir_path, dir_index, depth)) = stack.pop() {
+        let mut names: Vec<_> = fs::read_dir(&dir_path)
+            .map_err(io_err(&dir_path, "listing"))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .map_err(io_err(&dir_path, "listing"))?;
+        names.sort();
+        for name in names {
+            let path = dir_path.join(&name);
+            if path.as_os_str().len() > MAX_PATH_LEN + root.as_os_str().len() {
+                return Err(Error::BadPath {
+                    path: path.display().to_string(),
+                    reason: "path too long".into(),
+                });
+            }
+            let meta = fs::symlink_metadata(&path).map_err(io_err(&path, "reading"))?;
+            stats.entries += 1;
+            if stats.entries > limits.max_entries {
+                return Err(Error::LimitExceeded {
+                    source_name: root.display().to_string(),
+                    what: "number of entries".into(),
+                    limit: limits.max_entries,
+                    hint: "raise --max-entries",
+                });
+            }
+            let file_type = meta.file_type();
+            let key = (meta.dev(), meta.ino());
+            if !file_type.is_dir() && meta.nlink() > 1 {
+                if let Some(&existing) = hard_links.get(&key) {
+                    insert_child(&mut tree, dir_index, name.as_bytes(), existing)?;
+                    continue;
+                }
+            }
+            let attrs = attrs_of(&path, &meta)?;
+            let kind = if file_type.is_dir() {
+                MemKind::Dir(BTreeMap::new())
+            } else if file_type.is_file() {
+                if meta.len() > limits.max_file_bytes {
+                    return Err(Error::LimitExceeded {
+                        source_name: root.display().to_string(),
+                        what: format!("file {} of {} bytes", path.display(), meta.len()),
+                        limit: limits.max_file_bytes,
+                        hint: "raise --max-file-bytes",
+                    });
+                }
+                MemKind::Other(InodeKind::File {
+                    size: meta.len(),
+                    blob: None,
+                })
+            } else if file_type.is_symlink() {
+                let target = fs::read_link(&path).map_err(io_err(&path, "reading the link"))?;
+                MemKind::Other(InodeKind::Symlink {
+                    target: target.as_os_str().as_bytes().to_vec(),
+                })
+            } else if file_type.is_char_device() || file_type.is_block_device() {
+                if !limits.allow_devices {
+                    return Err(Error::BadPath {
+                        path: path.display().to_string(),
+                        reason: "device node, and this import does not allow devices".into(),
+                    });
+                }
+                let rdev = meta.rdev();
+                MemKind::Other(if file_type.is_char_device() {
+                    InodeKind::CharDevice { rdev }
+                } else {
+                    InodeKind::BlockDevice { rdev }
+                })
+            } else if file_type.is_fifo() {
+                MemKind::Other(InodeKind::Fifo)
+            } else {
+                MemKind::Other(InodeKind::Socket)
+            };
+            let is_dir = matches!(kind, MemKind::Dir(_));
+            let is_file = matches!(kind, MemKind::Other(InodeKind::File { .. }));
+            let index = tree.add_node(MemNode { attrs, kind });
+            insert_child(&mut tree, dir_index, name.as_bytes(), index)?;
+            if !is_dir && meta.nlink() > 1 {
+                hard_links.insert(key, index);
+            }
+            if is_file {
+                files.push((index, path.clone(), meta.len()));
+            }
+            if is_dir && meta.dev() == device {
+                if depth + 1 > MAX_DEPTH {
+                    return Err(Error::BadPath {
+                        path: path.display().to_string(),
+                        reason: format!("deeper than {MAX_DEPTH} directories"),
+                    });
+                }
+                stack.push((path, index, depth + 1));
+            }
+        }
+    }
+
+    // Contents, in parallel; each file is one blob.
+    let stored: Vec<(NodeIndex, u64, Option<cas::ChunkId>, u64)> = files
+        .par_iter()
+        .map(|(index, path, _)| {
+            let mut file = File::open(path).map_err(io_err(path, "opening"))?;
+            let mut blob = writer.blob_writer(Chunking::ContentDefined);
+            let len = blob.read_from(&mut file)?;
+            let info = blob.finish()?;
+            Ok((*index, len, (len > 0).then_some(info.id), info.new_bytes))
+        })
+        .collect::<Result<_>>()?;
+    for (index, len, blob, new_bytes) in stored {
+        stats.files += 1;
+        stats.file_bytes += len;
+        stats.new_bytes += new_bytes;
+        tree.node_mut(index).kind = MemKind::Other(InodeKind::File { size: len, blob });
+    }
+    Ok((tree, stats))
+}
+
+fn insert_child(tree: &mut MemTree, dir: NodeIndex, name: &[u8], child: NodeIndex) -> Result<()> {
+    crate::tree::validate_name(name).map_err(|r| Error::BadPath {
+        path: String::from_utf8_lossy(name).into_owned(),
+        reason: r.into(),
+    })?;
+    match &mut tree.node_mut(dir).kind {
+        MemKind::Dir(children) => {
+            children.insert(name.to_vec(), child);
+            Ok(())
+        }
+        MemKind::Other(_) => Err(Error::BadPath {
+            path: String::from_utf8_lossy(name).into_owned(),
+            reason: "parent is not a directory".into(),
+        }),
+    }
+}

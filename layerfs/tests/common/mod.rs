@@ -1,0 +1,128 @@
+//! Helpers shared by layerfs tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use cas::{Store, StoreConfig};
+use layerfs::tree::{Entry, InodeKind};
+use layerfs::{MemTree, TreeReader};
+
+/// A fresh store in a temporary directory.
+pub fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(&dir.path().join("store"), StoreConfig::default()).unwrap();
+    (dir, store)
+}
+
+/// A raw tar header block with `name` written as is (no checks), for
+/// building hostile archives the `tar` crate refuses to write.
+pub fn raw_header(name: &[u8], kind: tar::EntryType, size: u64, link: &[u8]) -> tar::Header {
+    let mut header = tar::Header::new_ustar();
+    header.as_old_mut().name[..name.len()].copy_from_slice(name);
+    header.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+    header.set_entry_type(kind);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_size(size);
+    header.set_mtime(1_700_000_000);
+    header.set_cksum();
+    header
+}
+
+/// Appends a raw entry.
+pub fn raw_entry(
+    archive: &mut Vec<u8>,
+    name: &[u8],
+    kind: tar::EntryType,
+    data: &[u8],
+    link: &[u8],
+) {
+    let header = raw_header(name, kind, data.len() as u64, link);
+    archive.extend_from_slice(header.as_bytes());
+    archive.extend_from_slice(data);
+    let pad = (512 - data.len() % 512) % 512;
+    archive.extend(std::iter::repeat_n(0u8, pad));
+}
+
+/// Appends a pax extended header for the next entry.
+pub fn pax_entry(archive: &mut Vec<u8>, records: &[(&str, &[u8])]) {
+    let mut data = Vec::new();
+    for (key, value) in records {
+        let rest = key.len() + value.len() + 3;
+        let mut len = rest + 1;
+        while len != rest + len.to_string().len() {
+            len = rest + len.to_string().len();
+        }
+        data.extend_from_slice(format!("{len} {key}=").as_bytes());
+        data.extend_from_slice(value);
+        data.push(b'\n');
+    }
+    raw_entry(archive, b"pax", tar::EntryType::XHeader, &data, b"");
+}
+
+/// Ends an archive.
+pub fn finish(archive: &mut Vec<u8>) {
+    archive.extend(std::iter::repeat_n(0u8, 1024));
+}
+
+/// Every path of tree `root` with a description of what is there, sorted.
+pub fn listing(store: &Store, root: cas::ChunkId) -> Vec<(String, String)> {
+    let reader = TreeReader::new(store);
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), reader.dir(root).unwrap())];
+    while let Some((path, dir)) = stack.pop() {
+        for (name, entry) in reader.entries(&dir).unwrap() {
+            let p = format!("{path}/{}", String::from_utf8_lossy(&name));
+            let what = match entry {
+                Entry::Dir(id) => {
+                    stack.push((p.clone(), reader.dir(id).unwrap()));
+                    "dir".to_string()
+                }
+                Entry::HardLink { target } => {
+                    format!("link to {}", String::from_utf8_lossy(&target))
+                }
+                Entry::Inode(inode) => match inode.kind {
+                    InodeKind::File { size, blob } => {
+                        let mut bytes = Vec::new();
+                        if let Some(id) = blob {
+                            store.blob(&id).unwrap().copy_to(&mut bytes).unwrap();
+                        }
+                        assert_eq!(bytes.len() as u64, size);
+                        format!("file {}", String::from_utf8_lossy(&bytes))
+                    }
+                    InodeKind::Symlink { target } => {
+                        format!("symlink {}", String::from_utf8_lossy(&target))
+                    }
+                    other => format!("{other:?}"),
+                },
+            };
+            out.push((p, what));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Loads tree `root` and stores it again: the id must not change.
+pub fn reload_id(store: &Store, root: cas::ChunkId) -> cas::ChunkId {
+    let tree = MemTree::load(store, root).unwrap();
+    let writer = store.writer("reload");
+    tree.store(&writer).unwrap()
+}
+
+/// Runs a shell command, panicking with its output on failure.
+pub fn sh(command: &str, dir: &Path) {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{command}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
