@@ -18,9 +18,14 @@
 //!   OCI layouts and docker archives, directories.
 //! - [`image`]: the image catalog (`image/NAME` refs).
 //! - [`export`]: trees back to tar.
+//! - [`cowfs`]: the filesystem core — inode operations over a lower tree
+//!   and a writable upper layer, with chunk-granular copy-up and a quota.
+//! - [`fuse`]: the FUSE frontend over [`cowfs`].
 
+pub mod cowfs;
 pub mod error;
 pub mod export;
+pub mod fuse;
 pub mod image;
 pub mod import;
 pub mod memtree;

@@ -1,0 +1,365 @@
+//! One regular file's data: an optional lower blob, and an upper data file
+//! holding the 64 KiB blocks that were written (copied up on first write).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use cas::{Blob, ChunkId, Store};
+use parking_lot::RwLock;
+
+use super::{Errno, FsResult};
+
+/// Copy-up granularity: a write copies at most the blocks it touches.
+pub const BLOCK_SIZE: u64 = 64 << 10;
+/// Largest file size accepted (as ext4's 16 TiB).
+const MAX_FILE_SIZE: u64 = 16 << 40;
+
+pub(crate) struct FileData {
+    path: PathBuf,
+    used: Arc<AtomicU64>,
+    lower: Option<ChunkId>,
+    blob: OnceLock<Blob>,
+    inner: RwLock<Inner>,
+}
+
+impl std::fmt::Debug for FileData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileData")
+            .field("path", &self.path)
+            .field("lower", &self.lower)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    size: u64,
+    /// Bytes at or past this offset never come from the lower blob.
+    lower_limit: u64,
+    /// Blocks whose bytes are in the upper file.
+    present: Vec<u64>,
+    upper: Option<File>,
+    /// Bytes charged to the quota for this file.
+    charged: u64,
+}
+
+impl Inner {
+    fn is_present(&self, block: u64) -> bool {
+        let (word, bit) = ((block / 64) as usize, block % 64);
+        self.present.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    fn set_present(&mut self, block: u64) {
+        let (word, bit) = ((block / 64) as usize, block % 64);
+        if self.present.len() <= word {
+            self.present.resize(word + 1, 0);
+        }
+        self.present[word] |= 1 << bit;
+    }
+
+    /// Clears every block at or after `first`.
+    fn clear_from(&mut self, first: u64) {
+        let word = (first / 64) as usize;
+        if word < self.present.len() {
+            self.present[word] &= (1u64 << (first % 64)) - 1;
+            self.present.truncate(word + 1);
+        }
+    }
+
+    /// Bytes the upper file holds for a file of `size` with these blocks.
+    fn charge_for(&self, size: u64) -> u64 {
+        let blocks: u64 = self.present.iter().map(|w| u64::from(w.count_ones())).sum();
+        let mut charge = blocks * BLOCK_SIZE;
+        let tail = size % BLOCK_SIZE;
+        if tail != 0 && self.is_present(size / BLOCK_SIZE) {
+            charge -= BLOCK_SIZE - tail;
+        }
+        charge
+    }
+}
+
+fn io(e: std::io::Error) -> Errno {
+    Errno(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+impl FileData {
+    /// A new, empty file.
+    pub(crate) fn empty(path: PathBuf, used: Arc<AtomicU64>) -> FileData {
+        FileData {
+            path,
+            used,
+            lower: None,
+            blob: OnceLock::new(),
+            inner: RwLock::new(Inner::default()),
+        }
+    }
+
+    /// A file backed by a lower blob of `size` bytes.
+    pub(crate) fn lower(
+        size: u64,
+        blob: Option<ChunkId>,
+        path: PathBuf,
+        used: Arc<AtomicU64>,
+    ) -> FileData {
+        FileData {
+            path,
+            used,
+            lower: blob,
+            blob: OnceLock::new(),
+            inner: RwLock::new(Inner {
+                size,
+                lower_limit: if blob.is_some() { size } else { 0 },
+                ..Inner::default()
+            }),
+        }
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.inner.read().size
+    }
+
+    fn blob(&self, store: &Store) -> Result<&Blob, String> {
+        if let Some(blob) = self.blob.get() {
+            return Ok(blob);
+        }
+        let id = self.lower.ok_or("file has no lower data")?;
+        let blob = store.blob(&id).map_err(|e| e.to_string())?;
+        Ok(self.blob.get_or_init(|| blob))
+    }
+
+    /// Lower bytes `[start, end)` into `buf` (which is `end - start` long).
+    fn read_lower(&self, store: &Store, start: u64, buf: &mut [u8]) -> Result<(), String> {
+        let blob = self.blob(store)?;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = blob
+                .read_at(start + done as u64, &mut buf[done..])
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                buf[done..].fill(0);
+                break;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn read_upper(file: &File, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let mut done = 0;
+        while done < buf.len() {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => {
+                    buf[done..].fill(0);
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("reading upper data: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `len` bytes at `offset`.
+    pub(crate) fn read(&self, store: &Store, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        let inner = self.inner.read();
+        if offset >= inner.size {
+            return Ok(Vec::new());
+        }
+        let end = inner.size.min(offset.saturating_add(len as u64));
+        let mut out = vec![0u8; (end - offset) as usize];
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / BLOCK_SIZE;
+            let block_end = ((block + 1) * BLOCK_SIZE).min(end);
+            let slice = &mut out[(pos - offset) as usize..(block_end - offset) as usize];
+            if inner.is_present(block) {
+                if let Some(file) = &inner.upper {
+                    Self::read_upper(file, pos, slice)?;
+                }
+            } else if pos < inner.lower_limit {
+                let lower_end = block_end.min(inner.lower_limit);
+                let n = (lower_end - pos) as usize;
+                self.read_lower(store, pos, &mut slice[..n])?;
+            }
+            pos = block_end;
+        }
+        Ok(out)
+    }
+
+    fn upper<'i>(&self, inner: &'i mut Inner) -> FsResult<&'i File> {
+        if inner.upper.is_none() {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&self.path)
+                .map_err(io)?;
+            inner.upper = Some(file);
+        }
+        inner.upper.as_ref().ok_or(Errno::EIO)
+    }
+
+    fn apply_charge(&self, inner: &mut Inner, new_charge: u64) {
+        if new_charge >= inner.charged {
+            self.used
+                .fetch_add(new_charge - inner.charged, Ordering::Relaxed);
+        } else {
+            self.used
+                .fetch_sub(inner.charged - new_charge, Ordering::Relaxed);
+        }
+        inner.charged = new_charge;
+    }
+
+    /// Writes all of `data` at `offset`, or nothing.
+    pub(crate) fn write(
+        &self,
+        store: &Store,
+        offset: u64,
+        data: &[u8],
+        quota: u64,
+    ) -> FsResult<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        if end > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let mut inner = self.inner.write();
+        let new_size = inner.size.max(end);
+        let first = offset / BLOCK_SIZE;
+        let last = (end - 1) / BLOCK_SIZE;
+        // Quota: what the file will hold after this write.
+        let mut after = Inner {
+            present: inner.present.clone(),
+            ..Inner::default()
+        };
+        for block in first..=last {
+            after.set_present(block);
+        }
+        let new_charge = after.charge_for(new_size);
+        let used = self.used.load(Ordering::Relaxed);
+        if used - inner.charged.min(used) + new_charge > quota && new_charge > inner.charged {
+            return Err(Errno::ENOSPC);
+        }
+        // Copy up the lower bytes of partly written blocks.
+        let copy_limit = inner.lower_limit.min(inner.size);
+        for block in first..=last {
+            if inner.is_present(block) {
+                continue;
+            }
+            let start = block * BLOCK_SIZE;
+            let stop = (start + BLOCK_SIZE).min(copy_limit);
+            let covered = offset <= start && end >= stop;
+            if start < copy_limit && !covered {
+                let mut buf = vec![0u8; (stop - start) as usize];
+                self.read_lower(store, start, &mut buf).map_err(|e| {
+                    tracing::error!("copy-up of {}: {e}", self.path.display());
+                    Errno::EIO
+                })?;
+                self.upper(&mut inner)?
+                    .write_all_at(&buf, start)
+                    .map_err(io)?;
+            }
+            inner.set_present(block);
+        }
+        self.upper(&mut inner)?
+            .write_all_at(data, offset)
+            .map_err(io)?;
+        inner.size = new_size;
+        self.apply_charge(&mut inner, new_charge);
+        Ok(())
+    }
+
+    /// Sets the size: shrinking drops data past it, growing adds zeros.
+    pub(crate) fn truncate(&self, size: u64, _quota: u64) -> FsResult<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let mut inner = self.inner.write();
+        if size < inner.size {
+            inner.lower_limit = inner.lower_limit.min(size);
+            inner.clear_from(size.div_ceil(BLOCK_SIZE));
+            if let Some(file) = &inner.upper {
+                file.set_len(size).map_err(io)?;
+            }
+        }
+        inner.size = size;
+        let charge = inner.charge_for(size);
+        self.apply_charge(&mut inner, charge);
+        Ok(())
+    }
+
+    /// Zeroes `[offset, offset + len)` within the file (punching a hole).
+    pub(crate) fn zero_range(
+        &self,
+        store: &Store,
+        offset: u64,
+        len: u64,
+        quota: u64,
+    ) -> FsResult<()> {
+        let end = offset.saturating_add(len).min(self.size());
+        let zeros = vec![0u8; 1 << 20];
+        let mut pos = offset;
+        while pos < end {
+            let n = (end - pos).min(zeros.len() as u64);
+            self.write(store, pos, &zeros[..n as usize], quota)?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// SEEK_DATA / SEEK_HOLE. Files with lower data report it all as data
+    /// (allowed by POSIX); files wholly in the upper layer ask the host.
+    pub(crate) fn seek_data_hole(&self, _store: &Store, offset: u64, hole: bool) -> FsResult<u64> {
+        let inner = self.inner.read();
+        if offset >= inner.size {
+            return Err(Errno::ENXIO);
+        }
+        if inner.lower_limit > 0 || inner.upper.is_none() {
+            if inner.lower_limit == 0 && inner.upper.is_none() {
+                // Never written: all hole.
+                return if hole { Ok(offset) } else { Err(Errno::ENXIO) };
+            }
+            return Ok(if hole { inner.size } else { offset });
+        }
+        let file = inner.upper.as_ref().ok_or(Errno::EIO)?;
+        let whence = if hole {
+            libc::SEEK_HOLE
+        } else {
+            libc::SEEK_DATA
+        };
+        // SAFETY: lseek on a file descriptor we own; no memory is touched.
+        let at = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+        if at < 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(io(err));
+        }
+        Ok((at as u64).min(inner.size))
+    }
+
+    /// Makes the upper data durable.
+    pub(crate) fn sync(&self) -> FsResult<()> {
+        let inner = self.inner.read();
+        if let Some(file) = &inner.upper {
+            file.sync_data().map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the upper data of a file that no longer exists.
+    pub(crate) fn discard(&self) {
+        let mut inner = self.inner.write();
+        inner.upper = None;
+        inner.present.clear();
+        self.apply_charge(&mut inner, 0);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

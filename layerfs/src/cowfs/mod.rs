@@ -1,0 +1,1146 @@
+//! The filesystem core: inode operations over an immutable lower tree and a
+//! writable upper layer on local disk. The FUSE frontend (and, later, the
+//! 9P server) call these; neither resolves a sandbox path on the host.
+//!
+//! - Lower directories are read from their tree nodes the first time they
+//!   are needed; nothing is loaded up front, so mounting costs the same for
+//!   any image.
+//! - File data is copied up in 64 KiB blocks: changing one byte of a large
+//!   lower file copies the block around it into the file's upper data file
+//!   (a sparse file under `upper/data/`), never the whole file.
+//! - Deleting a lower entry only changes the mount's in-memory namespace;
+//!   the lower tree is never modified.
+//! - A quota bounds the bytes the upper layer holds; a write past it fails
+//!   with ENOSPC before anything is written.
+
+mod file;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cas::{ChunkId, Store};
+use parking_lot::Mutex;
+
+use crate::memtree::TreeReader;
+use crate::tree::{validate_name, Attrs, DirNode, Entry, InodeKind, Timestamp, MAX_PATH_LEN};
+use file::FileData;
+pub use file::BLOCK_SIZE;
+
+/// An inode number. The root is [`ROOT_INO`].
+pub type Ino = u64;
+/// The root directory's inode number (as FUSE expects).
+pub const ROOT_INO: Ino = 1;
+
+/// An operation's failure, as an errno value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub const ENOENT: Errno = Errno(libc::ENOENT);
+    pub const EEXIST: Errno = Errno(libc::EEXIST);
+    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
+    pub const EISDIR: Errno = Errno(libc::EISDIR);
+    pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const EIO: Errno = Errno(libc::EIO);
+    pub const ENOSPC: Errno = Errno(libc::ENOSPC);
+    pub const EPERM: Errno = Errno(libc::EPERM);
+    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
+    pub const ENODATA: Errno = Errno(libc::ENODATA);
+    pub const ERANGE: Errno = Errno(libc::ERANGE);
+    pub const EFBIG: Errno = Errno(libc::EFBIG);
+    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
+    pub const ENXIO: Errno = Errno(libc::ENXIO);
+    pub const EMLINK: Errno = Errno(libc::EMLINK);
+}
+
+/// Result of an inode operation.
+pub type FsResult<T> = std::result::Result<T, Errno>;
+
+/// What an inode is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+}
+
+/// An inode's attributes, as `stat` reports them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub ino: Ino,
+    pub kind: FileKind,
+    /// Permission bits (`0o7777`).
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// 512-byte blocks.
+    pub blocks: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub rdev: u64,
+}
+
+/// Who is asking: the owner new inodes get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A time to set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSet {
+    Now,
+    At(Timestamp),
+}
+
+/// Attribute changes (`chmod`, `chown`, `truncate`, `utimensat`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+}
+
+/// Flags of `rename`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenameFlags {
+    /// Fail with EEXIST if the target exists.
+    pub noreplace: bool,
+    /// Swap the two names atomically.
+    pub exchange: bool,
+}
+
+/// One directory entry returned by [`CowFs::readdir`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntryOut {
+    /// Offset to resume after this entry; stable while the directory changes.
+    pub offset: u64,
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub name: Vec<u8>,
+}
+
+/// Filesystem-wide figures for `statfs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub name_max: u32,
+}
+
+/// How a mount is set up.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// Directory for the upper layer (created; must be empty if it exists).
+    pub upper_dir: PathBuf,
+    /// Most bytes the upper layer may hold.
+    pub quota_bytes: u64,
+}
+
+/// `setxattr` flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrMode {
+    /// Create or replace.
+    Set,
+    /// Fail with EEXIST if present.
+    Create,
+    /// Fail with ENODATA if absent.
+    Replace,
+}
+
+#[derive(Debug)]
+enum NodeKind {
+    Dir(DirState),
+    File(Arc<FileData>),
+    Other(InodeKind),
+}
+
+#[derive(Debug)]
+struct Node {
+    attrs: Attrs,
+    nlink: u32,
+    kind: NodeKind,
+    /// Open handles (a file whose last name is removed lives until closed).
+    opens: u32,
+}
+
+#[derive(Debug, Default)]
+struct DirState {
+    /// Decoded lower directory whose entries are not instantiated yet.
+    pending: Option<DirNode>,
+    parent: Ino,
+    by_name: BTreeMap<Vec<u8>, (Ino, u64)>,
+    by_offset: BTreeMap<u64, Vec<u8>>,
+    next_offset: u64,
+    subdirs: u32,
+}
+
+/// Readdir offsets 1 and 2 are `.` and `..`.
+const FIRST_ENTRY_OFFSET: u64 = 3;
+
+impl DirState {
+    fn new(parent: Ino) -> DirState {
+        DirState {
+            parent,
+            next_offset: FIRST_ENTRY_OFFSET,
+            ..DirState::default()
+        }
+    }
+
+    fn insert(&mut self, name: Vec<u8>, ino: Ino) {
+        let offset = self.next_offset;
+        self.next_offset += 1;
+        if let Some((_, old)) = self.by_name.insert(name.clone(), (ino, offset)) {
+            self.by_offset.remove(&old);
+        }
+        self.by_offset.insert(offset, name);
+    }
+
+    fn remove(&mut self, name: &[u8]) -> Option<Ino> {
+        let (ino, offset) = self.by_name.remove(name)?;
+        self.by_offset.remove(&offset);
+        Some(ino)
+    }
+
+    fn get(&self, name: &[u8]) -> Option<Ino> {
+        self.by_name.get(name).map(|(ino, _)| *ino)
+    }
+}
+
+struct State {
+    nodes: HashMap<Ino, Node>,
+    next_ino: Ino,
+    /// Inode of each lower hard-link target path, once instantiated.
+    lower_paths: HashMap<Vec<u8>, Ino>,
+}
+
+/// A copy-on-write filesystem: one mount's view.
+pub struct CowFs {
+    store: Store,
+    lower: ChunkId,
+    data_dir: PathBuf,
+    quota: u64,
+    used: Arc<AtomicU64>,
+    state: Mutex<State>,
+}
+
+fn now() -> Timestamp {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        secs: d.as_secs() as i64,
+        nanos: d.subsec_nanos(),
+    }
+}
+
+fn kind_of(kind: &NodeKind) -> FileKind {
+    match kind {
+        NodeKind::Dir(_) => FileKind::Dir,
+        NodeKind::File(_) => FileKind::File,
+        NodeKind::Other(InodeKind::Symlink { .. }) => FileKind::Symlink,
+        NodeKind::Other(InodeKind::CharDevice { .. }) => FileKind::CharDevice,
+        NodeKind::Other(InodeKind::BlockDevice { .. }) => FileKind::BlockDevice,
+        NodeKind::Other(InodeKind::Fifo) => FileKind::Fifo,
+        NodeKind::Other(InodeKind::Socket) => FileKind::Socket,
+        NodeKind::Other(InodeKind::File { .. }) => FileKind::File,
+    }
+}
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > crate::tree::MAX_NAME_LEN {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    validate_name(name).map_err(|_| Errno::EINVAL)
+}
+
+impl CowFs {
+    /// A mount of tree `lower` with an empty upper layer in
+    /// `config.upper_dir`. Reads only the root directory node.
+    pub fn new(store: Store, lower: ChunkId, config: MountConfig) -> crate::Result<CowFs> {
+        let data_dir = config.upper_dir.join("data");
+        if config.upper_dir.exists()
+            && fs::read_dir(&config.upper_dir)
+                .map_err(|e| crate::Error::io("reading the upper directory", e))?
+                .next()
+                .is_some()
+        {
+            return Err(crate::Error::BadPath {
+                path: config.upper_dir.display().to_string(),
+                reason: "the upper directory of a new mount must be empty".into(),
+            });
+        }
+        fs::create_dir_all(&data_dir)
+            .map_err(|e| crate::Error::io(format!("creating {}", data_dir.display()), e))?;
+        let root = TreeReader::new(&store).dir(lower)?;
+        let mut dir = DirState::new(ROOT_INO);
+        let attrs = root.attrs.clone();
+        dir.pending = Some(root);
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT_INO,
+            Node {
+                attrs,
+                nlink: 2,
+                kind: NodeKind::Dir(dir),
+                opens: 0,
+            },
+        );
+        Ok(CowFs {
+            store,
+            lower,
+            data_dir,
+            quota: config.quota_bytes,
+            used: Arc::new(AtomicU64::new(0)),
+            state: Mutex::new(State {
+                nodes,
+                next_ino: ROOT_INO + 1,
+                lower_paths: HashMap::new(),
+            }),
+        })
+    }
+
+    /// The lower tree.
+    pub fn lower(&self) -> ChunkId {
+        self.lower
+    }
+
+    /// Bytes the upper layer holds.
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn eio(&self, err: impl std::fmt::Display) -> Errno {
+        tracing::error!(lower = %self.lower, "{err}");
+        Errno::EIO
+    }
+
+    // ------------------------------------------------------------ loading
+
+    /// Instantiates the entries of lower directory `ino` if not done yet.
+    fn load_dir(&self, st: &mut State, ino: Ino) -> FsResult<()> {
+        let pending = match st.nodes.get_mut(&ino).map(|n| &mut n.kind) {
+            Some(NodeKind::Dir(dir)) => dir.pending.take(),
+            Some(_) => return Err(Errno::ENOTDIR),
+            None => return Err(Errno::ENOENT),
+        };
+        let Some(pending) = pending else {
+            return Ok(());
+        };
+        let reader = TreeReader::new(&self.store);
+        let entries = reader.entries(&pending).map_err(|e| self.eio(e))?;
+        let dir_path = self.lower_path_of(st, ino);
+        for (name, entry) in entries {
+            let child = match entry {
+                Entry::Dir(id) => {
+                    let node = reader.dir(id).map_err(|e| self.eio(e))?;
+                    let mut dir = DirState::new(ino);
+                    let attrs = node.attrs.clone();
+                    dir.pending = Some(node);
+                    let child = self.add_node(st, attrs, 2, NodeKind::Dir(dir));
+                    if let Some(NodeKind::Dir(parent)) = st.nodes.get_mut(&ino).map(|n| &mut n.kind)
+                    {
+                        parent.subdirs += 1;
+                    }
+                    child
+                }
+                Entry::Inode(inode) => {
+                    let kind = match inode.kind {
+                        InodeKind::File { size, blob } => {
+                            NodeKind::File(Arc::new(FileData::lower(
+                                size,
+                                blob,
+                                self.data_path_for(st.next_ino),
+                                self.used.clone(),
+                            )))
+                        }
+                        other => NodeKind::Other(other),
+                    };
+                    let child = self.add_node(st, inode.attrs, inode.nlink, kind);
+                    if inode.nlink > 1 {
+                        let mut path = dir_path.clone();
+                        if !path.is_empty() {
+                            path.push(b'/');
+                        }
+                        path.extend_from_slice(&name);
+                        st.lower_paths.insert(path, child);
+                    }
+                    child
+                }
+                Entry::HardLink { target } => match st.lower_paths.get(&target) {
+                    Some(&ino) => ino,
+                    None => {
+                        // The target's directory has not been loaded yet:
+                        // walk to it (it precedes this entry in the tree).
+                        self.resolve_lower(st, &target)?
+                    }
+                },
+            };
+            if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(&ino).map(|n| &mut n.kind) {
+                dir.insert(name, child);
+            }
+        }
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            node.nlink = 2 + match &node.kind {
+                NodeKind::Dir(d) => d.subdirs,
+                _ => 0,
+            };
+        }
+        Ok(())
+    }
+
+    /// The lower path of directory `ino` (empty for the root), by walking
+    /// parents. Only meaningful while the directory is still unchanged.
+    fn lower_path_of(&self, st: &State, mut ino: Ino) -> Vec<u8> {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        while ino != ROOT_INO {
+            let Some(NodeKind::Dir(dir)) = st.nodes.get(&ino).map(|n| &n.kind) else {
+                break;
+            };
+            let parent = dir.parent;
+            let Some(NodeKind::Dir(pdir)) = st.nodes.get(&parent).map(|n| &n.kind) else {
+                break;
+            };
+            match pdir.by_name.iter().find(|(_, (i, _))| *i == ino) {
+                Some((name, _)) => parts.push(name.clone()),
+                None => break,
+            }
+            ino = parent;
+        }
+        parts.reverse();
+        parts.join(&b'/')
+    }
+
+    /// Finds a lower hard-link target by path from the root.
+    fn resolve_lower(&self, st: &mut State, path: &[u8]) -> FsResult<Ino> {
+        let mut at = ROOT_INO;
+        for part in path.split(|&b| b == b'/') {
+            self.load_dir(st, at)?;
+            let Some(NodeKind::Dir(dir)) = st.nodes.get(&at).map(|n| &n.kind) else {
+                return Err(self.eio(format!(
+                    "hard link through a non-directory: {}",
+                    String::from_utf8_lossy(path)
+                )));
+            };
+            at = dir.get(part).ok_or_else(|| {
+                self.eio(format!(
+                    "hard-link target {} missing",
+                    String::from_utf8_lossy(path)
+                ))
+            })?;
+        }
+        Ok(at)
+    }
+
+    fn data_path_for(&self, ino: Ino) -> PathBuf {
+        self.data_dir.join(ino.to_string())
+    }
+
+    fn add_node(&self, st: &mut State, attrs: Attrs, nlink: u32, kind: NodeKind) -> Ino {
+        let ino = st.next_ino;
+        st.next_ino += 1;
+        st.nodes.insert(
+            ino,
+            Node {
+                attrs,
+                nlink,
+                kind,
+                opens: 0,
+            },
+        );
+        ino
+    }
+
+    fn node<'s>(&self, st: &'s State, ino: Ino) -> FsResult<&'s Node> {
+        st.nodes.get(&ino).ok_or(Errno::ENOENT)
+    }
+
+    fn stat_of(&self, st: &State, ino: Ino) -> FsResult<Stat> {
+        let node = self.node(st, ino)?;
+        let (size, rdev) = match &node.kind {
+            NodeKind::File(data) => (data.size(), 0),
+            NodeKind::Dir(_) => (4096, 0),
+            NodeKind::Other(InodeKind::Symlink { target }) => (target.len() as u64, 0),
+            NodeKind::Other(InodeKind::CharDevice { rdev })
+            | NodeKind::Other(InodeKind::BlockDevice { rdev }) => (0, *rdev),
+            NodeKind::Other(_) => (0, 0),
+        };
+        Ok(Stat {
+            ino,
+            kind: kind_of(&node.kind),
+            perm: node.attrs.mode & 0o7777,
+            nlink: node.nlink,
+            uid: node.attrs.uid,
+            gid: node.attrs.gid,
+            size,
+            blocks: size.div_ceil(512),
+            atime: node.attrs.atime,
+            mtime: node.attrs.mtime,
+            ctime: node.attrs.ctime,
+            rdev,
+        })
+    }
+
+    fn dir_mut<'s>(&self, st: &'s mut State, ino: Ino) -> FsResult<&'s mut DirState> {
+        match st.nodes.get_mut(&ino).map(|n| &mut n.kind) {
+            Some(NodeKind::Dir(dir)) => Ok(dir),
+            Some(_) => Err(Errno::ENOTDIR),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    fn child(&self, st: &mut State, parent: Ino, name: &[u8]) -> FsResult<Option<Ino>> {
+        self.load_dir(st, parent)?;
+        Ok(self.dir_mut(st, parent)?.get(name))
+    }
+
+    fn touch_dir(&self, st: &mut State, ino: Ino) {
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            let t = now();
+            node.attrs.mtime = t;
+            node.attrs.ctime = t;
+        }
+    }
+
+    // ---------------------------------------------------------- operations
+
+    /// Finds `name` in directory `parent`.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Stat> {
+        if name.len() > crate::tree::MAX_NAME_LEN {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let mut st = self.state.lock();
+        let ino = match name {
+            b"." => parent,
+            b".." => self.dir_mut(&mut st, parent)?.parent,
+            _ => self.child(&mut st, parent, name)?.ok_or(Errno::ENOENT)?,
+        };
+        self.stat_of(&st, ino)
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: Ino) -> FsResult<Stat> {
+        let st = self.state.lock();
+        self.stat_of(&st, ino)
+    }
+
+    /// Changes attributes; a size change truncates or extends (zeros).
+    pub fn setattr(&self, ino: Ino, set: SetAttr) -> FsResult<Stat> {
+        let mut st = self.state.lock();
+        let t = now();
+        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        if let Some(size) = set.size {
+            match &node.kind {
+                NodeKind::File(data) => {
+                    data.truncate(size, self.quota)?;
+                    node.attrs.mtime = t;
+                }
+                NodeKind::Dir(_) => return Err(Errno::EISDIR),
+                _ => return Err(Errno::EINVAL),
+            }
+        }
+        if let Some(mode) = set.mode {
+            node.attrs.mode = mode & 0o7777;
+        }
+        if let Some(uid) = set.uid {
+            node.attrs.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            node.attrs.gid = gid;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            // chown clears setuid, and setgid on group-executable files.
+            if !matches!(node.kind, NodeKind::Dir(_)) {
+                node.attrs.mode &= !0o4000;
+                if node.attrs.mode & 0o010 != 0 {
+                    node.attrs.mode &= !0o2000;
+                }
+            }
+        }
+        let resolve = |s: TimeSet| match s {
+            TimeSet::Now => t,
+            TimeSet::At(at) => at,
+        };
+        if let Some(a) = set.atime {
+            node.attrs.atime = resolve(a);
+        }
+        if let Some(m) = set.mtime {
+            node.attrs.mtime = resolve(m);
+        }
+        node.attrs.ctime = t;
+        self.stat_of(&st, ino)
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        let st = self.state.lock();
+        match &self.node(&st, ino)?.kind {
+            NodeKind::Other(InodeKind::Symlink { target }) => Ok(target.clone()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn new_attrs(
+        &self,
+        st: &State,
+        parent: Ino,
+        mode: u32,
+        caller: Caller,
+        is_dir: bool,
+    ) -> FsResult<Attrs> {
+        let parent_attrs = &self.node(st, parent)?.attrs;
+        let mut mode = mode & 0o7777;
+        let mut gid = caller.gid;
+        if parent_attrs.mode & 0o2000 != 0 {
+            gid = parent_attrs.gid;
+            if is_dir {
+                mode |= 0o2000;
+            }
+        }
+        let t = now();
+        Ok(Attrs {
+            mode,
+            uid: caller.uid,
+            gid,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            xattrs: BTreeMap::new(),
+        })
+    }
+
+    fn create_node(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        caller: Caller,
+        make: impl FnOnce(&Self, Ino) -> NodeKind,
+    ) -> FsResult<Stat> {
+        check_name(name)?;
+        let mut st = self.state.lock();
+        if self.child(&mut st, parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let ino = st.next_ino;
+        let kind = make(self, ino);
+        let is_dir = matches!(kind, NodeKind::Dir(_));
+        let attrs = self.new_attrs(&st, parent, mode, caller, is_dir)?;
+        let new = self.add_node(&mut st, attrs, if is_dir { 2 } else { 1 }, kind);
+        debug_assert_eq!(new, ino);
+        let dir = self.dir_mut(&mut st, parent)?;
+        dir.insert(name.to_vec(), ino);
+        if is_dir {
+            dir.subdirs += 1;
+            if let Some(p) = st.nodes.get_mut(&parent) {
+                p.nlink += 1;
+            }
+        }
+        self.touch_dir(&mut st, parent);
+        self.stat_of(&st, ino)
+    }
+
+    /// Creates a regular file (and counts it open).
+    pub fn create(&self, parent: Ino, name: &[u8], mode: u32, caller: Caller) -> FsResult<Stat> {
+        let stat = self.create_node(parent, name, mode, caller, |fs, ino| {
+            NodeKind::File(Arc::new(FileData::empty(
+                fs.data_path_for(ino),
+                fs.used.clone(),
+            )))
+        })?;
+        self.open(stat.ino, false)?;
+        Ok(stat)
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, parent: Ino, name: &[u8], mode: u32, caller: Caller) -> FsResult<Stat> {
+        self.create_node(parent, name, mode, caller, |_, _| {
+            NodeKind::Dir(DirState::new(parent))
+        })
+    }
+
+    /// Creates a device node, fifo, socket or empty regular file.
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> FsResult<Stat> {
+        let inode = match kind {
+            FileKind::CharDevice => InodeKind::CharDevice { rdev },
+            FileKind::BlockDevice => InodeKind::BlockDevice { rdev },
+            FileKind::Fifo => InodeKind::Fifo,
+            FileKind::Socket => InodeKind::Socket,
+            FileKind::File => {
+                return self.create_node(parent, name, mode, caller, |fs, ino| {
+                    NodeKind::File(Arc::new(FileData::empty(
+                        fs.data_path_for(ino),
+                        fs.used.clone(),
+                    )))
+                })
+            }
+            _ => return Err(Errno::EINVAL),
+        };
+        self.create_node(parent, name, mode, caller, |_, _| NodeKind::Other(inode))
+    }
+
+    /// Creates a symlink.
+    pub fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> FsResult<Stat> {
+        if target.is_empty() || target.contains(&0) {
+            return Err(Errno::EINVAL);
+        }
+        if target.len() > MAX_PATH_LEN {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let target = target.to_vec();
+        self.create_node(parent, name, 0o777, caller, |_, _| {
+            NodeKind::Other(InodeKind::Symlink { target })
+        })
+    }
+
+    /// Gives `ino` a further name.
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<Stat> {
+        check_name(name)?;
+        let mut st = self.state.lock();
+        if matches!(self.node(&st, ino)?.kind, NodeKind::Dir(_)) {
+            return Err(Errno::EPERM);
+        }
+        if self.child(&mut st, parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        if node.nlink >= 65_000 {
+            return Err(Errno::EMLINK);
+        }
+        node.nlink += 1;
+        node.attrs.ctime = now();
+        self.dir_mut(&mut st, parent)?.insert(name.to_vec(), ino);
+        self.touch_dir(&mut st, parent);
+        self.stat_of(&st, ino)
+    }
+
+    fn drop_link(&self, st: &mut State, ino: Ino) {
+        let mut gone = None;
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            node.nlink = node.nlink.saturating_sub(1);
+            node.attrs.ctime = now();
+            if node.nlink == 0 && node.opens == 0 {
+                gone = st.nodes.remove(&ino);
+            }
+        }
+        if let Some(Node {
+            kind: NodeKind::File(data),
+            ..
+        }) = gone
+        {
+            data.discard();
+        }
+    }
+
+    /// Removes a non-directory name.
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        let mut st = self.state.lock();
+        let ino = self.child(&mut st, parent, name)?.ok_or(Errno::ENOENT)?;
+        if matches!(self.node(&st, ino)?.kind, NodeKind::Dir(_)) {
+            return Err(Errno::EISDIR);
+        }
+        self.dir_mut(&mut st, parent)?.remove(name);
+        self.touch_dir(&mut st, parent);
+        self.drop_link(&mut st, ino);
+        Ok(())
+    }
+
+    fn is_empty_dir(&self, st: &mut State, ino: Ino) -> FsResult<bool> {
+        self.load_dir(st, ino)?;
+        Ok(self.dir_mut(st, ino)?.by_name.is_empty())
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        if name == b"." {
+            return Err(Errno::EINVAL);
+        }
+        if name == b".." {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let mut st = self.state.lock();
+        let ino = self.child(&mut st, parent, name)?.ok_or(Errno::ENOENT)?;
+        if !matches!(self.node(&st, ino)?.kind, NodeKind::Dir(_)) {
+            return Err(Errno::ENOTDIR);
+        }
+        if !self.is_empty_dir(&mut st, ino)? {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let dir = self.dir_mut(&mut st, parent)?;
+        dir.remove(name);
+        dir.subdirs = dir.subdirs.saturating_sub(1);
+        if let Some(p) = st.nodes.get_mut(&parent) {
+            p.nlink = p.nlink.saturating_sub(1);
+        }
+        self.touch_dir(&mut st, parent);
+        st.nodes.remove(&ino);
+        Ok(())
+    }
+
+    /// Is `ancestor` on the path from `ino` up to the root?
+    fn is_ancestor(&self, st: &State, ancestor: Ino, mut ino: Ino) -> bool {
+        loop {
+            if ino == ancestor {
+                return true;
+            }
+            if ino == ROOT_INO {
+                return false;
+            }
+            match st.nodes.get(&ino).map(|n| &n.kind) {
+                Some(NodeKind::Dir(d)) => ino = d.parent,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Renames, with `noreplace` and `exchange` as `renameat2`.
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        check_name(new_name)?;
+        if flags.noreplace && flags.exchange {
+            return Err(Errno::EINVAL);
+        }
+        let mut st = self.state.lock();
+        let ino = self.child(&mut st, parent, name)?.ok_or(Errno::ENOENT)?;
+        let target = self.child(&mut st, new_parent, new_name)?;
+        let moving_dir = matches!(self.node(&st, ino)?.kind, NodeKind::Dir(_));
+        if target == Some(ino) {
+            return Ok(()); // same inode: nothing to do
+        }
+        if moving_dir && self.is_ancestor(&st, ino, new_parent) {
+            return Err(Errno::EINVAL);
+        }
+        if flags.exchange {
+            let other = target.ok_or(Errno::ENOENT)?;
+            let other_dir = matches!(self.node(&st, other)?.kind, NodeKind::Dir(_));
+            if other_dir && self.is_ancestor(&st, other, parent) {
+                return Err(Errno::EINVAL);
+            }
+            self.dir_mut(&mut st, parent)?.insert(name.to_vec(), other);
+            self.dir_mut(&mut st, new_parent)?
+                .insert(new_name.to_vec(), ino);
+            if moving_dir != other_dir && parent != new_parent {
+                self.adjust_subdirs(&mut st, parent, if other_dir { 1 } else { -1 });
+                self.adjust_subdirs(&mut st, new_parent, if moving_dir { 1 } else { -1 });
+            }
+            self.set_parent(&mut st, ino, new_parent);
+            self.set_parent(&mut st, other, parent);
+            self.touch_dir(&mut st, parent);
+            self.touch_dir(&mut st, new_parent);
+            return Ok(());
+        }
+        if let Some(existing) = target {
+            if flags.noreplace {
+                return Err(Errno::EEXIST);
+            }
+            let existing_dir = matches!(self.node(&st, existing)?.kind, NodeKind::Dir(_));
+            match (moving_dir, existing_dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) => {
+                    if !self.is_empty_dir(&mut st, existing)? {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                    self.dir_mut(&mut st, new_parent)?.remove(new_name);
+                    self.adjust_subdirs(&mut st, new_parent, -1);
+                    st.nodes.remove(&existing);
+                }
+                (false, false) => {
+                    self.dir_mut(&mut st, new_parent)?.remove(new_name);
+                    self.drop_link(&mut st, existing);
+                }
+            }
+        }
+        self.dir_mut(&mut st, parent)?.remove(name);
+        self.dir_mut(&mut st, new_parent)?
+            .insert(new_name.to_vec(), ino);
+        if moving_dir && parent != new_parent {
+            self.adjust_subdirs(&mut st, parent, -1);
+            self.adjust_subdirs(&mut st, new_parent, 1);
+            self.set_parent(&mut st, ino, new_parent);
+        }
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            node.attrs.ctime = now();
+        }
+        self.touch_dir(&mut st, parent);
+        self.touch_dir(&mut st, new_parent);
+        Ok(())
+    }
+
+    fn adjust_subdirs(&self, st: &mut State, dir: Ino, delta: i32) {
+        if let Some(node) = st.nodes.get_mut(&dir) {
+            if let NodeKind::Dir(d) = &mut node.kind {
+                d.subdirs = d.subdirs.saturating_add_signed(delta);
+                node.nlink = 2 + d.subdirs;
+            }
+        }
+    }
+
+    fn set_parent(&self, st: &mut State, ino: Ino, parent: Ino) {
+        if let Some(NodeKind::Dir(d)) = st.nodes.get_mut(&ino).map(|n| &mut n.kind) {
+            d.parent = parent;
+        }
+    }
+
+    /// Opens `ino`; `truncate` empties a file first (O_TRUNC).
+    pub fn open(&self, ino: Ino, truncate: bool) -> FsResult<()> {
+        let mut st = self.state.lock();
+        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        if truncate {
+            if let NodeKind::File(data) = &node.kind {
+                data.truncate(0, self.quota)?;
+                let t = now();
+                node.attrs.mtime = t;
+                node.attrs.ctime = t;
+            }
+        }
+        node.opens += 1;
+        Ok(())
+    }
+
+    /// Closes a handle opened by [`CowFs::open`] or [`CowFs::create`].
+    pub fn release(&self, ino: Ino) {
+        let mut st = self.state.lock();
+        let mut gone = None;
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            node.opens = node.opens.saturating_sub(1);
+            if node.opens == 0 && node.nlink == 0 {
+                gone = st.nodes.remove(&ino);
+            }
+        }
+        if let Some(Node {
+            kind: NodeKind::File(data),
+            ..
+        }) = gone
+        {
+            data.discard();
+        }
+    }
+
+    fn file(&self, ino: Ino) -> FsResult<Arc<FileData>> {
+        let st = self.state.lock();
+        match &self.node(&st, ino)?.kind {
+            NodeKind::File(data) => Ok(data.clone()),
+            NodeKind::Dir(_) => Err(Errno::EISDIR),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let data = self.file(ino)?;
+        data.read(&self.store, offset, size as usize)
+            .map_err(|e| self.eio(e))
+    }
+
+    /// Writes `bytes` at `offset`; all or nothing (ENOSPC past the quota).
+    pub fn write(&self, ino: Ino, offset: u64, bytes: &[u8]) -> FsResult<usize> {
+        let data = self.file(ino)?;
+        data.write(&self.store, offset, bytes, self.quota)?;
+        let mut st = self.state.lock();
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            let t = now();
+            node.attrs.mtime = t;
+            node.attrs.ctime = t;
+        }
+        Ok(bytes.len())
+    }
+
+    /// Makes `ino`'s data durable in the upper layer.
+    pub fn fsync(&self, ino: Ino) -> FsResult<()> {
+        let data = match self.file(ino) {
+            Ok(data) => data,
+            Err(_) => return Ok(()), // directories: metadata lives in memory (see README)
+        };
+        data.sync()
+    }
+
+    /// `fallocate`: mode 0 allocates (extending the size), PUNCH_HOLE
+    /// (with KEEP_SIZE) zeroes a range.
+    pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let data = self.file(ino)?;
+        let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;
+        if mode == 0 {
+            if end > data.size() {
+                data.truncate(end, self.quota)?;
+            }
+            return Ok(());
+        }
+        if mode == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE {
+            return data.zero_range(&self.store, offset, len, self.quota);
+        }
+        if mode == libc::FALLOC_FL_KEEP_SIZE {
+            return Ok(());
+        }
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// `lseek` with SEEK_DATA / SEEK_HOLE.
+    pub fn lseek(&self, ino: Ino, offset: u64, whence: i32) -> FsResult<u64> {
+        let data = self.file(ino)?;
+        data.seek_data_hole(&self.store, offset, whence == libc::SEEK_HOLE)
+            .map_err(|e| if e == Errno::ENXIO { e } else { self.eio(e.0) })
+    }
+
+    /// Entries of directory `ino` after `offset` (0 = from the start).
+    pub fn readdir(&self, ino: Ino, offset: u64) -> FsResult<Vec<DirEntryOut>> {
+        let mut st = self.state.lock();
+        self.load_dir(&mut st, ino)?;
+        let dir = match &self.node(&st, ino)?.kind {
+            NodeKind::Dir(d) => d,
+            _ => return Err(Errno::ENOTDIR),
+        };
+        let mut out = Vec::new();
+        if offset < 1 {
+            out.push(DirEntryOut {
+                offset: 1,
+                ino,
+                kind: FileKind::Dir,
+                name: b".".to_vec(),
+            });
+        }
+        if offset < 2 {
+            out.push(DirEntryOut {
+                offset: 2,
+                ino: dir.parent,
+                kind: FileKind::Dir,
+                name: b"..".to_vec(),
+            });
+        }
+        for (&off, name) in dir.by_offset.range(offset.max(2) + 1..) {
+            let Some(&(child, _)) = dir.by_name.get(name) else {
+                continue;
+            };
+            let kind = st
+                .nodes
+                .get(&child)
+                .map(|n| kind_of(&n.kind))
+                .unwrap_or(FileKind::File);
+            out.push(DirEntryOut {
+                offset: off,
+                ino: child,
+                kind,
+                name: name.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Filesystem figures; the quota is the size.
+    pub fn statfs(&self) -> StatFs {
+        let block = 4096u64;
+        let used = self.used_bytes().div_ceil(block);
+        let blocks = self.quota / block;
+        let st = self.state.lock();
+        StatFs {
+            block_size: block as u32,
+            blocks,
+            blocks_free: blocks.saturating_sub(used),
+            files: 1 << 32,
+            files_free: (1u64 << 32).saturating_sub(st.nodes.len() as u64),
+            name_max: 255,
+        }
+    }
+
+    /// Extended attribute `name` of `ino`.
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        let st = self.state.lock();
+        self.node(&st, ino)?
+            .attrs
+            .xattrs
+            .get(name)
+            .cloned()
+            .ok_or(Errno::ENODATA)
+    }
+
+    /// Names of `ino`'s extended attributes.
+    pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+        let st = self.state.lock();
+        Ok(self.node(&st, ino)?.attrs.xattrs.keys().cloned().collect())
+    }
+
+    /// Sets an extended attribute.
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> FsResult<()> {
+        if name.is_empty() || name.len() > 255 || name.contains(&0) {
+            return Err(Errno::ERANGE);
+        }
+        if value.len() > crate::tree::MAX_XATTR_VALUE {
+            return Err(Errno::Errno2BIG);
+        }
+        let mut st = self.state.lock();
+        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        let exists = node.attrs.xattrs.contains_key(name);
+        match (mode, exists) {
+            (XattrMode::Create, true) => return Err(Errno::EEXIST),
+            (XattrMode::Replace, false) => return Err(Errno::ENODATA),
+            _ => {}
+        }
+        let mut next = node.attrs.xattrs.clone();
+        next.insert(name.to_vec(), value.to_vec());
+        if crate::tree::validate_xattrs(&next).is_err() {
+            return Err(Errno::ENOSPC);
+        }
+        node.attrs.xattrs = next;
+        node.attrs.ctime = now();
+        Ok(())
+    }
+
+    /// Removes an extended attribute.
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        let mut st = self.state.lock();
+        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        node.attrs.xattrs.remove(name).ok_or(Errno::ENODATA)?;
+        node.attrs.ctime = now();
+        Ok(())
+    }
+
+    /// The upper layer's directory for file data.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+impl Errno {
+    /// E2BIG (argument list too long; an xattr value over 64 KiB).
+    #[allow(non_upper_case_globals)]
+    pub const Errno2BIG: Errno = Errno(libc::E2BIG);
+}

@@ -1,0 +1,246 @@
+//! A real FUSE mount of an imported tree, exercised by real programs.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use cas::{ChunkId, Store};
+use common::{listing, store};
+use layerfs::cowfs::{CowFs, MountConfig, BLOCK_SIZE};
+use layerfs::fuse::{mount, FuseOptions};
+use layerfs::{import_image, ImportOptions, SourceKind};
+
+fn fuse_available() -> bool {
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIP: /dev/fuse is absent on this machine; FUSE mount tests cannot run");
+        return false;
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: FUSE mount tests need root (mount(2) without fusermount)");
+        return false;
+    }
+    true
+}
+
+/// Runs `script` with `sh -e` in `dir`; returns (success, stdout+stderr).
+fn run(script: &str, dir: &Path) -> (bool, String) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn must(script: &str, dir: &Path) -> String {
+    let (ok, text) = run(script, dir);
+    assert!(ok, "{script}\n{text}");
+    text
+}
+
+struct Image {
+    _tmp: tempfile::TempDir,
+    store: Store,
+    tree: ChunkId,
+    root: PathBuf,
+}
+
+fn image() -> Image {
+    let (tmp, store) = store();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("etc")).unwrap();
+    fs::create_dir_all(src.join("usr/bin")).unwrap();
+    fs::write(src.join("etc/hostname"), b"sandbox\n").unwrap();
+    let big: Vec<u8> = (0..4_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    fs::write(src.join("usr/big"), &big).unwrap();
+    fs::write(src.join("usr/bin/tool"), b"#!/bin/sh\necho tool ran\n").unwrap();
+    std::os::unix::fs::symlink("../etc/hostname", src.join("usr/hostname-link")).unwrap();
+    fs::hard_link(src.join("etc/hostname"), src.join("usr/hostname-hard")).unwrap();
+    let options = ImportOptions {
+        kind: Some(SourceKind::Directory),
+        ..ImportOptions::default()
+    };
+    let report = import_image(&store, "base", &src, &options).unwrap();
+    let root = tmp.path().to_path_buf();
+    Image {
+        tree: report.image.tree.parse().unwrap(),
+        store,
+        root,
+        _tmp: tmp,
+    }
+}
+
+fn new_mount(
+    image: &Image,
+    name: &str,
+    quota: u64,
+) -> (Arc<CowFs>, fuser::BackgroundSession, PathBuf) {
+    let upper = image.root.join(format!("{name}-upper"));
+    let mnt = image.root.join(format!("{name}-mnt"));
+    fs::create_dir_all(&mnt).unwrap();
+    let fs = Arc::new(
+        CowFs::new(
+            image.store.clone(),
+            image.tree,
+            MountConfig {
+                upper_dir: upper,
+                quota_bytes: quota,
+            },
+        )
+        .unwrap(),
+    );
+    let session = mount(fs.clone(), &mnt, &FuseOptions::default()).unwrap();
+    (fs, session, mnt)
+}
+
+#[test]
+fn real_programs_read_and_change_a_mounted_image() {
+    if !fuse_available() {
+        return;
+    }
+    let image = image();
+    let before = listing(&image.store, image.tree);
+    let (fs, session, mnt) = new_mount(&image, "a", 1 << 30);
+
+    assert_eq!(must("cat etc/hostname", &mnt), "sandbox\n");
+    assert_eq!(must("cat usr/hostname-link", &mnt), "sandbox\n");
+    assert_eq!(
+        must("readlink usr/hostname-link", &mnt),
+        "../etc/hostname\n"
+    );
+    assert_eq!(must("stat -c %h etc/hostname", &mnt), "2\n");
+    must("cmp usr/big ../src/usr/big", &mnt);
+    must("sh usr/bin/tool | grep -q 'tool ran'", &mnt);
+
+    // Writes, renames, deletions, links, modes.
+    must(
+        "echo hello > new.txt; echo more >> new.txt; mkdir -p d/e; mv new.txt d/e/moved.txt; \
+         ln d/e/moved.txt hard.txt; ln -s d/e/moved.txt soft.txt; chmod 640 hard.txt; \
+         rm etc/hostname; rmdir d/e 2>/dev/null || true; touch -d '2020-01-02 03:04:05.123456789' hard.txt",
+        &mnt,
+    );
+    assert_eq!(must("cat d/e/moved.txt", &mnt), "hello\nmore\n");
+    assert_eq!(must("cat soft.txt", &mnt), "hello\nmore\n");
+    assert_eq!(must("stat -c '%h %a' hard.txt", &mnt), "2 640\n");
+    assert_eq!(
+        must("stat -c %y hard.txt", &mnt).trim(),
+        "2020-01-02 03:04:05.123456789 +0000"
+    );
+    assert!(!mnt.join("etc/hostname").exists());
+    assert_eq!(
+        must("cat usr/hostname-hard", &mnt),
+        "sandbox\n",
+        "the other name survives"
+    );
+    assert!(run("rmdir d", &mnt).1.contains("not empty") || mnt.join("d").exists());
+
+    // One byte changed in a 4 MB lower file copies one block up, not the file.
+    must(
+        "printf X | dd of=usr/big bs=1 seek=2000000 conv=notrunc status=none",
+        &mnt,
+    );
+    let used = fs.used_bytes();
+    assert!(
+        used <= 2 * BLOCK_SIZE,
+        "upper holds {used} bytes after a one-byte change"
+    );
+    let mut expected = fs::read(image.root.join("src/usr/big")).unwrap();
+    expected[2_000_000] = b'X';
+    assert_eq!(fs::read(mnt.join("usr/big")).unwrap(), expected);
+
+    // Extended attributes.
+    xattr::set(mnt.join("d/e/moved.txt"), "user.k", b"v1").unwrap();
+    assert_eq!(
+        xattr::get(mnt.join("d/e/moved.txt"), "user.k")
+            .unwrap()
+            .as_deref(),
+        Some(&b"v1"[..])
+    );
+
+    // Renames with flags.
+    must("echo a > ra; echo b > rb", &mnt);
+    let c = |p: &str| {
+        std::ffi::CString::new(mnt.join(p).into_os_string().into_encoded_bytes()).unwrap()
+    };
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c("ra").as_ptr(),
+            libc::AT_FDCWD,
+            c("rb").as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    assert_eq!(rc, -1, "RENAME_NOREPLACE onto an existing name fails");
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c("ra").as_ptr(),
+            libc::AT_FDCWD,
+            c("rb").as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(rc, 0);
+    assert_eq!(must("cat ra rb", &mnt), "b\na\n");
+
+    // The lower tree is unchanged.
+    session.umount_and_join().unwrap();
+    assert_eq!(listing(&image.store, image.tree), before);
+}
+
+#[test]
+fn the_quota_stops_writes_with_enospc_and_df_shows_it() {
+    if !fuse_available() {
+        return;
+    }
+    let image = image();
+    let (_fs, session, mnt) = new_mount(&image, "q", 4 << 20);
+    let df = must("df -k --output=size . | tail -1", &mnt);
+    assert_eq!(df.trim(), "4096", "df shows the quota");
+    let (ok, text) = run("dd if=/dev/zero of=fill bs=64k count=200 status=none", &mnt);
+    assert!(!ok, "dd past the quota must fail");
+    assert!(text.contains("No space left on device"), "{text}");
+    let written = fs::metadata(mnt.join("fill")).unwrap().len();
+    assert!(
+        written <= 4 << 20 && written > 3 << 20,
+        "{written} bytes written before the quota"
+    );
+    must(
+        "rm fill; dd if=/dev/zero of=again bs=64k count=10 status=none",
+        &mnt,
+    );
+    session.umount_and_join().unwrap();
+}
+
+#[test]
+fn two_mounts_of_one_image_are_isolated() {
+    if !fuse_available() {
+        return;
+    }
+    let image = image();
+    let (_a, session_a, mnt_a) = new_mount(&image, "one", 1 << 30);
+    let (_b, session_b, mnt_b) = new_mount(&image, "two", 1 << 30);
+    must(
+        "echo from-a > etc/hostname; echo only-a > mine; rm usr/bin/tool",
+        &mnt_a,
+    );
+    must("echo only-b > mine", &mnt_b);
+    assert_eq!(must("cat etc/hostname mine", &mnt_a), "from-a\nonly-a\n");
+    assert_eq!(must("cat etc/hostname mine", &mnt_b), "sandbox\nonly-b\n");
+    assert!(mnt_b.join("usr/bin/tool").exists());
+    assert!(!mnt_a.join("usr/bin/tool").exists());
+    session_a.umount_and_join().unwrap();
+    session_b.umount_and_join().unwrap();
+}
