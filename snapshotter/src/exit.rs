@@ -32,8 +32,16 @@ or ~/.local/share/strata. Set STRATA_LOG=info (or debug) for logs on stderr.";
 /// chain, or of an I/O error.
 pub fn code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
-        if let Some(e) = cause.downcast_ref::<cas::Error>() {
-            return match e.class() {
+        let class = cause
+            .downcast_ref::<cas::Error>()
+            .map(cas::Error::class)
+            .or_else(|| {
+                cause
+                    .downcast_ref::<layerfs::Error>()
+                    .map(layerfs::Error::class)
+            });
+        if let Some(class) = class {
+            return match class {
                 ErrorClass::NotFound => NOT_FOUND,
                 ErrorClass::InvalidInput => INVALID_INPUT,
                 ErrorClass::StoreUnavailable => STORE_UNAVAILABLE,

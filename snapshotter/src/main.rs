@@ -7,6 +7,7 @@
 mod blob_cmd;
 mod exit;
 mod home;
+mod image_cmd;
 mod output;
 mod ref_cmd;
 mod store_cmd;
@@ -18,7 +19,8 @@ use clap::{Parser, Subcommand};
 
 use crate::output::Output;
 
-/// Strata's node tool: manage the chunk store, blobs and refs.
+/// Strata's node tool: manage the chunk store, blobs, refs and images, and
+/// mount images.
 #[derive(Parser, Debug)]
 #[command(name = "snapctl", version, about, long_about = None, after_help = exit::HELP)]
 struct Cli {
@@ -46,6 +48,13 @@ enum Command {
     /// List and remove refs (named roots that keep data alive).
     #[command(subcommand)]
     Ref(ref_cmd::RefCommand),
+    /// Import, list, show, remove and export images.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCommand),
+    /// Mount an image (copy-on-write) with FUSE; serves until unmounted.
+    Mount(image_cmd::MountArgs),
+    /// Unmount a mount made by `snapctl mount`.
+    Umount { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +72,9 @@ fn main() -> ExitCode {
         Command::Store(cmd) => store_cmd::run(cmd, &home, &out),
         Command::Blob(cmd) => blob_cmd::run(cmd, &home, &out),
         Command::Ref(cmd) => ref_cmd::run(cmd, &home, &out),
+        Command::Image(cmd) => image_cmd::run(cmd, &home, &out),
+        Command::Mount(args) => image_cmd::mount_foreground(args, &home, &out),
+        Command::Umount { dir } => image_cmd::umount(&dir, &out),
     };
     match result {
         Ok(code) => code,
