@@ -4,7 +4,10 @@
 #   STRATA_CRASH_ITERATIONS=200 ./test.sh   # the long crash test
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/install-deps.sh
+# FUSE tests need /dev/fuse; the runtime test needs bubblewrap, gVisor's
+# runsc and a Debian root filesystem built by debootstrap (cached).
+scripts/install-deps.sh bubblewrap runsc runc debootstrap tar
+fixtures/debian-rootfs.sh bookworm-minbase
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
