@@ -1,0 +1,173 @@
+//! A Debian root filesystem imported into the store, mounted with FUSE and
+//! used as the root of real sandbox runtimes: gVisor (`runsc`) and
+//! bubblewrap. Afterwards the upper layer holds exactly the changes made and
+//! the lower tree is unchanged.
+//!
+//! The Debian tree is built (once, cached) by `fixtures/debian-rootfs.sh
+//! bookworm-minbase`, which `./test.sh` runs before the tests.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::{listing, store};
+use layerfs::cowfs::{CowFs, MountConfig};
+use layerfs::fuse::{mount, FuseOptions};
+use layerfs::{import_image, ImportOptions, SourceKind};
+
+fn fixture() -> Option<PathBuf> {
+    let cache =
+        std::env::var("STRATA_FIXTURES").unwrap_or_else(|_| "/var/cache/strata-fixtures".into());
+    let dir = Path::new(&cache).join("bookworm-minbase");
+    if !Path::new(&cache).join("bookworm-minbase.complete").exists() {
+        eprintln!(
+            "SKIP: the Debian fixture {} is not built; run `fixtures/debian-rootfs.sh bookworm-minbase` (./test.sh does)",
+            dir.display()
+        );
+        return None;
+    }
+    Some(dir)
+}
+
+fn have(program: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIP part: {program} is not installed (./test.sh installs it)");
+    }
+    found
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    text
+}
+
+/// Inside the sandbox: package tools, and a set of changes to check after.
+const SCRIPT: &str = "set -e
+dpkg -l | grep -c '^ii'
+apt-get --version | head -1
+echo made-in-sandbox > /root/created
+echo temp > /tmp/moved-from && mv /tmp/moved-from /root/moved-to
+ln /root/created /root/created-link
+chmod 0600 /root/created
+rm /etc/motd
+mkdir -p /opt/app && printf '#!/bin/sh\\necho script ran\\n' > /opt/app/run.sh && chmod 755 /opt/app/run.sh
+/opt/app/run.sh
+echo sandbox-done";
+
+#[test]
+fn debian_runs_in_gvisor_and_bubblewrap_on_a_strata_mount() {
+    let Some(debian) = fixture() else { return };
+    if !Path::new("/dev/fuse").exists() || unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs /dev/fuse and root");
+        return;
+    }
+    let (tmp, store) = store();
+    let options = ImportOptions {
+        kind: Some(SourceKind::Directory),
+        ..ImportOptions::default()
+    };
+    let image = import_image(&store, "debian", &debian, &options).unwrap();
+    let tree = image.image.tree.parse().unwrap();
+    let lower_before = listing(&store, tree);
+
+    for runtime in ["bwrap", "runsc"] {
+        if !have(runtime) {
+            continue;
+        }
+        let upper = tmp.path().join(format!("{runtime}-upper"));
+        let mnt = tmp.path().join(format!("{runtime}-mnt"));
+        std::fs::create_dir(&mnt).unwrap();
+        let fs = Arc::new(
+            CowFs::new(
+                store.clone(),
+                tree,
+                MountConfig {
+                    upper_dir: upper,
+                    quota_bytes: 1 << 30,
+                },
+            )
+            .unwrap(),
+        );
+        let session = mount(fs.clone(), &mnt, &FuseOptions::default()).unwrap();
+        let root = mnt.to_str().unwrap();
+        let output = match runtime {
+            "bwrap" => run(
+                "bwrap",
+                &[
+                    "--bind",
+                    root,
+                    "/",
+                    "--proc",
+                    "/proc",
+                    "--dev",
+                    "/dev",
+                    "--unshare-all",
+                    "--die-with-parent",
+                    "/bin/sh",
+                    "-c",
+                    SCRIPT,
+                ],
+            ),
+            _ => run(
+                "runsc",
+                &[
+                    "--network=none",
+                    "--platform=ptrace",
+                    "do",
+                    "--force-overlay=false",
+                    "--root",
+                    root,
+                    "/bin/sh",
+                    "-c",
+                    SCRIPT,
+                ],
+            ),
+        };
+        assert!(output.contains("apt 2."), "{runtime}: {output}");
+        assert!(output.contains("script ran"), "{runtime}: {output}");
+        assert!(output.contains("sandbox-done"), "{runtime}: {output}");
+        let packages: u32 = output.lines().next().unwrap().trim().parse().unwrap();
+        assert!(packages > 50, "{runtime}: dpkg lists {packages} packages");
+
+        // The mount shows exactly the changes; checked with stat on the host.
+        assert_eq!(
+            std::fs::read(mnt.join("root/created")).unwrap(),
+            b"made-in-sandbox\n"
+        );
+        assert_eq!(std::fs::read(mnt.join("root/moved-to")).unwrap(), b"temp\n");
+        assert!(!mnt.join("tmp/moved-from").exists());
+        assert!(!mnt.join("etc/motd").exists());
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(mnt.join("root/created-link")).unwrap();
+        assert_eq!((meta.nlink(), meta.mode() & 0o7777), (2, 0o600));
+        assert!(
+            debian.join("etc/motd").exists(),
+            "the source tree is untouched"
+        );
+        // The upper layer holds only what was written (a few small files).
+        assert!(
+            fs.used_bytes() < 1 << 20,
+            "{runtime}: upper holds {} bytes",
+            fs.used_bytes()
+        );
+        session.umount_and_join().unwrap();
+    }
+    assert_eq!(
+        listing(&store, tree),
+        lower_before,
+        "the lower tree is unchanged"
+    );
+}
