@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 # FUSE tests need /dev/fuse; the runtime test needs bubblewrap, gVisor's
 # runsc and a Debian root filesystem built by debootstrap (cached).
-scripts/install-deps.sh bubblewrap runsc runc debootstrap tar
+scripts/install-deps.sh bubblewrap runsc runc debootstrap tar umoci
 fixtures/debian-rootfs.sh bookworm-minbase
+fixtures/oci-debian.sh bookworm-minbase
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
