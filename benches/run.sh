@@ -2,6 +2,7 @@
 # Runs Strata's benchmarks side by side with the alternatives and updates
 # benches/RESULTS.md.
 #   benches/run.sh cas [--runs N] [--inputs usr,debian,random] ...
+#   benches/run.sh layerfs [--runs N] [--fio-seconds S]
 # Installs casync, zstd, b3sum and debootstrap, and builds the Debian root
 # filesystem fixtures once (cached under $STRATA_FIXTURES). Needs root (to
 # drop the page cache for cold reads and to run debootstrap).
@@ -16,8 +17,14 @@ case "$bench" in
         cargo build --release --locked -p strata-benches
         exec target/release/strata-bench cas "$@"
         ;;
+    layerfs)
+        scripts/install-deps.sh fio fuse-overlayfs
+        fixtures/debian-rootfs.sh bookworm-buildd
+        cargo build --release --locked -p strata-benches
+        exec target/release/strata-bench layerfs "$@"
+        ;;
     *)
-        echo "unknown benchmark '$bench' (known: cas)" >&2
+        echo "unknown benchmark '$bench' (known: cas, layerfs)" >&2
         exit 2
         ;;
 esac

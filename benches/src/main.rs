@@ -6,6 +6,7 @@
 
 mod cas_bench;
 mod demo;
+mod layerfs_bench;
 mod machine;
 mod report;
 mod tools;
@@ -34,6 +35,9 @@ enum Command {
     /// The chunk-store benchmark: Strata vs casync vs the raw zstd+b3sum
     /// pipeline on /usr, Debian root filesystems and random data.
     Cas(cas_bench::Args),
+    /// The mount benchmark: Strata's FUSE root vs kernel overlayfs vs
+    /// fuse-overlayfs vs bare ext4 on one Debian image.
+    Layerfs(layerfs_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +51,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo { dir } => demo::run(&dir),
         Command::Cas(args) => cas_bench::run(args),
+        Command::Layerfs(args) => layerfs_bench::run(args),
     }
 }

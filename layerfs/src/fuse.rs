@@ -174,6 +174,20 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 }
 
 impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // Directory operations may run in parallel (the core serialises
+        // what needs it), symlink targets may be cached (they never change
+        // under an inode), and O_TRUNC arrives with open.
+        let wanted = fuser::InitFlags::FUSE_PARALLEL_DIROPS
+            | fuser::InitFlags::FUSE_CACHE_SYMLINKS
+            | fuser::InitFlags::FUSE_ATOMIC_O_TRUNC;
+        let supported = config.capabilities() & wanted;
+        let _ = config.add_capabilities(supported);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         reply_entry(self.fs.lookup(parent.0, name.as_bytes()), reply);
     }
