@@ -9,6 +9,7 @@ cd "$(dirname "$0")"
 scripts/install-deps.sh bubblewrap runsc runc debootstrap tar umoci
 fixtures/debian-rootfs.sh bookworm-minbase
 fixtures/oci-debian.sh bookworm-minbase
+fixtures/pjdfstest.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -1003,15 +1003,21 @@ impl CowFs {
             if end > data.size() {
                 data.truncate(end, self.quota)?;
             }
+        } else if mode == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE {
+            data.zero_range(&self.store, offset, len, self.quota)?;
+        } else if mode == libc::FALLOC_FL_KEEP_SIZE {
             return Ok(());
+        } else {
+            return Err(Errno::EOPNOTSUPP);
         }
-        if mode == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE {
-            return data.zero_range(&self.store, offset, len, self.quota);
+        // As ext4: a successful allocation or punch changes mtime and ctime.
+        let mut st = self.state.lock();
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            let t = now();
+            node.attrs.mtime = t;
+            node.attrs.ctime = t;
         }
-        if mode == libc::FALLOC_FL_KEEP_SIZE {
-            return Ok(());
-        }
-        Err(Errno::EOPNOTSUPP)
+        Ok(())
     }
 
     /// `lseek` with SEEK_DATA / SEEK_HOLE.

@@ -1,0 +1,129 @@
+//! POSIX conformance: the pjdfstest suite (installed by
+//! `fixtures/pjdfstest.sh`, which `./test.sh` runs) against ext4 on this
+//! machine and against a Strata FUSE mount. Every test that passes on ext4
+//! must pass on Strata, except those listed with their reason.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::store;
+use layerfs::cowfs::{CowFs, MountConfig};
+use layerfs::fuse::{mount, FuseOptions};
+use layerfs::{import_image, ImportOptions, SourceKind};
+
+/// Tests that pass on ext4 but not through FUSE, and why.
+const EXCEPTIONS: &[(&str, &str)] = &[(
+    "link::link_count_max",
+    "skipped by pjdfstest: pathconf(_PC_LINK_MAX) is unknown through FUSE",
+)];
+
+const CONFIG: &str = "[features]\nposix_fallocate = {}\nutime_now = {}\nutimensat = {}\n\n[settings]\nnaptime = 0.01\n";
+
+fn binary() -> Option<PathBuf> {
+    let cache =
+        std::env::var("STRATA_FIXTURES").unwrap_or_else(|_| "/var/cache/strata-fixtures".into());
+    let path = Path::new(&cache).join("pjdfstest/bin/pjdfstest");
+    if !path.exists() {
+        eprintln!(
+            "SKIP: {} is not installed; run fixtures/pjdfstest.sh (./test.sh does)",
+            path.display()
+        );
+        return None;
+    }
+    let has_user = Command::new("id")
+        .arg("tests")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_user {
+        eprintln!("SKIP: pjdfstest needs the user 'tests'; fixtures/pjdfstest.sh creates it");
+        return None;
+    }
+    Some(path)
+}
+
+/// Runs the suite in `dir`; returns the names of passed tests and the summary line.
+fn run_suite(binary: &Path, config: &Path, dir: &Path) -> (BTreeSet<String>, String) {
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new(binary)
+        .arg("-c")
+        .arg(config)
+        .arg("-p")
+        .arg(dir)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let passed = text
+        .lines()
+        .filter(|l| l.trim_end().ends_with(" ok"))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect();
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("Summary:"))
+        .unwrap_or("no summary")
+        .to_string();
+    (passed, summary)
+}
+
+#[test]
+fn everything_that_passes_on_ext4_passes_on_a_strata_mount() {
+    let Some(binary) = binary() else { return };
+    if !Path::new("/dev/fuse").exists() || unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs /dev/fuse and root");
+        return;
+    }
+    let (tmp, store) = store();
+    let config = tmp.path().join("pjdfstest.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+
+    // ext4 (the test directory lives on the work disk, not on /tmp).
+    let ext4 = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (on_ext4, ext4_summary) = run_suite(&binary, &config, ext4.path());
+    assert!(on_ext4.len() > 300, "ext4: {ext4_summary}");
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let options = ImportOptions {
+        kind: Some(SourceKind::Directory),
+        ..ImportOptions::default()
+    };
+    let tree = import_image(&store, "empty", &empty, &options)
+        .unwrap()
+        .image
+        .tree
+        .parse()
+        .unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let fs = Arc::new(
+        CowFs::new(
+            store.clone(),
+            tree,
+            MountConfig {
+                upper_dir: tmp.path().join("upper"),
+                quota_bytes: 8 << 30,
+            },
+        )
+        .unwrap(),
+    );
+    let session = mount(fs, &mnt, &FuseOptions::default()).unwrap();
+    let (on_strata, strata_summary) = run_suite(&binary, &config, &mnt);
+    session.umount_and_join().unwrap();
+
+    eprintln!("pjdfstest on ext4:   {ext4_summary}");
+    eprintln!("pjdfstest on Strata: {strata_summary}");
+    let missing: Vec<_> = on_ext4
+        .difference(&on_strata)
+        .filter(|name| !EXCEPTIONS.iter().any(|(e, _)| e == name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "pass on ext4 but not on Strata: {missing:?}\n{strata_summary}"
+    );
+}
