@@ -8,22 +8,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use cas::{ChunkId, Store};
-use common::{listing, store};
-use layerfs::cowfs::{CowFs, MountConfig, BLOCK_SIZE};
-use layerfs::fuse::{mount, FuseOptions};
-use layerfs::{import_image, ImportOptions, SourceKind};
-
-fn fuse_available() -> bool {
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIP: /dev/fuse is absent on this machine; FUSE mount tests cannot run");
-        return false;
-    }
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: FUSE mount tests need root (mount(2) without fusermount)");
-        return false;
-    }
-    true
-}
+use common::{fuse_available, listing, store};
+use layerfs::cowfs::{CowFs, BLOCK_SIZE};
 
 /// Runs `script` with `sh -e` in `dir`; returns (success, stdout+stderr).
 fn run(script: &str, dir: &Path) -> (bool, String) {
@@ -67,14 +53,10 @@ fn image() -> Image {
     fs::write(src.join("usr/bin/tool"), b"#!/bin/sh\necho tool ran\n").unwrap();
     std::os::unix::fs::symlink("../etc/hostname", src.join("usr/hostname-link")).unwrap();
     fs::hard_link(src.join("etc/hostname"), src.join("usr/hostname-hard")).unwrap();
-    let options = ImportOptions {
-        kind: Some(SourceKind::Directory),
-        ..ImportOptions::default()
-    };
-    let report = import_image(&store, "base", &src, &options).unwrap();
+    let tree = common::import_dir(&store, "base", &src);
     let root = tmp.path().to_path_buf();
     Image {
-        tree: report.image.tree.parse().unwrap(),
+        tree,
         store,
         root,
         _tmp: tmp,
@@ -86,22 +68,7 @@ fn new_mount(
     name: &str,
     quota: u64,
 ) -> (Arc<CowFs>, fuser::BackgroundSession, PathBuf) {
-    let upper = image.root.join(format!("{name}-upper"));
-    let mnt = image.root.join(format!("{name}-mnt"));
-    fs::create_dir_all(&mnt).unwrap();
-    let fs = Arc::new(
-        CowFs::new(
-            image.store.clone(),
-            image.tree,
-            MountConfig {
-                upper_dir: upper,
-                quota_bytes: quota,
-            },
-        )
-        .unwrap(),
-    );
-    let session = mount(fs.clone(), &mnt, &FuseOptions::default()).unwrap();
-    (fs, session, mnt)
+    common::mount_tree(&image.store, image.tree, &image.root, name, quota)
 }
 
 #[test]

@@ -8,12 +8,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use common::store;
-use layerfs::cowfs::{CowFs, MountConfig};
-use layerfs::fuse::{mount, FuseOptions};
-use layerfs::{import_image, ImportOptions, SourceKind};
 
 /// Tests that pass on ext4 but not through FUSE, and why.
 const EXCEPTIONS: &[(&str, &str)] = &[(
@@ -74,8 +70,7 @@ fn run_suite(binary: &Path, config: &Path, dir: &Path) -> (BTreeSet<String>, Str
 #[test]
 fn everything_that_passes_on_ext4_passes_on_a_strata_mount() {
     let Some(binary) = binary() else { return };
-    if !Path::new("/dev/fuse").exists() || unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: needs /dev/fuse and root");
+    if !common::fuse_available() {
         return;
     }
     let (tmp, store) = store();
@@ -89,30 +84,8 @@ fn everything_that_passes_on_ext4_passes_on_a_strata_mount() {
 
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let options = ImportOptions {
-        kind: Some(SourceKind::Directory),
-        ..ImportOptions::default()
-    };
-    let tree = import_image(&store, "empty", &empty, &options)
-        .unwrap()
-        .image
-        .tree
-        .parse()
-        .unwrap();
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let fs = Arc::new(
-        CowFs::new(
-            store.clone(),
-            tree,
-            MountConfig {
-                upper_dir: tmp.path().join("upper"),
-                quota_bytes: 8 << 30,
-            },
-        )
-        .unwrap(),
-    );
-    let session = mount(fs, &mnt, &FuseOptions::default()).unwrap();
+    let tree = common::import_dir(&store, "empty", &empty);
+    let (_fs, session, mnt) = common::mount_tree(&store, tree, tmp.path(), "strata", 8 << 30);
     let (on_strata, strata_summary) = run_suite(&binary, &config, &mnt);
     session.umount_and_join().unwrap();
 

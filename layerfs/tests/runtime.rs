@@ -10,12 +10,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use common::{listing, store};
-use layerfs::cowfs::{CowFs, MountConfig};
-use layerfs::fuse::{mount, FuseOptions};
-use layerfs::{import_image, ImportOptions, SourceKind};
 
 fn fixture() -> Option<PathBuf> {
     let cache =
@@ -70,38 +66,18 @@ echo sandbox-done";
 #[test]
 fn debian_runs_in_gvisor_and_bubblewrap_on_a_strata_mount() {
     let Some(debian) = fixture() else { return };
-    if !Path::new("/dev/fuse").exists() || unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: needs /dev/fuse and root");
+    if !common::fuse_available() {
         return;
     }
     let (tmp, store) = store();
-    let options = ImportOptions {
-        kind: Some(SourceKind::Directory),
-        ..ImportOptions::default()
-    };
-    let image = import_image(&store, "debian", &debian, &options).unwrap();
-    let tree = image.image.tree.parse().unwrap();
+    let tree = common::import_dir(&store, "debian", &debian);
     let lower_before = listing(&store, tree);
 
     for runtime in ["bwrap", "runsc"] {
         if !have(runtime) {
             continue;
         }
-        let upper = tmp.path().join(format!("{runtime}-upper"));
-        let mnt = tmp.path().join(format!("{runtime}-mnt"));
-        std::fs::create_dir(&mnt).unwrap();
-        let fs = Arc::new(
-            CowFs::new(
-                store.clone(),
-                tree,
-                MountConfig {
-                    upper_dir: upper,
-                    quota_bytes: 1 << 30,
-                },
-            )
-            .unwrap(),
-        );
-        let session = mount(fs.clone(), &mnt, &FuseOptions::default()).unwrap();
+        let (fs, session, mnt) = common::mount_tree(&store, tree, tmp.path(), runtime, 1 << 30);
         let root = mnt.to_str().unwrap();
         let output = match runtime {
             "bwrap" => run(

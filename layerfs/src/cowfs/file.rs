@@ -70,12 +70,15 @@ impl Inner {
         }
     }
 
-    /// Bytes the upper file holds for a file of `size` with these blocks.
-    fn charge_for(&self, size: u64) -> u64 {
-        let blocks: u64 = self.present.iter().map(|w| u64::from(w.count_ones())).sum();
-        let mut charge = blocks * BLOCK_SIZE;
+    /// Bytes the upper file holds for a file of `size` whose present blocks
+    /// are these plus the blocks in `extra` (a write about to happen).
+    fn charge_for(&self, size: u64, extra: std::ops::Range<u64>) -> u64 {
+        let present: u64 = self.present.iter().map(|w| u64::from(w.count_ones())).sum();
+        let added = extra.clone().filter(|b| !self.is_present(*b)).count() as u64;
+        let mut charge = (present + added) * BLOCK_SIZE;
         let tail = size % BLOCK_SIZE;
-        if tail != 0 && self.is_present(size / BLOCK_SIZE) {
+        let last = size / BLOCK_SIZE;
+        if tail != 0 && (self.is_present(last) || extra.contains(&last)) {
             charge -= BLOCK_SIZE - tail;
         }
         charge
@@ -237,14 +240,7 @@ impl FileData {
         let first = offset / BLOCK_SIZE;
         let last = (end - 1) / BLOCK_SIZE;
         // Quota: what the file will hold after this write.
-        let mut after = Inner {
-            present: inner.present.clone(),
-            ..Inner::default()
-        };
-        for block in first..=last {
-            after.set_present(block);
-        }
-        let new_charge = after.charge_for(new_size);
+        let new_charge = inner.charge_for(new_size, first..last + 1);
         let used = self.used.load(Ordering::Relaxed);
         if used - inner.charged.min(used) + new_charge > quota && new_charge > inner.charged {
             return Err(Errno::ENOSPC);
@@ -292,7 +288,7 @@ impl FileData {
             }
         }
         inner.size = size;
-        let charge = inner.charge_for(size);
+        let charge = inner.charge_for(size, 0..0);
         self.apply_charge(&mut inner, charge);
         Ok(())
     }

@@ -126,3 +126,55 @@ pub fn sh(command: &str, dir: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// True when FUSE mounts can run here (prints why not otherwise).
+pub fn fuse_available() -> bool {
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIP: /dev/fuse is absent on this machine; FUSE mount tests cannot run");
+        return false;
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: FUSE mount tests need root (mount(2) without fusermount)");
+        return false;
+    }
+    true
+}
+
+/// Imports directory `dir` as image `name`; returns its tree.
+pub fn import_dir(store: &Store, name: &str, dir: &Path) -> cas::ChunkId {
+    let options = layerfs::ImportOptions {
+        kind: Some(layerfs::SourceKind::Directory),
+        ..layerfs::ImportOptions::default()
+    };
+    layerfs::import_image(store, name, dir, &options)
+        .unwrap()
+        .image
+        .tree
+        .parse()
+        .unwrap()
+}
+
+/// Mounts `tree` with FUSE at `base/NAME-mnt` (upper layer in
+/// `base/NAME-upper`); returns the filesystem, the session and the mount point.
+pub fn mount_tree(
+    store: &Store,
+    tree: cas::ChunkId,
+    base: &Path,
+    name: &str,
+    quota: u64,
+) -> (
+    std::sync::Arc<layerfs::cowfs::CowFs>,
+    fuser::BackgroundSession,
+    std::path::PathBuf,
+) {
+    let mnt = base.join(format!("{name}-mnt"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    let config = layerfs::cowfs::MountConfig {
+        upper_dir: base.join(format!("{name}-upper")),
+        quota_bytes: quota,
+    };
+    let fs = std::sync::Arc::new(layerfs::cowfs::CowFs::new(store.clone(), tree, config).unwrap());
+    let session =
+        layerfs::fuse::mount(fs.clone(), &mnt, &layerfs::fuse::FuseOptions::default()).unwrap();
+    (fs, session, mnt)
+}
