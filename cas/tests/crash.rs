@@ -4,7 +4,9 @@
 //!
 //! The writer is this test binary re-executed with `CAS_CRASH_CHILD` set;
 //! it prints `ACK <ref> <seed>` only after `set_ref` returned (durable),
-//! and `DEL <ref>` after a delete returned. Iterations: 25, or
+//! `DELETING <ref>` before it deletes one and `DEL <ref>` after the delete
+//! returned. A ref killed between the two may or may not be gone, but if it
+//! is still there it must still be right. Iterations: 25, or
 //! `STRATA_CRASH_ITERATIONS`.
 
 mod common;
@@ -66,6 +68,8 @@ fn crash_child() {
         stdout.flush().unwrap();
         if i % 4 == 3 {
             let old = format!("crash/{iteration}/{}", i - 1);
+            writeln!(stdout, "DELETING {old}").unwrap();
+            stdout.flush().unwrap();
             store.delete_ref(&old, RefExpectation::Any).unwrap();
             writeln!(stdout, "DEL {old}").unwrap();
             stdout.flush().unwrap();
@@ -87,6 +91,8 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     drop(Store::init(&home, crash_config()).unwrap());
     let exe = std::env::current_exe().unwrap();
     let mut acked: std::collections::BTreeMap<String, u64> = Default::default();
+    // Refs whose delete began but was never acknowledged: either state is fine.
+    let mut maybe_deleted: std::collections::BTreeMap<String, u64> = Default::default();
     let mut total_acks = 0;
     let mut rng = 0x1234_5678_u64;
     for iteration in 0..iterations {
@@ -128,8 +134,14 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                     acked.insert(name.to_string(), seed.parse().unwrap());
                     total_acks += 1;
                 }
+                (Some("DELETING"), Some(name), None) => {
+                    if let Some(seed) = acked.remove(name) {
+                        maybe_deleted.insert(name.to_string(), seed);
+                    }
+                }
                 (Some("DEL"), Some(name), None) => {
                     acked.remove(name);
+                    maybe_deleted.remove(name);
                 }
                 _ => {}
             }
@@ -153,6 +165,16 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 bytes == content(*seed),
                 "iteration {iteration}: {name} has wrong bytes"
             );
+        }
+        for (name, seed) in &maybe_deleted {
+            if let Some(value) = store.get_ref(name).unwrap() {
+                let bytes = read_blob(&store, &value.root)
+                    .unwrap_or_else(|e| panic!("iteration {iteration}: {name}: {e}"));
+                assert!(
+                    bytes == content(*seed),
+                    "iteration {iteration}: {name} (delete interrupted) has wrong bytes"
+                );
+            }
         }
     }
     assert!(
