@@ -19,7 +19,7 @@ use crate::memtree::TreeReader;
 use crate::tree::{Attrs, DirNode, Entry, InodeKind};
 
 /// What an export wrote.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExportStats {
     pub entries: u64,
     pub file_bytes: u64,

@@ -8,6 +8,14 @@
 //! write past the quota must fail at `write()` with ENOSPC, not later.
 //! Permission checks are the kernel's (`default_permissions`), against the
 //! attributes served here.
+//!
+//! Locks: `flock` and `fcntl` locks are left to the kernel (neither
+//! `FUSE_POSIX_LOCKS` nor `FUSE_FLOCK_LOCKS` is asked for). Every process
+//! using a mount goes through this one kernel, so its local lock table is
+//! exact, and it handles what a FUSE server cannot do well: blocking waits
+//! that a signal interrupts, and deadlock detection. The core's own lock
+//! table ([`crate::cowfs::locks`]) serves protocols whose clients are on
+//! other kernels (9P).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -16,16 +24,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    BackgroundSession, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, LockOwner, MountOption, OpenFlags, RenameFlags as FuseRenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    MountOption, OpenFlags, RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
 use crate::cowfs::{
     Caller, CowFs, Errno, FileKind, RenameFlags, SetAttr, Stat, TimeSet, XattrMode,
 };
 use crate::tree::Timestamp;
+
+pub use fuser::BackgroundSession;
 
 /// How long the kernel may cache attributes and entries.
 pub const ATTR_TTL: Duration = Duration::from_secs(60);

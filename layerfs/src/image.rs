@@ -83,7 +83,7 @@ pub struct ImageInfo {
 }
 
 /// What an import did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ImportReport {
     #[serde(flatten)]
     pub image: ImageInfo,

@@ -211,3 +211,75 @@ fn two_mounts_of_one_image_are_isolated() {
     session_a.umount_and_join().unwrap();
     session_b.umount_and_join().unwrap();
 }
+
+/// Advisory locks between processes on one mount. The FUSE frontend leaves
+/// them to the kernel (one mount is one kernel's); this shows `flock(1)`
+/// and `fcntl` byte-range locks behave on the mount as on any filesystem.
+#[test]
+fn flock_and_fcntl_locks_hold_between_processes_on_a_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let image = image();
+    let (_fs, session, mnt) = new_mount(&image, "locks", 1 << 30);
+    // A holder in the background; the check waits until it holds the lock.
+    let mut holder = std::os::unix::process::CommandExt::process_group(
+        Command::new("flock")
+            .args(["-o", "-x", "etc/hostname", "-c", "touch held; sleep 30"])
+            .current_dir(&mnt),
+        0,
+    )
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !mnt.join("held").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flock holder did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (free, text) = run("flock -n -s etc/hostname true", &mnt);
+    assert!(
+        !free,
+        "a shared flock was granted over an exclusive one: {text}"
+    );
+    // SAFETY: kill(2) on the process group of our own child.
+    unsafe { libc::kill(-(holder.id() as i32), libc::SIGKILL) };
+    holder.wait().unwrap();
+    must("flock -n -x etc/hostname true", &mnt);
+
+    // fcntl: perl (essential in Debian) sets a write lock on bytes 0..9 and
+    // holds it; another process can lock bytes 10.. but not 5.
+    let script = |start: u64, len: u64, hold: &str| {
+        format!(
+            "use Fcntl; open(F, \"+<\", \"usr/big\") or die; \
+             my $l = pack(\"ssx4qqix4\", F_WRLCK, 0, {start}, {len}, 0); fcntl(F, F_SETLK, $l) or exit 3; {hold}"
+        )
+    };
+    let lock = |start: u64, len: u64| format!("perl -e '{}'", script(start, len, ""));
+    let mut holder = Command::new("perl")
+        .arg("-e")
+        .arg(script(
+            0,
+            10,
+            "open(M, \">\", \"fcntl-held\"); close M; sleep 30",
+        ))
+        .current_dir(&mnt)
+        .spawn()
+        .unwrap();
+    while !mnt.join("fcntl-held").exists() {
+        assert!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(20),
+            "fcntl holder did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    must(&lock(10, 100), &mnt);
+    let (got, text) = run(&lock(5, 1), &mnt);
+    assert!(!got, "an overlapping fcntl write lock was granted: {text}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    must(&lock(5, 1), &mnt);
+    session.umount_and_join().unwrap();
+}

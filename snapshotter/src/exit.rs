@@ -19,12 +19,14 @@ pub const CORRUPTION: u8 = 5;
 pub const IO_ERROR: u8 = 6;
 /// The input was invalid (malformed id, bad ref name, ref conflict).
 pub const INVALID_INPUT: u8 = 7;
+/// The command needs the node daemon and none is running.
+pub const NO_DAEMON: u8 = 8;
 
 /// Shown at the end of `snapctl --help`.
 pub const HELP: &str = "\
 Exit codes: 0 success, 1 other failure, 2 usage error, 3 not found,
 4 store missing/in use/wrong version, 5 corruption found, 6 I/O error,
-7 invalid input.
+7 invalid input, 8 no node daemon running (start one: snapctl daemon).
 The data directory is --home, else $STRATA_HOME, else /var/lib/strata (root)
 or ~/.local/share/strata. Set STRATA_LOG=info (or debug) for logs on stderr.";
 
@@ -32,6 +34,12 @@ or ~/.local/share/strata. Set STRATA_LOG=info (or debug) for logs on stderr.";
 /// chain, or of an I/O error.
 pub fn code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
+        if let Some(remote) = cause.downcast_ref::<crate::api::RemoteError>() {
+            return remote.code;
+        }
+        if cause.is::<crate::client::DaemonUnavailable>() {
+            return NO_DAEMON;
+        }
         let class = cause
             .downcast_ref::<cas::Error>()
             .map(cas::Error::class)
@@ -69,6 +77,7 @@ pub fn kind_name(code: u8) -> &'static str {
         CORRUPTION => "corruption",
         IO_ERROR => "io",
         INVALID_INPUT => "invalid_input",
+        NO_DAEMON => "no_daemon",
         _ => "failure",
     }
 }

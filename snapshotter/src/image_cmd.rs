@@ -1,24 +1,18 @@
-//! `snapctl image import|ls|show|rm|export` and `snapctl mount|umount`.
-//!
-//! Until the node daemon lands (it will own the store and every mount),
-//! these open the store themselves, and `snapctl mount` serves the mount in
-//! the foreground until it is unmounted.
+//! `snapctl image import|ls|show|rm|export` and `snapctl mount|mounts|umount`:
+//! requests to the node daemon, which owns the store and every mount.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use layerfs::cowfs::{CowFs, MountConfig};
-use layerfs::fuse::{mount, FuseOptions};
-use layerfs::{ImportLimits, ImportOptions, SourceKind};
+use layerfs::{ExportStats, ImageInfo, ImportLimits, ImportReport, SourceKind};
 
+use crate::api::{self, ExportTarget, MountInfo, Op};
+use crate::client::{self, Client};
 use crate::exit;
 use crate::output::{human_bytes, parse_size, Output};
-use crate::store_cmd::open;
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
@@ -70,36 +64,34 @@ enum Format {
 }
 
 pub fn run(cmd: ImageCommand, home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
-    let store = open(home)?;
+    let mut client = Client::connect(home)?;
     match cmd {
         ImageCommand::Import(args) => {
             let defaults = ImportLimits::default();
-            let options = ImportOptions {
-                limits: ImportLimits {
-                    max_total_bytes: args.max_bytes.unwrap_or(defaults.max_total_bytes),
-                    max_file_bytes: args.max_file_bytes.unwrap_or(defaults.max_file_bytes),
-                    max_entries: args.max_entries.unwrap_or(defaults.max_entries),
-                    allow_devices: !args.no_devices,
-                },
-                tag: args.tag,
+            let source = std::fs::canonicalize(&args.source)
+                .with_context(|| format!("import source {}", args.source.display()))?;
+            let request = api::ImageImport {
+                source,
+                name: args.name,
                 kind: args.format.map(|f| match f {
                     Format::Oci => SourceKind::OciLayout,
                     Format::Docker => SourceKind::DockerArchive,
                     Format::Tar => SourceKind::Tarball,
                     Format::Dir => SourceKind::Directory,
                 }),
+                tag: args.tag,
+                limits: Some(ImportLimits {
+                    max_total_bytes: args.max_bytes.unwrap_or(defaults.max_total_bytes),
+                    max_file_bytes: args.max_file_bytes.unwrap_or(defaults.max_file_bytes),
+                    max_entries: args.max_entries.unwrap_or(defaults.max_entries),
+                    allow_devices: !args.no_devices,
+                }),
             };
             let spinner = out.spinner(&format!("importing {}", args.source.display()));
-            let report = layerfs::import_image(&store, &args.name, &args.source, &options)
-                .with_context(|| {
-                    format!(
-                        "importing {} as image '{}'",
-                        args.source.display(),
-                        args.name
-                    )
-                });
+            let report: ImportReport = client.call(Op::ImageImport(request)).inspect_err(|_| {
+                spinner.finish_and_clear();
+            })?;
             spinner.finish_and_clear();
-            let report = report?;
             out.print(&report, || report.image.tree.clone())?;
             out.note(&format!(
                 "image '{}': {} files, {} ({} new) in {} layers, {:.2}s",
@@ -112,7 +104,7 @@ pub fn run(cmd: ImageCommand, home: &Path, out: &Output) -> anyhow::Result<ExitC
             ));
         }
         ImageCommand::Ls => {
-            let images = layerfs::list_images(&store)?;
+            let images: Vec<ImageInfo> = client.call(Op::ImageList)?;
             out.print(&images, || {
                 images
                     .iter()
@@ -120,7 +112,7 @@ pub fn run(cmd: ImageCommand, home: &Path, out: &Output) -> anyhow::Result<ExitC
                         format!(
                             "{}\t{}\t{} files\t{}\t{}",
                             i.name,
-                            &i.tree[..16],
+                            &i.tree[..16.min(i.tree.len())],
                             i.files,
                             human_bytes(i.file_bytes),
                             serde_json::to_value(i.kind)
@@ -134,36 +126,34 @@ pub fn run(cmd: ImageCommand, home: &Path, out: &Output) -> anyhow::Result<ExitC
             })?;
         }
         ImageCommand::Show { name } => {
-            let image = layerfs::get_image(&store, &name)?;
+            let image: ImageInfo = client.call(Op::ImageShow { name })?;
             out.print(&image, || {
                 serde_json::to_string_pretty(&image).unwrap_or_default()
             })?;
         }
         ImageCommand::Rm { name } => {
-            layerfs::remove_image(&store, &name)?;
-            out.print(&serde_json::json!({ "removed": name }), || {
-                format!("removed image '{name}'")
-            })?;
+            let removed: serde_json::Value = client.call(Op::ImageRemove { name: name.clone() })?;
+            out.print(&removed, || format!("removed image '{name}'"))?;
         }
         ImageCommand::Export { name, out: target } => {
-            let tree = layerfs::image_tree(&store, &name)?;
-            let stats = if target.as_os_str() == "-" {
+            if target.as_os_str() == "-" {
                 if out.json() {
                     bail!("--json and output to stdout cannot be combined; give a file name");
                 }
-                let stdout = std::io::stdout().lock();
-                layerfs::export_tar(&store, tree, BufWriter::new(stdout))?
+                let mut stdout = BufWriter::new(std::io::stdout().lock());
+                let _: ExportStats = client.call_streaming(
+                    Op::ImageExport {
+                        name,
+                        to: ExportTarget::Stream,
+                    },
+                    &mut stdout,
+                )?;
             } else {
-                let file = File::create(&target)
-                    .with_context(|| format!("creating {}", target.display()))?;
-                let mut writer = BufWriter::new(file);
-                let stats = layerfs::export_tar(&store, tree, &mut writer)?;
-                writer
-                    .flush()
-                    .with_context(|| format!("writing {}", target.display()))?;
-                stats
-            };
-            if target.as_os_str() != "-" {
+                let path = client::absolute(&target)?;
+                let stats: ExportStats = client.call(Op::ImageExport {
+                    name,
+                    to: ExportTarget::File(path),
+                })?;
                 out.print(&stats, || {
                     format!(
                         "exported {} entries, {}",
@@ -183,11 +173,8 @@ pub struct MountArgs {
     /// Image to mount.
     #[arg(long)]
     image: String,
-    /// Mount point.
+    /// Mount point (an existing directory).
     dir: PathBuf,
-    /// Directory of the writable upper layer (default: HOME/mounts/<pid>).
-    #[arg(long)]
-    upper: Option<PathBuf>,
     /// Size quota of the upper layer (e.g. 10G).
     #[arg(long, value_parser = parse_size, default_value = "10G")]
     quota: u64,
@@ -196,54 +183,70 @@ pub struct MountArgs {
     threads: usize,
 }
 
-/// Mounts an image and serves it until the mount point is unmounted.
-pub fn mount_foreground(args: MountArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
-    let store = open(home)?;
-    let tree = layerfs::image_tree(&store, &args.image)?;
-    let upper = args
-        .upper
-        .unwrap_or_else(|| home.join("mounts").join(std::process::id().to_string()));
-    let fs = Arc::new(
-        CowFs::new(
-            store,
-            tree,
-            MountConfig {
-                upper_dir: upper.clone(),
-                quota_bytes: args.quota,
-            },
-        )
-        .with_context(|| format!("preparing the upper layer in {}", upper.display()))?,
-    );
-    let options = FuseOptions {
-        threads: args.threads,
-        ..FuseOptions::default()
-    };
-    let session = mount(fs, &args.dir, &options).with_context(|| {
-        format!(
-            "mounting on {} (is FUSE available and the directory empty?)",
-            args.dir.display()
-        )
-    })?;
-    out.print(
-        &serde_json::json!({ "mounted": args.dir, "image": args.image, "tree": tree, "upper": upper }),
-        || format!("mounted image '{}' on {}; `snapctl umount {}` ends it", args.image, args.dir.display(), args.dir.display()),
-    )?;
-    session.join().context("serving the mount")?;
+/// `snapctl mount`: the daemon mounts the image and serves it; prints the
+/// mount id.
+pub fn mount(args: MountArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(home)?;
+    let mountpoint = std::fs::canonicalize(&args.dir)
+        .with_context(|| format!("mount point {}", args.dir.display()))?;
+    let info: MountInfo = client.call(Op::MountCreate(api::MountCreate {
+        image: args.image,
+        mountpoint,
+        quota_bytes: args.quota,
+        threads: Some(args.threads),
+    }))?;
+    out.print(&info, || info.id.clone())?;
+    out.note(&format!(
+        "mounted image '{}' on {} (mount {}); `snapctl umount {}` ends it",
+        info.image,
+        info.mountpoint.display(),
+        info.id,
+        info.mountpoint.display()
+    ));
     Ok(exit::code(exit::OK))
 }
 
-/// `snapctl umount DIR`.
-pub fn umount(dir: &Path, out: &Output) -> anyhow::Result<ExitCode> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .context("mount point path contains a NUL byte")?;
-    // SAFETY: `c` is a valid NUL-terminated path; umount2 touches no memory of ours.
-    let rc = unsafe { libc::umount2(c.as_ptr(), 0) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        return Err(err).with_context(|| format!("unmounting {}", dir.display()));
-    }
-    out.print(&serde_json::json!({ "unmounted": dir }), || {
-        format!("unmounted {}", dir.display())
+/// `snapctl mount ls`-style listing: `snapctl mounts`.
+pub fn list_mounts(home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(home)?;
+    let mounts: Vec<MountInfo> = client.call(Op::MountList)?;
+    out.print(&mounts, || {
+        mounts
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}\t{}\t{}\t{} of {}",
+                    m.id,
+                    m.image,
+                    m.mountpoint.display(),
+                    human_bytes(m.used_bytes),
+                    human_bytes(m.quota_bytes)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    Ok(exit::code(exit::OK))
+}
+
+/// `snapctl umount MOUNT`: MOUNT is a mount point or a mount id. The
+/// mount's upper layer is discarded.
+pub fn umount(target: &str, home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(home)?;
+    // A path is resolved here: the daemon does not share our directory.
+    let key = match std::fs::canonicalize(target) {
+        Ok(path) if target.contains('/') || Path::new(target).is_dir() => {
+            path.display().to_string()
+        }
+        _ => target.to_string(),
+    };
+    let info: MountInfo = client.call(Op::MountRemove { mount: key })?;
+    out.print(&info, || {
+        format!(
+            "unmounted {} (mount {})",
+            info.mountpoint.display(),
+            info.id
+        )
     })?;
     Ok(exit::code(exit::OK))
 }

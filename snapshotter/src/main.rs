@@ -1,10 +1,15 @@
 //! `snapctl`: the command-line tool of a Strata node.
 //!
-//! It parses arguments, opens the store (later: talks to the node daemon),
-//! runs one command and prints the result for people or, with `--json`, for
-//! programs. Exit codes tell failure kinds apart (see [`exit`]).
+//! It parses arguments and runs one command: image and mount commands are
+//! requests to the node daemon (`snapctl daemon`, which owns the store);
+//! `store`, `blob` and `ref` open the store themselves and so work only
+//! while no daemon runs. Results are printed for people or, with `--json`,
+//! for programs. Exit codes tell failure kinds apart (see [`exit`]).
 
+mod api;
 mod blob_cmd;
+mod client;
+mod daemon;
 mod exit;
 mod home;
 mod image_cmd;
@@ -51,10 +56,17 @@ enum Command {
     /// Import, list, show, remove and export images.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
-    /// Mount an image (copy-on-write) with FUSE; serves until unmounted.
+    /// Mount an image copy-on-write (the daemon serves it); prints the
+    /// mount id.
     Mount(image_cmd::MountArgs),
-    /// Unmount a mount made by `snapctl mount`.
-    Umount { dir: PathBuf },
+    /// List the daemon's mounts.
+    Mounts,
+    /// End a mount (a mount point or a mount id); its upper layer is
+    /// discarded.
+    Umount { mount: String },
+    /// Run the node daemon in the foreground; it owns the store and every
+    /// mount, and answers on HOME/snapd.sock (see snapshotter/API.md).
+    Daemon,
 }
 
 fn main() -> ExitCode {
@@ -62,9 +74,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser::mnt=error")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let out = Output::new(cli.json);
     let home = home::resolve(cli.home);
@@ -73,8 +86,10 @@ fn main() -> ExitCode {
         Command::Blob(cmd) => blob_cmd::run(cmd, &home, &out),
         Command::Ref(cmd) => ref_cmd::run(cmd, &home, &out),
         Command::Image(cmd) => image_cmd::run(cmd, &home, &out),
-        Command::Mount(args) => image_cmd::mount_foreground(args, &home, &out),
-        Command::Umount { dir } => image_cmd::umount(&dir, &out),
+        Command::Mount(args) => image_cmd::mount(args, &home, &out),
+        Command::Mounts => image_cmd::list_mounts(&home, &out),
+        Command::Umount { mount } => image_cmd::umount(&mount, &home, &out),
+        Command::Daemon => daemon::run(&home, &out),
     };
     match result {
         Ok(code) => code,

@@ -37,8 +37,19 @@ pub enum StoreCommand {
 
 /// Opens the store for a command, with context for the error message.
 pub fn open(home: &Path) -> anyhow::Result<Store> {
-    Store::open(home, OpenOptions::default())
-        .with_context(|| format!("opening the store at {}", home.display()))
+    Store::open(home, OpenOptions::default()).with_context(|| {
+        let daemon_runs =
+            std::os::unix::net::UnixStream::connect(crate::api::socket_path(home)).is_ok();
+        if daemon_runs {
+            format!(
+                "opening the store at {}: the node daemon owns it; `store`, `blob` and `ref` \
+                 commands work only while it is stopped (SIGTERM ends it)",
+                home.display()
+            )
+        } else {
+            format!("opening the store at {}", home.display())
+        }
+    })
 }
 
 pub fn run(cmd: StoreCommand, home: &Path, out: &Output) -> anyhow::Result<ExitCode> {

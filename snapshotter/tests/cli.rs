@@ -2,36 +2,10 @@
 //! JSON output.
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn snapctl(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_snapctl"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("STRATA_HOME")
-        .output()
-        .expect("run snapctl")
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-fn code(output: &Output) -> i32 {
-    output.status.code().expect("exit code")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+mod common;
+use common::*;
 
 fn sample(len: usize) -> Vec<u8> {
     let mut x = 0x2545_f491_4f6c_dd1d_u64;
@@ -245,116 +219,4 @@ fn the_data_directory_comes_from_flag_then_environment() {
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(from_flag.join("strata-store.json").exists());
-}
-
-#[test]
-fn images_import_list_export_mount_and_remove() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    assert_eq!(code(&snapctl(&home, &["store", "init"])), 0);
-    let src = dir.path().join("src");
-    std::fs::create_dir_all(src.join("etc")).unwrap();
-    std::fs::write(src.join("etc/motd"), b"welcome\n").unwrap();
-
-    let out = snapctl(
-        &home,
-        &[
-            "--json",
-            "image",
-            "import",
-            src.to_str().unwrap(),
-            "--name",
-            "tiny",
-        ],
-    );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let report = json(&out);
-    assert_eq!(report["kind"], "directory");
-    assert_eq!(report["files"], 1);
-    let tree = report["tree"].as_str().unwrap().to_string();
-
-    // The same name again: invalid input, nothing changed.
-    let again = snapctl(
-        &home,
-        &["image", "import", src.to_str().unwrap(), "--name", "tiny"],
-    );
-    assert_eq!(code(&again), 7, "{}", stderr(&again));
-    assert!(
-        stderr(&again).contains("already exists"),
-        "{}",
-        stderr(&again)
-    );
-
-    let list = json(&snapctl(&home, &["--json", "image", "ls"]));
-    assert_eq!(list.as_array().unwrap().len(), 1);
-    assert_eq!(list[0]["tree"], tree.as_str());
-
-    // Export, import the export: the same tree.
-    let tar = dir.path().join("tiny.tar");
-    let out = snapctl(&home, &["image", "export", "tiny", tar.to_str().unwrap()]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let out = snapctl(
-        &home,
-        &[
-            "--json",
-            "image",
-            "import",
-            tar.to_str().unwrap(),
-            "--name",
-            "copy",
-        ],
-    );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(json(&out)["tree"], tree.as_str());
-
-    // A hostile archive: a clear error and no image.
-    let evil = dir.path().join("evil.tar");
-    let mut header = tar::Header::new_ustar();
-    header.as_old_mut().name[..12].copy_from_slice(b"../../escape");
-    header.set_size(0);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_cksum();
-    let mut bytes = header.as_bytes().to_vec();
-    bytes.extend_from_slice(&[0u8; 1024]);
-    std::fs::write(&evil, bytes).unwrap();
-    let out = snapctl(
-        &home,
-        &["image", "import", evil.to_str().unwrap(), "--name", "evil"],
-    );
-    assert_eq!(code(&out), 7, "{}", stderr(&out));
-    assert!(stderr(&out).contains("'..' in path"), "{}", stderr(&out));
-    assert!(code(&snapctl(&home, &["image", "show", "evil"])) == 3);
-
-    // Mount in the foreground, use it, unmount.
-    if Path::new("/dev/fuse").exists() && unsafe { libc::geteuid() } == 0 {
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_snapctl"))
-            .arg("--home")
-            .arg(&home)
-            .args(["mount", "--image", "tiny"])
-            .arg(&mnt)
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !mnt.join("etc/motd").exists() {
-            assert!(std::time::Instant::now() < deadline, "mount did not appear");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        assert_eq!(std::fs::read(mnt.join("etc/motd")).unwrap(), b"welcome\n");
-        std::fs::write(mnt.join("etc/new"), b"x").unwrap();
-        let out = snapctl(&home, &["umount", mnt.to_str().unwrap()]);
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
-        assert!(child.wait().unwrap().success());
-        assert!(!mnt.join("etc/motd").exists());
-    } else {
-        eprintln!("SKIP mount part: no /dev/fuse or not root");
-    }
-
-    let out = snapctl(&home, &["image", "rm", "tiny"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(code(&snapctl(&home, &["image", "rm", "tiny"])), 3);
 }

@@ -14,6 +14,7 @@
 //!   with ENOSPC before anything is written.
 
 mod file;
+pub mod locks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -29,6 +30,7 @@ use crate::memtree::TreeReader;
 use crate::tree::{validate_name, Attrs, DirNode, Entry, InodeKind, Timestamp, MAX_PATH_LEN};
 use file::FileData;
 pub use file::BLOCK_SIZE;
+pub use locks::{LockTable, LockType, PosixLock};
 
 /// An inode number. The root is [`ROOT_INO`].
 pub type Ino = u64;
@@ -56,6 +58,7 @@ impl Errno {
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const ENXIO: Errno = Errno(libc::ENXIO);
     pub const EMLINK: Errno = Errno(libc::EMLINK);
+    pub const EAGAIN: Errno = Errno(libc::EAGAIN);
 }
 
 /// Result of an inode operation.
@@ -241,6 +244,7 @@ pub struct CowFs {
     quota: u64,
     used: Arc<AtomicU64>,
     state: Mutex<State>,
+    locks: Mutex<LockTable>,
 }
 
 fn now() -> Timestamp {
@@ -316,6 +320,7 @@ impl CowFs {
                 next_ino: ROOT_INO + 1,
                 lower_paths: HashMap::new(),
             }),
+            locks: Mutex::new(LockTable::default()),
         })
     }
 
@@ -756,12 +761,11 @@ impl CowFs {
                 gone = st.nodes.remove(&ino);
             }
         }
-        if let Some(Node {
-            kind: NodeKind::File(data),
-            ..
-        }) = gone
-        {
-            data.discard();
+        if let Some(node) = gone {
+            self.locks.lock().forget(ino);
+            if let NodeKind::File(data) = node.kind {
+                data.discard();
+            }
         }
     }
 
@@ -947,13 +951,39 @@ impl CowFs {
                 gone = st.nodes.remove(&ino);
             }
         }
-        if let Some(Node {
-            kind: NodeKind::File(data),
-            ..
-        }) = gone
-        {
-            data.discard();
+        if let Some(node) = gone {
+            self.locks.lock().forget(ino);
+            if let NodeKind::File(data) = node.kind {
+                data.discard();
+            }
         }
+    }
+
+    /// The lock that would block `probe` on `ino`, if any (`F_GETLK`,
+    /// `Tgetlock`).
+    pub fn getlk(&self, ino: Ino, probe: &PosixLock) -> FsResult<Option<PosixLock>> {
+        self.node(&self.state.lock(), ino)?;
+        Ok(self.locks.lock().test(ino, probe))
+    }
+
+    /// Sets or releases a POSIX byte-range lock on `ino` without waiting
+    /// (`F_SETLK`, `Tlock`); `EAGAIN` when another owner holds a
+    /// conflicting one. See [`locks`].
+    pub fn setlk(&self, ino: Ino, lock: PosixLock) -> FsResult<()> {
+        self.node(&self.state.lock(), ino)?;
+        self.locks.lock().set(ino, lock)
+    }
+
+    /// Sets, converts or releases a whole-file `flock` lock of `owner`
+    /// without waiting.
+    pub fn flock(&self, ino: Ino, owner: u64, typ: LockType) -> FsResult<()> {
+        self.node(&self.state.lock(), ino)?;
+        self.locks.lock().flock(ino, owner, typ)
+    }
+
+    /// Drops every lock `owner` holds on `ino` (on close).
+    pub fn release_locks(&self, ino: Ino, owner: u64) {
+        self.locks.lock().release_owner(ino, owner);
     }
 
     fn file(&self, ino: Ino) -> FsResult<Arc<FileData>> {

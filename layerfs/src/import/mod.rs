@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 
 /// Bounds on what one import may hold. The defaults admit any real image
 /// and stop tar bombs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImportLimits {
     /// Most uncompressed bytes of archive read, summed over all layers.
     pub max_total_bytes: u64,

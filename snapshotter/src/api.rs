@@ -1,0 +1,281 @@
+//! The node daemon's local API, version 1 (documented in `API.md`).
+//!
+//! A Unix stream socket at `HOME/snapd.sock`, mode 0600. Each request is
+//! one line of JSON, each answer one line of JSON; a connection carries any
+//! number of requests, one after another. `image.export` with
+//! `"to": "stream"` is the one exception: between its two answer lines the
+//! tar archive follows in frames (see [`write_frame`]).
+
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+
+use layerfs::{ImportLimits, SourceKind};
+use serde::{Deserialize, Serialize};
+
+/// The API version this build speaks.
+pub const API_VERSION: u32 = 1;
+
+/// Longest request line accepted (a request is small; this stops a client
+/// from making the daemon buffer without end).
+pub const MAX_LINE: usize = 1 << 20;
+
+/// Where the daemon of data directory `home` listens.
+pub fn socket_path(home: &Path) -> PathBuf {
+    home.join("snapd.sock")
+}
+
+/// One request: the API version the client speaks and the operation.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub api: u32,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// The operations of API version 1.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", content = "args")]
+pub enum Op {
+    /// The daemon's version, pid, data directory and API versions.
+    #[serde(rename = "daemon.info")]
+    Info,
+    #[serde(rename = "image.import")]
+    ImageImport(ImageImport),
+    #[serde(rename = "image.list")]
+    ImageList,
+    #[serde(rename = "image.show")]
+    ImageShow { name: String },
+    #[serde(rename = "image.remove")]
+    ImageRemove { name: String },
+    #[serde(rename = "image.export")]
+    ImageExport { name: String, to: ExportTarget },
+    #[serde(rename = "mount.create")]
+    MountCreate(MountCreate),
+    #[serde(rename = "mount.list")]
+    MountList,
+    /// Unmounts and discards the upper layer. `mount` is an id or a mount
+    /// point.
+    #[serde(rename = "mount.remove")]
+    MountRemove { mount: String },
+}
+
+/// `image.import` arguments. `source` is an absolute path the daemon reads.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ImageImport {
+    pub source: PathBuf,
+    pub name: String,
+    #[serde(default)]
+    pub kind: Option<SourceKind>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub limits: Option<ImportLimits>,
+}
+
+/// Where `image.export` writes.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportTarget {
+    /// A file the daemon creates (absolute path).
+    File(PathBuf),
+    /// Frames on this connection.
+    Stream,
+}
+
+/// `mount.create` arguments.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MountCreate {
+    pub image: String,
+    /// An existing directory (absolute path).
+    pub mountpoint: PathBuf,
+    pub quota_bytes: u64,
+    #[serde(default)]
+    pub threads: Option<usize>,
+}
+
+/// One mount the daemon serves.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MountInfo {
+    pub id: String,
+    pub image: String,
+    /// The lower tree (hex id).
+    pub tree: String,
+    pub mountpoint: PathBuf,
+    pub upper: PathBuf,
+    pub quota_bytes: u64,
+    pub used_bytes: u64,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// `daemon.info` result.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub api: Vec<u32>,
+    pub version: String,
+    pub pid: u32,
+    pub home: PathBuf,
+    pub mounts: usize,
+}
+
+/// A failure as the daemon reports it: the exit code class `snapctl` uses,
+/// its name, and the whole error chain as text.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    pub kind: String,
+    pub code: u8,
+    pub message: String,
+}
+
+/// One answer line.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub api: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RemoteError>,
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes; `None` at end of stream.
+pub fn read_line(reader: &mut impl BufRead) -> io::Result<Option<String>> {
+    let mut line = Vec::new();
+    let read = reader
+        .by_ref()
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut line)?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            if line.len() > MAX_LINE {
+                "request line too long"
+            } else {
+                "connection closed in the middle of a line"
+            },
+        ));
+    }
+    line.pop();
+    String::from_utf8(line)
+        .map(Some)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "line is not UTF-8"))
+}
+
+/// Writes `value` as one JSON line.
+pub fn write_line(writer: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec(value)?;
+    bytes.push(b'\n');
+    writer.write_all(&bytes)?;
+    writer.flush()
+}
+
+/// A frame of a streamed export: a 4-byte big-endian length, then that
+/// many bytes. A zero length ends the stream.
+pub fn write_frame(writer: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    writer.write_all(&len.to_be_bytes())?;
+    writer.write_all(bytes)
+}
+
+/// Reads one frame into `buf`; an empty `buf` marks the end.
+pub fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > FRAME_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "export frame larger than allowed",
+        ));
+    }
+    buf.resize(len, 0);
+    reader.read_exact(buf)
+}
+
+/// Largest frame a daemon sends.
+pub const FRAME_MAX: usize = 1 << 20;
+
+/// Writes everything given to it as frames of at most [`FRAME_MAX`] bytes.
+pub struct FrameWriter<W: Write> {
+    inner: W,
+}
+
+impl<W: Write> FrameWriter<W> {
+    pub fn new(inner: W) -> FrameWriter<W> {
+        FrameWriter { inner }
+    }
+
+    /// Writes the end-of-stream frame and returns the inner writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        write_frame(&mut self.inner, &[])?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for FrameWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(FRAME_MAX);
+        write_frame(&mut self.inner, &buf[..n])?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_the_documented_shape() {
+        let request = Request {
+            api: 1,
+            op: Op::ImageShow {
+                name: "debian".into(),
+            },
+        };
+        let text = serde_json::to_string(&request).unwrap();
+        assert_eq!(
+            text,
+            r#"{"api":1,"op":"image.show","args":{"name":"debian"}}"#
+        );
+        let info: Request = serde_json::from_str(r#"{"api":1,"op":"daemon.info"}"#).unwrap();
+        assert!(matches!(info.op, Op::Info));
+    }
+
+    #[test]
+    fn frames_round_trip_and_an_over_long_line_is_refused() {
+        let mut wire = Vec::new();
+        {
+            let mut writer = FrameWriter::new(&mut wire);
+            writer.write_all(&vec![7u8; FRAME_MAX + 10]).unwrap();
+            writer.finish().unwrap();
+        }
+        let mut reader = &wire[..];
+        let mut buf = Vec::new();
+        let mut total = 0;
+        loop {
+            read_frame(&mut reader, &mut buf).unwrap();
+            if buf.is_empty() {
+                break;
+            }
+            total += buf.len();
+        }
+        assert_eq!(total, FRAME_MAX + 10);
+
+        let long = vec![b'x'; MAX_LINE + 5];
+        let mut reader = io::BufReader::new(&long[..]);
+        assert!(read_line(&mut reader).is_err());
+    }
+}

@@ -1,0 +1,605 @@
+//! The node daemon (`snapctl daemon`): owns the store and every mount of
+//! one data directory and answers the local API (see [`crate::api`] and
+//! `API.md`) on `HOME/snapd.sock`.
+//!
+//! Threads: one accepts connections, one per connection answers requests,
+//! FUSE sessions have their own, one reaps mounts that were unmounted from
+//! outside, and one waits for SIGTERM/SIGINT to shut down (unmounting
+//! everything).
+//!
+//! Each mount has a directory `HOME/mounts/ID` holding `mount.json` (its
+//! record, written before the mount exists) and `upper/` (its writable
+//! layer), and a ref `mount/ID` on its lower tree so that nothing it reads
+//! can be collected while it lives. A mount ends with `mount.remove`, with
+//! an unmount from outside, or with the daemon; its upper layer is then
+//! discarded. A daemon that starts after one that died cleans up what the
+//! dead one left: dead FUSE mount points, records, refs.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use cas::{ChunkId, RefExpectation, Store};
+use layerfs::cowfs::{CowFs, MountConfig};
+use layerfs::fuse::{mount, BackgroundSession, FuseOptions};
+use layerfs::ImportOptions;
+use parking_lot::Mutex;
+
+use crate::api::{
+    self, DaemonInfo, ExportTarget, FrameWriter, MountCreate, MountInfo, Op, RemoteError, Request,
+    Response, API_VERSION,
+};
+use crate::exit;
+use crate::output::Output;
+use crate::store_cmd::open;
+
+/// Ref name prefix of live mounts' lower trees.
+const MOUNT_REF_PREFIX: &str = "mount/";
+
+/// A mount the daemon serves.
+struct LiveMount {
+    info: MountInfo,
+    fs: Arc<CowFs>,
+    session: Option<BackgroundSession>,
+}
+
+/// The daemon's shared state.
+struct Daemon {
+    home: PathBuf,
+    store: Store,
+    mounts: Mutex<BTreeMap<String, LiveMount>>,
+    next_serial: AtomicU64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn remote_error(error: &anyhow::Error) -> RemoteError {
+    let code = exit::code_for(error);
+    RemoteError {
+        kind: exit::kind_name(code).into(),
+        code,
+        message: format!("{error:#}"),
+    }
+}
+
+fn answer(result: anyhow::Result<serde_json::Value>) -> Response {
+    match result {
+        Ok(value) => Response {
+            api: API_VERSION,
+            ok: true,
+            result: Some(value),
+            error: None,
+        },
+        Err(error) => Response {
+            api: API_VERSION,
+            ok: false,
+            result: None,
+            error: Some(remote_error(&error)),
+        },
+    }
+}
+
+/// An invalid request: exit code class "invalid input".
+fn invalid(message: String) -> Response {
+    Response {
+        api: API_VERSION,
+        ok: false,
+        result: None,
+        error: Some(RemoteError {
+            kind: exit::kind_name(exit::INVALID_INPUT).into(),
+            code: exit::INVALID_INPUT,
+            message,
+        }),
+    }
+}
+
+/// `umount2(path, flags)`.
+fn umount(path: &Path, flags: i32) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated path; umount2 touches no memory of ours.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Daemon {
+    fn mount_dir(&self, id: &str) -> PathBuf {
+        self.home.join("mounts").join(id)
+    }
+
+    fn new_id(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&std::process::id().to_le_bytes());
+        hasher.update(
+            &self
+                .next_serial
+                .fetch_add(1, Ordering::Relaxed)
+                .to_le_bytes(),
+        );
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        hasher.update(&nanos.to_le_bytes());
+        hasher.finalize().to_hex()[..12].to_string()
+    }
+
+    /// Removes what a mount left behind: its ref and its directory.
+    fn discard(&self, id: &str) {
+        if let Err(e) = self
+            .store
+            .delete_ref(&format!("{MOUNT_REF_PREFIX}{id}"), RefExpectation::Any)
+        {
+            tracing::warn!(mount = id, "removing the mount's ref: {e}");
+        }
+        let dir = self.mount_dir(id);
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(mount = id, "removing {}: {e}", dir.display());
+            }
+        }
+    }
+
+    /// Cleans up after a daemon that died with mounts.
+    fn recover(&self) -> anyhow::Result<()> {
+        let dir = self.home.join("mounts");
+        let mut found: Vec<String> = Vec::new();
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries {
+                let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+                if let Some(id) = entry.file_name().to_str() {
+                    found.push(id.to_string());
+                }
+            }
+        }
+        for (name, _) in self.store.list_refs(MOUNT_REF_PREFIX)? {
+            if let Some(id) = name.strip_prefix(MOUNT_REF_PREFIX) {
+                found.push(id.to_string());
+            }
+        }
+        found.sort();
+        found.dedup();
+        for id in found {
+            let record = self.mount_dir(&id).join("mount.json");
+            if let Some(info) = fs::read(&record)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<MountInfo>(&b).ok())
+            {
+                // A FUSE mount whose server died answers ENOTCONN; detach it.
+                if let Err(e) = fs::metadata(&info.mountpoint) {
+                    if e.raw_os_error() == Some(libc::ENOTCONN) {
+                        let _ = umount(&info.mountpoint, libc::MNT_DETACH);
+                    }
+                }
+                tracing::warn!(
+                    mount = id,
+                    mountpoint = %info.mountpoint.display(),
+                    "the mount of image '{}' ended with the previous daemon; its upper layer is discarded",
+                    info.image
+                );
+            }
+            self.discard(&id);
+        }
+        Ok(())
+    }
+
+    /// Ends mounts that were unmounted from outside (their FUSE session
+    /// finished).
+    fn reap(&self) {
+        let ended: Vec<LiveMount> = {
+            let mut mounts = self.mounts.lock();
+            let ids: Vec<String> = mounts
+                .iter()
+                .filter(|(_, m)| m.session.as_ref().is_none_or(|s| s.guard.is_finished()))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| mounts.remove(id)).collect()
+        };
+        for mut mount in ended {
+            if let Some(session) = mount.session.take() {
+                let _ = session.join();
+            }
+            tracing::info!(mount = mount.info.id, "unmounted from outside; ending it");
+            self.discard(&mount.info.id);
+        }
+    }
+
+    fn info(&self) -> DaemonInfo {
+        DaemonInfo {
+            api: vec![API_VERSION],
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            home: self.home.clone(),
+            mounts: self.mounts.lock().len(),
+        }
+    }
+
+    fn mount_create(&self, args: MountCreate) -> anyhow::Result<MountInfo> {
+        if !args.mountpoint.is_absolute() {
+            bail!(
+                "the mount point must be an absolute path, not {}",
+                args.mountpoint.display()
+            );
+        }
+        let meta = fs::metadata(&args.mountpoint)
+            .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
+        if !meta.is_dir() {
+            bail!(
+                "mount point {} is not a directory",
+                args.mountpoint.display()
+            );
+        }
+        let tree = layerfs::image_tree(&self.store, &args.image)?;
+        let mut mounts = self.mounts.lock();
+        if let Some(other) = mounts
+            .values()
+            .find(|m| m.info.mountpoint == args.mountpoint)
+        {
+            bail!(
+                "{} already serves mount {}; unmount it first",
+                args.mountpoint.display(),
+                other.info.id
+            );
+        }
+        let id = self.new_id();
+        let dir = self.mount_dir(&id);
+        let info = MountInfo {
+            id: id.clone(),
+            image: args.image.clone(),
+            tree: tree.to_hex(),
+            mountpoint: args.mountpoint.clone(),
+            upper: dir.join("upper"),
+            quota_bytes: args.quota_bytes,
+            used_bytes: 0,
+            created: unix_now(),
+        };
+        let result = self.start_mount(&info, tree, args.threads);
+        match result {
+            Ok((fs, session)) => {
+                mounts.insert(
+                    id,
+                    LiveMount {
+                        info: info.clone(),
+                        fs,
+                        session: Some(session),
+                    },
+                );
+                Ok(info)
+            }
+            Err(e) => {
+                self.discard(&id);
+                Err(e)
+            }
+        }
+    }
+
+    fn start_mount(
+        &self,
+        info: &MountInfo,
+        tree: ChunkId,
+        threads: Option<usize>,
+    ) -> anyhow::Result<(Arc<CowFs>, BackgroundSession)> {
+        let dir = self.mount_dir(&info.id);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let record = dir.join("mount.json");
+        let mut file =
+            File::create(&record).with_context(|| format!("creating {}", record.display()))?;
+        file.write_all(&serde_json::to_vec_pretty(info)?)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", record.display()))?;
+        self.store.set_ref(
+            &format!("{MOUNT_REF_PREFIX}{}", info.id),
+            tree,
+            RefExpectation::Any,
+        )?;
+        let fs = Arc::new(
+            CowFs::new(
+                self.store.clone(),
+                tree,
+                MountConfig {
+                    upper_dir: info.upper.clone(),
+                    quota_bytes: info.quota_bytes,
+                },
+            )
+            .with_context(|| format!("preparing the upper layer in {}", info.upper.display()))?,
+        );
+        let options = FuseOptions {
+            threads: threads.unwrap_or(FuseOptions::default().threads),
+            fs_name: format!("strata:{}", info.id),
+            ..FuseOptions::default()
+        };
+        let session = mount(fs.clone(), &info.mountpoint, &options).with_context(|| {
+            format!(
+                "mounting on {} (is FUSE available?)",
+                info.mountpoint.display()
+            )
+        })?;
+        Ok((fs, session))
+    }
+
+    fn mount_list(&self) -> Vec<MountInfo> {
+        self.mounts
+            .lock()
+            .values()
+            .map(|m| MountInfo {
+                used_bytes: m.fs.used_bytes(),
+                ..m.info.clone()
+            })
+            .collect()
+    }
+
+    fn find_mount(mounts: &BTreeMap<String, LiveMount>, key: &str) -> Option<String> {
+        if mounts.contains_key(key) {
+            return Some(key.to_string());
+        }
+        let path = Path::new(key);
+        mounts
+            .values()
+            .find(|m| m.info.mountpoint == path)
+            .map(|m| m.info.id.clone())
+    }
+
+    fn mount_remove(&self, key: &str) -> anyhow::Result<MountInfo> {
+        let mut mount = {
+            let mut mounts = self.mounts.lock();
+            let id = Self::find_mount(&mounts, key).ok_or_else(|| {
+                anyhow!(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no mount with id or mount point '{key}'"),
+                ))
+            })?;
+            let mount = &mounts[&id];
+            // A plain unmount: fails with EBUSY while something uses it,
+            // rather than detaching a root filesystem a sandbox still runs on.
+            if let Err(e) = umount(&mount.info.mountpoint, 0) {
+                if e.raw_os_error() != Some(libc::EINVAL) {
+                    return Err(e).with_context(|| {
+                        format!("unmounting {}", mount.info.mountpoint.display())
+                    });
+                }
+            }
+            mounts.remove(&id).expect("found above")
+        };
+        if let Some(session) = mount.session.take() {
+            let _ = session.join();
+        }
+        let info = MountInfo {
+            used_bytes: mount.fs.used_bytes(),
+            ..mount.info.clone()
+        };
+        drop(mount);
+        self.discard(&info.id);
+        Ok(info)
+    }
+
+    /// Unmounts everything (lazily: shutting down must not hang on a busy
+    /// mount) and discards the upper layers.
+    fn shutdown(&self) {
+        let mounts = std::mem::take(&mut *self.mounts.lock());
+        for (id, mut mount) in mounts {
+            let _ = umount(&mount.info.mountpoint, libc::MNT_DETACH);
+            drop(mount.session.take());
+            self.discard(&id);
+        }
+    }
+
+    /// Answers one request. `conn` is only written to by a streamed export.
+    fn handle(&self, op: Op, conn: &mut UnixStream) -> Response {
+        let json = |v: anyhow::Result<serde_json::Value>| answer(v);
+        match op {
+            Op::Info => json(Ok(serde_json::to_value(self.info()).unwrap_or_default())),
+            Op::ImageImport(args) => json((|| {
+                if !args.source.is_absolute() {
+                    bail!("the import source must be an absolute path");
+                }
+                let options = ImportOptions {
+                    limits: args.limits.unwrap_or_default(),
+                    tag: args.tag,
+                    kind: args.kind,
+                };
+                let report = layerfs::import_image(&self.store, &args.name, &args.source, &options)
+                    .with_context(|| {
+                        format!(
+                            "importing {} as image '{}'",
+                            args.source.display(),
+                            args.name
+                        )
+                    })?;
+                Ok(serde_json::to_value(report)?)
+            })()),
+            Op::ImageList => json((|| {
+                Ok(serde_json::to_value(layerfs::list_images(&self.store)?)?)
+            })()),
+            Op::ImageShow { name } => json((|| {
+                Ok(serde_json::to_value(layerfs::get_image(
+                    &self.store,
+                    &name,
+                )?)?)
+            })()),
+            Op::ImageRemove { name } => json((|| {
+                layerfs::remove_image(&self.store, &name)?;
+                Ok(serde_json::json!({ "removed": name }))
+            })()),
+            Op::ImageExport {
+                name,
+                to: ExportTarget::File(path),
+            } => json((|| {
+                if !path.is_absolute() {
+                    bail!("the export target must be an absolute path");
+                }
+                let tree = layerfs::image_tree(&self.store, &name)?;
+                let file =
+                    File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                let mut writer = BufWriter::new(file);
+                let stats = layerfs::export_tar(&self.store, tree, &mut writer)?;
+                writer
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .and_then(|f| f.sync_all())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Ok(serde_json::to_value(stats)?)
+            })()),
+            Op::ImageExport {
+                name,
+                to: ExportTarget::Stream,
+            } => {
+                let tree = match layerfs::image_tree(&self.store, &name) {
+                    Ok(tree) => tree,
+                    Err(e) => return answer(Err(e.into())),
+                };
+                let header = answer(Ok(serde_json::json!({ "stream": true })));
+                if api::write_line(conn, &header).is_err() {
+                    return answer(Err(anyhow!("the client went away")));
+                }
+                let frames = FrameWriter::new(&mut *conn);
+                let mut writer = BufWriter::with_capacity(api::FRAME_MAX, frames);
+                let result = layerfs::export_tar(&self.store, tree, &mut writer)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|stats| {
+                        writer.flush()?;
+                        Ok(stats)
+                    });
+                let end = writer
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .and_then(|frames| frames.finish().map(|_| ()));
+                json(result.and_then(|stats| {
+                    end?;
+                    Ok(serde_json::to_value(stats)?)
+                }))
+            }
+            Op::MountCreate(args) => json(
+                self.mount_create(args)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::MountList => json(serde_json::to_value(self.mount_list()).map_err(Into::into)),
+            Op::MountRemove { mount } => json(
+                self.mount_remove(&mount)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+        }
+    }
+
+    /// Serves one connection until the client closes it.
+    fn serve(&self, stream: UnixStream) -> std::io::Result<()> {
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut conn = stream;
+        while let Some(line) = api::read_line(&mut reader)? {
+            let response = match serde_json::from_str::<serde_json::Value>(&line) {
+                Err(e) => invalid(format!("the request is not JSON: {e}")),
+                Ok(value) => match value.get("api").and_then(|v| v.as_u64()) {
+                    Some(v) if v == u64::from(API_VERSION) => {
+                        match serde_json::from_value::<Request>(value) {
+                            Ok(request) => self.handle(request.op, &mut conn),
+                            Err(e) => invalid(format!("unknown operation or bad arguments: {e}")),
+                        }
+                    }
+                    other => invalid(format!(
+                        "this daemon speaks API version {API_VERSION}; the request asked for {}",
+                        other.map_or("none".to_string(), |v| v.to_string())
+                    )),
+                },
+            };
+            api::write_line(&mut conn, &response)?;
+        }
+        Ok(())
+    }
+}
+
+/// `snapctl daemon`: runs the node daemon of `home` in the foreground.
+pub fn run(home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
+    let socket = api::socket_path(home);
+    if UnixStream::connect(&socket).is_ok() {
+        bail!(
+            "a node daemon already serves {} (socket {})",
+            home.display(),
+            socket.display()
+        );
+    }
+    let store = open(home)?;
+    match fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale {}", socket.display())),
+    }
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", socket.display()))?;
+    let daemon = Arc::new(Daemon {
+        home: home.to_path_buf(),
+        store,
+        mounts: Mutex::new(BTreeMap::new()),
+        next_serial: AtomicU64::new(0),
+    });
+    daemon
+        .recover()
+        .context("cleaning up after the previous daemon")?;
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+    {
+        let daemon = daemon.clone();
+        let socket = socket.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    tracing::info!(signal, "shutting down");
+                    let _ = fs::remove_file(&socket);
+                    daemon.shutdown();
+                    std::process::exit(0);
+                }
+            })?;
+    }
+    {
+        let daemon = daemon.clone();
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(500));
+                daemon.reap();
+            })?;
+    }
+    out.note(&format!(
+        "node daemon for {} listening on {} (API version {API_VERSION})",
+        home.display(),
+        socket.display()
+    ));
+    for conn in listener.incoming() {
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!("accepting a connection: {e}");
+                continue;
+            }
+        };
+        let daemon = daemon.clone();
+        std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || {
+                if let Err(e) = daemon.serve(conn) {
+                    tracing::debug!("connection ended: {e}");
+                }
+            })?;
+    }
+    Ok(exit::code(exit::OK))
+}

@@ -1,0 +1,96 @@
+//! Helpers shared by the `snapctl` tests: run it, read its answers, and
+//! run a node daemon for the length of a test.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+pub fn snapctl(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_snapctl"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("STRATA_HOME")
+        .output()
+        .expect("run snapctl")
+}
+
+pub fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+pub fn code(output: &Output) -> i32 {
+    output.status.code().expect("exit code")
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Whether FUSE mounts can be made here (root and /dev/fuse).
+pub fn fuse_available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    Path::new("/dev/fuse").exists() && unsafe { libc::geteuid() } == 0
+}
+
+/// A `snapctl daemon` process; stopped with SIGTERM when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub home: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon of `home` and waits until it answers.
+    pub fn start(home: &Path) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_snapctl"))
+            .arg("--home")
+            .arg(home)
+            .arg("daemon")
+            .env_remove("STRATA_HOME")
+            .spawn()
+            .expect("start snapctl daemon");
+        let daemon = Daemon {
+            child,
+            home: home.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = snapctl(home, &["mounts"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not come up: {}",
+                stderr(&out)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    /// Sends `signal` and waits for the process to end.
+    pub fn stop(mut self, signal: i32) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.child.wait().expect("wait for the daemon")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}

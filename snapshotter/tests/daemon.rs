@@ -1,0 +1,351 @@
+//! The node daemon and its clients: image and mount commands go through
+//! `snapctl daemon`; its API is versioned; mounts are isolated, end cleanly,
+//! and what a killed daemon left behind is cleaned up by the next one.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn init_with_source(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let home = dir.join("home");
+    assert_eq!(code(&snapctl(&home, &["store", "init"])), 0);
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/motd"), b"welcome\n").unwrap();
+    (home, src)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn commands_that_need_the_daemon_say_how_to_start_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home, _) = init_with_source(dir.path());
+    for args in [&["image", "ls"][..], &["mounts"], &["umount", "x"]] {
+        let out = snapctl(&home, args);
+        assert_eq!(code(&out), 8, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no node daemon is running") && stderr(&out).contains("daemon`"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // With --json the failure is JSON too.
+    let out = snapctl(&home, &["--json", "image", "ls"]);
+    assert_eq!(json(&out)["error"]["kind"], "no_daemon");
+}
+
+#[test]
+fn images_import_list_export_and_remove_through_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home, src) = init_with_source(dir.path());
+    let daemon = Daemon::start(&home);
+
+    // A second daemon for the same data directory is refused.
+    let second = snapctl(&home, &["daemon"]);
+    assert_ne!(code(&second), 0);
+    assert!(
+        stderr(&second).contains("already serves"),
+        "{}",
+        stderr(&second)
+    );
+    // Offline store commands say who holds the store.
+    let out = snapctl(&home, &["store", "stats"]);
+    assert_eq!(code(&out), 4);
+    assert!(
+        stderr(&out).contains("node daemon owns it"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A relative source path is resolved by the client.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapctl"))
+        .current_dir(dir.path())
+        .arg("--home")
+        .arg(&home)
+        .args(["--json", "image", "import", "src", "--name", "tiny"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["kind"], "directory");
+    assert_eq!(report["files"], 1);
+    let tree = report["tree"].as_str().unwrap().to_string();
+
+    // The same name again: invalid input, nothing changed.
+    let again = snapctl(
+        &home,
+        &["image", "import", src.to_str().unwrap(), "--name", "tiny"],
+    );
+    assert_eq!(code(&again), 7, "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+
+    let list = json(&snapctl(&home, &["--json", "image", "ls"]));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["tree"], tree.as_str());
+
+    // Export to a file and to stdout (streamed over the socket): the same
+    // archive, and importing it gives the same tree.
+    let tar = dir.path().join("tiny.tar");
+    let out = snapctl(&home, &["image", "export", "tiny", tar.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let streamed = snapctl(&home, &["image", "export", "tiny", "-"]);
+    assert_eq!(code(&streamed), 0, "{}", stderr(&streamed));
+    assert_eq!(streamed.stdout, std::fs::read(&tar).unwrap());
+    let out = snapctl(
+        &home,
+        &[
+            "--json",
+            "image",
+            "import",
+            tar.to_str().unwrap(),
+            "--name",
+            "copy",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json(&out)["tree"], tree.as_str());
+    let out = snapctl(&home, &["image", "export", "nope", "-"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+
+    // A hostile archive: a clear error and no image.
+    let evil = dir.path().join("evil.tar");
+    let mut header = tar::Header::new_ustar();
+    header.as_old_mut().name[..12].copy_from_slice(b"../../escape");
+    header.set_size(0);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    let mut bytes = header.as_bytes().to_vec();
+    bytes.extend_from_slice(&[0u8; 1024]);
+    std::fs::write(&evil, bytes).unwrap();
+    let out = snapctl(
+        &home,
+        &["image", "import", evil.to_str().unwrap(), "--name", "evil"],
+    );
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert!(stderr(&out).contains("'..' in path"), "{}", stderr(&out));
+    assert_eq!(code(&snapctl(&home, &["image", "show", "evil"])), 3);
+
+    let out = snapctl(&home, &["image", "rm", "tiny"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(code(&snapctl(&home, &["image", "rm", "tiny"])), 3);
+
+    // SIGTERM: a clean exit that removes the socket.
+    let status = daemon.stop(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    assert!(!home.join("snapd.sock").exists());
+    assert_eq!(code(&snapctl(&home, &["store", "fsck"])), 0);
+}
+
+fn request(conn: &mut UnixStream, reader: &mut impl BufRead, line: &str) -> serde_json::Value {
+    conn.write_all(line.as_bytes()).unwrap();
+    conn.write_all(b"\n").unwrap();
+    let mut answer = String::new();
+    reader.read_line(&mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+#[test]
+fn the_api_is_versioned_and_answers_bad_requests_without_dropping_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home, _) = init_with_source(dir.path());
+    let _daemon = Daemon::start(&home);
+    let socket = home.join("snapd.sock");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the socket is for its owner only");
+    let mut conn = UnixStream::connect(&socket).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+
+    let info = request(&mut conn, &mut reader, r#"{"api":1,"op":"daemon.info"}"#);
+    assert_eq!(info["ok"], true, "{info}");
+    assert_eq!(info["result"]["api"], serde_json::json!([1]));
+    assert_eq!(info["result"]["home"], home.to_str().unwrap());
+
+    let newer = request(&mut conn, &mut reader, r#"{"api":2,"op":"daemon.info"}"#);
+    assert_eq!(newer["ok"], false);
+    assert_eq!(newer["error"]["kind"], "invalid_input");
+    assert!(newer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("API version 1"));
+
+    let garbage = request(&mut conn, &mut reader, "{not json");
+    assert_eq!(garbage["ok"], false);
+    let unknown = request(
+        &mut conn,
+        &mut reader,
+        r#"{"api":1,"op":"image.frobnicate"}"#,
+    );
+    assert_eq!(unknown["ok"], false);
+    assert!(unknown["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown operation"));
+    let bad_args = request(
+        &mut conn,
+        &mut reader,
+        r#"{"api":1,"op":"image.show","args":{}}"#,
+    );
+    assert_eq!(bad_args["ok"], false);
+    let relative = request(
+        &mut conn,
+        &mut reader,
+        r#"{"api":1,"op":"image.import","args":{"source":"src","name":"x"}}"#,
+    );
+    assert_eq!(relative["ok"], false);
+    assert!(relative["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("absolute"));
+
+    // The same connection still works.
+    let list = request(&mut conn, &mut reader, r#"{"api":1,"op":"image.list"}"#);
+    assert_eq!(list["ok"], true);
+    assert_eq!(list["result"], serde_json::json!([]));
+}
+
+#[test]
+fn one_daemon_serves_isolated_mounts_and_ends_them_cleanly() {
+    if !fuse_available() {
+        eprintln!("SKIP: no /dev/fuse or not root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (home, src) = init_with_source(dir.path());
+    let daemon = Daemon::start(&home);
+    let out = snapctl(
+        &home,
+        &["image", "import", src.to_str().unwrap(), "--name", "tiny"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    let out = snapctl(
+        &home,
+        &[
+            "--json",
+            "mount",
+            "--image",
+            "tiny",
+            "--quota",
+            "1M",
+            a.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id_a = json(&out)["id"].as_str().unwrap().to_string();
+    let out = snapctl(&home, &["mount", "--image", "tiny", b.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id_b = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_ne!(id_a, id_b);
+    // The same mount point twice is refused.
+    let out = snapctl(&home, &["mount", "--image", "tiny", a.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("already serves"), "{}", stderr(&out));
+    let out = snapctl(&home, &["mount", "--image", "nope", b.to_str().unwrap()]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+
+    // Isolation: each sees the image and only its own writes.
+    std::fs::write(a.join("etc/motd"), b"changed in a\n").unwrap();
+    std::fs::write(b.join("only-b"), b"b").unwrap();
+    assert_eq!(std::fs::read(b.join("etc/motd")).unwrap(), b"welcome\n");
+    assert!(!a.join("only-b").exists());
+    // The quota given at mount time holds.
+    let big = std::fs::write(a.join("big"), vec![1u8; 2 << 20]);
+    assert_eq!(big.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+
+    let mounts = json(&snapctl(&home, &["--json", "mounts"]));
+    let mounts = mounts.as_array().unwrap();
+    assert_eq!(mounts.len(), 2);
+    let entry_a = mounts.iter().find(|m| m["id"] == id_a.as_str()).unwrap();
+    assert_eq!(entry_a["quota_bytes"], 1 << 20);
+    assert!(entry_a["used_bytes"].as_u64().unwrap() > 0);
+    assert!(home.join("mounts").join(&id_a).join("upper").is_dir());
+
+    // Busy: a plain unmount fails and the mount stays.
+    let busy = std::fs::File::open(a.join("etc/motd")).unwrap();
+    let out = snapctl(&home, &["umount", a.to_str().unwrap()]);
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(stderr(&out).contains("busy"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(a.join("etc/motd")).unwrap(),
+        b"changed in a\n"
+    );
+    drop(busy);
+    let out = snapctl(&home, &["umount", &id_a]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!a.join("etc").exists());
+    assert!(
+        !home.join("mounts").join(&id_a).exists(),
+        "upper layer discarded"
+    );
+    assert_eq!(code(&snapctl(&home, &["umount", &id_a])), 3);
+
+    // Unmounted from outside: the daemon notices and ends the mount.
+    assert!(std::process::Command::new("umount")
+        .arg(&b)
+        .status()
+        .unwrap()
+        .success());
+    wait_until("the daemon to reap the mount", || {
+        json(&snapctl(&home, &["--json", "mounts"]))
+            .as_array()
+            .unwrap()
+            .is_empty()
+            && !home.join("mounts").join(&id_b).exists()
+    });
+
+    // Killed with mounts: the next daemon detaches the dead mount point and
+    // drops the records and refs the dead one left.
+    let out = snapctl(&home, &["mount", "--image", "tiny", a.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!daemon.stop(libc::SIGKILL).success());
+    assert_eq!(
+        std::fs::metadata(&a).unwrap_err().raw_os_error(),
+        Some(libc::ENOTCONN)
+    );
+    let daemon = Daemon::start(&home);
+    assert!(std::fs::metadata(&a).unwrap().is_dir());
+    assert!(!a.join("etc").exists());
+    assert!(std::fs::read_dir(home.join("mounts"))
+        .unwrap()
+        .next()
+        .is_none());
+    // It can mount there again; SIGTERM unmounts everything.
+    let out = snapctl(&home, &["mount", "--image", "tiny", a.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(a.join("etc/motd").exists());
+    assert!(daemon.stop(libc::SIGTERM).success());
+    assert!(!a.join("etc").exists());
+    let refs = json(&snapctl(&home, &["--json", "ref", "list"]));
+    assert!(
+        refs.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| !r["name"].as_str().unwrap_or("").starts_with("mount/")),
+        "{refs}"
+    );
+    assert_eq!(code(&snapctl(&home, &["store", "fsck"])), 0);
+}
