@@ -440,10 +440,15 @@ impl Filesystem for FuseFs {
         _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
-        _datasync: bool,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.fs.fsync(ino.0), reply);
+        let result = if datasync {
+            self.fs.fdatasync(ino.0)
+        } else {
+            self.fs.fsync(ino.0)
+        };
+        reply_empty(result, reply);
     }
 
     fn readdir(
@@ -475,12 +480,12 @@ impl Filesystem for FuseFs {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply_empty(self.fs.fsyncdir(ino.0), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

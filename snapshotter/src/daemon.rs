@@ -12,8 +12,9 @@
 //! layer), and a ref `mount/ID` on its lower tree so that nothing it reads
 //! can be collected while it lives. A mount ends with `mount.remove`, with
 //! an unmount from outside, or with the daemon; its upper layer is then
-//! discarded. A daemon that starts after one that died cleans up what the
-//! dead one left: dead FUSE mount points, records, refs.
+//! discarded. A daemon that starts after one that died (SIGKILL, crash)
+//! recovers every mount the dead one served from its upper layer's journal
+//! and mounts it again where it was; half-made mounts are discarded.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -155,7 +156,10 @@ impl Daemon {
         }
     }
 
-    /// Cleans up after a daemon that died with mounts.
+    /// Takes over what a daemon that died left: each mount whose upper
+    /// layer has a journal is recovered and mounted again at its mount
+    /// point (the dead FUSE mount there is detached first); half-made
+    /// mounts are discarded.
     fn recover(&self) -> anyhow::Result<()> {
         let dir = self.home.join("mounts");
         let mut found: Vec<String> = Vec::new();
@@ -176,26 +180,77 @@ impl Daemon {
         found.dedup();
         for id in found {
             let record = self.mount_dir(&id).join("mount.json");
-            if let Some(info) = fs::read(&record)
+            let info = fs::read(&record)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<MountInfo>(&b).ok())
-            {
-                // A FUSE mount whose server died answers ENOTCONN; detach it.
-                if let Err(e) = fs::metadata(&info.mountpoint) {
-                    if e.raw_os_error() == Some(libc::ENOTCONN) {
-                        let _ = umount(&info.mountpoint, libc::MNT_DETACH);
-                    }
+                .and_then(|b| serde_json::from_slice::<MountInfo>(&b).ok());
+            let Some(info) = info else {
+                tracing::warn!(mount = id, "discarding a half-made mount");
+                self.discard(&id);
+                continue;
+            };
+            // A FUSE mount whose server died answers ENOTCONN; detach it.
+            if let Err(e) = fs::metadata(&info.mountpoint) {
+                if e.raw_os_error() == Some(libc::ENOTCONN) {
+                    let _ = umount(&info.mountpoint, libc::MNT_DETACH);
                 }
-                tracing::warn!(
+            }
+            if !info.upper.join("journal").exists() {
+                tracing::warn!(mount = id, "discarding a mount that never started");
+                self.discard(&id);
+                continue;
+            }
+            match self.restore_mount(&info) {
+                Ok(live) => {
+                    self.mounts.lock().insert(id, live);
+                }
+                Err(e) => tracing::error!(
                     mount = id,
                     mountpoint = %info.mountpoint.display(),
-                    "the mount of image '{}' ended with the previous daemon; its upper layer is discarded",
-                    info.image
-                );
+                    "could not restore the mount: {e:#}; its upper layer stays in {} \
+                     and the next daemon start tries again",
+                    info.upper.display()
+                ),
             }
-            self.discard(&id);
         }
         Ok(())
+    }
+
+    /// Recovers a mount's upper layer from its journal and serves it again.
+    fn restore_mount(&self, info: &MountInfo) -> anyhow::Result<LiveMount> {
+        let tree: ChunkId = info
+            .tree
+            .parse()
+            .map_err(|e| anyhow!("mount record names a bad tree id: {e}"))?;
+        let (fs, report) = CowFs::recover(
+            self.store.clone(),
+            tree,
+            MountConfig {
+                upper_dir: info.upper.clone(),
+                quota_bytes: info.quota_bytes,
+            },
+        )
+        .context("replaying the upper layer's journal")?;
+        let fs = Arc::new(fs);
+        let options = FuseOptions {
+            fs_name: format!("strata:{}", info.id),
+            ..FuseOptions::default()
+        };
+        let session = mount(fs.clone(), &info.mountpoint, &options)
+            .with_context(|| format!("mounting on {}", info.mountpoint.display()))?;
+        tracing::info!(
+            mount = info.id,
+            mountpoint = %info.mountpoint.display(),
+            records = report.records,
+            skipped = report.skipped,
+            torn_bytes = report.torn_bytes,
+            "restored the mount of image '{}'",
+            info.image
+        );
+        Ok(LiveMount {
+            info: info.clone(),
+            fs,
+            session: Some(session),
+        })
     }
 
     /// Ends mounts that were unmounted from outside (their FUSE session
@@ -388,7 +443,9 @@ impl Daemon {
     }
 
     /// Unmounts everything (lazily: shutting down must not hang on a busy
-    /// mount) and discards the upper layers.
+    /// mount) and discards the upper layers: a stopped daemon ends its
+    /// sandboxes' mounts. (A daemon that dies instead keeps them: the next
+    /// one restores them.)
     fn shutdown(&self) {
         let mounts = std::mem::take(&mut *self.mounts.lock());
         for (id, mut mount) in mounts {

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use cas::{Blob, ChunkId, Store};
@@ -24,6 +24,11 @@ pub(crate) struct FileData {
     lower: Option<ChunkId>,
     blob: OnceLock<Blob>,
     inner: RwLock<Inner>,
+    /// Changed since its state was last journaled.
+    dirty: AtomicBool,
+    /// Size, lower limit or present blocks changed since last journaled
+    /// (what `fdatasync` must make durable besides the bytes).
+    layout_dirty: AtomicBool,
 }
 
 impl std::fmt::Debug for FileData {
@@ -45,6 +50,8 @@ struct Inner {
     upper: Option<File>,
     /// Bytes charged to the quota for this file.
     charged: u64,
+    /// The upper file was created and its directory entry not yet synced.
+    created: bool,
 }
 
 impl Inner {
@@ -98,7 +105,79 @@ impl FileData {
             lower: None,
             blob: OnceLock::new(),
             inner: RwLock::new(Inner::default()),
+            dirty: AtomicBool::new(false),
+            layout_dirty: AtomicBool::new(false),
         }
+    }
+
+    /// A file as a journal's `Data` record describes it: `size` bytes,
+    /// the blocks marked in `present` (and everything at or past
+    /// `lower_limit`) in the upper file at `path`, the rest from `lower`.
+    pub(crate) fn restored(
+        path: PathBuf,
+        used: Arc<AtomicU64>,
+        lower: Option<ChunkId>,
+        size: u64,
+        lower_limit: u64,
+        present: Vec<u64>,
+    ) -> FileData {
+        let upper = OpenOptions::new().read(true).write(true).open(&path).ok();
+        let mut inner = Inner {
+            size,
+            lower_limit: if lower.is_some() { lower_limit } else { 0 },
+            present,
+            upper,
+            charged: 0,
+            created: false,
+        };
+        let charge = inner.charge_for(size, 0..0);
+        inner.charged = charge;
+        used.fetch_add(charge, Ordering::Relaxed);
+        FileData {
+            path,
+            used,
+            lower,
+            blob: OnceLock::new(),
+            inner: RwLock::new(inner),
+            dirty: AtomicBool::new(false),
+            layout_dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// The lower blob, if the file has lower data.
+    pub(crate) fn lower_blob(&self) -> Option<ChunkId> {
+        self.lower
+    }
+
+    /// The upper data file's name (in the mount's data directory).
+    pub(crate) fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Size, lower limit and present-block bitmap, for the journal.
+    pub(crate) fn layout(&self) -> (u64, u64, Vec<u64>) {
+        let inner = self.inner.read();
+        (inner.size, inner.lower_limit, inner.present.clone())
+    }
+
+    /// Whether the file changed since the last call, clearing the mark
+    /// (and the layout mark: the caller journals the whole state).
+    pub(crate) fn take_dirty(&self) -> bool {
+        self.layout_dirty.store(false, Ordering::Release);
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether the file changed since last journaled.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
+    }
+
+    /// Whether size or block layout changed since last journaled.
+    pub(crate) fn layout_dirty(&self) -> bool {
+        self.layout_dirty.load(Ordering::Acquire)
     }
 
     /// A file backed by a lower blob of `size` bytes.
@@ -118,6 +197,8 @@ impl FileData {
                 lower_limit: if blob.is_some() { size } else { 0 },
                 ..Inner::default()
             }),
+            dirty: AtomicBool::new(false),
+            layout_dirty: AtomicBool::new(false),
         }
     }
 
@@ -205,6 +286,7 @@ impl FileData {
                 .open(&self.path)
                 .map_err(io)?;
             inner.upper = Some(file);
+            inner.created = true;
         }
         inner.upper.as_ref().ok_or(Errno::EIO)
     }
@@ -247,10 +329,12 @@ impl FileData {
         }
         // Copy up the lower bytes of partly written blocks.
         let copy_limit = inner.lower_limit.min(inner.size);
+        let mut layout_changed = new_size != inner.size;
         for block in first..=last {
             if inner.is_present(block) {
                 continue;
             }
+            layout_changed = true;
             let start = block * BLOCK_SIZE;
             let stop = (start + BLOCK_SIZE).min(copy_limit);
             let covered = offset <= start && end >= stop;
@@ -271,6 +355,10 @@ impl FileData {
             .map_err(io)?;
         inner.size = new_size;
         self.apply_charge(&mut inner, new_charge);
+        self.dirty.store(true, Ordering::Release);
+        if layout_changed {
+            self.layout_dirty.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -290,6 +378,8 @@ impl FileData {
         inner.size = size;
         let charge = inner.charge_for(size, 0..0);
         self.apply_charge(&mut inner, charge);
+        self.dirty.store(true, Ordering::Release);
+        self.layout_dirty.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -343,11 +433,28 @@ impl FileData {
 
     /// Makes the upper data durable.
     pub(crate) fn sync(&self) -> FsResult<()> {
-        let inner = self.inner.read();
-        if let Some(file) = &inner.upper {
-            file.sync_data().map_err(io)?;
+        let created = {
+            let inner = self.inner.read();
+            if let Some(file) = &inner.upper {
+                file.sync_data().map_err(io)?;
+            }
+            inner.created
+        };
+        if created {
+            // The data file is new: make its name durable too.
+            if let Some(dir) = self.path.parent() {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            }
+            self.inner.write().created = false;
         }
         Ok(())
+    }
+
+    /// Gives back this file's quota charge, keeping its data file (another
+    /// `FileData` takes it over).
+    pub(crate) fn release_charge(&self) {
+        let mut inner = self.inner.write();
+        self.apply_charge(&mut inner, 0);
     }
 
     /// Drops the upper data of a file that no longer exists.

@@ -14,13 +14,15 @@
 //!   with ENOSPC before anything is written.
 
 mod file;
+mod journal;
 pub mod locks;
+mod recovery;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cas::{ChunkId, Store};
@@ -30,7 +32,9 @@ use crate::memtree::TreeReader;
 use crate::tree::{validate_name, Attrs, DirNode, Entry, InodeKind, Timestamp, MAX_PATH_LEN};
 use file::FileData;
 pub use file::BLOCK_SIZE;
+use journal::{JAttrs, Journal, NewKind, Record};
 pub use locks::{LockTable, LockType, PosixLock};
+pub use recovery::RecoveryReport;
 
 /// An inode number. The root is [`ROOT_INO`].
 pub type Ino = u64;
@@ -184,6 +188,10 @@ struct Node {
     kind: NodeKind,
     /// Open handles (a file whose last name is removed lives until closed).
     opens: u32,
+    /// One current name: (parent, name), or (0, empty) when unknown (its
+    /// name was removed; another hard link may remain). Journal records
+    /// name entries by path, found through this.
+    link: (Ino, Vec<u8>),
 }
 
 #[derive(Debug, Default)]
@@ -199,6 +207,9 @@ struct DirState {
 
 /// Readdir offsets 1 and 2 are `.` and `..`.
 const FIRST_ENTRY_OFFSET: u64 = 3;
+
+/// The journal's file name in the upper directory.
+const JOURNAL_FILE: &str = "journal";
 
 impl DirState {
     fn new(parent: Ino) -> DirState {
@@ -245,6 +256,10 @@ pub struct CowFs {
     used: Arc<AtomicU64>,
     state: Mutex<State>,
     locks: Mutex<LockTable>,
+    /// This session's number: data files it creates are `EPOCH-INO`.
+    epoch: u64,
+    /// The metadata journal (absent while a recovery replays it).
+    journal: OnceLock<Journal>,
 }
 
 fn now() -> Timestamp {
@@ -295,6 +310,23 @@ impl CowFs {
         }
         fs::create_dir_all(&data_dir)
             .map_err(|e| crate::Error::io(format!("creating {}", data_dir.display()), e))?;
+        let fs = CowFs::unjournaled(store, lower, &config, 1)?;
+        let journal_path = config.upper_dir.join(JOURNAL_FILE);
+        let journal = Journal::create(&journal_path)
+            .map_err(|e| crate::Error::io(format!("creating {}", journal_path.display()), e))?;
+        journal.append(&Record::Epoch(fs.epoch));
+        let _ = fs.journal.set(journal);
+        Ok(fs)
+    }
+
+    /// The in-memory part of a mount, with no journal attached yet.
+    fn unjournaled(
+        store: Store,
+        lower: ChunkId,
+        config: &MountConfig,
+        epoch: u64,
+    ) -> crate::Result<CowFs> {
+        let data_dir = config.upper_dir.join("data");
         let root = TreeReader::new(&store).dir(lower)?;
         let mut dir = DirState::new(ROOT_INO);
         let attrs = root.attrs.clone();
@@ -307,6 +339,7 @@ impl CowFs {
                 nlink: 2,
                 kind: NodeKind::Dir(dir),
                 opens: 0,
+                link: (0, Vec::new()),
             },
         );
         Ok(CowFs {
@@ -321,6 +354,8 @@ impl CowFs {
                 lower_paths: HashMap::new(),
             }),
             locks: Mutex::new(LockTable::default()),
+            epoch,
+            journal: OnceLock::new(),
         })
     }
 
@@ -361,7 +396,8 @@ impl CowFs {
                     let mut dir = DirState::new(ino);
                     let attrs = node.attrs.clone();
                     dir.pending = Some(node);
-                    let child = self.add_node(st, attrs, 2, NodeKind::Dir(dir));
+                    let child =
+                        self.add_node(st, attrs, 2, NodeKind::Dir(dir), (ino, name.clone()));
                     if let Some(NodeKind::Dir(parent)) = st.nodes.get_mut(&ino).map(|n| &mut n.kind)
                     {
                         parent.subdirs += 1;
@@ -380,7 +416,8 @@ impl CowFs {
                         }
                         other => NodeKind::Other(other),
                     };
-                    let child = self.add_node(st, inode.attrs, inode.nlink, kind);
+                    let child =
+                        self.add_node(st, inode.attrs, inode.nlink, kind, (ino, name.clone()));
                     if inode.nlink > 1 {
                         let mut path = dir_path.clone();
                         if !path.is_empty() {
@@ -457,10 +494,17 @@ impl CowFs {
     }
 
     fn data_path_for(&self, ino: Ino) -> PathBuf {
-        self.data_dir.join(ino.to_string())
+        self.data_dir.join(format!("{}-{ino}", self.epoch))
     }
 
-    fn add_node(&self, st: &mut State, attrs: Attrs, nlink: u32, kind: NodeKind) -> Ino {
+    fn add_node(
+        &self,
+        st: &mut State,
+        attrs: Attrs,
+        nlink: u32,
+        kind: NodeKind,
+        link: (Ino, Vec<u8>),
+    ) -> Ino {
         let ino = st.next_ino;
         st.next_ino += 1;
         st.nodes.insert(
@@ -470,9 +514,117 @@ impl CowFs {
                 nlink,
                 kind,
                 opens: 0,
+                link,
             },
         );
         ino
+    }
+
+    // ------------------------------------------------------------ journal
+
+    fn log(&self, record: Record) {
+        if let Some(journal) = self.journal.get() {
+            journal.append(&record);
+        }
+    }
+
+    fn journaling(&self) -> bool {
+        self.journal.get().is_some()
+    }
+
+    /// The current path of `ino` from the root (`Some(empty)` for the
+    /// root), or `None` when it has no name (removed but open).
+    fn path_of(&self, st: &State, ino: Ino) -> Option<Vec<u8>> {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut at = ino;
+        let mut steps = 0;
+        while at != ROOT_INO {
+            let node = st.nodes.get(&at)?;
+            let (parent, name) = if node.link.0 != 0 {
+                (node.link.0, node.link.1.as_slice())
+            } else {
+                self.find_name(st, at)?
+            };
+            parts.push(name);
+            at = parent;
+            steps += 1;
+            if steps > 4096 {
+                return None;
+            }
+        }
+        parts.reverse();
+        Some(parts.join(&b'/'))
+    }
+
+    /// A name of `ino` found by searching the loaded directories (for a
+    /// hard-linked file whose remembered name was removed).
+    fn find_name<'s>(&self, st: &'s State, ino: Ino) -> Option<(Ino, &'s [u8])> {
+        st.nodes
+            .iter()
+            .find_map(|(dir_ino, node)| match &node.kind {
+                NodeKind::Dir(d) => d
+                    .by_name
+                    .iter()
+                    .find(|(_, (i, _))| *i == ino)
+                    .map(|(name, _)| (*dir_ino, name.as_slice())),
+                _ => None,
+            })
+    }
+
+    fn child_path(&self, st: &State, parent: Ino, name: &[u8]) -> Option<Vec<u8>> {
+        let mut path = self.path_of(st, parent)?;
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        Some(path)
+    }
+
+    /// Journals `ino`'s attributes.
+    fn log_attrs(&self, st: &State, ino: Ino) {
+        if !self.journaling() {
+            return;
+        }
+        if let (Some(path), Some(node)) = (self.path_of(st, ino), st.nodes.get(&ino)) {
+            self.log(Record::Attrs {
+                path,
+                attrs: JAttrs::from(&node.attrs),
+            });
+        }
+    }
+
+    /// Journals a file's contents layout (and attributes).
+    fn log_data(&self, st: &State, ino: Ino) {
+        if !self.journaling() {
+            return;
+        }
+        let Some(node) = st.nodes.get(&ino) else {
+            return;
+        };
+        let NodeKind::File(data) = &node.kind else {
+            return;
+        };
+        data.take_dirty();
+        let Some(path) = self.path_of(st, ino) else {
+            return;
+        };
+        let (size, lower_limit, present) = data.layout();
+        self.log(Record::Data {
+            path,
+            file: data.file_name(),
+            size,
+            lower_limit,
+            present,
+            attrs: JAttrs::from(&node.attrs),
+        });
+    }
+
+    /// Makes everything journaled so far durable.
+    fn sync_journal(&self) -> FsResult<()> {
+        match self.journal.get() {
+            Some(journal) => journal.sync().map_err(|e| self.eio(e)),
+            None => Ok(()),
+        }
     }
 
     fn node<'s>(&self, st: &'s State, ino: Ino) -> FsResult<&'s Node> {
@@ -518,9 +670,8 @@ impl CowFs {
         Ok(self.dir_mut(st, parent)?.get(name))
     }
 
-    fn touch_dir(&self, st: &mut State, ino: Ino) {
+    fn touch_dir_at(&self, st: &mut State, ino: Ino, t: Timestamp) {
         if let Some(node) = st.nodes.get_mut(&ino) {
-            let t = now();
             node.attrs.mtime = t;
             node.attrs.ctime = t;
         }
@@ -592,6 +743,11 @@ impl CowFs {
             node.attrs.mtime = resolve(m);
         }
         node.attrs.ctime = t;
+        if set.size.is_some() {
+            self.log_data(&st, ino);
+        } else {
+            self.log_attrs(&st, ino);
+        }
         self.stat_of(&st, ino)
     }
 
@@ -650,7 +806,34 @@ impl CowFs {
         let kind = make(self, ino);
         let is_dir = matches!(kind, NodeKind::Dir(_));
         let attrs = self.new_attrs(&st, parent, mode, caller, is_dir)?;
-        let new = self.add_node(&mut st, attrs, if is_dir { 2 } else { 1 }, kind);
+        let t = attrs.ctime;
+        let record = self.journaling().then(|| {
+            let kind = match &kind {
+                NodeKind::File(data) => NewKind::File {
+                    file: data.file_name(),
+                },
+                NodeKind::Dir(_) => NewKind::Dir,
+                NodeKind::Other(InodeKind::Symlink { target }) => NewKind::Symlink {
+                    target: target.clone(),
+                },
+                NodeKind::Other(InodeKind::CharDevice { rdev }) => {
+                    NewKind::CharDevice { rdev: *rdev }
+                }
+                NodeKind::Other(InodeKind::BlockDevice { rdev }) => {
+                    NewKind::BlockDevice { rdev: *rdev }
+                }
+                NodeKind::Other(InodeKind::Socket) => NewKind::Socket,
+                NodeKind::Other(_) => NewKind::Fifo,
+            };
+            (kind, JAttrs::from(&attrs))
+        });
+        let new = self.add_node(
+            &mut st,
+            attrs,
+            if is_dir { 2 } else { 1 },
+            kind,
+            (parent, name.to_vec()),
+        );
         debug_assert_eq!(new, ino);
         let dir = self.dir_mut(&mut st, parent)?;
         dir.insert(name.to_vec(), ino);
@@ -660,7 +843,10 @@ impl CowFs {
                 p.nlink += 1;
             }
         }
-        self.touch_dir(&mut st, parent);
+        self.touch_dir_at(&mut st, parent, t);
+        if let (Some((kind, attrs)), Some(path)) = (record, self.child_path(&st, parent, name)) {
+            self.log(Record::Create { path, kind, attrs });
+        }
         self.stat_of(&st, ino)
     }
 
@@ -741,22 +927,39 @@ impl CowFs {
         if self.child(&mut st, parent, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
+        let from = self.path_of(&st, ino);
+        let t = now();
         let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         if node.nlink >= 65_000 {
             return Err(Errno::EMLINK);
         }
         node.nlink += 1;
-        node.attrs.ctime = now();
+        node.attrs.ctime = t;
+        if node.link.0 == 0 {
+            node.link = (parent, name.to_vec());
+        }
         self.dir_mut(&mut st, parent)?.insert(name.to_vec(), ino);
-        self.touch_dir(&mut st, parent);
+        self.touch_dir_at(&mut st, parent, t);
+        if let (Some(from), Some(to)) = (from, self.child_path(&st, parent, name)) {
+            self.log(Record::Link {
+                from,
+                to,
+                time: t.into(),
+            });
+        }
         self.stat_of(&st, ino)
     }
 
-    fn drop_link(&self, st: &mut State, ino: Ino) {
+    /// Removes one link of `ino`, whose name `name` in `parent` is already
+    /// gone from the directory.
+    fn drop_link(&self, st: &mut State, ino: Ino, parent: Ino, name: &[u8], t: Timestamp) {
         let mut gone = None;
         if let Some(node) = st.nodes.get_mut(&ino) {
             node.nlink = node.nlink.saturating_sub(1);
-            node.attrs.ctime = now();
+            node.attrs.ctime = t;
+            if node.link.0 == parent && node.link.1 == name {
+                node.link = (0, Vec::new());
+            }
             if node.nlink == 0 && node.opens == 0 {
                 gone = st.nodes.remove(&ino);
             }
@@ -776,9 +979,17 @@ impl CowFs {
         if matches!(self.node(&st, ino)?.kind, NodeKind::Dir(_)) {
             return Err(Errno::EISDIR);
         }
+        let path = self.child_path(&st, parent, name);
+        let t = now();
         self.dir_mut(&mut st, parent)?.remove(name);
-        self.touch_dir(&mut st, parent);
-        self.drop_link(&mut st, ino);
+        self.touch_dir_at(&mut st, parent, t);
+        self.drop_link(&mut st, ino, parent, name, t);
+        if let Some(path) = path {
+            self.log(Record::Remove {
+                path,
+                time: t.into(),
+            });
+        }
         Ok(())
     }
 
@@ -803,14 +1014,22 @@ impl CowFs {
         if !self.is_empty_dir(&mut st, ino)? {
             return Err(Errno::ENOTEMPTY);
         }
+        let path = self.child_path(&st, parent, name);
+        let t = now();
         let dir = self.dir_mut(&mut st, parent)?;
         dir.remove(name);
         dir.subdirs = dir.subdirs.saturating_sub(1);
         if let Some(p) = st.nodes.get_mut(&parent) {
             p.nlink = p.nlink.saturating_sub(1);
         }
-        self.touch_dir(&mut st, parent);
+        self.touch_dir_at(&mut st, parent, t);
         st.nodes.remove(&ino);
+        if let Some(path) = path {
+            self.log(Record::Remove {
+                path,
+                time: t.into(),
+            });
+        }
         Ok(())
     }
 
@@ -853,6 +1072,24 @@ impl CowFs {
         if moving_dir && self.is_ancestor(&st, ino, new_parent) {
             return Err(Errno::EINVAL);
         }
+        let t = now();
+        let record = if self.journaling() {
+            match (
+                self.child_path(&st, parent, name),
+                self.child_path(&st, new_parent, new_name),
+            ) {
+                (Some(from), Some(to)) => Some(Record::Rename {
+                    from,
+                    to,
+                    noreplace: flags.noreplace,
+                    exchange: flags.exchange,
+                    time: t.into(),
+                }),
+                _ => None,
+            }
+        } else {
+            None
+        };
         if flags.exchange {
             let other = target.ok_or(Errno::ENOENT)?;
             let other_dir = matches!(self.node(&st, other)?.kind, NodeKind::Dir(_));
@@ -868,8 +1105,13 @@ impl CowFs {
             }
             self.set_parent(&mut st, ino, new_parent);
             self.set_parent(&mut st, other, parent);
-            self.touch_dir(&mut st, parent);
-            self.touch_dir(&mut st, new_parent);
+            self.set_link(&mut st, ino, new_parent, new_name);
+            self.set_link(&mut st, other, parent, name);
+            self.touch_dir_at(&mut st, parent, t);
+            self.touch_dir_at(&mut st, new_parent, t);
+            if let Some(record) = record {
+                self.log(record);
+            }
             return Ok(());
         }
         if let Some(existing) = target {
@@ -890,7 +1132,7 @@ impl CowFs {
                 }
                 (false, false) => {
                     self.dir_mut(&mut st, new_parent)?.remove(new_name);
-                    self.drop_link(&mut st, existing);
+                    self.drop_link(&mut st, existing, new_parent, new_name, t);
                 }
             }
         }
@@ -903,11 +1145,23 @@ impl CowFs {
             self.set_parent(&mut st, ino, new_parent);
         }
         if let Some(node) = st.nodes.get_mut(&ino) {
-            node.attrs.ctime = now();
+            node.attrs.ctime = t;
         }
-        self.touch_dir(&mut st, parent);
-        self.touch_dir(&mut st, new_parent);
+        self.set_link(&mut st, ino, new_parent, new_name);
+        self.touch_dir_at(&mut st, parent, t);
+        self.touch_dir_at(&mut st, new_parent, t);
+        if let Some(record) = record {
+            self.log(record);
+        }
         Ok(())
+    }
+
+    /// Records that `ino` is now reached as `name` in `parent` (after the
+    /// name it was remembered by moved or went away).
+    fn set_link(&self, st: &mut State, ino: Ino, parent: Ino, name: &[u8]) {
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            node.link = (parent, name.to_vec());
+        }
     }
 
     fn adjust_subdirs(&self, st: &mut State, dir: Ino, delta: i32) {
@@ -929,21 +1183,35 @@ impl CowFs {
     pub fn open(&self, ino: Ino, truncate: bool) -> FsResult<()> {
         let mut st = self.state.lock();
         let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        node.opens += 1;
         if truncate {
             if let NodeKind::File(data) = &node.kind {
-                data.truncate(0, self.quota)?;
+                if let Err(e) = data.truncate(0, self.quota) {
+                    node.opens -= 1;
+                    return Err(e);
+                }
                 let t = now();
                 node.attrs.mtime = t;
                 node.attrs.ctime = t;
+                self.log_data(&st, ino);
             }
         }
-        node.opens += 1;
         Ok(())
     }
 
     /// Closes a handle opened by [`CowFs::open`] or [`CowFs::create`].
     pub fn release(&self, ino: Ino) {
         let mut st = self.state.lock();
+        if let Some(Node {
+            kind: NodeKind::File(data),
+            nlink: 1..,
+            ..
+        }) = st.nodes.get(&ino)
+        {
+            if data.take_dirty() {
+                self.log_data(&st, ino);
+            }
+        }
         let mut gone = None;
         if let Some(node) = st.nodes.get_mut(&ino) {
             node.opens = node.opens.saturating_sub(1);
@@ -1016,12 +1284,40 @@ impl CowFs {
     }
 
     /// Makes `ino`'s data durable in the upper layer.
+    /// Its attributes and name, and everything journaled before, are
+    /// durable too (as ext4's ordered mode gives).
     pub fn fsync(&self, ino: Ino) -> FsResult<()> {
-        let data = match self.file(ino) {
-            Ok(data) => data,
-            Err(_) => return Ok(()), // directories: metadata lives in memory (see README)
-        };
-        data.sync()
+        self.sync_file(ino, false)
+    }
+
+    /// `fdatasync`: `ino`'s bytes and what is needed to read them back
+    /// (size, block layout) are durable; a changed mtime alone is not
+    /// journaled, so overwriting in place costs one sync of the data.
+    pub fn fdatasync(&self, ino: Ino) -> FsResult<()> {
+        self.sync_file(ino, true)
+    }
+
+    fn sync_file(&self, ino: Ino, data_only: bool) -> FsResult<()> {
+        if let Ok(data) = self.file(ino) {
+            data.sync()?;
+            let journal_it = if data_only {
+                data.layout_dirty()
+            } else {
+                data.is_dirty()
+            };
+            if journal_it {
+                let st = self.state.lock();
+                self.log_data(&st, ino);
+            }
+        }
+        self.sync_journal()
+    }
+
+    /// Makes directory `ino`'s entries durable (and everything journaled
+    /// before).
+    pub fn fsyncdir(&self, ino: Ino) -> FsResult<()> {
+        self.node(&self.state.lock(), ino)?;
+        self.sync_journal()
     }
 
     /// `fallocate`: mode 0 allocates (extending the size), PUNCH_HOLE
@@ -1047,6 +1343,7 @@ impl CowFs {
             node.attrs.mtime = t;
             node.attrs.ctime = t;
         }
+        self.log_data(&st, ino);
         Ok(())
     }
 
@@ -1157,6 +1454,14 @@ impl CowFs {
         }
         node.attrs.xattrs = next;
         node.attrs.ctime = now();
+        if let Some(path) = self.journaling().then(|| self.path_of(&st, ino)).flatten() {
+            self.log(Record::Xattr {
+                path,
+                name: name.to_vec(),
+                value: Some(value.to_vec()),
+            });
+            self.log_attrs(&st, ino);
+        }
         Ok(())
     }
 
@@ -1166,6 +1471,14 @@ impl CowFs {
         let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         node.attrs.xattrs.remove(name).ok_or(Errno::ENODATA)?;
         node.attrs.ctime = now();
+        if let Some(path) = self.journaling().then(|| self.path_of(&st, ino)).flatten() {
+            self.log(Record::Xattr {
+                path,
+                name: name.to_vec(),
+                value: None,
+            });
+            self.log_attrs(&st, ino);
+        }
         Ok(())
     }
 

@@ -1,0 +1,345 @@
+//! The upper layer's metadata journal: what a mount changed, as records
+//! appended to `UPPER/journal`, so that a mount can be recovered after its
+//! process dies (format in `FORMAT.md`, section "Upper-layer journal").
+//!
+//! Records name entries by path from the mount's root, at the moment of the
+//! operation; replaying them in order over the same lower tree rebuilds the
+//! namespace, attributes and extended attributes, and `Data` records say
+//! where each file's upper bytes are and which blocks of them count. Each
+//! record is written to the journal file as soon as the operation is done
+//! (a process crash loses nothing); `fsync` and `fsyncdir` make everything
+//! written so far durable.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::tree::{Attrs, Timestamp};
+
+/// First bytes of a journal file: name and format version 1.
+pub const MAGIC: &[u8; 8] = b"STRJNL\x00\x01";
+/// Largest record accepted when reading (a bound against damage).
+const MAX_RECORD: usize = 16 << 20;
+
+/// A timestamp as journaled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JTime(pub i64, pub u32);
+
+impl From<Timestamp> for JTime {
+    fn from(t: Timestamp) -> JTime {
+        JTime(t.secs, t.nanos)
+    }
+}
+
+impl From<JTime> for Timestamp {
+    fn from(t: JTime) -> Timestamp {
+        Timestamp {
+            secs: t.0,
+            nanos: t.1,
+        }
+    }
+}
+
+/// An entry's attributes, without extended attributes (those have their
+/// own records).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JAttrs {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: JTime,
+    pub mtime: JTime,
+    pub ctime: JTime,
+}
+
+impl From<&Attrs> for JAttrs {
+    fn from(a: &Attrs) -> JAttrs {
+        JAttrs {
+            mode: a.mode,
+            uid: a.uid,
+            gid: a.gid,
+            atime: a.atime.into(),
+            mtime: a.mtime.into(),
+            ctime: a.ctime.into(),
+        }
+    }
+}
+
+impl JAttrs {
+    /// Writes these attributes over `a` (extended attributes untouched).
+    pub fn apply(&self, a: &mut Attrs) {
+        a.mode = self.mode;
+        a.uid = self.uid;
+        a.gid = self.gid;
+        a.atime = self.atime.into();
+        a.mtime = self.mtime.into();
+        a.ctime = self.ctime.into();
+    }
+}
+
+/// What a created entry is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NewKind {
+    /// A regular file whose upper bytes go to `data/FILE`.
+    File {
+        file: String,
+    },
+    Dir,
+    Symlink {
+        target: Vec<u8>,
+    },
+    CharDevice {
+        rdev: u64,
+    },
+    BlockDevice {
+        rdev: u64,
+    },
+    Fifo,
+    Socket,
+}
+
+/// One journaled change. Paths are relative to the mount's root, components
+/// joined by `/`; `time` is when the change happened (the parent
+/// directories' new mtime and ctime).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// A session of the mount began; data files it creates are named
+    /// `EPOCH-INO`.
+    Epoch(u64),
+    Create {
+        path: Vec<u8>,
+        kind: NewKind,
+        attrs: JAttrs,
+    },
+    Link {
+        from: Vec<u8>,
+        to: Vec<u8>,
+        time: JTime,
+    },
+    /// `unlink` or `rmdir`.
+    Remove { path: Vec<u8>, time: JTime },
+    Rename {
+        from: Vec<u8>,
+        to: Vec<u8>,
+        noreplace: bool,
+        exchange: bool,
+        time: JTime,
+    },
+    /// New attributes of an entry (chmod, chown, utimens, ...).
+    Attrs { path: Vec<u8>, attrs: JAttrs },
+    /// An extended attribute set (`Some`) or removed (`None`).
+    Xattr {
+        path: Vec<u8>,
+        name: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
+    /// A regular file's contents: `size` bytes; bytes below `lower_limit`
+    /// in blocks not marked in `present` come from the lower blob, all
+    /// others from `data/FILE` (holes read as zeros).
+    Data {
+        path: Vec<u8>,
+        file: String,
+        size: u64,
+        lower_limit: u64,
+        present: Vec<u64>,
+        attrs: JAttrs,
+    },
+}
+
+/// An open journal, appended to.
+#[derive(Debug)]
+pub struct Journal {
+    file: File,
+    /// Set when an append failed: the journal no longer matches the mount,
+    /// so `sync` reports failure rather than claiming durability.
+    broken: AtomicBool,
+    /// Records were appended since the last sync began.
+    unsynced: AtomicBool,
+}
+
+fn frame(record: &Record) -> std::io::Result<Vec<u8>> {
+    let payload = postcard::to_stdvec(record)
+        .map_err(|e| std::io::Error::other(format!("encoding a journal record: {e}")))?;
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+impl Journal {
+    /// Creates a new journal at `path` (which must not exist), durable
+    /// before it returns.
+    pub fn create(path: &Path) -> std::io::Result<Journal> {
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        file.write_all(MAGIC)?;
+        file.sync_all()?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(Journal {
+            file,
+            broken: AtomicBool::new(false),
+            unsynced: AtomicBool::new(false),
+        })
+    }
+
+    /// Opens an existing journal for appending, first cutting off a torn
+    /// tail at `valid_len` (from [`read`]).
+    pub fn reopen(path: &Path, valid_len: u64) -> std::io::Result<Journal> {
+        let file = OpenOptions::new().read(true).append(true).open(path)?;
+        if file.metadata()?.len() != valid_len {
+            file.set_len(valid_len)?;
+            file.sync_all()?;
+        }
+        Ok(Journal {
+            file,
+            broken: AtomicBool::new(false),
+            unsynced: AtomicBool::new(false),
+        })
+    }
+
+    /// Appends a record (written to the OS at once, not yet synced).
+    pub fn append(&self, record: &Record) {
+        let result = frame(record).and_then(|bytes| (&self.file).write_all(&bytes));
+        if let Err(e) = result {
+            tracing::error!("appending to the upper-layer journal: {e}");
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        self.unsynced.store(true, Ordering::SeqCst);
+    }
+
+    /// Makes every appended record durable.
+    pub fn sync(&self) -> std::io::Result<()> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other(
+                "the upper-layer journal missed a record after a write error",
+            ));
+        }
+        if !self.unsynced.swap(false, Ordering::SeqCst) {
+            return Ok(()); // nothing appended since the last sync
+        }
+        self.file.sync_data().inspect_err(|_| {
+            self.unsynced.store(true, Ordering::SeqCst);
+        })
+    }
+}
+
+/// What [`read`] found.
+#[derive(Debug, Default)]
+pub struct Contents {
+    pub records: Vec<Record>,
+    /// Length of the intact prefix (magic plus whole, checksummed records).
+    pub valid_len: u64,
+    /// Bytes after it: a record torn by a crash (or damage).
+    pub torn_bytes: u64,
+}
+
+/// Reads a journal: every intact record, stopping at the first torn or
+/// damaged one.
+pub fn read(path: &Path) -> std::io::Result<Contents> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is not an upper-layer journal (bad magic)",
+                path.display()
+            ),
+        ));
+    }
+    let mut at = MAGIC.len();
+    let mut records = Vec::new();
+    while bytes.len() - at >= 8 {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        if len > MAX_RECORD || bytes.len() - at - 8 < len {
+            break;
+        }
+        let payload = &bytes[at + 8..at + 8 + len];
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        match postcard::from_bytes::<Record>(payload) {
+            Ok(record) => records.push(record),
+            Err(_) => break,
+        }
+        at += 8 + len;
+    }
+    Ok(Contents {
+        records,
+        valid_len: at as u64,
+        torn_bytes: (bytes.len() - at) as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_a_torn_tail_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let journal = Journal::create(&path).unwrap();
+        let t = JTime(1_700_000_000, 5);
+        let records = vec![
+            Record::Epoch(1),
+            Record::Create {
+                path: b"a/b\xff".to_vec(),
+                kind: NewKind::File { file: "1-7".into() },
+                attrs: JAttrs {
+                    mode: 0o4755,
+                    uid: 1,
+                    gid: 2,
+                    atime: t,
+                    mtime: t,
+                    ctime: t,
+                },
+            },
+            Record::Remove {
+                path: b"x".to_vec(),
+                time: t,
+            },
+        ];
+        for r in &records {
+            journal.append(r);
+        }
+        journal.sync().unwrap();
+        drop(journal);
+        let contents = read(&path).unwrap();
+        assert_eq!(contents.records, records);
+        assert_eq!(contents.torn_bytes, 0);
+
+        // A crash in the middle of an append: the partial record is ignored
+        // and cut off when the journal is reopened.
+        let full = std::fs::metadata(&path).unwrap().len();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let partial = frame(&Record::Epoch(2)).unwrap();
+        f.write_all(&partial[..partial.len() - 1]).unwrap();
+        let contents = read(&path).unwrap();
+        assert_eq!(contents.records.len(), 3);
+        assert_eq!(contents.valid_len, full);
+        let journal = Journal::reopen(&path, contents.valid_len).unwrap();
+        journal.append(&Record::Epoch(2));
+        journal.sync().unwrap();
+        let contents = read(&path).unwrap();
+        assert_eq!(contents.records.last(), Some(&Record::Epoch(2)));
+
+        // A flipped byte ends the readable prefix there.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[MAGIC.len() + 9] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(read(&path).unwrap().records.is_empty());
+        std::fs::write(&path, b"nope").unwrap();
+        assert!(read(&path).is_err());
+    }
+}

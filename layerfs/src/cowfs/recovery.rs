@@ -1,0 +1,295 @@
+//! Recovering a mount from its upper layer: the journal is replayed, in
+//! order, through the same operations that wrote it, over the same lower
+//! tree; then the mount continues in a new epoch, appending to the journal.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cas::{ChunkId, Store};
+
+use super::file::FileData;
+use super::journal::{self, JAttrs, Journal, NewKind, Record};
+use super::{
+    Caller, CowFs, Errno, FileKind, FsResult, Ino, MountConfig, NodeKind, RenameFlags, XattrMode,
+    JOURNAL_FILE, ROOT_INO,
+};
+use crate::tree::Timestamp;
+
+/// What a recovery found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecoveryReport {
+    /// Records replayed.
+    pub records: usize,
+    /// Records that no longer applied (each logged with its reason).
+    pub skipped: usize,
+    /// Bytes of a record torn by the crash, cut off.
+    pub torn_bytes: u64,
+    /// Upper data files no entry refers to (removed).
+    pub orphan_files: usize,
+    /// The new session's epoch.
+    pub epoch: u64,
+}
+
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+impl CowFs {
+    /// Reopens the mount whose upper layer is in `config.upper_dir`, over
+    /// the same lower tree it was made from.
+    pub fn recover(
+        store: Store,
+        lower: ChunkId,
+        config: MountConfig,
+    ) -> crate::Result<(CowFs, RecoveryReport)> {
+        let journal_path = config.upper_dir.join(JOURNAL_FILE);
+        let contents = journal::read(&journal_path)
+            .map_err(|e| crate::Error::io(format!("reading {}", journal_path.display()), e))?;
+        let last_epoch = contents
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Epoch(e) => Some(*e),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let fs = CowFs::unjournaled(store, lower, &config, last_epoch + 1)?;
+        let mut report = RecoveryReport {
+            records: contents.records.len(),
+            torn_bytes: contents.torn_bytes,
+            epoch: fs.epoch,
+            ..RecoveryReport::default()
+        };
+        for record in contents.records {
+            let what = format!("{record:?}");
+            if let Err(e) = fs.replay(record) {
+                report.skipped += 1;
+                tracing::warn!(
+                    upper = %config.upper_dir.display(),
+                    "journal record no longer applies (errno {}): {what:.200}",
+                    e.0
+                );
+            }
+        }
+        report.orphan_files = fs.remove_orphan_data();
+        let journal = Journal::reopen(&journal_path, contents.valid_len)
+            .map_err(|e| crate::Error::io(format!("reopening {}", journal_path.display()), e))?;
+        journal.append(&Record::Epoch(fs.epoch));
+        journal
+            .sync()
+            .map_err(|e| crate::Error::io(format!("writing {}", journal_path.display()), e))?;
+        let _ = fs.journal.set(journal);
+        Ok((fs, report))
+    }
+
+    /// The inode at `path` (from the root).
+    fn resolve(&self, path: &[u8]) -> FsResult<Ino> {
+        let mut at = ROOT_INO;
+        for part in path.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+            at = self.lookup(at, part)?.ino;
+        }
+        Ok(at)
+    }
+
+    fn resolve_parent<'p>(&self, path: &'p [u8]) -> FsResult<(Ino, &'p [u8])> {
+        let (dir, name) = split(path);
+        if name.is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        Ok((self.resolve(dir)?, name))
+    }
+
+    fn set_times(&self, ino: Ino, mtime: Option<Timestamp>, ctime: Timestamp) {
+        let mut st = self.state.lock();
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            if let Some(m) = mtime {
+                node.attrs.mtime = m;
+            }
+            node.attrs.ctime = ctime;
+        }
+    }
+
+    fn set_attrs(&self, ino: Ino, attrs: &JAttrs) {
+        let mut st = self.state.lock();
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            attrs.apply(&mut node.attrs);
+        }
+    }
+
+    /// Replaces `ino`'s file data.
+    fn set_file_data(
+        &self,
+        ino: Ino,
+        make: impl FnOnce(Option<ChunkId>) -> FileData,
+    ) -> FsResult<()> {
+        let mut st = self.state.lock();
+        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        let NodeKind::File(old) = &node.kind else {
+            return Err(Errno::EINVAL);
+        };
+        let new = make(old.lower_blob());
+        if old.file_name() == new.file_name() {
+            old.release_charge();
+        } else {
+            old.discard();
+        }
+        node.kind = NodeKind::File(Arc::new(new));
+        Ok(())
+    }
+
+    fn replay(&self, record: Record) -> FsResult<()> {
+        match record {
+            Record::Epoch(_) => Ok(()),
+            Record::Create { path, kind, attrs } => {
+                let (parent, name) = self.resolve_parent(&path)?;
+                let caller = Caller {
+                    uid: attrs.uid,
+                    gid: attrs.gid,
+                };
+                let mode = attrs.mode;
+                let ino = match kind {
+                    NewKind::File { file } => {
+                        let ino = self.create(parent, name, mode, caller)?.ino;
+                        self.release(ino);
+                        let path: PathBuf = self.data_dir.join(file);
+                        let used = self.used.clone();
+                        self.set_file_data(ino, |_| FileData::empty(path, used))?;
+                        ino
+                    }
+                    NewKind::Dir => self.mkdir(parent, name, mode, caller)?.ino,
+                    NewKind::Symlink { target } => self.symlink(parent, name, &target, caller)?.ino,
+                    NewKind::CharDevice { rdev } => {
+                        self.mknod(parent, name, FileKind::CharDevice, mode, rdev, caller)?
+                            .ino
+                    }
+                    NewKind::BlockDevice { rdev } => {
+                        self.mknod(parent, name, FileKind::BlockDevice, mode, rdev, caller)?
+                            .ino
+                    }
+                    NewKind::Fifo => {
+                        self.mknod(parent, name, FileKind::Fifo, mode, 0, caller)?
+                            .ino
+                    }
+                    NewKind::Socket => {
+                        self.mknod(parent, name, FileKind::Socket, mode, 0, caller)?
+                            .ino
+                    }
+                };
+                self.set_attrs(ino, &attrs);
+                let t = attrs.ctime.into();
+                self.set_times(parent, Some(t), t);
+                Ok(())
+            }
+            Record::Link { from, to, time } => {
+                let ino = self.resolve(&from)?;
+                let (parent, name) = self.resolve_parent(&to)?;
+                self.link(ino, parent, name)?;
+                let t = time.into();
+                self.set_times(ino, None, t);
+                self.set_times(parent, Some(t), t);
+                Ok(())
+            }
+            Record::Remove { path, time } => {
+                let (parent, name) = self.resolve_parent(&path)?;
+                let stat = self.lookup(parent, name)?;
+                if stat.kind == FileKind::Dir {
+                    self.rmdir(parent, name)?;
+                } else {
+                    self.unlink(parent, name)?;
+                    self.set_times(stat.ino, None, time.into());
+                }
+                let t = time.into();
+                self.set_times(parent, Some(t), t);
+                Ok(())
+            }
+            Record::Rename {
+                from,
+                to,
+                noreplace,
+                exchange,
+                time,
+            } => {
+                let (parent, name) = self.resolve_parent(&from)?;
+                let (new_parent, new_name) = self.resolve_parent(&to)?;
+                let ino = self.lookup(parent, name)?.ino;
+                self.rename(
+                    parent,
+                    name,
+                    new_parent,
+                    new_name,
+                    RenameFlags {
+                        noreplace,
+                        exchange,
+                    },
+                )?;
+                let t = time.into();
+                if !exchange {
+                    self.set_times(ino, None, t);
+                }
+                self.set_times(parent, Some(t), t);
+                self.set_times(new_parent, Some(t), t);
+                Ok(())
+            }
+            Record::Attrs { path, attrs } => {
+                let ino = self.resolve(&path)?;
+                self.set_attrs(ino, &attrs);
+                Ok(())
+            }
+            Record::Xattr { path, name, value } => {
+                let ino = self.resolve(&path)?;
+                match value {
+                    Some(value) => self.setxattr(ino, &name, &value, XattrMode::Set),
+                    None => match self.removexattr(ino, &name) {
+                        Err(e) if e == Errno::ENODATA => Ok(()),
+                        other => other,
+                    },
+                }
+            }
+            Record::Data {
+                path,
+                file,
+                size,
+                lower_limit,
+                present,
+                attrs,
+            } => {
+                let ino = self.resolve(&path)?;
+                let data_path = self.data_dir.join(file);
+                let used = self.used.clone();
+                self.set_file_data(ino, |lower| {
+                    FileData::restored(data_path, used, lower, size, lower_limit, present)
+                })?;
+                self.set_attrs(ino, &attrs);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes upper data files that no entry refers to (files removed
+    /// while open when the mount ended, blocks of a file never journaled).
+    fn remove_orphan_data(&self) -> usize {
+        let st = self.state.lock();
+        let referenced: std::collections::HashSet<String> = st
+            .nodes
+            .values()
+            .filter_map(|n| match &n.kind {
+                NodeKind::File(data) => Some(data.file_name()),
+                _ => None,
+            })
+            .collect();
+        let mut removed = 0;
+        if let Ok(entries) = std::fs::read_dir(&self.data_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !referenced.contains(&name) && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+}
