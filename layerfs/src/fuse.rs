@@ -451,6 +451,19 @@ impl Filesystem for FuseFs {
         reply_empty(result, reply);
     }
 
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.getattr(ino.0) {
+            // The kernel may cache the listing: every change to a directory
+            // goes through this kernel, which drops its cached copy then.
+            Ok(stat) if stat.kind == FileKind::Dir => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok(_) => reply.error(errno(Errno(libc::ENOTDIR))),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     fn readdir(
         &self,
         _req: &Request,
@@ -459,20 +472,16 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0, offset) {
-            Ok(entries) => {
-                for entry in entries {
-                    if reply.add(
-                        INodeNo(entry.ino),
-                        entry.offset,
-                        file_type(entry.kind),
-                        OsStr::from_bytes(&entry.name),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let result = self.fs.readdir_each(ino.0, offset, |entry| {
+            reply.add(
+                INodeNo(entry.ino),
+                entry.offset,
+                file_type(entry.kind),
+                OsStr::from_bytes(entry.name),
+            )
+        });
+        match result {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -12,7 +12,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -158,6 +158,11 @@ pub struct Journal {
     broken: AtomicBool,
     /// Records were appended since the last sync began.
     unsynced: AtomicBool,
+    /// A new journal's directory, whose entries (the journal's name and
+    /// the data directory) the first sync makes durable; creating a mount
+    /// costs no sync.
+    new_dir: Option<PathBuf>,
+    dir_synced: AtomicBool,
 }
 
 fn frame(record: &Record) -> std::io::Result<Vec<u8>> {
@@ -180,14 +185,12 @@ impl Journal {
             .append(true)
             .open(path)?;
         file.write_all(MAGIC)?;
-        file.sync_all()?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
         Ok(Journal {
             file,
             broken: AtomicBool::new(false),
-            unsynced: AtomicBool::new(false),
+            unsynced: AtomicBool::new(true),
+            new_dir: path.parent().map(Path::to_path_buf),
+            dir_synced: AtomicBool::new(false),
         })
     }
 
@@ -203,6 +206,8 @@ impl Journal {
             file,
             broken: AtomicBool::new(false),
             unsynced: AtomicBool::new(false),
+            new_dir: None,
+            dir_synced: AtomicBool::new(false),
         })
     }
 
@@ -226,9 +231,28 @@ impl Journal {
         if !self.unsynced.swap(false, Ordering::SeqCst) {
             return Ok(()); // nothing appended since the last sync
         }
-        self.file.sync_data().inspect_err(|_| {
+        let result = self.file.sync_data().and_then(|()| self.sync_new_dir());
+        result.inspect_err(|_| {
             self.unsynced.store(true, Ordering::SeqCst);
         })
+    }
+
+    /// Once per new journal: makes the upper directory's entries durable.
+    fn sync_new_dir(&self) -> std::io::Result<()> {
+        let Some(dir) = &self.new_dir else {
+            return Ok(());
+        };
+        if self.dir_synced.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        match File::open(dir.join("data")) {
+            Ok(data) => data.sync_all()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        File::open(dir)?.sync_all()?;
+        self.dir_synced.store(true, Ordering::SeqCst);
+        Ok(())
     }
 }
 

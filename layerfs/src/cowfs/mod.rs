@@ -133,6 +133,16 @@ pub struct RenameFlags {
     pub exchange: bool,
 }
 
+/// One directory entry as [`CowFs::readdir_each`] lends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirEntryRef<'a> {
+    /// Offset to resume after this entry.
+    pub offset: u64,
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub name: &'a [u8],
+}
+
 /// One directory entry returned by [`CowFs::readdir`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntryOut {
@@ -1356,28 +1366,53 @@ impl CowFs {
 
     /// Entries of directory `ino` after `offset` (0 = from the start).
     pub fn readdir(&self, ino: Ino, offset: u64) -> FsResult<Vec<DirEntryOut>> {
+        let mut out = Vec::new();
+        self.readdir_each(ino, offset, |entry| {
+            out.push(DirEntryOut {
+                offset: entry.offset,
+                ino: entry.ino,
+                kind: entry.kind,
+                name: entry.name.to_vec(),
+            });
+            false
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `emit` with each entry of directory `ino` after `offset`, in
+    /// offset order, until it returns `true` (its buffer is full): a reply
+    /// costs what it holds, not the size of the directory.
+    pub fn readdir_each(
+        &self,
+        ino: Ino,
+        offset: u64,
+        mut emit: impl FnMut(DirEntryRef<'_>) -> bool,
+    ) -> FsResult<()> {
         let mut st = self.state.lock();
         self.load_dir(&mut st, ino)?;
         let dir = match &self.node(&st, ino)?.kind {
             NodeKind::Dir(d) => d,
             _ => return Err(Errno::ENOTDIR),
         };
-        let mut out = Vec::new();
-        if offset < 1 {
-            out.push(DirEntryOut {
+        if offset < 1
+            && emit(DirEntryRef {
                 offset: 1,
                 ino,
                 kind: FileKind::Dir,
-                name: b".".to_vec(),
-            });
+                name: b".",
+            })
+        {
+            return Ok(());
         }
-        if offset < 2 {
-            out.push(DirEntryOut {
+        if offset < 2
+            && emit(DirEntryRef {
                 offset: 2,
                 ino: dir.parent,
                 kind: FileKind::Dir,
-                name: b"..".to_vec(),
-            });
+                name: b"..",
+            })
+        {
+            return Ok(());
         }
         for (&off, name) in dir.by_offset.range(offset.max(2) + 1..) {
             let Some(&(child, _)) = dir.by_name.get(name) else {
@@ -1388,14 +1423,16 @@ impl CowFs {
                 .get(&child)
                 .map(|n| kind_of(&n.kind))
                 .unwrap_or(FileKind::File);
-            out.push(DirEntryOut {
+            if emit(DirEntryRef {
                 offset: off,
                 ino: child,
                 kind,
-                name: name.clone(),
-            });
+                name,
+            }) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Filesystem figures; the quota is the size.
