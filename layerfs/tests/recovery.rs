@@ -303,6 +303,15 @@ fn every_kind_of_change_survives_recovery() {
         99_990,
         b"tail-extended",
     );
+    // An overwrite in place, fsynced but never closed: one sync of the data
+    // file carries the bytes and the new mtime.
+    let inplace = lookup(&recovered, "tmp/big-copy");
+    recovered.open(inplace, false).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    recovered
+        .write(inplace, 50, b"overwritten in place")
+        .unwrap();
+    recovered.fsync(inplace).unwrap();
     let before = dump(&recovered);
     drop(recovered);
     let (again, report) = CowFs::recover(store.clone(), tree, config(&copy)).unwrap();

@@ -12,9 +12,13 @@ use cas::{Blob, ChunkId, Store};
 use parking_lot::RwLock;
 
 use super::{Errno, FsResult};
+use crate::tree::Timestamp;
 
 /// Copy-up granularity: a write copies at most the blocks it touches.
 pub const BLOCK_SIZE: u64 = 64 << 10;
+/// Extended attribute of an upper data file holding the file's mtime as of
+/// its last in-place `fsync` (12 bytes: seconds i64 LE, nanoseconds u32 LE).
+pub(crate) const MTIME_XATTR: &str = "user.strata.mtime";
 /// Largest file size accepted (as ext4's 16 TiB).
 const MAX_FILE_SIZE: u64 = 16 << 40;
 
@@ -433,13 +437,18 @@ impl FileData {
 
     /// Makes the upper data durable.
     pub(crate) fn sync(&self) -> FsResult<()> {
-        let created = {
+        {
             let inner = self.inner.read();
             if let Some(file) = &inner.upper {
                 file.sync_data().map_err(io)?;
             }
-            inner.created
-        };
+        }
+        self.sync_new_name()
+    }
+
+    /// Makes a new data file's name durable (once).
+    fn sync_new_name(&self) -> FsResult<()> {
+        let created = self.inner.read().created;
         if created {
             // The data file is new: make its name durable too.
             if let Some(dir) = self.path.parent() {
@@ -448,6 +457,38 @@ impl FileData {
             self.inner.write().created = false;
         }
         Ok(())
+    }
+
+    /// Makes the upper data durable together with the file's modification
+    /// time, kept in an extended attribute of the data file ([`MTIME_XATTR`]):
+    /// one sync of the data file covers an in-place overwrite, with no
+    /// journal record (recovery adopts that time when it is newer than the
+    /// journaled one). `Ok(false)`: the host filesystem keeps no user
+    /// xattrs, and the caller journals instead.
+    pub(crate) fn sync_with_mtime(&self, mtime: Timestamp) -> FsResult<bool> {
+        {
+            let inner = self.inner.read();
+            let Some(file) = &inner.upper else {
+                return Ok(true);
+            };
+            let mut value = [0u8; 12];
+            value[..8].copy_from_slice(&mtime.secs.to_le_bytes());
+            value[8..].copy_from_slice(&mtime.nanos.to_le_bytes());
+            if xattr::FileExt::set_xattr(file, MTIME_XATTR, &value).is_err() {
+                return Ok(false);
+            }
+            file.sync_all().map_err(io)?;
+        }
+        self.sync_new_name()?;
+        Ok(true)
+    }
+
+    /// The modification time last synced with [`FileData::sync_with_mtime`].
+    pub(crate) fn synced_mtime(&self) -> Option<Timestamp> {
+        let value = xattr::get(&self.path, MTIME_XATTR).ok()??;
+        let secs = i64::from_le_bytes(value.get(..8)?.try_into().ok()?);
+        let nanos = u32::from_le_bytes(value.get(8..12)?.try_into().ok()?);
+        (nanos < 1_000_000_000).then_some(Timestamp { secs, nanos })
     }
 
     /// Gives back this file's quota charge, keeping its data file (another

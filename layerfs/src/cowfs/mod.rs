@@ -1309,15 +1309,24 @@ impl CowFs {
 
     fn sync_file(&self, ino: Ino, data_only: bool) -> FsResult<()> {
         if let Ok(data) = self.file(ino) {
-            data.sync()?;
-            let journal_it = if data_only {
-                data.layout_dirty()
-            } else {
-                data.is_dirty()
-            };
-            if journal_it {
+            if data.layout_dirty() {
+                // Size or blocks changed: the journal must say so.
+                data.sync()?;
                 let st = self.state.lock();
                 self.log_data(&st, ino);
+            } else if data.is_dirty() && !data_only {
+                // An overwrite in place: the bytes and the new mtime are
+                // made durable by one sync of the data file.
+                let mtime = {
+                    let st = self.state.lock();
+                    self.node(&st, ino)?.attrs.mtime
+                };
+                if !data.sync_with_mtime(mtime)? {
+                    let st = self.state.lock();
+                    self.log_data(&st, ino);
+                }
+            } else {
+                data.sync()?;
             }
         }
         self.sync_journal()

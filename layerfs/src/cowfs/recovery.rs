@@ -75,6 +75,7 @@ impl CowFs {
                 );
             }
         }
+        fs.adopt_synced_mtimes();
         report.orphan_files = fs.remove_orphan_data();
         let journal = Journal::reopen(&journal_path, contents.valid_len)
             .map_err(|e| crate::Error::io(format!("reopening {}", journal_path.display()), e))?;
@@ -265,6 +266,24 @@ impl CowFs {
                 })?;
                 self.set_attrs(ino, &attrs);
                 Ok(())
+            }
+        }
+    }
+
+    /// A file overwritten in place and fsynced keeps its new mtime in an
+    /// xattr of its data file (see `FileData::sync_with_mtime`): where that
+    /// is newer than what the journal says, it wins.
+    fn adopt_synced_mtimes(&self) {
+        let mut st = self.state.lock();
+        for node in st.nodes.values_mut() {
+            let NodeKind::File(data) = &node.kind else {
+                continue;
+            };
+            if let Some(t) = data.synced_mtime() {
+                if t > node.attrs.mtime {
+                    node.attrs.mtime = t;
+                    node.attrs.ctime = t;
+                }
             }
         }
     }
