@@ -206,6 +206,9 @@ struct Node {
 
 #[derive(Debug, Default)]
 struct DirState {
+    /// A lower directory whose node has not been read yet: its attributes
+    /// are placeholders until [`CowFs::ready`] reads it.
+    unread: Option<ChunkId>,
     /// Decoded lower directory whose entries are not instantiated yet.
     pending: Option<DirNode>,
     parent: Ino,
@@ -386,8 +389,40 @@ impl CowFs {
 
     // ------------------------------------------------------------ loading
 
+    /// Reads the node of lower directory `ino` if only its id is known yet,
+    /// filling in its attributes. Every operation calls this for the
+    /// inodes it is given before it reads or changes their attributes, so
+    /// listing a directory costs one read, not one per subdirectory.
+    fn ready(&self, st: &mut State, ino: Ino) -> FsResult<()> {
+        let unread = match st.nodes.get_mut(&ino).map(|n| &mut n.kind) {
+            Some(NodeKind::Dir(dir)) => dir.unread.take(),
+            Some(_) => return Ok(()),
+            None => return Err(Errno::ENOENT),
+        };
+        let Some(id) = unread else {
+            return Ok(());
+        };
+        let node = match TreeReader::new(&self.store).dir(id) {
+            Ok(node) => node,
+            Err(e) => {
+                if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(&ino).map(|n| &mut n.kind) {
+                    dir.unread = Some(id);
+                }
+                return Err(self.eio(e));
+            }
+        };
+        if let Some(n) = st.nodes.get_mut(&ino) {
+            n.attrs = node.attrs.clone();
+            if let NodeKind::Dir(dir) = &mut n.kind {
+                dir.pending = Some(node);
+            }
+        }
+        Ok(())
+    }
+
     /// Instantiates the entries of lower directory `ino` if not done yet.
     fn load_dir(&self, st: &mut State, ino: Ino) -> FsResult<()> {
+        self.ready(st, ino)?;
         let pending = match st.nodes.get_mut(&ino).map(|n| &mut n.kind) {
             Some(NodeKind::Dir(dir)) => dir.pending.take(),
             Some(_) => return Err(Errno::ENOTDIR),
@@ -402,12 +437,15 @@ impl CowFs {
         for (name, entry) in entries {
             let child = match entry {
                 Entry::Dir(id) => {
-                    let node = reader.dir(id).map_err(|e| self.eio(e))?;
                     let mut dir = DirState::new(ino);
-                    let attrs = node.attrs.clone();
-                    dir.pending = Some(node);
-                    let child =
-                        self.add_node(st, attrs, 2, NodeKind::Dir(dir), (ino, name.clone()));
+                    dir.unread = Some(id);
+                    let child = self.add_node(
+                        st,
+                        Attrs::default(),
+                        2,
+                        NodeKind::Dir(dir),
+                        (ino, name.clone()),
+                    );
                     if let Some(NodeKind::Dir(parent)) = st.nodes.get_mut(&ino).map(|n| &mut n.kind)
                     {
                         parent.subdirs += 1;
@@ -700,18 +738,21 @@ impl CowFs {
             b".." => self.dir_mut(&mut st, parent)?.parent,
             _ => self.child(&mut st, parent, name)?.ok_or(Errno::ENOENT)?,
         };
+        self.ready(&mut st, ino)?;
         self.stat_of(&st, ino)
     }
 
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: Ino) -> FsResult<Stat> {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
+        self.ready(&mut st, ino)?;
         self.stat_of(&st, ino)
     }
 
     /// Changes attributes; a size change truncates or extends (zeros).
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> FsResult<Stat> {
         let mut st = self.state.lock();
+        self.ready(&mut st, ino)?;
         let t = now();
         let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         if let Some(size) = set.size {
@@ -1075,6 +1116,10 @@ impl CowFs {
         let mut st = self.state.lock();
         let ino = self.child(&mut st, parent, name)?.ok_or(Errno::ENOENT)?;
         let target = self.child(&mut st, new_parent, new_name)?;
+        self.ready(&mut st, ino)?;
+        if let Some(other) = target {
+            self.ready(&mut st, other)?;
+        }
         let moving_dir = matches!(self.node(&st, ino)?.kind, NodeKind::Dir(_));
         if target == Some(ino) {
             return Ok(()); // same inode: nothing to do
@@ -1462,7 +1507,8 @@ impl CowFs {
 
     /// Extended attribute `name` of `ino`.
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
+        self.ready(&mut st, ino)?;
         self.node(&st, ino)?
             .attrs
             .xattrs
@@ -1473,7 +1519,8 @@ impl CowFs {
 
     /// Names of `ino`'s extended attributes.
     pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
+        self.ready(&mut st, ino)?;
         Ok(self.node(&st, ino)?.attrs.xattrs.keys().cloned().collect())
     }
 
@@ -1486,6 +1533,7 @@ impl CowFs {
             return Err(Errno::Errno2BIG);
         }
         let mut st = self.state.lock();
+        self.ready(&mut st, ino)?;
         let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         let exists = node.attrs.xattrs.contains_key(name);
         match (mode, exists) {
@@ -1514,6 +1562,7 @@ impl CowFs {
     /// Removes an extended attribute.
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
         let mut st = self.state.lock();
+        self.ready(&mut st, ino)?;
         let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         node.attrs.xattrs.remove(name).ok_or(Errno::ENODATA)?;
         node.attrs.ctime = now();
