@@ -451,17 +451,14 @@ impl Filesystem for FuseFs {
         reply_empty(result, reply);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.getattr(ino.0) {
-            // The kernel may cache the listing: every change to a directory
-            // goes through this kernel, which drops its cached copy then.
-            Ok(stat) if stat.kind == FileKind::Dir => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Ok(_) => reply.error(errno(Errno(libc::ENOTDIR))),
-            Err(e) => reply.error(errno(e)),
-        }
+    /// Answered with ENOSYS: the kernel then stops sending OPENDIR and
+    /// RELEASEDIR for this mount and opens directories itself with
+    /// `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`, so it caches listings and a
+    /// directory walk costs two fewer round trips per directory. Every
+    /// change to a directory goes through this kernel, which drops its
+    /// cached listing then.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(errno(Errno(libc::ENOSYS)));
     }
 
     fn readdir(
