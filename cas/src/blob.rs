@@ -525,6 +525,24 @@ impl Blob {
         Ok(filled)
     }
 
+    /// Loads the chunks that hold bytes `[offset, offset + len)` into the
+    /// store's chunk cache, verified, so that reads of that range soon
+    /// after find them there (read-ahead). Holes cost nothing.
+    pub fn prefetch(&self, offset: u64, len: u64) -> Result<()> {
+        let end = offset.saturating_add(len).min(self.len);
+        let mut pos = offset;
+        while pos < end {
+            match self.segment(pos)? {
+                Segment::Hole { end } => pos = end,
+                Segment::Chunk { start, len, id } => {
+                    self.chunk(&id, len)?;
+                    pos = start + len;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A reader positioned at the start.
     pub fn reader(&self) -> BlobReader {
         BlobReader {

@@ -285,3 +285,34 @@ fn opening_what_is_not_a_store_fails_clearly() {
     );
     drop(store);
 }
+
+/// Read-ahead: `prefetch` loads a range's chunks into the cache, so reads
+/// of that range no longer touch the packs (shown by taking the packs away);
+/// reads outside it still need them.
+#[test]
+fn prefetch_loads_a_range_into_the_chunk_cache() {
+    let (_dir, store) = new_store(StoreConfig::default());
+    let data = random_bytes(4 << 20, 11);
+    let writer = store.writer("prefetch");
+    let info = writer
+        .write_blob(&mut &data[..], Chunking::ContentDefined)
+        .unwrap();
+    writer.commit().unwrap();
+    store.clear_cache();
+    let blob = store.blob(&info.id).unwrap();
+    blob.prefetch(0, 1 << 20).unwrap();
+    // Past the end is clamped, not an error.
+    blob.prefetch(data.len() as u64 - 10, 1 << 30).unwrap();
+
+    let moved = _dir.path().join("packs-away");
+    std::fs::rename(store.packs_dir(), &moved).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    assert_eq!(blob.read_at(0, &mut buf).unwrap(), 1 << 20);
+    assert!(buf == data[..1 << 20]);
+    store.clear_cache();
+    assert!(
+        blob.read_at(0, &mut buf).is_err(),
+        "without the cache the packs are needed"
+    );
+    std::fs::rename(&moved, store.packs_dir()).unwrap();
+}

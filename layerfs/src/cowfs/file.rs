@@ -19,6 +19,8 @@ pub const BLOCK_SIZE: u64 = 64 << 10;
 /// Extended attribute of an upper data file holding the file's mtime as of
 /// its last in-place `fsync` (12 bytes: seconds i64 LE, nanoseconds u32 LE).
 pub(crate) const MTIME_XATTR: &str = "user.strata.mtime";
+/// How far ahead of a sequential reader lower chunks are loaded.
+const READ_AHEAD: u64 = 4 << 20;
 /// Largest file size accepted (as ext4's 16 TiB).
 const MAX_FILE_SIZE: u64 = 16 << 40;
 
@@ -28,6 +30,10 @@ pub(crate) struct FileData {
     lower: Option<ChunkId>,
     blob: OnceLock<Blob>,
     inner: RwLock<Inner>,
+    /// Where the next sequential read would start, and how far read-ahead
+    /// has been asked for (see [`FileData::read_ahead`]).
+    next_read: AtomicU64,
+    prefetched_to: AtomicU64,
     /// Changed since its state was last journaled.
     dirty: AtomicBool,
     /// Size, lower limit or present blocks changed since last journaled
@@ -109,6 +115,8 @@ impl FileData {
             lower: None,
             blob: OnceLock::new(),
             inner: RwLock::new(Inner::default()),
+            next_read: AtomicU64::new(0),
+            prefetched_to: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             layout_dirty: AtomicBool::new(false),
         }
@@ -143,6 +151,8 @@ impl FileData {
             lower,
             blob: OnceLock::new(),
             inner: RwLock::new(inner),
+            next_read: AtomicU64::new(0),
+            prefetched_to: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             layout_dirty: AtomicBool::new(false),
         }
@@ -201,6 +211,8 @@ impl FileData {
                 lower_limit: if blob.is_some() { size } else { 0 },
                 ..Inner::default()
             }),
+            next_read: AtomicU64::new(0),
+            prefetched_to: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             layout_dirty: AtomicBool::new(false),
         }
@@ -252,6 +264,34 @@ impl FileData {
         Ok(())
     }
 
+    /// After a read of `[offset, end)`: when reads run sequentially, asks a
+    /// background thread to load the lower chunks of the next
+    /// [`READ_AHEAD`] bytes, so fetching and verifying them overlaps with
+    /// the reader's work instead of stalling its next request.
+    fn read_ahead(&self, store: &Store, offset: u64, end: u64, lower_limit: u64) {
+        let sequential = self.next_read.swap(end, Ordering::Relaxed) == offset;
+        if !sequential || end >= lower_limit {
+            return;
+        }
+        let already = self.prefetched_to.load(Ordering::Relaxed);
+        if already >= end + READ_AHEAD / 2 {
+            return;
+        }
+        let from = already.max(end);
+        let to = (end + READ_AHEAD).min(lower_limit);
+        if from >= to || self.prefetched_to.fetch_max(to, Ordering::Relaxed) >= to {
+            return;
+        }
+        let Ok(blob) = self.blob(store).cloned() else {
+            return;
+        };
+        rayon::spawn(move || {
+            if let Err(e) = blob.prefetch(from, to - from) {
+                tracing::debug!("read-ahead: {e}");
+            }
+        });
+    }
+
     /// Up to `len` bytes at `offset`.
     pub(crate) fn read(&self, store: &Store, offset: u64, len: usize) -> Result<Vec<u8>, String> {
         let inner = self.inner.read();
@@ -275,6 +315,9 @@ impl FileData {
                 self.read_lower(store, pos, &mut slice[..n])?;
             }
             pos = block_end;
+        }
+        if self.lower.is_some() {
+            self.read_ahead(store, offset, end, inner.lower_limit);
         }
         Ok(out)
     }
