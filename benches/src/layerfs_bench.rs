@@ -410,7 +410,7 @@ fn render(
     s.push_str(&machine::describe(&args.work));
     let _ = writeln!(
         s,
-        "- Command: `benches/run.sh layerfs` (runs: {}; fio jobs {} s each)\n",
+        "\n- Command: `benches/run.sh layerfs` (runs: {}; fio jobs {} s each)\n",
         args.runs, args.fio_seconds
     );
     let _ = writeln!(
