@@ -433,7 +433,9 @@ impl CowFs {
         };
         let reader = TreeReader::new(&self.store);
         let entries = reader.entries(&pending).map_err(|e| self.eio(e))?;
-        let dir_path = self.lower_path_of(st, ino);
+        // Only meaningful while the directory is unchanged from the lower
+        // tree, which it is until its entries are instantiated here.
+        let dir_path = self.path_of(st, ino).unwrap_or_default();
         for (name, entry) in entries {
             let child = match entry {
                 Entry::Dir(id) => {
@@ -496,28 +498,6 @@ impl CowFs {
             };
         }
         Ok(())
-    }
-
-    /// The lower path of directory `ino` (empty for the root), by walking
-    /// parents. Only meaningful while the directory is still unchanged.
-    fn lower_path_of(&self, st: &State, mut ino: Ino) -> Vec<u8> {
-        let mut parts: Vec<Vec<u8>> = Vec::new();
-        while ino != ROOT_INO {
-            let Some(NodeKind::Dir(dir)) = st.nodes.get(&ino).map(|n| &n.kind) else {
-                break;
-            };
-            let parent = dir.parent;
-            let Some(NodeKind::Dir(pdir)) = st.nodes.get(&parent).map(|n| &n.kind) else {
-                break;
-            };
-            match pdir.by_name.iter().find(|(_, (i, _))| *i == ino) {
-                Some((name, _)) => parts.push(name.clone()),
-                None => break,
-            }
-            ino = parent;
-        }
-        parts.reverse();
-        parts.join(&b'/')
     }
 
     /// Finds a lower hard-link target by path from the root.
@@ -1263,7 +1243,7 @@ impl CowFs {
             ..
         }) = st.nodes.get(&ino)
         {
-            if data.take_dirty() {
+            if data.is_dirty() {
                 self.log_data(&st, ino);
             }
         }
