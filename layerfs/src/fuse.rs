@@ -37,6 +37,15 @@ use crate::tree::Timestamp;
 
 pub use fuser::BackgroundSession;
 
+/// Tells the kernel that directory `parent` gained or lost entry `name`
+/// behind its back (a graft): its cached entry and listing are dropped.
+pub fn invalidate_entry(session: &BackgroundSession, parent: u64, name: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let notifier = session.notifier();
+    let _ = notifier.inval_entry(INodeNo(parent), std::ffi::OsStr::from_bytes(name));
+    let _ = notifier.inval_inode(INodeNo(parent), 0, 0);
+}
+
 /// How long the kernel may cache attributes and entries.
 pub const ATTR_TTL: Duration = Duration::from_secs(60);
 

@@ -21,8 +21,10 @@
 //! - [`cowfs`]: the filesystem core — inode operations over a lower tree
 //!   and a writable upper layer, with chunk-granular copy-up and a quota.
 //! - [`fuse`]: the FUSE frontend over [`cowfs`].
+//! - [`diff`]: what differs between two trees, by comparing ids.
 
 pub mod cowfs;
+pub mod diff;
 pub mod error;
 pub mod export;
 pub mod fuse;
@@ -31,6 +33,7 @@ pub mod import;
 pub mod memtree;
 pub mod tree;
 
+pub use diff::{diff_trees, Change, DiffEntry};
 pub use error::{Error, Result};
 pub use export::{export_tar, ExportStats};
 pub use image::{

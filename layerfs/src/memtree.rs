@@ -465,35 +465,49 @@ impl StoreCtx<'_> {
             };
             entries.push((name.clone(), entry));
         }
-        let attrs = self.tree.nodes[index].attrs.clone();
-        let entry_count = u32::try_from(entries.len()).map_err(|_| Error::BadPath {
-            path: show(path),
-            reason: "more than 2^32 entries".into(),
-        })?;
-        let ranges = page_ranges(&entries);
-        let layout = if ranges.len() <= 1 {
-            DirLayout::Inline(entries)
-        } else {
-            let mut pages = Vec::with_capacity(ranges.len());
-            for range in ranges {
-                let slice = &entries[range];
-                let page = encode_page(slice);
-                let id = self.writer.put_node(&page)?.id;
-                pages.push(crate::tree::PageRef {
-                    id,
-                    first_name: slice[0].0.clone(),
-                    entries: slice.len() as u32,
-                });
-            }
-            DirLayout::Pages(pages)
-        };
-        let node = encode_dir(&DirNode {
-            attrs,
-            entry_count,
-            layout,
-        });
-        Ok(self.writer.put_node(&node)?.id)
+        store_entries(
+            self.writer,
+            self.tree.nodes[index].attrs.clone(),
+            entries,
+            path,
+        )
     }
+}
+
+/// Stores a directory with these entries (sorted by name), in pages when
+/// large; returns its id.
+pub(crate) fn store_entries(
+    writer: &Writer,
+    attrs: Attrs,
+    entries: Vec<(Vec<u8>, Entry)>,
+    path: &[u8],
+) -> Result<ChunkId> {
+    let entry_count = u32::try_from(entries.len()).map_err(|_| Error::BadPath {
+        path: show(path),
+        reason: "more than 2^32 entries".into(),
+    })?;
+    let ranges = page_ranges(&entries);
+    let layout = if ranges.len() <= 1 {
+        DirLayout::Inline(entries)
+    } else {
+        let mut pages = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let slice = &entries[range];
+            let id = writer.put_node(&encode_page(slice))?.id;
+            pages.push(crate::tree::PageRef {
+                id,
+                first_name: slice[0].0.clone(),
+                entries: slice.len() as u32,
+            });
+        }
+        DirLayout::Pages(pages)
+    };
+    let node = encode_dir(&DirNode {
+        attrs,
+        entry_count,
+        layout,
+    });
+    Ok(writer.put_node(&node)?.id)
 }
 
 /// Reads directory nodes and their pages from a store, verified.

@@ -6,6 +6,7 @@
 //! `"to": "stream"` is the one exception: between its two answer lines the
 //! tar archive follows in frames (see [`write_frame`]).
 
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -57,6 +58,129 @@ pub enum Op {
     /// point.
     #[serde(rename = "mount.remove")]
     MountRemove { mount: String },
+    /// Snapshots a live mount (or one directory of it).
+    #[serde(rename = "snapshot.create")]
+    SnapshotCreate(SnapshotCreate),
+    #[serde(rename = "snapshot.list")]
+    SnapshotList(SnapshotFilter),
+    #[serde(rename = "snapshot.show")]
+    SnapshotShow { id: String },
+    /// Waits until the snapshot is durable (or failed) and returns it.
+    #[serde(rename = "snapshot.wait")]
+    SnapshotWait { id: String },
+    #[serde(rename = "snapshot.diff")]
+    SnapshotDiff { a: String, b: String },
+    #[serde(rename = "snapshot.remove")]
+    SnapshotRemove { id: String },
+    /// Places a snapshot's tree at `path` inside a live mount.
+    #[serde(rename = "mount.graft")]
+    MountGraft {
+        mount: String,
+        snapshot: String,
+        path: String,
+    },
+    /// Mounts `count` copies of a snapshot under a directory.
+    #[serde(rename = "snapshot.fork")]
+    SnapshotFork(SnapshotFork),
+}
+
+/// `snapshot.create` arguments.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotCreate {
+    /// A mount id or mount point.
+    pub mount: String,
+    /// Snapshot only this directory of the mount (a path inside it).
+    #[serde(default)]
+    pub dir: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Remove the snapshot this many seconds after it was taken (absent:
+    /// keep until removed).
+    #[serde(default)]
+    pub expire_secs: Option<u64>,
+    /// Answer only once the snapshot is durable.
+    #[serde(default)]
+    pub wait_durable: bool,
+}
+
+/// `snapshot.list` filters (all optional; all must match).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotFilter {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub mount: Option<String>,
+}
+
+/// `snapshot.fork` arguments.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotFork {
+    pub id: String,
+    pub count: u32,
+    /// Directory (absolute) under which the mount points `ID-N` are made.
+    pub under: PathBuf,
+    pub quota_bytes: u64,
+    #[serde(default)]
+    pub threads: Option<usize>,
+}
+
+/// Where a snapshot is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotState {
+    /// Taken and restorable; its bytes are being stored.
+    Converting,
+    /// Stored: survives any crash.
+    Durable,
+    /// Could not be stored (see `error`); holds nothing.
+    Failed,
+}
+
+/// One snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub id: String,
+    /// `filesystem` or `directory`.
+    pub kind: String,
+    /// The mount it was taken of.
+    pub mount: String,
+    /// For a directory snapshot: the directory, from the mount's root.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The previous snapshot of the same mount, else what the mount was
+    /// made from (`image:NAME` or `snapshot:ID`).
+    pub parent: String,
+    /// The image the mount's lineage starts from.
+    pub image: String,
+    /// Seconds since the Unix epoch (with fraction).
+    pub created: f64,
+    pub labels: BTreeMap<String, String>,
+    /// When it will be removed (seconds since the Unix epoch), if ever.
+    #[serde(default)]
+    pub expires: Option<u64>,
+    pub state: SnapshotState,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The snapshot's tree (hex), once durable.
+    #[serde(default)]
+    pub tree: Option<String>,
+    /// Bytes of file data changed since the parent (sealed at the call).
+    pub changed_bytes: u64,
+    /// Files whose contents changed since the parent.
+    pub changed_files: u64,
+    /// Bytes the store did not hold before (once durable).
+    #[serde(default)]
+    pub new_bytes: u64,
+    /// How long the snapshot call held the mount (milliseconds).
+    pub call_ms: f64,
+    /// From the call to durable (milliseconds), once durable.
+    #[serde(default)]
+    pub durable_ms: Option<f64>,
+    /// Total bytes of files in the snapshot (`snapshot.show` computes it).
+    #[serde(default)]
+    pub total_bytes: Option<u64>,
 }
 
 /// `image.import` arguments. `source` is an absolute path the daemon reads.
@@ -85,7 +209,12 @@ pub enum ExportTarget {
 /// `mount.create` arguments.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MountCreate {
+    /// Image to mount (empty when `snapshot` is given).
+    #[serde(default)]
     pub image: String,
+    /// Snapshot to mount instead of an image.
+    #[serde(default)]
+    pub snapshot: Option<String>,
     /// An existing directory (absolute path).
     pub mountpoint: PathBuf,
     pub quota_bytes: u64,
@@ -106,6 +235,9 @@ pub struct MountInfo {
     pub used_bytes: u64,
     /// Seconds since the Unix epoch.
     pub created: u64,
+    /// The snapshot it was made from, if any.
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 /// `daemon.info` result.

@@ -36,10 +36,11 @@ use parking_lot::Mutex;
 
 use crate::api::{
     self, DaemonInfo, ExportTarget, FrameWriter, MountCreate, MountInfo, Op, RemoteError, Request,
-    Response, API_VERSION,
+    Response, SnapshotCreate, SnapshotFork, SnapshotInfo, SnapshotState, API_VERSION,
 };
 use crate::exit;
 use crate::output::Output;
+use crate::snapshots::{now_secs, tree_bytes, Catalog, MOUNT_ROOTS_REF_PREFIX};
 use crate::store_cmd::open;
 
 /// Ref name prefix of live mounts' lower trees.
@@ -50,6 +51,8 @@ struct LiveMount {
     info: MountInfo,
     fs: Arc<CowFs>,
     session: Option<BackgroundSession>,
+    /// Its newest filesystem snapshot (the next one's parent).
+    last_snapshot: Option<String>,
 }
 
 /// The daemon's shared state.
@@ -58,6 +61,9 @@ struct Daemon {
     store: Store,
     mounts: Mutex<BTreeMap<String, LiveMount>>,
     next_serial: AtomicU64,
+    catalog: Arc<Catalog>,
+    /// Serializes snapshot calls (so layers are sealed in order).
+    snapshot_lock: Mutex<()>,
 }
 
 fn unix_now() -> u64 {
@@ -140,7 +146,7 @@ impl Daemon {
         hasher.finalize().to_hex()[..12].to_string()
     }
 
-    /// Removes what a mount left behind: its ref and its directory.
+    /// Removes what a mount left behind: its refs and its directory.
     fn discard(&self, id: &str) {
         if let Err(e) = self
             .store
@@ -148,6 +154,7 @@ impl Daemon {
         {
             tracing::warn!(mount = id, "removing the mount's ref: {e}");
         }
+        self.catalog.forget_mount(id);
         let dir = self.mount_dir(id);
         if let Err(e) = fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -200,7 +207,8 @@ impl Daemon {
                 continue;
             }
             match self.restore_mount(&info) {
-                Ok(live) => {
+                Ok(mut live) => {
+                    live.last_snapshot = self.catalog.latest_of_mount(&id);
                     self.mounts.lock().insert(id, live);
                 }
                 Err(e) => tracing::error!(
@@ -210,6 +218,13 @@ impl Daemon {
                      and the next daemon start tries again",
                     info.upper.display()
                 ),
+            }
+        }
+        // Roots of mounts that no longer exist.
+        for (name, _) in self.store.list_refs(MOUNT_ROOTS_REF_PREFIX)? {
+            let id = name.trim_start_matches(MOUNT_ROOTS_REF_PREFIX);
+            if !self.mount_dir(id).exists() {
+                self.catalog.forget_mount(id);
             }
         }
         Ok(())
@@ -250,6 +265,7 @@ impl Daemon {
             info: info.clone(),
             fs,
             session: Some(session),
+            last_snapshot: None,
         })
     }
 
@@ -299,7 +315,16 @@ impl Daemon {
                 args.mountpoint.display()
             );
         }
-        let tree = layerfs::image_tree(&self.store, &args.image)?;
+        let (tree, image) = match &args.snapshot {
+            Some(id) => {
+                let (tree, snapshot) = self.catalog.tree_of(id)?;
+                (tree, snapshot.image)
+            }
+            None => (
+                layerfs::image_tree(&self.store, &args.image)?,
+                args.image.clone(),
+            ),
+        };
         let mut mounts = self.mounts.lock();
         if let Some(other) = mounts
             .values()
@@ -315,13 +340,14 @@ impl Daemon {
         let dir = self.mount_dir(&id);
         let info = MountInfo {
             id: id.clone(),
-            image: args.image.clone(),
+            image,
             tree: tree.to_hex(),
             mountpoint: args.mountpoint.clone(),
             upper: dir.join("upper"),
             quota_bytes: args.quota_bytes,
             used_bytes: 0,
             created: unix_now(),
+            snapshot: args.snapshot.clone(),
         };
         let result = self.start_mount(&info, tree, args.threads);
         match result {
@@ -332,6 +358,7 @@ impl Daemon {
                         info: info.clone(),
                         fs,
                         session: Some(session),
+                        last_snapshot: None,
                     },
                 );
                 Ok(info)
@@ -385,6 +412,152 @@ impl Daemon {
             )
         })?;
         Ok((fs, session))
+    }
+
+    fn snapshot_create(&self, args: SnapshotCreate) -> anyhow::Result<SnapshotInfo> {
+        for key in args.labels.keys() {
+            if key.is_empty() || key.contains('=') {
+                bail!("label keys must be non-empty and contain no '=' (got '{key}')");
+            }
+        }
+        let dir = match &args.dir {
+            Some(dir) => {
+                let trimmed = dir.trim_matches('/');
+                if trimmed.split('/').any(|p| p == ".." || p == ".") {
+                    bail!("the directory to snapshot must be a plain path inside the mount, not '{dir}'");
+                }
+                Some(trimmed.to_string())
+            }
+            None => None,
+        };
+        let (fs, mount, parent, image) = {
+            let mounts = self.mounts.lock();
+            let id = Self::find_mount(&mounts, &args.mount).ok_or_else(|| {
+                anyhow!(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no mount with id or mount point '{}'", args.mount),
+                ))
+            })?;
+            let live = &mounts[&id];
+            let parent = match (&live.last_snapshot, &live.info.snapshot) {
+                (Some(last), _) if dir.is_none() => last.clone(),
+                (_, Some(origin)) => format!("snapshot:{origin}"),
+                _ => format!("image:{}", live.info.image),
+            };
+            (live.fs.clone(), id, parent, live.info.image.clone())
+        };
+        let created = now_secs();
+        let info = SnapshotInfo {
+            id: self.new_id(),
+            kind: if dir.is_some() {
+                "directory"
+            } else {
+                "filesystem"
+            }
+            .into(),
+            mount: mount.clone(),
+            path: dir.clone(),
+            parent,
+            image,
+            created,
+            labels: args.labels,
+            expires: args.expire_secs.map(|s| created as u64 + s),
+            state: SnapshotState::Converting,
+            error: None,
+            tree: None,
+            changed_bytes: 0,
+            changed_files: 0,
+            new_bytes: 0,
+            call_ms: 0.0,
+            durable_ms: None,
+            total_bytes: None,
+        };
+        let id = info.id.clone();
+        let dir_bytes = dir.unwrap_or_default();
+        // Snapshots of one mount are taken one at a time, in order.
+        let guard = self.snapshot_lock.lock();
+        let taken = self.catalog.take(info, fs, dir_bytes.as_bytes(), false)?;
+        if taken.path.is_none() {
+            if let Some(live) = self.mounts.lock().get_mut(&mount) {
+                live.last_snapshot = Some(id.clone());
+            }
+        }
+        drop(guard);
+        if args.wait_durable {
+            return self.catalog.wait(&id);
+        }
+        Ok(taken)
+    }
+
+    /// Places snapshot `snapshot`'s tree at `path` in live mount `key`
+    /// (copy-on-write: the snapshot never changes).
+    fn graft(&self, key: &str, snapshot: &str, path: &str) -> anyhow::Result<MountInfo> {
+        let trimmed = path.trim_matches('/');
+        if trimmed.is_empty()
+            || trimmed
+                .split('/')
+                .any(|p| p == ".." || p == "." || p.is_empty())
+        {
+            bail!("the graft path must be a plain path inside the mount, not '{path}'");
+        }
+        let (tree, _) = self.catalog.tree_of(snapshot)?;
+        let mounts = self.mounts.lock();
+        let id = Self::find_mount(&mounts, key).ok_or_else(|| {
+            anyhow!(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no mount with id or mount point '{key}'"),
+            ))
+        })?;
+        let live = &mounts[&id];
+        self.catalog.update_roots(&id, |r| r.grafts.push(tree))?;
+        let (parent, _) = live.fs.graft(trimmed.as_bytes(), tree).map_err(|e| {
+            anyhow!(std::io::Error::from_raw_os_error(e.0))
+                .context(format!("placing snapshot {snapshot} at /{trimmed}"))
+        })?;
+        if let Some(session) = &live.session {
+            let name = trimmed.rsplit('/').next().unwrap_or(trimmed);
+            layerfs::fuse::invalidate_entry(session, parent, name.as_bytes());
+        }
+        Ok(MountInfo {
+            used_bytes: live.fs.used_bytes(),
+            ..live.info.clone()
+        })
+    }
+
+    /// Mounts `count` copies of a snapshot at `under/ID-N`; all or none.
+    fn fork(&self, args: SnapshotFork) -> anyhow::Result<Vec<MountInfo>> {
+        if !args.under.is_absolute() {
+            bail!("the fork directory must be an absolute path");
+        }
+        if args.count == 0 || args.count > 10_000 {
+            bail!("--count must be between 1 and 10000");
+        }
+        self.catalog.tree_of(&args.id)?;
+        let mut made: Vec<MountInfo> = Vec::new();
+        for n in 0..args.count {
+            let mountpoint = args.under.join(format!("{}-{n}", args.id));
+            let result = fs::create_dir_all(&mountpoint)
+                .with_context(|| format!("creating {}", mountpoint.display()))
+                .and_then(|()| {
+                    self.mount_create(MountCreate {
+                        image: String::new(),
+                        snapshot: Some(args.id.clone()),
+                        mountpoint: mountpoint.clone(),
+                        quota_bytes: args.quota_bytes,
+                        threads: args.threads,
+                    })
+                });
+            match result {
+                Ok(info) => made.push(info),
+                Err(e) => {
+                    for info in &made {
+                        let _ = self.mount_remove(&info.id);
+                    }
+                    return Err(e).with_context(|| format!("fork {n} of {}", args.count));
+                }
+            }
+        }
+        Ok(made)
     }
 
     fn mount_list(&self) -> Vec<MountInfo> {
@@ -549,6 +722,54 @@ impl Daemon {
                 self.mount_remove(&mount)
                     .and_then(|info| Ok(serde_json::to_value(info)?)),
             ),
+            Op::SnapshotCreate(args) => json(
+                self.snapshot_create(args)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::SnapshotList(filter) => json(
+                self.catalog
+                    .list(&filter)
+                    .and_then(|list| Ok(serde_json::to_value(list)?)),
+            ),
+            Op::SnapshotShow { id } => json((|| {
+                let mut info = self.catalog.get(&id)?;
+                if let Some(tree) = &info.tree {
+                    let tree: ChunkId = tree.parse().map_err(|e| anyhow!("bad tree id: {e}"))?;
+                    info.total_bytes = Some(tree_bytes(&self.store, tree)?);
+                }
+                Ok(serde_json::to_value(info)?)
+            })()),
+            Op::SnapshotWait { id } => json(
+                self.catalog
+                    .wait(&id)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::SnapshotDiff { a, b } => json((|| {
+                let (ta, _) = self.catalog.tree_of(&a)?;
+                let (tb, _) = self.catalog.tree_of(&b)?;
+                Ok(serde_json::to_value(layerfs::diff_trees(
+                    &self.store,
+                    ta,
+                    tb,
+                )?)?)
+            })()),
+            Op::SnapshotRemove { id } => json(
+                self.catalog
+                    .remove(&id)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::MountGraft {
+                mount,
+                snapshot,
+                path,
+            } => json(
+                self.graft(&mount, &snapshot, &path)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::SnapshotFork(args) => json(
+                self.fork(args)
+                    .and_then(|mounts| Ok(serde_json::to_value(mounts)?)),
+            ),
         }
     }
 
@@ -598,11 +819,14 @@ pub fn run(home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("listening on {}", socket.display()))?;
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", socket.display()))?;
+    let catalog = Catalog::open(home, store.clone()).context("opening the snapshot catalog")?;
     let daemon = Arc::new(Daemon {
         home: home.to_path_buf(),
         store,
         mounts: Mutex::new(BTreeMap::new()),
         next_serial: AtomicU64::new(0),
+        catalog,
+        snapshot_lock: Mutex::new(()),
     });
     daemon
         .recover()
@@ -631,9 +855,14 @@ pub fn run(home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
         let daemon = daemon.clone();
         std::thread::Builder::new()
             .name("reaper".into())
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_millis(500));
-                daemon.reap();
+            .spawn(move || {
+                for round in 0u64.. {
+                    std::thread::sleep(Duration::from_millis(500));
+                    daemon.reap();
+                    if round % 4 == 0 {
+                        daemon.catalog.expire();
+                    }
+                }
             })?;
     }
     out.note(&format!(

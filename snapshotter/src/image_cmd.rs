@@ -171,9 +171,21 @@ pub fn run(cmd: ImageCommand, home: &Path, out: &Output) -> anyhow::Result<ExitC
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// Image to mount.
+    #[arg(
+        long,
+        required_unless_present = "snapshot",
+        conflicts_with = "snapshot"
+    )]
+    image: Option<String>,
+    /// Snapshot to mount (restore, or one fork).
     #[arg(long)]
-    image: String,
-    /// Mount point (an existing directory).
+    snapshot: Option<String>,
+    /// Place the snapshot inside this live mount (mount point or id), at
+    /// path DIR of that mount, instead of making a new mount.
+    #[arg(long, requires = "snapshot")]
+    into: Option<String>,
+    /// Mount point (an existing directory); with --into, the path inside
+    /// that mount.
     dir: PathBuf,
     /// Size quota of the upper layer (e.g. 10G).
     #[arg(long, value_parser = parse_size, default_value = "10G")]
@@ -187,18 +199,44 @@ pub struct MountArgs {
 /// mount id.
 pub fn mount(args: MountArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(home)?;
+    if let Some(into) = args.into {
+        let key = match std::fs::canonicalize(&into) {
+            Ok(path) if into.contains('/') || Path::new(&into).is_dir() => {
+                path.display().to_string()
+            }
+            _ => into,
+        };
+        let snapshot = args.snapshot.unwrap_or_default();
+        let path = args.dir.display().to_string();
+        let info: MountInfo = client.call(Op::MountGraft {
+            mount: key,
+            snapshot: snapshot.clone(),
+            path: path.clone(),
+        })?;
+        out.print(&info, || info.id.clone())?;
+        out.note(&format!(
+            "placed snapshot {snapshot} at {path} in mount {} ({})",
+            info.id,
+            info.mountpoint.display()
+        ));
+        return Ok(exit::code(exit::OK));
+    }
     let mountpoint = std::fs::canonicalize(&args.dir)
         .with_context(|| format!("mount point {}", args.dir.display()))?;
     let info: MountInfo = client.call(Op::MountCreate(api::MountCreate {
-        image: args.image,
+        image: args.image.unwrap_or_default(),
+        snapshot: args.snapshot,
         mountpoint,
         quota_bytes: args.quota,
         threads: Some(args.threads),
     }))?;
     out.print(&info, || info.id.clone())?;
+    let what = match &info.snapshot {
+        Some(id) => format!("snapshot {id}"),
+        None => format!("image '{}'", info.image),
+    };
     out.note(&format!(
-        "mounted image '{}' on {} (mount {}); `snapctl umount {}` ends it",
-        info.image,
+        "mounted {what} on {} (mount {}); `snapctl umount {}` ends it",
         info.mountpoint.display(),
         info.id,
         info.mountpoint.display()

@@ -15,6 +15,8 @@ mod home;
 mod image_cmd;
 mod output;
 mod ref_cmd;
+mod snapshot_cmd;
+mod snapshots;
 mod store_cmd;
 
 use std::path::PathBuf;
@@ -56,14 +58,19 @@ enum Command {
     /// Import, list, show, remove and export images.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
-    /// Mount an image copy-on-write (the daemon serves it); prints the
-    /// mount id.
+    /// Mount an image or a snapshot copy-on-write (the daemon serves it);
+    /// prints the mount id.
     Mount(image_cmd::MountArgs),
     /// List the daemon's mounts.
     Mounts,
     /// End a mount (a mount point or a mount id); its upper layer is
     /// discarded.
     Umount { mount: String },
+    /// Snapshot live mounts; list, show, diff and remove snapshots.
+    #[command(subcommand)]
+    Snapshot(snapshot_cmd::SnapshotCommand),
+    /// Mount N copies of a snapshot (each its own copy-on-write mount).
+    Fork(snapshot_cmd::ForkArgs),
     /// Run the node daemon in the foreground; it owns the store and every
     /// mount, and answers on HOME/snapd.sock (see snapshotter/API.md).
     Daemon,
@@ -89,6 +96,8 @@ fn main() -> ExitCode {
         Command::Mount(args) => image_cmd::mount(args, &home, &out),
         Command::Mounts => image_cmd::list_mounts(&home, &out),
         Command::Umount { mount } => image_cmd::umount(&mount, &home, &out),
+        Command::Snapshot(cmd) => snapshot_cmd::run(cmd, &home, &out),
+        Command::Fork(args) => snapshot_cmd::fork(args, &home, &out),
         Command::Daemon => daemon::run(&home, &out),
     };
     match result {

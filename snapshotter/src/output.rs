@@ -121,17 +121,23 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// Parses a size such as `32MiB`, `64M`, `1g` or `4096`.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+/// Splits `12abc` into 12 and `abc` (`what` names the kind for errors).
+pub fn number_and_unit<'t>(text: &'t str, what: &str) -> Result<(u64, &'t str), String> {
     let text = text.trim();
     let digits = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
-    let number: u64 = number
+    let number = number
         .parse()
-        .map_err(|_| format!("'{text}' is not a size (try 32MiB)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        .map_err(|_| format!("'{text}' is not {what}"))?;
+    Ok((number, unit.trim()))
+}
+
+/// Parses a size such as `32MiB`, `64M`, `1g` or `4096`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let (number, unit) = number_and_unit(text, "a size (try 32MiB)")?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,

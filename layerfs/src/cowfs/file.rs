@@ -1,5 +1,12 @@
-//! One regular file's data: an optional lower blob, and an upper data file
-//! holding the 64 KiB blocks that were written (copied up on first write).
+//! One regular file's data: a base (a blob in the store, or a sealed
+//! layer a snapshot froze), and an upper data file holding the 64 KiB
+//! blocks written since (copied up on first write).
+//!
+//! A snapshot seals a changed file: its upper data file and block map
+//! become an immutable [`Layer`] over the old base, and the file goes on
+//! with an empty upper data file over that layer. Sealing costs no copy;
+//! once the snapshot's tree is stored the layer is replaced, in place, by
+//! the blob holding its bytes ([`Layer::convert`]).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -24,11 +31,275 @@ const READ_AHEAD: u64 = 4 << 20;
 /// Largest file size accepted (as ext4's 16 TiB).
 const MAX_FILE_SIZE: u64 = 16 << 40;
 
-pub(crate) struct FileData {
-    path: PathBuf,
-    used: Arc<AtomicU64>,
-    lower: Option<ChunkId>,
+/// A blob as a file's base, opened on first read.
+pub(crate) struct BlobBase {
+    id: Option<ChunkId>,
     blob: OnceLock<Blob>,
+}
+
+impl std::fmt::Debug for BlobBase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlobBase({:?})", self.id)
+    }
+}
+
+impl BlobBase {
+    pub(crate) fn new(id: Option<ChunkId>) -> Arc<BlobBase> {
+        Arc::new(BlobBase {
+            id,
+            blob: OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn id(&self) -> Option<ChunkId> {
+        self.id
+    }
+
+    fn blob(&self, store: &Store) -> Result<&Blob, String> {
+        if let Some(blob) = self.blob.get() {
+            return Ok(blob);
+        }
+        let id = self.id.ok_or("file has no lower data")?;
+        let blob = store.blob(&id).map_err(|e| e.to_string())?;
+        Ok(self.blob.get_or_init(|| blob))
+    }
+
+    fn read(&self, store: &Store, start: u64, buf: &mut [u8]) -> Result<(), String> {
+        if self.id.is_none() {
+            buf.fill(0);
+            return Ok(());
+        }
+        let blob = self.blob(store)?;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = blob
+                .read_at(start + done as u64, &mut buf[done..])
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                buf[done..].fill(0);
+                break;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Where a file's bytes below its lower limit come from.
+#[derive(Clone, Debug)]
+pub(crate) enum Base {
+    Blob(Arc<BlobBase>),
+    Layer(Arc<Layer>),
+}
+
+impl Base {
+    pub(crate) fn blob(id: Option<ChunkId>) -> Base {
+        Base::Blob(BlobBase::new(id))
+    }
+
+    fn read(&self, store: &Store, start: u64, buf: &mut [u8]) -> Result<(), String> {
+        match self {
+            Base::Blob(b) => b.read(store, start, buf),
+            Base::Layer(l) => l.read(store, start, buf),
+        }
+    }
+}
+
+/// A sealed file state: immutable bytes of a file as a snapshot froze them.
+#[derive(Debug)]
+pub(crate) struct Layer {
+    /// Its data file's name (in the mount's data directory).
+    name: String,
+    path: PathBuf,
+    size: u64,
+    state: RwLock<LayerState>,
+}
+
+#[derive(Debug)]
+enum LayerState {
+    /// Blocks in `present` come from the data file, bytes below
+    /// `lower_limit` otherwise from `base`, the rest are zeros.
+    Local {
+        file: Option<File>,
+        present: Vec<u64>,
+        lower_limit: u64,
+        base: Base,
+    },
+    /// Stored: the layer's bytes are this blob.
+    Converted(Arc<BlobBase>),
+}
+
+/// How a journal describes a layer.
+pub(crate) struct LayerLayout {
+    pub name: String,
+    pub size: u64,
+    pub lower_limit: u64,
+    pub present: Vec<u64>,
+    pub base: Base,
+}
+
+impl Layer {
+    /// A layer as journaled (its data file is opened if it exists).
+    pub(crate) fn restored(dir: &std::path::Path, layout: LayerLayout) -> Arc<Layer> {
+        let path = dir.join(&layout.name);
+        let file = File::open(&path).ok();
+        Arc::new(Layer {
+            name: layout.name,
+            path,
+            size: layout.size,
+            state: RwLock::new(LayerState::Local {
+                file,
+                present: layout.present,
+                lower_limit: layout.lower_limit,
+                base: layout.base,
+            }),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The blob holding the layer's bytes, once converted.
+    pub(crate) fn converted(&self) -> Option<Option<ChunkId>> {
+        match &*self.state.read() {
+            LayerState::Converted(b) => Some(b.id()),
+            LayerState::Local { .. } => None,
+        }
+    }
+
+    /// The layout to journal, while local.
+    pub(crate) fn layout(self: &Arc<Self>) -> Option<LayerLayout> {
+        match &*self.state.read() {
+            LayerState::Local {
+                present,
+                lower_limit,
+                base,
+                ..
+            } => Some(LayerLayout {
+                name: self.name.clone(),
+                size: self.size,
+                lower_limit: *lower_limit,
+                present: present.clone(),
+                base: base.clone(),
+            }),
+            LayerState::Converted(_) => None,
+        }
+    }
+
+    fn read(&self, store: &Store, start: u64, buf: &mut [u8]) -> Result<(), String> {
+        match &*self.state.read() {
+            LayerState::Converted(b) => b.read(store, start, buf),
+            LayerState::Local {
+                file,
+                present,
+                lower_limit,
+                base,
+            } => read_blocks(
+                store,
+                file.as_ref(),
+                present,
+                *lower_limit,
+                base,
+                start,
+                buf,
+            ),
+        }
+    }
+
+    /// Reads `[offset, offset + buf.len())` of the layer (for conversion).
+    pub(crate) fn read_at(&self, store: &Store, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let end = (offset + buf.len() as u64).min(self.size);
+        let n = end.saturating_sub(offset) as usize;
+        buf[n..].fill(0);
+        if n > 0 {
+            self.read(store, offset, &mut buf[..n])?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the layer by `blob`, which holds exactly its bytes, and
+    /// removes its data file. Readers see the same bytes throughout.
+    pub(crate) fn convert(&self, blob: Option<ChunkId>) {
+        let mut state = self.state.write();
+        if matches!(*state, LayerState::Local { .. }) {
+            *state = LayerState::Converted(BlobBase::new(blob));
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    /// Every data file this layer's chain still reads (for recovery's
+    /// orphan sweep).
+    pub(crate) fn local_files(&self, out: &mut Vec<String>) {
+        if let LayerState::Local { base, .. } = &*self.state.read() {
+            out.push(self.name.clone());
+            if let Base::Layer(l) = base {
+                l.local_files(out);
+            }
+        }
+    }
+}
+
+/// How the journal names `base`.
+pub(crate) fn journal_base(base: &Base) -> super::journal::JBase {
+    use super::journal::JBase;
+    match base {
+        Base::Blob(b) => JBase::Blob(b.id()),
+        Base::Layer(l) => match l.converted() {
+            Some(id) => JBase::Blob(id),
+            None => JBase::Layer(l.name.clone()),
+        },
+    }
+}
+
+fn is_present(present: &[u64], block: u64) -> bool {
+    let (word, bit) = ((block / 64) as usize, block % 64);
+    present.get(word).is_some_and(|w| w & (1 << bit) != 0)
+}
+
+/// Reads `buf.len()` bytes at `offset` of a file made of present blocks in
+/// `file`, `base` below `lower_limit`, and zeros elsewhere.
+fn read_blocks(
+    store: &Store,
+    file: Option<&File>,
+    present: &[u64],
+    lower_limit: u64,
+    base: &Base,
+    offset: u64,
+    out: &mut [u8],
+) -> Result<(), String> {
+    let end = offset + out.len() as u64;
+    let mut pos = offset;
+    while pos < end {
+        let block = pos / BLOCK_SIZE;
+        let block_end = ((block + 1) * BLOCK_SIZE).min(end);
+        let slice = &mut out[(pos - offset) as usize..(block_end - offset) as usize];
+        if is_present(present, block) {
+            match file {
+                Some(file) => FileData::read_upper(file, pos, slice)?,
+                None => slice.fill(0),
+            }
+        } else if pos < lower_limit {
+            let lower_end = block_end.min(lower_limit);
+            let n = (lower_end - pos) as usize;
+            base.read(store, pos, &mut slice[..n])?;
+            slice[n..].fill(0);
+        } else {
+            slice.fill(0);
+        }
+        pos = block_end;
+    }
+    Ok(())
+}
+
+pub(crate) struct FileData {
+    used: Arc<AtomicU64>,
+    /// The data directory (upper data files live there).
+    dir: PathBuf,
     inner: RwLock<Inner>,
     /// Where the next sequential read would start, and how far read-ahead
     /// has been asked for (see [`FileData::read_ahead`]).
@@ -43,17 +314,21 @@ pub(crate) struct FileData {
 
 impl std::fmt::Debug for FileData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.inner.read();
         f.debug_struct("FileData")
-            .field("path", &self.path)
-            .field("lower", &self.lower)
+            .field("name", &inner.name)
+            .field("base", &inner.base)
             .finish_non_exhaustive()
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
+    /// The upper data file's name in the data directory.
+    name: String,
+    base: Base,
     size: u64,
-    /// Bytes at or past this offset never come from the lower blob.
+    /// Bytes at or past this offset never come from the base.
     lower_limit: u64,
     /// Blocks whose bytes are in the upper file.
     present: Vec<u64>,
@@ -65,9 +340,21 @@ struct Inner {
 }
 
 impl Inner {
+    fn new(name: String, base: Base, size: u64, lower_limit: u64) -> Inner {
+        Inner {
+            name,
+            base,
+            size,
+            lower_limit,
+            present: Vec::new(),
+            upper: None,
+            charged: 0,
+            created: false,
+        }
+    }
+
     fn is_present(&self, block: u64) -> bool {
-        let (word, bit) = ((block / 64) as usize, block % 64);
-        self.present.get(word).is_some_and(|w| w & (1 << bit) != 0)
+        is_present(&self.present, block)
     }
 
     fn set_present(&mut self, block: u64) {
@@ -106,50 +393,19 @@ fn io(e: std::io::Error) -> Errno {
     Errno(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-impl FileData {
-    /// A new, empty file.
-    pub(crate) fn empty(path: PathBuf, used: Arc<AtomicU64>) -> FileData {
-        FileData {
-            path,
-            used,
-            lower: None,
-            blob: OnceLock::new(),
-            inner: RwLock::new(Inner::default()),
-            next_read: AtomicU64::new(0),
-            prefetched_to: AtomicU64::new(0),
-            dirty: AtomicBool::new(false),
-            layout_dirty: AtomicBool::new(false),
-        }
-    }
+/// What a snapshot froze of a file: `size` bytes of `base` (a blob or a
+/// sealed layer).
+#[derive(Clone, Debug)]
+pub(crate) struct FrozenFile {
+    pub size: u64,
+    pub base: Base,
+}
 
-    /// A file as a journal's `Data` record describes it: `size` bytes,
-    /// the blocks marked in `present` (and everything at or past
-    /// `lower_limit`) in the upper file at `path`, the rest from `lower`.
-    pub(crate) fn restored(
-        path: PathBuf,
-        used: Arc<AtomicU64>,
-        lower: Option<ChunkId>,
-        size: u64,
-        lower_limit: u64,
-        present: Vec<u64>,
-    ) -> FileData {
-        let upper = OpenOptions::new().read(true).write(true).open(&path).ok();
-        let mut inner = Inner {
-            size,
-            lower_limit: if lower.is_some() { lower_limit } else { 0 },
-            present,
-            upper,
-            charged: 0,
-            created: false,
-        };
-        let charge = inner.charge_for(size, 0..0);
-        inner.charged = charge;
-        used.fetch_add(charge, Ordering::Relaxed);
+impl FileData {
+    fn with_inner(dir: PathBuf, used: Arc<AtomicU64>, inner: Inner) -> FileData {
         FileData {
-            path,
             used,
-            lower,
-            blob: OnceLock::new(),
+            dir,
             inner: RwLock::new(inner),
             next_read: AtomicU64::new(0),
             prefetched_to: AtomicU64::new(0),
@@ -158,17 +414,58 @@ impl FileData {
         }
     }
 
-    /// The lower blob, if the file has lower data.
-    pub(crate) fn lower_blob(&self) -> Option<ChunkId> {
-        self.lower
+    /// A new, empty file whose upper data would be `dir/name`.
+    pub(crate) fn empty(dir: PathBuf, name: String, used: Arc<AtomicU64>) -> FileData {
+        FileData::with_inner(dir, used, Inner::new(name, Base::blob(None), 0, 0))
+    }
+
+    /// A file as a journal's `Data` record describes it: `size` bytes,
+    /// the blocks marked in `present` (and everything at or past
+    /// `lower_limit`) in the upper file `dir/name`, the rest from `base`.
+    pub(crate) fn restored(
+        dir: PathBuf,
+        name: String,
+        used: Arc<AtomicU64>,
+        base: Base,
+        size: u64,
+        lower_limit: u64,
+        present: Vec<u64>,
+    ) -> FileData {
+        let upper = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(&name))
+            .ok();
+        let mut inner = Inner::new(name, base, size, lower_limit);
+        inner.present = present;
+        inner.upper = upper;
+        let charge = inner.charge_for(size, 0..0);
+        inner.charged = charge;
+        used.fetch_add(charge, Ordering::Relaxed);
+        FileData::with_inner(dir, used, inner)
+    }
+
+    /// A file whose bytes are all `size` bytes of blob `blob` (`None`:
+    /// empty or all zeros).
+    pub(crate) fn lower(
+        size: u64,
+        blob: Option<ChunkId>,
+        dir: PathBuf,
+        name: String,
+        used: Arc<AtomicU64>,
+    ) -> FileData {
+        let limit = if blob.is_some() { size } else { 0 };
+        FileData::with_inner(dir, used, Inner::new(name, Base::blob(blob), size, limit))
+    }
+
+    /// The file's base.
+    pub(crate) fn base(&self) -> Base {
+        self.inner.read().base.clone()
     }
 
     /// The upper data file's name (in the mount's data directory).
     pub(crate) fn file_name(&self) -> String {
-        self.path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        self.inner.read().name.clone()
     }
 
     /// Size, lower limit and present-block bitmap, for the journal.
@@ -194,58 +491,54 @@ impl FileData {
         self.layout_dirty.load(Ordering::Acquire)
     }
 
-    /// A file backed by a lower blob of `size` bytes.
-    pub(crate) fn lower(
-        size: u64,
-        blob: Option<ChunkId>,
-        path: PathBuf,
-        used: Arc<AtomicU64>,
-    ) -> FileData {
-        FileData {
-            path,
-            used,
-            lower: blob,
-            blob: OnceLock::new(),
-            inner: RwLock::new(Inner {
-                size,
-                lower_limit: if blob.is_some() { size } else { 0 },
-                ..Inner::default()
-            }),
-            next_read: AtomicU64::new(0),
-            prefetched_to: AtomicU64::new(0),
-            dirty: AtomicBool::new(false),
-            layout_dirty: AtomicBool::new(false),
-        }
-    }
-
     pub(crate) fn size(&self) -> u64 {
         self.inner.read().size
     }
 
-    fn blob(&self, store: &Store) -> Result<&Blob, String> {
-        if let Some(blob) = self.blob.get() {
-            return Ok(blob);
+    /// Freezes the file's current bytes for a snapshot. A file with no
+    /// upper bytes is frozen as its base; otherwise its upper data file
+    /// becomes a sealed [`Layer`] (named as the data file was) and the file
+    /// continues with an empty upper data file `new_name` over it.
+    /// Returns the frozen state and the layer sealed, if any.
+    pub(crate) fn freeze(
+        &self,
+        new_name: impl FnOnce() -> String,
+    ) -> (FrozenFile, Option<Arc<Layer>>) {
+        let mut inner = self.inner.write();
+        if inner.present.iter().all(|w| *w == 0) && inner.lower_limit >= inner.size {
+            return (
+                FrozenFile {
+                    size: inner.size,
+                    base: inner.base.clone(),
+                },
+                None,
+            );
         }
-        let id = self.lower.ok_or("file has no lower data")?;
-        let blob = store.blob(&id).map_err(|e| e.to_string())?;
-        Ok(self.blob.get_or_init(|| blob))
-    }
-
-    /// Lower bytes `[start, end)` into `buf` (which is `end - start` long).
-    fn read_lower(&self, store: &Store, start: u64, buf: &mut [u8]) -> Result<(), String> {
-        let blob = self.blob(store)?;
-        let mut done = 0;
-        while done < buf.len() {
-            let n = blob
-                .read_at(start + done as u64, &mut buf[done..])
-                .map_err(|e| e.to_string())?;
-            if n == 0 {
-                buf[done..].fill(0);
-                break;
-            }
-            done += n;
-        }
-        Ok(())
+        let name = std::mem::replace(&mut inner.name, new_name());
+        let layer = Arc::new(Layer {
+            path: self.dir.join(&name),
+            name,
+            size: inner.size,
+            state: RwLock::new(LayerState::Local {
+                file: inner.upper.take(),
+                present: std::mem::take(&mut inner.present),
+                lower_limit: inner.lower_limit,
+                base: inner.base.clone(),
+            }),
+        });
+        inner.base = Base::Layer(layer.clone());
+        inner.lower_limit = inner.size;
+        inner.created = false;
+        self.apply_charge(&mut inner, 0);
+        self.dirty.store(true, Ordering::Release);
+        self.layout_dirty.store(true, Ordering::Release);
+        (
+            FrozenFile {
+                size: inner.size,
+                base: Base::Layer(layer.clone()),
+            },
+            Some(layer),
+        )
     }
 
     fn read_upper(file: &File, offset: u64, buf: &mut [u8]) -> Result<(), String> {
@@ -268,7 +561,7 @@ impl FileData {
     /// background thread to load the lower chunks of the next
     /// [`READ_AHEAD`] bytes, so fetching and verifying them overlaps with
     /// the reader's work instead of stalling its next request.
-    fn read_ahead(&self, store: &Store, offset: u64, end: u64, lower_limit: u64) {
+    fn read_ahead(&self, store: &Store, base: &BlobBase, offset: u64, end: u64, lower_limit: u64) {
         let sequential = self.next_read.swap(end, Ordering::Relaxed) == offset;
         if !sequential || end >= lower_limit {
             return;
@@ -282,7 +575,7 @@ impl FileData {
         if from >= to || self.prefetched_to.fetch_max(to, Ordering::Relaxed) >= to {
             return;
         }
-        let Ok(blob) = self.blob(store).cloned() else {
+        let Ok(blob) = base.blob(store).cloned() else {
             return;
         };
         rayon::spawn(move || {
@@ -300,24 +593,19 @@ impl FileData {
         }
         let end = inner.size.min(offset.saturating_add(len as u64));
         let mut out = vec![0u8; (end - offset) as usize];
-        let mut pos = offset;
-        while pos < end {
-            let block = pos / BLOCK_SIZE;
-            let block_end = ((block + 1) * BLOCK_SIZE).min(end);
-            let slice = &mut out[(pos - offset) as usize..(block_end - offset) as usize];
-            if inner.is_present(block) {
-                if let Some(file) = &inner.upper {
-                    Self::read_upper(file, pos, slice)?;
-                }
-            } else if pos < inner.lower_limit {
-                let lower_end = block_end.min(inner.lower_limit);
-                let n = (lower_end - pos) as usize;
-                self.read_lower(store, pos, &mut slice[..n])?;
+        read_blocks(
+            store,
+            inner.upper.as_ref(),
+            &inner.present,
+            inner.lower_limit,
+            &inner.base,
+            offset,
+            &mut out,
+        )?;
+        if let Base::Blob(blob) = &inner.base {
+            if blob.id().is_some() {
+                self.read_ahead(store, blob, offset, end, inner.lower_limit);
             }
-            pos = block_end;
-        }
-        if self.lower.is_some() {
-            self.read_ahead(store, offset, end, inner.lower_limit);
         }
         Ok(out)
     }
@@ -330,7 +618,7 @@ impl FileData {
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
-                .open(&self.path)
+                .open(self.dir.join(&inner.name))
                 .map_err(io)?;
             inner.upper = Some(file);
             inner.created = true;
@@ -387,8 +675,8 @@ impl FileData {
             let covered = offset <= start && end >= stop;
             if start < copy_limit && !covered {
                 let mut buf = vec![0u8; (stop - start) as usize];
-                self.read_lower(store, start, &mut buf).map_err(|e| {
-                    tracing::error!("copy-up of {}: {e}", self.path.display());
+                inner.base.read(store, start, &mut buf).map_err(|e| {
+                    tracing::error!("copy-up of {}: {e}", inner.name);
                     Errno::EIO
                 })?;
                 self.upper(&mut inner)?
@@ -494,9 +782,9 @@ impl FileData {
         let created = self.inner.read().created;
         if created {
             // The data file is new: make its name durable too.
-            if let Some(dir) = self.path.parent() {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-            }
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
             self.inner.write().created = false;
         }
         Ok(())
@@ -528,7 +816,8 @@ impl FileData {
 
     /// The modification time last synced with [`FileData::sync_with_mtime`].
     pub(crate) fn synced_mtime(&self) -> Option<Timestamp> {
-        let value = xattr::get(&self.path, MTIME_XATTR).ok()??;
+        let path = self.dir.join(&self.inner.read().name);
+        let value = xattr::get(path, MTIME_XATTR).ok()??;
         let secs = i64::from_le_bytes(value.get(..8)?.try_into().ok()?);
         let nanos = u32::from_le_bytes(value.get(8..12)?.try_into().ok()?);
         (nanos < 1_000_000_000).then_some(Timestamp { secs, nanos })
@@ -547,6 +836,6 @@ impl FileData {
         inner.upper = None;
         inner.present.clear();
         self.apply_charge(&mut inner, 0);
-        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(self.dir.join(&inner.name));
     }
 }

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use cas::ChunkId;
+
 use crate::tree::{Attrs, Timestamp};
 
 /// First bytes of a journal file: name and format version 1.
@@ -147,6 +149,44 @@ pub enum Record {
         present: Vec<u64>,
         attrs: JAttrs,
     },
+    /// A snapshot sealed a file's upper data file `name` into a layer of
+    /// `size` bytes: blocks marked in `present` from that file, bytes below
+    /// `lower_limit` otherwise from `base`, zeros elsewhere.
+    Layer {
+        name: String,
+        size: u64,
+        lower_limit: u64,
+        present: Vec<u64>,
+        base: JBase,
+    },
+    /// Layer `name` was stored: its bytes are blob `blob` (durable in the
+    /// store before this record was written); its data file is gone.
+    Converted { name: String, blob: Option<ChunkId> },
+    /// A regular file's contents, as `Data`, over an explicit base.
+    FileState {
+        path: Vec<u8>,
+        file: String,
+        base: JBase,
+        size: u64,
+        lower_limit: u64,
+        present: Vec<u64>,
+        attrs: JAttrs,
+    },
+    /// Stored tree `tree` was placed at `path` as a directory.
+    Graft {
+        path: Vec<u8>,
+        tree: ChunkId,
+        time: JTime,
+    },
+}
+
+/// What a file's or layer's lower bytes come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JBase {
+    /// A blob in the store (`None`: zeros).
+    Blob(Option<ChunkId>),
+    /// A layer named by an earlier `Layer` record.
+    Layer(String),
 }
 
 /// An open journal, appended to.
@@ -213,7 +253,16 @@ impl Journal {
 
     /// Appends a record (written to the OS at once, not yet synced).
     pub fn append(&self, record: &Record) {
-        let result = frame(record).and_then(|bytes| (&self.file).write_all(&bytes));
+        self.append_all(std::slice::from_ref(record));
+    }
+
+    /// Appends records with one write.
+    pub fn append_all(&self, records: &[Record]) {
+        let mut bytes = Vec::new();
+        let result = records
+            .iter()
+            .try_for_each(|r| frame(r).map(|b| bytes.extend_from_slice(&b)))
+            .and_then(|()| (&self.file).write_all(&bytes));
         if let Err(e) = result {
             tracing::error!("appending to the upper-layer journal: {e}");
             self.broken.store(true, Ordering::SeqCst);

@@ -17,6 +17,7 @@ mod file;
 mod journal;
 pub mod locks;
 mod recovery;
+mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -35,6 +36,7 @@ pub use file::BLOCK_SIZE;
 use journal::{JAttrs, Journal, NewKind, Record};
 pub use locks::{LockTable, LockType, PosixLock};
 pub use recovery::RecoveryReport;
+pub use snapshot::{Capture, Stored};
 
 /// An inode number. The root is [`ROOT_INO`].
 pub type Ino = u64;
@@ -204,13 +206,29 @@ struct Node {
     link: (Ino, Vec<u8>),
 }
 
+/// A lower directory's place in the stored tree it was read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Origin {
+    /// The inode of that tree's root (the mount's root, or a graft).
+    root: Ino,
+    /// Its path from there (empty for the root itself).
+    path: Vec<u8>,
+}
+
 #[derive(Debug, Default)]
 struct DirState {
     /// A lower directory whose node has not been read yet: its attributes
     /// are placeholders until [`CowFs::ready`] reads it.
     unread: Option<ChunkId>,
+    /// The lower directory node this directory was read from: while its
+    /// entries are not instantiated (`unread` or `pending`), a snapshot
+    /// stores it by this id.
+    lower_id: Option<ChunkId>,
+    /// Where it came from: its stored tree's root in this mount and its
+    /// path in that tree (hard links in a tree name targets by such paths).
+    origin: Option<Origin>,
     /// Decoded lower directory whose entries are not instantiated yet.
-    pending: Option<DirNode>,
+    pending: Option<Box<DirNode>>,
     parent: Ino,
     by_name: BTreeMap<Vec<u8>, (Ino, u64)>,
     by_offset: BTreeMap<u64, Vec<u8>>,
@@ -256,8 +274,14 @@ impl DirState {
 struct State {
     nodes: HashMap<Ino, Node>,
     next_ino: Ino,
-    /// Inode of each lower hard-link target path, once instantiated.
-    lower_paths: HashMap<Vec<u8>, Ino>,
+    /// Inode of each lower inode with several names, by its tree's root
+    /// and its first path there, once instantiated.
+    lower_paths: HashMap<(Ino, Vec<u8>), Ino>,
+    /// Lower directories by origin, once instantiated (hard-link targets
+    /// are found through these even after renames).
+    lower_dirs: HashMap<(Ino, Vec<u8>), Ino>,
+    /// The stored tree of each tree root (the mount's root, grafts).
+    tree_roots: HashMap<Ino, ChunkId>,
 }
 
 /// A copy-on-write filesystem: one mount's view.
@@ -271,6 +295,8 @@ pub struct CowFs {
     locks: Mutex<LockTable>,
     /// This session's number: data files it creates are `EPOCH-INO`.
     epoch: u64,
+    /// Numbers the further data files of this session (after seals).
+    file_seq: AtomicU64,
     /// The metadata journal (absent while a recovery replays it).
     journal: OnceLock<Journal>,
 }
@@ -343,7 +369,12 @@ impl CowFs {
         let root = TreeReader::new(&store).dir(lower)?;
         let mut dir = DirState::new(ROOT_INO);
         let attrs = root.attrs.clone();
-        dir.pending = Some(root);
+        dir.pending = Some(Box::new(root));
+        dir.lower_id = Some(lower);
+        dir.origin = Some(Origin {
+            root: ROOT_INO,
+            path: Vec::new(),
+        });
         let mut nodes = HashMap::new();
         nodes.insert(
             ROOT_INO,
@@ -365,9 +396,12 @@ impl CowFs {
                 nodes,
                 next_ino: ROOT_INO + 1,
                 lower_paths: HashMap::new(),
+                lower_dirs: HashMap::from([((ROOT_INO, Vec::new()), ROOT_INO)]),
+                tree_roots: HashMap::from([(ROOT_INO, lower)]),
             }),
             locks: Mutex::new(LockTable::default()),
             epoch,
+            file_seq: AtomicU64::new(1),
             journal: OnceLock::new(),
         })
     }
@@ -411,10 +445,31 @@ impl CowFs {
                 return Err(self.eio(e));
             }
         };
+        // Its link count (2 + subdirectories) is known once its entries
+        // are: a large directory's pages are read here.
+        let subdirs = match &node.layout {
+            crate::tree::DirLayout::Inline(entries) => entries
+                .iter()
+                .filter(|(_, e)| matches!(e, Entry::Dir(_)))
+                .count(),
+            crate::tree::DirLayout::Pages(_) => match TreeReader::new(&self.store).entries(&node) {
+                Ok(entries) => entries
+                    .iter()
+                    .filter(|(_, e)| matches!(e, Entry::Dir(_)))
+                    .count(),
+                Err(e) => {
+                    if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(&ino).map(|n| &mut n.kind) {
+                        dir.unread = Some(id);
+                    }
+                    return Err(self.eio(e));
+                }
+            },
+        };
         if let Some(n) = st.nodes.get_mut(&ino) {
+            n.nlink = 2 + subdirs as u32;
             n.attrs = node.attrs.clone();
             if let NodeKind::Dir(dir) = &mut n.kind {
-                dir.pending = Some(node);
+                dir.pending = Some(Box::new(node));
             }
         }
         Ok(())
@@ -433,14 +488,35 @@ impl CowFs {
         };
         let reader = TreeReader::new(&self.store);
         let entries = reader.entries(&pending).map_err(|e| self.eio(e))?;
-        // Only meaningful while the directory is unchanged from the lower
-        // tree, which it is until its entries are instantiated here.
-        let dir_path = self.path_of(st, ino).unwrap_or_default();
+        let origin = match st.nodes.get(&ino).map(|n| &n.kind) {
+            Some(NodeKind::Dir(dir)) => dir.origin.clone(),
+            _ => None,
+        }
+        .unwrap_or(Origin {
+            root: ROOT_INO,
+            path: Vec::new(),
+        });
+        let child_origin = |name: &[u8]| {
+            let mut path = origin.path.clone();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
+            path
+        };
         for (name, entry) in entries {
             let child = match entry {
                 Entry::Dir(id) => {
                     let mut dir = DirState::new(ino);
                     dir.unread = Some(id);
+                    dir.lower_id = Some(id);
+                    let path = child_origin(&name);
+                    st.lower_dirs
+                        .insert((origin.root, path.clone()), st.next_ino);
+                    dir.origin = Some(Origin {
+                        root: origin.root,
+                        path,
+                    });
                     let child = self.add_node(
                         st,
                         Attrs::default(),
@@ -460,7 +536,8 @@ impl CowFs {
                             NodeKind::File(Arc::new(FileData::lower(
                                 size,
                                 blob,
-                                self.data_path_for(st.next_ino),
+                                self.data_dir.clone(),
+                                self.data_name_for(st.next_ino),
                                 self.used.clone(),
                             )))
                         }
@@ -469,23 +546,21 @@ impl CowFs {
                     let child =
                         self.add_node(st, inode.attrs, inode.nlink, kind, (ino, name.clone()));
                     if inode.nlink > 1 {
-                        let mut path = dir_path.clone();
-                        if !path.is_empty() {
-                            path.push(b'/');
-                        }
-                        path.extend_from_slice(&name);
-                        st.lower_paths.insert(path, child);
+                        st.lower_paths
+                            .insert((origin.root, child_origin(&name)), child);
                     }
                     child
                 }
-                Entry::HardLink { target } => match st.lower_paths.get(&target) {
-                    Some(&ino) => ino,
-                    None => {
-                        // The target's directory has not been loaded yet:
-                        // walk to it (it precedes this entry in the tree).
-                        self.resolve_lower(st, &target)?
+                Entry::HardLink { target } => {
+                    match st.lower_paths.get(&(origin.root, target.clone())) {
+                        Some(&ino) => ino,
+                        None => {
+                            // The target's directory has not been loaded
+                            // yet: walk to it.
+                            self.resolve_lower(st, origin.root, &target)?
+                        }
                     }
-                },
+                }
             };
             if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(&ino).map(|n| &mut n.kind) {
                 dir.insert(name, child);
@@ -500,29 +575,50 @@ impl CowFs {
         Ok(())
     }
 
-    /// Finds a lower hard-link target by path from the root.
-    fn resolve_lower(&self, st: &mut State, path: &[u8]) -> FsResult<Ino> {
-        let mut at = ROOT_INO;
-        for part in path.split(|&b| b == b'/') {
-            self.load_dir(st, at)?;
-            let Some(NodeKind::Dir(dir)) = st.nodes.get(&at).map(|n| &n.kind) else {
-                return Err(self.eio(format!(
-                    "hard link through a non-directory: {}",
-                    String::from_utf8_lossy(path)
-                )));
+    /// Finds a lower hard-link target by its path in the tree rooted at
+    /// `root`: through the directories of that path as they came from the
+    /// tree (wherever they are now), loading them as needed.
+    fn resolve_lower(&self, st: &mut State, root: Ino, path: &[u8]) -> FsResult<Ino> {
+        let missing = |fs: &Self| {
+            fs.eio(format!(
+                "hard-link target {} missing",
+                String::from_utf8_lossy(path)
+            ))
+        };
+        let (dir_path, name) = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&path[..0], path),
+        };
+        let mut at = root;
+        let mut prefix: Vec<u8> = Vec::new();
+        for part in dir_path.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+            if !prefix.is_empty() {
+                prefix.push(b'/');
+            }
+            prefix.extend_from_slice(part);
+            at = match st.lower_dirs.get(&(root, prefix.clone())) {
+                Some(&ino) if st.nodes.contains_key(&ino) => ino,
+                _ => {
+                    self.load_dir(st, at)?;
+                    match st.lower_dirs.get(&(root, prefix.clone())) {
+                        Some(&ino) if st.nodes.contains_key(&ino) => ino,
+                        _ => return Err(missing(self)),
+                    }
+                }
             };
-            at = dir.get(part).ok_or_else(|| {
-                self.eio(format!(
-                    "hard-link target {} missing",
-                    String::from_utf8_lossy(path)
-                ))
-            })?;
         }
-        Ok(at)
+        self.load_dir(st, at)?;
+        if let Some(&ino) = st.lower_paths.get(&(root, path.to_vec())) {
+            if st.nodes.contains_key(&ino) {
+                return Ok(ino);
+            }
+        }
+        self.dir_mut(st, at)?.get(name).ok_or_else(|| missing(self))
     }
 
-    fn data_path_for(&self, ino: Ino) -> PathBuf {
-        self.data_dir.join(format!("{}-{ino}", self.epoch))
+    /// The name of `ino`'s first upper data file in this session.
+    fn data_name_for(&self, ino: Ino) -> String {
+        format!("{}-{ino}", self.epoch)
     }
 
     fn add_node(
@@ -637,9 +733,10 @@ impl CowFs {
             return;
         };
         let (size, lower_limit, present) = data.layout();
-        self.log(Record::Data {
+        self.log(Record::FileState {
             path,
             file: data.file_name(),
+            base: file::journal_base(&data.base()),
             size,
             lower_limit,
             present,
@@ -885,7 +982,8 @@ impl CowFs {
     pub fn create(&self, parent: Ino, name: &[u8], mode: u32, caller: Caller) -> FsResult<Stat> {
         let stat = self.create_node(parent, name, mode, caller, |fs, ino| {
             NodeKind::File(Arc::new(FileData::empty(
-                fs.data_path_for(ino),
+                fs.data_dir.clone(),
+                fs.data_name_for(ino),
                 fs.used.clone(),
             )))
         })?;
@@ -918,7 +1016,8 @@ impl CowFs {
             FileKind::File => {
                 return self.create_node(parent, name, mode, caller, |fs, ino| {
                     NodeKind::File(Arc::new(FileData::empty(
-                        fs.data_path_for(ino),
+                        fs.data_dir.clone(),
+                        fs.data_name_for(ino),
                         fs.used.clone(),
                     )))
                 })
@@ -1022,6 +1121,77 @@ impl CowFs {
             });
         }
         Ok(())
+    }
+
+    /// Places stored tree `tree` at `path` as a directory of this mount
+    /// (copy-on-write like the rest: changes stay in the upper layer). The
+    /// parent must exist; `path` must be absent or an empty directory,
+    /// which it replaces. Returns the parent's inode and the new one.
+    pub fn graft(&self, path: &[u8], tree: ChunkId) -> FsResult<(Ino, Ino)> {
+        let parts: Vec<&[u8]> = path
+            .split(|&b| b == b'/')
+            .filter(|p| !p.is_empty())
+            .collect();
+        let (name, dirs) = parts.split_last().ok_or(Errno::EINVAL)?;
+        check_name(name)?;
+        let root = TreeReader::new(&self.store)
+            .dir(tree)
+            .map_err(|e| self.eio(e))?;
+        let mut parent = ROOT_INO;
+        {
+            let mut st = self.state.lock();
+            for part in dirs {
+                parent = self.child(&mut st, parent, part)?.ok_or(Errno::ENOENT)?;
+            }
+            if !matches!(self.node(&st, parent)?.kind, NodeKind::Dir(_)) {
+                return Err(Errno::ENOTDIR);
+            }
+        }
+        match self.rmdir(parent, name) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(Errno::ENOTDIR) => return Err(Errno::EEXIST),
+            Err(e) => return Err(e),
+        }
+        let mut st = self.state.lock();
+        if self.child(&mut st, parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let mut dir = DirState::new(parent);
+        dir.unread = Some(tree);
+        dir.lower_id = Some(tree);
+        let ino = st.next_ino;
+        dir.origin = Some(Origin {
+            root: ino,
+            path: Vec::new(),
+        });
+        st.lower_dirs.insert((ino, Vec::new()), ino);
+        st.tree_roots.insert(ino, tree);
+        let t = now();
+        let added = self.add_node(
+            &mut st,
+            root.attrs,
+            2,
+            NodeKind::Dir(dir),
+            (parent, name.to_vec()),
+        );
+        debug_assert_eq!(added, ino);
+        let pdir = self.dir_mut(&mut st, parent)?;
+        pdir.insert(name.to_vec(), ino);
+        pdir.subdirs += 1;
+        if let Some(p) = st.nodes.get_mut(&parent) {
+            p.nlink += 1;
+        }
+        self.touch_dir_at(&mut st, parent, t);
+        // Attributes and link count as for any lower directory.
+        self.ready(&mut st, ino)?;
+        if let Some(path) = self.child_path(&st, parent, name) {
+            self.log(Record::Graft {
+                path,
+                tree,
+                time: t.into(),
+            });
+        }
+        Ok((parent, ino))
     }
 
     fn is_empty_dir(&self, st: &mut State, ino: Ino) -> FsResult<bool> {

@@ -2,13 +2,13 @@
 //! order, through the same operations that wrote it, over the same lower
 //! tree; then the mount continues in a new epoch, appending to the journal.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cas::{ChunkId, Store};
 
-use super::file::FileData;
-use super::journal::{self, JAttrs, Journal, NewKind, Record};
+use super::file::{Base, FileData, Layer, LayerLayout};
+use super::journal::{self, JAttrs, JBase, Journal, NewKind, Record};
 use super::{
     Caller, CowFs, Errno, FileKind, FsResult, Ino, MountConfig, NodeKind, RenameFlags, XattrMode,
     JOURNAL_FILE, ROOT_INO,
@@ -64,9 +64,10 @@ impl CowFs {
             epoch: fs.epoch,
             ..RecoveryReport::default()
         };
+        let mut layers = HashMap::new();
         for record in contents.records {
             let what = format!("{record:?}");
-            if let Err(e) = fs.replay(record) {
+            if let Err(e) = fs.replay(record, &mut layers) {
                 report.skipped += 1;
                 tracing::warn!(
                     upper = %config.upper_dir.display(),
@@ -125,15 +126,18 @@ impl CowFs {
     fn set_file_data(
         &self,
         ino: Ino,
-        make: impl FnOnce(Option<ChunkId>) -> FileData,
+        make: impl FnOnce(Base) -> FileData,
+        layers: &HashMap<String, Arc<Layer>>,
     ) -> FsResult<()> {
         let mut st = self.state.lock();
         let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         let NodeKind::File(old) = &node.kind else {
             return Err(Errno::EINVAL);
         };
-        let new = make(old.lower_blob());
-        if old.file_name() == new.file_name() {
+        let new = make(old.base());
+        let old_name = old.file_name();
+        if old_name == new.file_name() || layers.contains_key(&old_name) {
+            // Its data file lives on (as the same file, or sealed).
             old.release_charge();
         } else {
             old.discard();
@@ -142,7 +146,45 @@ impl CowFs {
         Ok(())
     }
 
-    fn replay(&self, record: Record) -> FsResult<()> {
+    fn base_of(&self, base: JBase, layers: &HashMap<String, Arc<Layer>>) -> FsResult<Base> {
+        match base {
+            JBase::Blob(id) => Ok(Base::blob(id)),
+            JBase::Layer(name) => layers.get(&name).cloned().map(Base::Layer).ok_or_else(|| {
+                tracing::warn!("journal names layer {name}, which no earlier record made");
+                Errno::ENOENT
+            }),
+        }
+    }
+
+    /// Gives the file at `path` the journaled state: upper data file
+    /// `file` with `layout` (size, lower limit, present blocks) over
+    /// `base` (`None`: the file's current base).
+    fn restore_file(
+        &self,
+        path: &[u8],
+        file: String,
+        base: Option<Base>,
+        layout: (u64, u64, Vec<u64>),
+        attrs: &JAttrs,
+        layers: &HashMap<String, Arc<Layer>>,
+    ) -> FsResult<()> {
+        let ino = self.resolve(path)?;
+        let dir = self.data_dir.clone();
+        let used = self.used.clone();
+        let (size, lower_limit, present) = layout;
+        self.set_file_data(
+            ino,
+            |current| {
+                let base = base.unwrap_or(current);
+                FileData::restored(dir, file, used, base, size, lower_limit, present)
+            },
+            layers,
+        )?;
+        self.set_attrs(ino, attrs);
+        Ok(())
+    }
+
+    fn replay(&self, record: Record, layers: &mut HashMap<String, Arc<Layer>>) -> FsResult<()> {
         match record {
             Record::Epoch(_) => Ok(()),
             Record::Create { path, kind, attrs } => {
@@ -156,9 +198,9 @@ impl CowFs {
                     NewKind::File { file } => {
                         let ino = self.create(parent, name, mode, caller)?.ino;
                         self.release(ino);
-                        let path: PathBuf = self.data_dir.join(file);
+                        let dir = self.data_dir.clone();
                         let used = self.used.clone();
-                        self.set_file_data(ino, |_| FileData::empty(path, used))?;
+                        self.set_file_data(ino, |_| FileData::empty(dir, file, used), layers)?;
                         ino
                     }
                     NewKind::Dir => self.mkdir(parent, name, mode, caller)?.ino,
@@ -257,14 +299,63 @@ impl CowFs {
                 lower_limit,
                 present,
                 attrs,
+            } => self.restore_file(
+                &path,
+                file,
+                None,
+                (size, lower_limit, present),
+                &attrs,
+                layers,
+            ),
+            Record::FileState {
+                path,
+                file,
+                base,
+                size,
+                lower_limit,
+                present,
+                attrs,
             } => {
-                let ino = self.resolve(&path)?;
-                let data_path = self.data_dir.join(file);
-                let used = self.used.clone();
-                self.set_file_data(ino, |lower| {
-                    FileData::restored(data_path, used, lower, size, lower_limit, present)
-                })?;
-                self.set_attrs(ino, &attrs);
+                let base = self.base_of(base, layers)?;
+                self.restore_file(
+                    &path,
+                    file,
+                    Some(base),
+                    (size, lower_limit, present),
+                    &attrs,
+                    layers,
+                )
+            }
+            Record::Layer {
+                name,
+                size,
+                lower_limit,
+                present,
+                base,
+            } => {
+                let base = self.base_of(base, layers)?;
+                let layer = Layer::restored(
+                    &self.data_dir,
+                    LayerLayout {
+                        name: name.clone(),
+                        size,
+                        lower_limit,
+                        present,
+                        base,
+                    },
+                );
+                layers.insert(name, layer);
+                Ok(())
+            }
+            Record::Graft { path, tree, time } => {
+                let (parent, _) = self.graft(&path, tree)?;
+                let t = time.into();
+                self.set_times(parent, Some(t), t);
+                Ok(())
+            }
+            Record::Converted { name, blob } => {
+                let layer = layers.get(&name).ok_or(Errno::ENOENT)?;
+                layer.convert(blob);
                 Ok(())
             }
         }
@@ -292,14 +383,17 @@ impl CowFs {
     /// while open when the mount ended, blocks of a file never journaled).
     fn remove_orphan_data(&self) -> usize {
         let st = self.state.lock();
-        let referenced: std::collections::HashSet<String> = st
-            .nodes
-            .values()
-            .filter_map(|n| match &n.kind {
-                NodeKind::File(data) => Some(data.file_name()),
-                _ => None,
-            })
-            .collect();
+        let mut referenced = std::collections::HashSet::new();
+        for node in st.nodes.values() {
+            if let NodeKind::File(data) = &node.kind {
+                referenced.insert(data.file_name());
+                if let Base::Layer(layer) = data.base() {
+                    let mut chain = Vec::new();
+                    layer.local_files(&mut chain);
+                    referenced.extend(chain);
+                }
+            }
+        }
         let mut removed = 0;
         if let Ok(entries) = std::fs::read_dir(&self.data_dir) {
             for entry in entries.flatten() {

@@ -1,7 +1,10 @@
 //! Helpers shared by layerfs tests.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
+
+use layerfs::cowfs::{CowFs, FileKind, ROOT_INO};
 
 use cas::{Store, StoreConfig};
 use layerfs::tree::{Entry, InodeKind};
@@ -177,4 +180,92 @@ pub fn mount_tree(
     let session =
         layerfs::fuse::mount(fs.clone(), &mnt, &layerfs::fuse::FuseOptions::default()).unwrap();
     (fs, session, mnt)
+}
+
+/// Everything a user can observe of a mount, by path (inode numbers are
+/// replaced by the first path that reached them, so hard links show).
+pub fn dump(fs: &CowFs) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut first_path: BTreeMap<u64, String> = BTreeMap::new();
+    let mut stack = vec![(ROOT_INO, String::new())];
+    while let Some((dir, path)) = stack.pop() {
+        for entry in fs.readdir(dir, 0).unwrap() {
+            if entry.name == b"." || entry.name == b".." {
+                continue;
+            }
+            let name = String::from_utf8_lossy(&entry.name).into_owned();
+            let child = format!("{path}/{name}");
+            let stat = fs.getattr(entry.ino).unwrap();
+            let identity = first_path
+                .entry(entry.ino)
+                .or_insert_with(|| child.clone())
+                .clone();
+            let mut xattrs: Vec<String> = fs
+                .listxattr(entry.ino)
+                .unwrap()
+                .into_iter()
+                .map(|n| {
+                    let v = fs.getxattr(entry.ino, &n).unwrap();
+                    format!(
+                        "{}={}",
+                        String::from_utf8_lossy(&n),
+                        String::from_utf8_lossy(&v)
+                    )
+                })
+                .collect();
+            xattrs.sort();
+            let content = match stat.kind {
+                FileKind::File => {
+                    let bytes = fs.read(entry.ino, 0, stat.size as u32 + 1).unwrap();
+                    assert_eq!(bytes.len() as u64, stat.size);
+                    blake3::hash(&bytes).to_hex()[..16].to_string()
+                }
+                FileKind::Symlink => {
+                    String::from_utf8_lossy(&fs.readlink(entry.ino).unwrap()).into_owned()
+                }
+                _ => String::new(),
+            };
+            let dir_size = if stat.kind == FileKind::Dir {
+                0
+            } else {
+                stat.size
+            };
+            out.insert(
+                child.clone(),
+                format!(
+                    "{:?} {:o} {}:{} n{} s{} r{} m{:?} c{:?} a{:?} same-as:{identity} x[{}] {content}",
+                    stat.kind,
+                    stat.perm,
+                    stat.uid,
+                    stat.gid,
+                    stat.nlink,
+                    dir_size,
+                    stat.rdev,
+                    stat.mtime,
+                    stat.ctime,
+                    stat.atime,
+                    xattrs.join(",")
+                ),
+            );
+            if stat.kind == FileKind::Dir {
+                stack.push((entry.ino, child));
+            }
+        }
+    }
+    out
+}
+
+/// The inode at `path`.
+pub fn lookup(fs: &CowFs, path: &str) -> u64 {
+    let mut at = ROOT_INO;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        at = fs.lookup(at, part.as_bytes()).unwrap().ino;
+    }
+    at
+}
+
+pub fn write(fs: &CowFs, ino: u64, offset: u64, bytes: &[u8]) {
+    fs.open(ino, false).unwrap();
+    fs.write(ino, offset, bytes).unwrap();
+    fs.release(ino);
 }

@@ -1,0 +1,717 @@
+//! Snapshots of a live mount.
+//!
+//! [`CowFs::capture`] freezes the namespace under a path at one point in
+//! time. It holds the mount's lock while it walks what the mount has
+//! loaded, seals the upper data of every changed file into a layer (no
+//! bytes are copied: the data file itself is sealed and the file goes on
+//! with a new one) and journals the seal. Directories whose entries the
+//! mount never instantiated are captured as their lower tree ids, so the
+//! cost follows what the mount touched, not the size of the image.
+//!
+//! [`Capture::store`] then writes, in the background, the blobs of sealed
+//! layers and the nodes of the directories around them; unchanged files
+//! and subtrees keep their ids, so a snapshot adds only what changed.
+//! [`CowFs::converted`] finally replaces each layer by its blob (after the
+//! caller made the blobs durable), which ends the layer's data file.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, OnceLock};
+
+use cas::{ChunkId, Chunking, Store, Writer};
+use parking_lot::Mutex;
+use rayon::prelude::*;
+
+use super::file::{journal_base, Base, FrozenFile, Layer};
+use super::journal::{JAttrs, JBase, Record};
+use super::{CowFs, Errno, FsResult, Ino, NodeKind, State, ROOT_INO};
+use crate::memtree::{show, store_entries, TreeReader};
+use crate::tree::{encode_dir, Attrs, DirNode, Entry, Inode, InodeKind};
+use crate::{Error, Result};
+
+/// A frozen view of a directory of a mount, ready to be stored.
+pub struct Capture {
+    nodes: Vec<CNode>,
+    /// The capture is of a stored tree's whole root (the mount's root or a
+    /// graft), so live link counts hold; else names are counted.
+    whole_tree: bool,
+    /// Layers this capture sealed.
+    sealed: Vec<Arc<Layer>>,
+    /// Bytes of upper data the sealed layers hold.
+    sealed_bytes: u64,
+}
+
+#[derive(Clone)]
+enum CNode {
+    /// A directory the mount loaded: its entries, by name.
+    Dir {
+        attrs: Attrs,
+        entries: Vec<(Vec<u8>, usize)>,
+    },
+    /// A lower directory whose entries the mount never instantiated
+    /// (`changed`: the same directory with new attributes). Hard links in
+    /// it name targets by path in `origin_tree`; unless it sits at its
+    /// own path in a capture of that tree's root (`in_place`), storing it
+    /// re-encodes it if it holds any.
+    LowerDir {
+        id: ChunkId,
+        changed: Option<DirNode>,
+        origin_tree: ChunkId,
+        origin_path: Vec<u8>,
+        in_place: bool,
+    },
+    File {
+        attrs: Attrs,
+        nlink: u32,
+        file: FrozenFile,
+        /// Its first name in the lower tree (where lower hard links in
+        /// unread directories point).
+        lower_path: Option<Vec<u8>>,
+    },
+    Other {
+        attrs: Attrs,
+        nlink: u32,
+        kind: InodeKind,
+        lower_path: Option<Vec<u8>>,
+    },
+}
+
+/// What [`Capture::store`] wrote.
+pub struct Stored {
+    /// The snapshot's tree.
+    pub tree: ChunkId,
+    /// Files whose bytes were stored as new blobs.
+    pub files_stored: u64,
+    /// Bytes of those files (before deduplication).
+    pub bytes_stored: u64,
+    /// Bytes the store did not hold yet.
+    pub new_bytes: u64,
+    layers: Vec<(Arc<Layer>, Option<ChunkId>)>,
+}
+
+fn join(path: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = path.to_vec();
+    if !out.is_empty() {
+        out.push(b'/');
+    }
+    out.extend_from_slice(name);
+    out
+}
+
+#[derive(Clone)]
+struct Walk {
+    seen: HashMap<Ino, usize>,
+    records: Vec<Record>,
+    lower_paths: HashMap<Ino, Vec<u8>>,
+    /// The captured directory's inode and its path from the mount's root.
+    root: Ino,
+    root_path_len: usize,
+}
+
+impl CowFs {
+    /// Freezes the tree under `path` (empty: the whole mount), as it is
+    /// now: every change made before this call is in it, none made after.
+    /// Changed files are sealed (see the module documentation); the mount
+    /// goes on at once.
+    pub fn capture(&self, path: &[u8]) -> FsResult<Capture> {
+        let mut st = self.state.lock();
+        let mut at = ROOT_INO;
+        let mut root_path = Vec::new();
+        for part in path.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+            at = self.child(&mut st, at, part)?.ok_or(Errno::ENOENT)?;
+            root_path = join(&root_path, part);
+        }
+        self.ready(&mut st, at)?;
+        if !matches!(self.node(&st, at)?.kind, NodeKind::Dir(_)) {
+            return Err(Errno::ENOTDIR);
+        }
+        let lower_paths = st
+            .lower_paths
+            .iter()
+            .filter(|((root, _), _)| *root == at)
+            .map(|((_, p), i)| (*i, p.clone()))
+            .collect();
+        let mut cap = Capture {
+            whole_tree: st.tree_roots.contains_key(&at),
+            nodes: Vec::new(),
+            sealed: Vec::new(),
+            sealed_bytes: 0,
+        };
+        let mut walk = Walk {
+            seen: HashMap::new(),
+            records: Vec::new(),
+            lower_paths,
+            root: at,
+            root_path_len: if root_path.is_empty() {
+                0
+            } else {
+                root_path.len() + 1
+            },
+        };
+        self.capture_node(&mut st, at, &root_path, &mut cap, &mut walk)?;
+        if let Some(journal) = self.journal.get() {
+            if !walk.records.is_empty() {
+                journal.append_all(&walk.records);
+            }
+        }
+        Ok(cap)
+    }
+
+    fn next_data_name(&self, ino: Ino) -> String {
+        let n = self
+            .file_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{ino}-{n}", self.epoch)
+    }
+
+    fn capture_node(
+        &self,
+        st: &mut State,
+        ino: Ino,
+        path: &[u8],
+        cap: &mut Capture,
+        walk: &mut Walk,
+    ) -> FsResult<usize> {
+        if let Some(&index) = walk.seen.get(&ino) {
+            return Ok(index);
+        }
+        let node = st.nodes.get(&ino).ok_or(Errno::ENOENT)?;
+        let index = cap.nodes.len();
+        let cnode = match &node.kind {
+            NodeKind::Dir(dir) => {
+                let rel = path.get(walk.root_path_len..).unwrap_or_default();
+                let origin = dir.origin.as_ref().and_then(|o| {
+                    let tree = st.tree_roots.get(&o.root)?;
+                    Some((*tree, o.path.clone(), o.root == walk.root && o.path == rel))
+                });
+                match (dir.lower_id, &dir.unread, &dir.pending, origin) {
+                    (Some(id), Some(_), _, Some((origin_tree, origin_path, in_place))) => {
+                        CNode::LowerDir {
+                            id,
+                            changed: None,
+                            origin_tree,
+                            origin_path,
+                            in_place,
+                        }
+                    }
+                    (Some(id), None, Some(pending), Some((origin_tree, origin_path, in_place))) => {
+                        CNode::LowerDir {
+                            id,
+                            changed: (pending.attrs != node.attrs).then(|| DirNode {
+                                attrs: node.attrs.clone(),
+                                entry_count: pending.entry_count,
+                                layout: pending.layout.clone(),
+                            }),
+                            origin_tree,
+                            origin_path,
+                            in_place,
+                        }
+                    }
+                    _ => {
+                        let children: Vec<(Vec<u8>, Ino)> = dir
+                            .by_name
+                            .iter()
+                            .map(|(name, (child, _))| (name.clone(), *child))
+                            .collect();
+                        cap.nodes.push(CNode::Dir {
+                            attrs: node.attrs.clone(),
+                            entries: Vec::new(),
+                        });
+                        walk.seen.insert(ino, index);
+                        let mut entries = Vec::with_capacity(children.len());
+                        for (name, child) in children {
+                            let child_path = join(path, &name);
+                            let c = self.capture_node(st, child, &child_path, cap, walk)?;
+                            entries.push((name, c));
+                        }
+                        if let CNode::Dir { entries: e, .. } = &mut cap.nodes[index] {
+                            *e = entries;
+                        }
+                        return Ok(index);
+                    }
+                }
+            }
+            NodeKind::File(data) => {
+                let data = data.clone();
+                let (file, layer) = data.freeze(|| self.next_data_name(ino));
+                if let Some(layer) = layer {
+                    if let Some(layout) = layer.layout() {
+                        let present_blocks: u64 = layout
+                            .present
+                            .iter()
+                            .map(|w| u64::from(w.count_ones()))
+                            .sum();
+                        cap.sealed_bytes += (present_blocks * super::BLOCK_SIZE).min(layout.size);
+                        walk.records.push(Record::Layer {
+                            name: layout.name,
+                            size: layout.size,
+                            lower_limit: layout.lower_limit,
+                            present: layout.present,
+                            base: journal_base(&layout.base),
+                        });
+                    }
+                    let (size, lower_limit, present) = data.layout();
+                    walk.records.push(Record::FileState {
+                        path: path.to_vec(),
+                        file: data.file_name(),
+                        base: JBase::Layer(layer.name().to_string()),
+                        size,
+                        lower_limit,
+                        present,
+                        attrs: JAttrs::from(&node.attrs),
+                    });
+                    data.take_dirty();
+                    cap.sealed.push(layer);
+                }
+                CNode::File {
+                    attrs: node.attrs.clone(),
+                    nlink: node.nlink,
+                    file,
+                    lower_path: walk.lower_paths.get(&ino).cloned(),
+                }
+            }
+            NodeKind::Other(kind) => CNode::Other {
+                attrs: node.attrs.clone(),
+                nlink: node.nlink,
+                kind: kind.clone(),
+                lower_path: walk.lower_paths.get(&ino).cloned(),
+            },
+        };
+        cap.nodes.push(cnode);
+        walk.seen.insert(ino, index);
+        Ok(index)
+    }
+
+    /// After the blobs of `stored` are durable in the store: journals that
+    /// each sealed layer is now its blob (durably) and replaces the layers
+    /// by their blobs, removing their data files.
+    pub fn converted(&self, stored: &Stored) -> FsResult<()> {
+        if stored.layers.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Record> = stored
+            .layers
+            .iter()
+            .map(|(layer, blob)| Record::Converted {
+                name: layer.name().to_string(),
+                blob: *blob,
+            })
+            .collect();
+        if let Some(journal) = self.journal.get() {
+            journal.append_all(&records);
+        }
+        self.sync_journal()?;
+        for (layer, blob) in &stored.layers {
+            layer.convert(*blob);
+        }
+        Ok(())
+    }
+}
+
+/// Streams `size` bytes read by `read` into a new blob.
+fn write_stream(
+    writer: &Writer,
+    size: u64,
+    read: impl Fn(u64, &mut [u8]) -> std::result::Result<(), String>,
+) -> Result<(ChunkId, u64)> {
+    let mut out = writer.blob_writer(Chunking::ContentDefined);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = (size - pos).min(buf.len() as u64) as usize;
+        read(pos, &mut buf[..n]).map_err(|e| Error::BadPath {
+            path: "(snapshot)".into(),
+            reason: format!("reading frozen file data: {e}"),
+        })?;
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io("storing frozen file data", e))?;
+        pos += n as u64;
+    }
+    let info = out.finish()?;
+    Ok((info.id, info.new_bytes))
+}
+
+/// How one file was stored.
+struct FileOut {
+    blob: Option<ChunkId>,
+    stored: bool,
+    new_bytes: u64,
+    layers: Vec<(Arc<Layer>, Option<ChunkId>)>,
+}
+
+fn store_file(store: &Store, writer: &Writer, file: &FrozenFile) -> Result<FileOut> {
+    let mut out = FileOut {
+        blob: None,
+        stored: false,
+        new_bytes: 0,
+        layers: Vec::new(),
+    };
+    if file.size == 0 {
+        return Ok(out);
+    }
+    let (id, len) = match &file.base {
+        Base::Blob(b) => match b.id() {
+            Some(id) => (Some(id), store.blob(&id)?.len()),
+            None => (None, 0),
+        },
+        Base::Layer(layer) => match layer.converted() {
+            Some(id) => (id, layer.size()),
+            None => {
+                let (id, new) = write_stream(writer, layer.size(), |pos, buf| {
+                    layer.read_at(store, pos, buf)
+                })?;
+                let id = (layer.size() > 0).then_some(id);
+                out.stored = true;
+                out.new_bytes += new;
+                out.layers.push((layer.clone(), id));
+                (id, layer.size())
+            }
+        },
+    };
+    if id.is_some() && len == file.size {
+        out.blob = id;
+        return Ok(out);
+    }
+    // The file is a prefix of its base, or extends it with zeros.
+    let base_blob = id.map(|id| store.blob(&id)).transpose()?;
+    let (blob, new) = write_stream(writer, file.size, |pos, buf| {
+        let mut done = 0;
+        if let Some(blob) = &base_blob {
+            while done < buf.len() {
+                match blob.read_at(pos + done as u64, &mut buf[done..]) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        buf[done..].fill(0);
+        Ok(())
+    })?;
+    out.blob = Some(blob);
+    out.stored = true;
+    out.new_bytes += new;
+    Ok(out)
+}
+
+impl Capture {
+    /// Bytes of upper data the capture sealed (what changed in file
+    /// contents since the previous capture).
+    pub fn sealed_bytes(&self) -> u64 {
+        self.sealed_bytes
+    }
+
+    /// Files whose contents the capture sealed.
+    pub fn sealed_files(&self) -> usize {
+        self.sealed.len()
+    }
+
+    /// Writes the captured tree with `writer`: blobs for sealed files (in
+    /// parallel), then the directory nodes around them. Nothing is durable
+    /// until the caller commits the writer.
+    pub fn store(&self, store: &Store, writer: &Writer) -> Result<Stored> {
+        let expanded = self.expanded(store)?;
+        let nodes: &[CNode] = expanded.as_deref().unwrap_or(&self.nodes);
+        let files: Vec<(usize, &FrozenFile)> = nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match n {
+                CNode::File { file, .. } => Some((i, file)),
+                _ => None,
+            })
+            .collect();
+        let outs: Vec<(usize, FileOut)> = files
+            .par_iter()
+            .map(|(i, file)| store_file(store, writer, file).map(|o| (*i, o)))
+            .collect::<Result<_>>()?;
+        let mut stored = Stored {
+            tree: ChunkId::from_bytes([0; 32]),
+            files_stored: 0,
+            bytes_stored: 0,
+            new_bytes: 0,
+            layers: Vec::new(),
+        };
+        let mut blobs: HashMap<usize, Option<ChunkId>> = HashMap::with_capacity(outs.len());
+        for (i, out) in outs {
+            if out.stored {
+                stored.files_stored += 1;
+                if let CNode::File { file, .. } = &nodes[i] {
+                    stored.bytes_stored += file.size;
+                }
+            }
+            stored.new_bytes += out.new_bytes;
+            stored.layers.extend(out.layers);
+            blobs.insert(i, out.blob);
+        }
+        stored.tree = store_dirs(nodes, self.whole_tree, writer, &blobs)?;
+        Ok(stored)
+    }
+
+    /// The nodes to store, when some lower directories must be re-encoded:
+    /// those not in place whose subtree holds hard links (their targets
+    /// are paths in the tree they came from) are read into nodes, each
+    /// link resolved to its inode there.
+    fn expanded(&self, store: &Store) -> Result<Option<Vec<CNode>>> {
+        let reader = TreeReader::new(store);
+        let mut out: Option<Vec<CNode>> = None;
+        for i in 0..self.nodes.len() {
+            let CNode::LowerDir {
+                id,
+                changed,
+                origin_tree,
+                origin_path,
+                in_place: false,
+            } = &self.nodes[i]
+            else {
+                continue;
+            };
+            if !has_hard_links(&reader, *id)? {
+                continue;
+            }
+            let nodes = out.get_or_insert_with(|| self.nodes.clone());
+            let attrs = changed.as_ref().map(|c| c.attrs.clone());
+            let mut within = HashMap::new();
+            let dir = expand_dir(
+                &reader,
+                nodes,
+                *id,
+                attrs,
+                *origin_tree,
+                origin_path,
+                &mut within,
+            )?;
+            nodes[i] = dir;
+        }
+        Ok(out)
+    }
+}
+
+/// Whether the subtree of directory `id` holds hard-link entries
+/// (remembered per subtree id: unchanged subtrees are asked once).
+fn has_hard_links(reader: &TreeReader<'_>, id: ChunkId) -> Result<bool> {
+    static KNOWN: OnceLock<Mutex<HashMap<ChunkId, bool>>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(&answer) = known.lock().get(&id) {
+        return Ok(answer);
+    }
+    let dir = reader.dir(id)?;
+    let mut answer = false;
+    for (_, entry) in reader.entries(&dir)? {
+        answer = match entry {
+            Entry::HardLink { .. } => true,
+            Entry::Dir(child) => has_hard_links(reader, child)?,
+            Entry::Inode(_) => false,
+        };
+        if answer {
+            break;
+        }
+    }
+    let mut known = known.lock();
+    if known.len() > 1 << 20 {
+        known.clear();
+    }
+    known.insert(id, answer);
+    Ok(answer)
+}
+
+fn inode_node(inode: Inode) -> CNode {
+    match inode.kind {
+        InodeKind::File { size, blob } => CNode::File {
+            attrs: inode.attrs,
+            nlink: inode.nlink,
+            file: FrozenFile {
+                size,
+                base: Base::blob(blob),
+            },
+            lower_path: None,
+        },
+        kind => CNode::Other {
+            attrs: inode.attrs,
+            nlink: inode.nlink,
+            kind,
+            lower_path: None,
+        },
+    }
+}
+
+/// The inode whose first name is `path` in tree `tree`.
+fn inode_at(reader: &TreeReader<'_>, tree: ChunkId, path: &[u8]) -> Result<Inode> {
+    let missing = || Error::BadPath {
+        path: show(path),
+        reason: "a hard link names this path, which holds no inode".into(),
+    };
+    let mut dir = reader.dir(tree)?;
+    let parts: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let entry = reader
+            .entries(&dir)?
+            .into_iter()
+            .find(|(name, _)| name == part)
+            .map(|(_, e)| e)
+            .ok_or_else(missing)?;
+        match entry {
+            Entry::Dir(id) if i + 1 < parts.len() => dir = reader.dir(id)?,
+            Entry::Inode(inode) if i + 1 == parts.len() => return Ok(inode),
+            _ => return Err(missing()),
+        }
+    }
+    Err(missing())
+}
+
+/// Reads lower directory `id` (origin `path` in `tree`) and everything
+/// below it into nodes appended to `nodes`; returns its own node.
+fn expand_dir(
+    reader: &TreeReader<'_>,
+    nodes: &mut Vec<CNode>,
+    id: ChunkId,
+    attrs: Option<Attrs>,
+    tree: ChunkId,
+    path: &[u8],
+    within: &mut HashMap<Vec<u8>, usize>,
+) -> Result<CNode> {
+    let dir = reader.dir(id)?;
+    let mut entries = Vec::new();
+    for (name, entry) in reader.entries(&dir)? {
+        let child_path = join(path, &name);
+        let index = match entry {
+            Entry::Dir(child) => {
+                let node = expand_dir(reader, nodes, child, None, tree, &child_path, within)?;
+                nodes.push(node);
+                nodes.len() - 1
+            }
+            Entry::Inode(inode) => {
+                nodes.push(inode_node(inode));
+                within.insert(child_path, nodes.len() - 1);
+                nodes.len() - 1
+            }
+            Entry::HardLink { target } => match within.get(&target) {
+                Some(&index) => index,
+                None => {
+                    // Its inode lies outside: this tree gets a copy.
+                    nodes.push(inode_node(inode_at(reader, tree, &target)?));
+                    nodes.len() - 1
+                }
+            },
+        };
+        entries.push((name, index));
+    }
+    Ok(CNode::Dir {
+        attrs: attrs.unwrap_or(dir.attrs),
+        entries,
+    })
+}
+
+/// Every (path, node) in depth-first name order, the order in which a
+/// tree's first names of hard-linked inodes are chosen.
+fn walk(nodes: &[CNode]) -> Vec<(Vec<u8>, usize)> {
+    let mut out = Vec::new();
+    let mut stack = vec![(Vec::new(), 0usize)];
+    while let Some((path, index)) = stack.pop() {
+        if let CNode::Dir { entries, .. } = &nodes[index] {
+            for (name, child) in entries.iter().rev() {
+                stack.push((join(&path, name), *child));
+            }
+        }
+        out.push((path, index));
+    }
+    out
+}
+
+fn store_dirs(
+    nodes: &[CNode],
+    whole_tree: bool,
+    writer: &Writer,
+    blobs: &HashMap<usize, Option<ChunkId>>,
+) -> Result<ChunkId> {
+    let order = walk(nodes);
+    let mut names: HashMap<usize, u32> = HashMap::new();
+    for (_, index) in &order {
+        *names.entry(*index).or_insert(0) += 1;
+    }
+    // Link counts: the live ones for a whole tree (names in lower
+    // directories stored by id are not walked), else the names here.
+    let nlink_of = |index: usize, live: u32| if whole_tree { live } else { names[&index] };
+    // First name of each non-directory: its lower first name when the
+    // capture still has it there (lower hard links in unread
+    // directories name it), else the first in walk order.
+    let mut first: HashMap<usize, Vec<u8>> = HashMap::new();
+    for (path, index) in &order {
+        let lower = match &nodes[*index] {
+            CNode::File { lower_path, .. } | CNode::Other { lower_path, .. } => lower_path,
+            _ => continue,
+        };
+        if lower.as_deref() == Some(path.as_slice()) {
+            first.insert(*index, path.clone());
+        } else {
+            first.entry(*index).or_insert_with(|| path.clone());
+        }
+    }
+    let mut dir_ids: HashMap<usize, ChunkId> = HashMap::new();
+    for (path, index) in order.iter().rev() {
+        let id = match &nodes[*index] {
+            CNode::LowerDir {
+                id, changed: None, ..
+            } => *id,
+            CNode::LowerDir {
+                changed: Some(node),
+                ..
+            } => writer.put_node(&encode_dir(node))?.id,
+            CNode::Dir { attrs, entries } => {
+                let mut out = Vec::with_capacity(entries.len());
+                for (name, child) in entries {
+                    let child_path = join(path, name);
+                    let entry = match &nodes[*child] {
+                        CNode::Dir { .. } | CNode::LowerDir { .. } => {
+                            let id = dir_ids.get(child).ok_or_else(|| Error::BadPath {
+                                path: show(&child_path),
+                                reason: "a directory appears under two names".into(),
+                            })?;
+                            Entry::Dir(*id)
+                        }
+                        CNode::File {
+                            attrs, nlink, file, ..
+                        } => {
+                            if first[child] == child_path {
+                                Entry::Inode(Inode {
+                                    attrs: attrs.clone(),
+                                    nlink: nlink_of(*child, *nlink),
+                                    kind: InodeKind::File {
+                                        size: file.size,
+                                        blob: blobs.get(child).copied().flatten(),
+                                    },
+                                })
+                            } else {
+                                Entry::HardLink {
+                                    target: first[child].clone(),
+                                }
+                            }
+                        }
+                        CNode::Other {
+                            attrs, nlink, kind, ..
+                        } => {
+                            if first[child] == child_path {
+                                Entry::Inode(Inode {
+                                    attrs: attrs.clone(),
+                                    nlink: nlink_of(*child, *nlink),
+                                    kind: kind.clone(),
+                                })
+                            } else {
+                                Entry::HardLink {
+                                    target: first[child].clone(),
+                                }
+                            }
+                        }
+                    };
+                    out.push((name.clone(), entry));
+                }
+                store_entries(writer, attrs.clone(), out, path)?
+            }
+            _ => continue,
+        };
+        dir_ids.insert(*index, id);
+    }
+    dir_ids.get(&0).copied().ok_or_else(|| Error::BadPath {
+        path: "/".into(),
+        reason: "the captured root was not stored".into(),
+    })
+}

@@ -1,0 +1,494 @@
+//! Snapshots through the node daemon: taken of live mounts while they are
+//! written, restored and forked, diffed, listed, expired and removed, and
+//! never half-made when the daemon is killed while storing one.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn must(out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        stderr(&out)
+    );
+    out
+}
+
+fn sh(dir: &Path, script: &str) {
+    let out = Command::new("bash")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Everything observable of a directory tree: per path its type, mode,
+/// owner, link count, size, times, link target, extended attributes and a
+/// hash of its bytes.
+fn digest(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let mut xattrs: Vec<String> = xattr::list(&path)
+                .map(|names| {
+                    names
+                        .map(|n| {
+                            let v = xattr::get(&path, &n).ok().flatten().unwrap_or_default();
+                            format!("{}={}", n.to_string_lossy(), String::from_utf8_lossy(&v))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            xattrs.sort();
+            let ft = meta.file_type();
+            let content = if ft.is_file() {
+                blake3::hash(&std::fs::read(&path).unwrap()).to_hex()[..16].to_string()
+            } else if ft.is_symlink() {
+                std::fs::read_link(&path).unwrap().display().to_string()
+            } else {
+                String::new()
+            };
+            let size = if ft.is_dir() { 0 } else { meta.size() };
+            out.insert(
+                rel,
+                format!(
+                    "{:o} {}:{} n{} s{} m{}.{} c{}.{} x[{}] {content}",
+                    meta.mode(),
+                    meta.uid(),
+                    meta.gid(),
+                    meta.nlink(),
+                    size,
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                    meta.ctime(),
+                    meta.ctime_nsec(),
+                    xattrs.join(",")
+                ),
+            );
+            if ft.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out
+}
+
+struct Node {
+    dir: tempfile::TempDir,
+    home: PathBuf,
+    daemon: Option<Daemon>,
+}
+
+/// A store with image `base` (a small tree), a daemon, and a mount of it.
+fn node() -> (Node, PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    must(snapctl(&home, &["store", "init"]));
+    let src = dir.path().join("src");
+    for d in ["etc", "usr/bin", "usr/share/doc/pkg", "opt", "tmp"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    std::fs::write(src.join("etc/motd"), b"welcome\n").unwrap();
+    std::fs::write(src.join("usr/bin/tool"), vec![7u8; 300_000]).unwrap();
+    std::fs::write(src.join("usr/share/doc/pkg/README"), b"docs\n").unwrap();
+    std::fs::hard_link(src.join("usr/bin/tool"), src.join("usr/bin/tool2")).unwrap();
+    let daemon = Daemon::start(&home);
+    must(snapctl(
+        &home,
+        &["image", "import", src.to_str().unwrap(), "--name", "base"],
+    ));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = must(snapctl(
+        &home,
+        &["mount", "--image", "base", mnt.to_str().unwrap()],
+    ));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    (
+        Node {
+            dir,
+            home,
+            daemon: Some(daemon),
+        },
+        mnt,
+        id,
+    )
+}
+
+fn snapshot(home: &Path, mount: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--json", "snapshot", "create", mount.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    json(&must(snapctl(home, &args)))
+}
+
+fn restore(node: &Node, id: &str, name: &str) -> PathBuf {
+    let at = node.dir.path().join(name);
+    std::fs::create_dir_all(&at).unwrap();
+    must(snapctl(
+        &node.home,
+        &["mount", "--snapshot", id, at.to_str().unwrap()],
+    ));
+    at
+}
+
+#[test]
+fn snapshots_restore_byte_for_byte_along_a_chain_and_fork_in_isolation() {
+    if !fuse_available() {
+        eprintln!("SKIP: no /dev/fuse or not root");
+        return;
+    }
+    let (node, mnt, mount_id) = node();
+    let home = node.home.clone();
+
+    // The seeds' scenario: 100 MiB of random data plus text files under
+    // /tmp and /opt, a snapshot, a restore into a new mount.
+    sh(
+        &mnt,
+        "set -e; head -c 100M /dev/urandom > tmp/random.bin; \
+         for i in $(seq 1 50); do echo \"line $i of the notes\" > opt/note-$i.txt; done; \
+         mkdir -p opt/app/conf; echo 'key = value' > opt/app/conf/app.toml; \
+         chmod 640 opt/app/conf/app.toml; ln -s app/conf/app.toml opt/conf-link; \
+         setfattr -n user.origin -v seeds tmp/random.bin 2>/dev/null || true; \
+         echo appended >> etc/motd; rm usr/share/doc/pkg/README",
+    );
+    let at_first = digest(&mnt);
+    let first = snapshot(&home, &mnt, &["--label", "step=0", "--wait-durable"]);
+    assert_eq!(first["state"], "durable", "{first}");
+    assert!(
+        first["changed_bytes"].as_u64().unwrap() >= 100 << 20,
+        "{first}"
+    );
+    assert_eq!(first["parent"], "image:base");
+    assert_eq!(first["mount"], mount_id.as_str());
+    let first_id = first["id"].as_str().unwrap().to_string();
+    let restored = restore(&node, &first_id, "r0");
+    assert_eq!(digest(&restored), at_first);
+    must(snapctl(&home, &["umount", restored.to_str().unwrap()]));
+
+    // A chain of 10 snapshots, each restored and compared.
+    let mut chain = vec![first_id.clone()];
+    let mut states = vec![at_first];
+    for step in 1..=10 {
+        sh(
+            &mnt,
+            &format!(
+                "set -e; head -c 3M /dev/urandom >> tmp/random.bin; \
+                 echo step {step} >> opt/note-{step}.txt; mkdir -p opt/step-{step}; \
+                 head -c 200k /dev/urandom > opt/step-{step}/data; \
+                 mv opt/note-{n}.txt opt/moved-{n}.txt; rm -f opt/step-{p}/data; \
+                 chmod 700 opt/step-{step}",
+                n = 20 + step,
+                p = step - 1
+            ),
+        );
+        states.push(digest(&mnt));
+        let snap = snapshot(
+            &home,
+            &mnt,
+            &["--label", &format!("step={step}"), "--label", "chain=yes"],
+        );
+        assert_eq!(snap["parent"], chain.last().unwrap().as_str(), "{snap}");
+        chain.push(snap["id"].as_str().unwrap().to_string());
+    }
+    for (step, id) in chain.iter().enumerate() {
+        let restored = restore(&node, id, &format!("chain-{step}"));
+        assert_eq!(
+            digest(&restored),
+            states[step],
+            "snapshot {step} of the chain"
+        );
+        must(snapctl(&home, &["umount", restored.to_str().unwrap()]));
+    }
+
+    // Nothing changed: no data added, the same tree.
+    let same_a = snapshot(&home, &mnt, &["--wait-durable"]);
+    let same_b = snapshot(&home, &mnt, &["--wait-durable"]);
+    assert_eq!(same_b["changed_bytes"], 0, "{same_b}");
+    assert_eq!(same_b["new_bytes"], 0, "{same_b}");
+    assert_eq!(same_a["tree"], same_b["tree"]);
+
+    // The catalog: list by label and mount, show, diff.
+    let listed = json(&must(snapctl(
+        &home,
+        &["--json", "snapshot", "list", "--label", "chain=yes"],
+    )));
+    assert_eq!(listed.as_array().unwrap().len(), 10);
+    let by_mount = json(&must(snapctl(
+        &home,
+        &[
+            "--json",
+            "snapshot",
+            "list",
+            "--mount",
+            mnt.to_str().unwrap(),
+        ],
+    )));
+    assert_eq!(by_mount.as_array().unwrap().len(), 13);
+    let shown = json(&must(snapctl(
+        &home,
+        &["--json", "snapshot", "show", &chain[3]],
+    )));
+    assert_eq!(shown["state"], "durable");
+    assert_eq!(shown["labels"]["step"], "3");
+    assert!(
+        shown["total_bytes"].as_u64().unwrap() > 100 << 20,
+        "{shown}"
+    );
+    let diff = json(&must(snapctl(
+        &home,
+        &["--json", "snapshot", "diff", &chain[2], &chain[3]],
+    )));
+    let changes: Vec<(String, String)> = diff
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["change"].as_str().unwrap().to_string(),
+                d["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("added", "/opt/step-3"),
+        ("modified", "/tmp/random.bin"),
+        ("added", "/opt/moved-23.txt"),
+        ("deleted", "/opt/note-23.txt"),
+        ("deleted", "/opt/step-2/data"),
+    ] {
+        assert!(
+            changes.contains(&(expected.0.to_string(), expected.1.to_string())),
+            "{expected:?} missing from {changes:?}"
+        );
+    }
+
+    // 100 forks of one snapshot: each writes its own file, none sees
+    // another's.
+    let forks = node.dir.path().join("forks");
+    let started = Instant::now();
+    let out = must(snapctl(
+        &home,
+        &[
+            "--json",
+            "fork",
+            &chain[10],
+            "--count",
+            "100",
+            "--under",
+            forks.to_str().unwrap(),
+        ],
+    ));
+    eprintln!("100 forks in {:?}", started.elapsed());
+    let mounts = json(&out);
+    let points: Vec<PathBuf> = mounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| PathBuf::from(m["mountpoint"].as_str().unwrap()))
+        .collect();
+    assert_eq!(points.len(), 100);
+    for (i, p) in points.iter().enumerate() {
+        std::fs::write(p.join("tmp/mine"), format!("fork {i}\n")).unwrap();
+    }
+    for (i, p) in points.iter().enumerate() {
+        assert_eq!(
+            std::fs::read_to_string(p.join("tmp/mine")).unwrap(),
+            format!("fork {i}\n")
+        );
+        assert_eq!(
+            std::fs::read(p.join("etc/motd")).unwrap(),
+            b"welcome\nappended\n"
+        );
+    }
+    assert!(!mnt.join("tmp/mine").exists());
+    for p in &points {
+        must(snapctl(&home, &["umount", p.to_str().unwrap()]));
+    }
+
+    // Removing snapshots: gone from the catalog, the mount unaffected.
+    must(snapctl(&home, &["snapshot", "rm", &chain[5]]));
+    assert_eq!(code(&snapctl(&home, &["snapshot", "show", &chain[5]])), 3);
+    assert_eq!(digest(&mnt).len(), states[10].len());
+    drop(node);
+}
+
+#[test]
+fn directory_snapshots_go_into_running_mounts_of_other_images() {
+    if !fuse_available() {
+        eprintln!("SKIP: no /dev/fuse or not root");
+        return;
+    }
+    let (node, mnt, _) = node();
+    let home = node.home.clone();
+    sh(
+        &mnt,
+        "set -e; mkdir -p opt/data/sub; echo one > opt/data/a; head -c 1M /dev/urandom > opt/data/sub/b; \
+         ln opt/data/a opt/data/a-link; echo outside > opt/other",
+    );
+    let expected = digest(&mnt.join("opt/data"));
+    let snap = snapshot(&home, &mnt, &["--dir", "/opt/data", "--wait-durable"]);
+    assert_eq!(snap["kind"], "directory");
+    assert_eq!(snap["path"], "opt/data");
+    let id = snap["id"].as_str().unwrap().to_string();
+
+    // Another image, mounted and running; the snapshot goes in at /work.
+    let src2 = node.dir.path().join("src2");
+    std::fs::create_dir_all(src2.join("srv")).unwrap();
+    std::fs::write(src2.join("srv/index.html"), b"<p>hi</p>").unwrap();
+    must(snapctl(
+        &home,
+        &["image", "import", src2.to_str().unwrap(), "--name", "web"],
+    ));
+    let web = node.dir.path().join("web");
+    std::fs::create_dir(&web).unwrap();
+    must(snapctl(
+        &home,
+        &["mount", "--image", "web", web.to_str().unwrap()],
+    ));
+    // The kernel has looked (and not found) before the graft.
+    assert!(!web.join("srv/work").exists());
+    let listing_before = std::fs::read_dir(web.join("srv")).unwrap().count();
+    must(snapctl(
+        &home,
+        &[
+            "mount",
+            "--snapshot",
+            &id,
+            "--into",
+            web.to_str().unwrap(),
+            "/srv/work",
+        ],
+    ));
+    assert_eq!(
+        std::fs::read_dir(web.join("srv")).unwrap().count(),
+        listing_before + 1
+    );
+    assert_eq!(digest(&web.join("srv/work")), expected);
+    // Writes there stay in that mount.
+    std::fs::write(web.join("srv/work/a"), b"changed\n").unwrap();
+    assert_eq!(std::fs::read(mnt.join("opt/data/a")).unwrap(), b"one\n");
+    // Bad requests change nothing.
+    let out = snapctl(
+        &home,
+        &[
+            "mount",
+            "--snapshot",
+            &id,
+            "--into",
+            web.to_str().unwrap(),
+            "/srv/index.html",
+        ],
+    );
+    assert_ne!(code(&out), 0);
+    let out = snapctl(
+        &home,
+        &[
+            "mount",
+            "--snapshot",
+            &id,
+            "--into",
+            web.to_str().unwrap(),
+            "/../x",
+        ],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let out = snapctl(
+        &home,
+        &[
+            "snapshot",
+            "create",
+            mnt.to_str().unwrap(),
+            "--dir",
+            "/nope",
+        ],
+    );
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("No such file"), "{}", stderr(&out));
+
+    // The grafted tree stays alive when its snapshot is removed, and the
+    // web mount (with its graft) survives a daemon crash.
+    must(snapctl(&home, &["snapshot", "rm", &id]));
+    let before = digest(&web);
+    let mut node = node;
+    assert!(!node.daemon.take().unwrap().stop(libc::SIGKILL).success());
+    node.daemon = Some(Daemon::start(&home));
+    let out = Command::new(env!("CARGO_BIN_EXE_snapctl"))
+        .args(["--home", home.to_str().unwrap(), "--json", "mounts"])
+        .output()
+        .unwrap();
+    assert_eq!(json(&out).as_array().unwrap().len(), 2);
+    assert_eq!(digest(&web), before);
+    drop(node);
+}
+
+#[test]
+fn a_daemon_killed_while_storing_a_snapshot_leaves_it_whole_or_failed() {
+    if !fuse_available() {
+        eprintln!("SKIP: no /dev/fuse or not root");
+        return;
+    }
+    let (mut node, mnt, _) = node();
+    let home = node.home.clone();
+    let mut outcomes = Vec::new();
+    for (round, delay_ms) in [0u64, 30, 150, 600].into_iter().enumerate() {
+        sh(
+            &mnt,
+            &format!(
+                "set -e; mkdir -p round-{round}; for i in $(seq 1 40); do \
+                 head -c 1M /dev/urandom > round-{round}/f$i; done; sync round-{round}/f40"
+            ),
+        );
+        let before = digest(&mnt);
+        let snap = snapshot(&home, &mnt, &[]);
+        let id = snap["id"].as_str().unwrap().to_string();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        assert!(!node.daemon.take().unwrap().stop(libc::SIGKILL).success());
+        node.daemon = Some(Daemon::start(&home));
+        let shown = json(&must(snapctl(&home, &["--json", "snapshot", "show", &id])));
+        let state = shown["state"].as_str().unwrap().to_string();
+        assert!(
+            state == "durable" || state == "failed",
+            "round {round}: {shown}"
+        );
+        if state == "durable" {
+            let restored = restore(&node, &id, &format!("r{round}"));
+            assert_eq!(digest(&restored), before, "round {round}");
+            must(snapctl(&home, &["umount", restored.to_str().unwrap()]));
+        } else {
+            assert!(
+                shown["error"].as_str().unwrap().contains("stopped"),
+                "{shown}"
+            );
+            must(snapctl(&home, &["snapshot", "rm", &id]));
+        }
+        // The mount itself came back whole (its data was synced).
+        assert_eq!(digest(&mnt), before, "round {round}: the mount");
+        outcomes.push(state);
+    }
+    eprintln!("outcomes: {outcomes:?}");
+    // The store is consistent.
+    node.daemon.take().unwrap().stop(libc::SIGTERM);
+    let out = snapctl(&home, &["--json", "store", "fsck"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stdout));
+}
