@@ -72,6 +72,10 @@ pub enum Op {
     SnapshotDiff { a: String, b: String },
     #[serde(rename = "snapshot.remove")]
     SnapshotRemove { id: String },
+    /// Garbage collection of the daemon's store (everything a ref, a
+    /// mount or an operation in flight reaches stays).
+    #[serde(rename = "store.gc")]
+    StoreGc,
     /// Places a snapshot's tree at `path` inside a live mount.
     #[serde(rename = "mount.graft")]
     MountGraft {

@@ -146,8 +146,10 @@ impl Daemon {
         hasher.finalize().to_hex()[..12].to_string()
     }
 
-    /// Removes what a mount left behind: its refs and its directory.
+    /// Removes what a mount left behind: its refs and its directory. Its
+    /// snapshots still being stored read its lower trees: they finish first.
     fn discard(&self, id: &str) {
+        self.catalog.wait_for_mount(id);
         if let Err(e) = self
             .store
             .delete_ref(&format!("{MOUNT_REF_PREFIX}{id}"), RefExpectation::Any)
@@ -758,6 +760,7 @@ impl Daemon {
                     .remove(&id)
                     .and_then(|info| Ok(serde_json::to_value(info)?)),
             ),
+            Op::StoreGc => json((|| Ok(serde_json::to_value(self.store.gc()?)?))()),
             Op::MountGraft {
                 mount,
                 snapshot,

@@ -368,6 +368,17 @@ impl Catalog {
         self.get(id)
     }
 
+    /// Waits until no snapshot of `mount` is being stored.
+    pub fn wait_for_mount(&self, mount: &str) {
+        let mut inflight = self.inflight.lock();
+        while inflight
+            .values()
+            .any(|i| i.mount == mount && i.state == SnapshotState::Converting)
+        {
+            self.settled.wait(&mut inflight);
+        }
+    }
+
     /// The tree of durable snapshot `id` (waiting for it if converting).
     pub fn tree_of(&self, id: &str) -> anyhow::Result<(ChunkId, SnapshotInfo)> {
         let info = self.wait(id)?;

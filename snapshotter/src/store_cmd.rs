@@ -94,21 +94,26 @@ pub fn run(cmd: StoreCommand, home: &Path, out: &Output) -> anyhow::Result<ExitC
             rebuild_index,
         } => return fsck(home, quick, rebuild_index, out),
         StoreCommand::Gc => {
-            let store = open(home)?;
+            // A running daemon holds the store: it collects (mounts,
+            // snapshots and conversions in flight keep what they reach).
             let spinner = out.spinner("collecting garbage");
-            let report = store.gc()?;
+            let report: serde_json::Value = match crate::client::Client::connect(home) {
+                Ok(mut client) => client.call(crate::api::Op::StoreGc)?,
+                Err(_) => serde_json::to_value(open(home)?.gc()?)?,
+            };
             spinner.finish_and_clear();
+            let n = |k: &str| report[k].as_u64().unwrap_or(0);
             out.print(&report, || {
                 format!(
                     "{} chunks reachable; swept {} chunks ({}); deleted {} packs, compacted {} (moved {} chunks); freed {} in {} ms",
-                    report.reachable_chunks,
-                    report.swept_chunks,
-                    human_bytes(report.swept_bytes),
-                    report.packs_deleted,
-                    report.packs_compacted,
-                    report.chunks_relocated,
-                    human_bytes(report.bytes_reclaimed),
-                    report.millis
+                    n("reachable_chunks"),
+                    n("swept_chunks"),
+                    human_bytes(n("swept_bytes")),
+                    n("packs_deleted"),
+                    n("packs_compacted"),
+                    n("chunks_relocated"),
+                    human_bytes(n("bytes_reclaimed")),
+                    n("millis")
                 )
             })?;
         }

@@ -492,3 +492,97 @@ fn a_daemon_killed_while_storing_a_snapshot_leaves_it_whole_or_failed() {
     let out = snapctl(&home, &["--json", "store", "fsck"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn gc_while_snapshots_are_taken_keeps_what_they_reach_and_expiry_removes_them() {
+    if !fuse_available() {
+        eprintln!("SKIP: no /dev/fuse or not root");
+        return;
+    }
+    let (node, mnt, _) = node();
+    let home = node.home.clone();
+    // Something for GC to collect meanwhile: an image removed.
+    let junk = node.dir.path().join("junk");
+    std::fs::create_dir(&junk).unwrap();
+    std::fs::write(junk.join("noise"), vec![3u8; 4 << 20]).unwrap();
+    must(snapctl(
+        &home,
+        &["image", "import", junk.to_str().unwrap(), "--name", "junk"],
+    ));
+    must(snapctl(&home, &["image", "rm", "junk"]));
+
+    let collector = {
+        let home = home.clone();
+        std::thread::spawn(move || {
+            let mut swept = 0;
+            for _ in 0..6 {
+                let out = must(snapctl(&home, &["--json", "store", "gc"]));
+                swept += json(&out)["swept_chunks"].as_u64().unwrap();
+            }
+            swept
+        })
+    };
+    let mut taken = Vec::new();
+    for step in 0..8 {
+        sh(
+            &mnt,
+            &format!("set -e; head -c 2M /dev/urandom > tmp/data-{step}; echo {step} >> etc/motd"),
+        );
+        let state = digest(&mnt);
+        let snap = snapshot(&home, &mnt, &[]);
+        taken.push((snap["id"].as_str().unwrap().to_string(), state));
+    }
+    let swept = collector.join().unwrap();
+    assert!(swept > 0, "GC ran and collected the removed image");
+    for (n, (id, state)) in taken.iter().enumerate() {
+        let shown = json(&must(snapctl(
+            &home,
+            &["--json", "snapshot", "show", "--wait", id],
+        )));
+        assert_eq!(shown["state"], "durable", "{shown}");
+        if n % 3 == 0 || n == taken.len() - 1 {
+            let restored = restore(&node, id, &format!("gc-{n}"));
+            assert_eq!(&digest(&restored), state, "snapshot {n} after GC");
+            must(snapctl(&home, &["umount", restored.to_str().unwrap()]));
+        }
+    }
+    // Everything is still readable after one more collection.
+    must(snapctl(&home, &["store", "gc"]));
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("etc/motd"))
+            .unwrap()
+            .lines()
+            .count(),
+        9
+    );
+
+    // Expiry: a snapshot taken with --expire goes by itself.
+    let short = snapshot(&home, &mnt, &["--expire", "1s", "--wait-durable"]);
+    let id = short["id"].as_str().unwrap().to_string();
+    assert!(short["expires"].as_u64().is_some());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while code(&snapctl(&home, &["snapshot", "show", &id])) == 0 {
+        assert!(Instant::now() < deadline, "snapshot {id} did not expire");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = snapctl(
+        &home,
+        &[
+            "snapshot",
+            "create",
+            mnt.to_str().unwrap(),
+            "--expire",
+            "soon",
+        ],
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+
+    // Removing the snapshots and the mount makes their data collectable.
+    for (id, _) in &taken {
+        must(snapctl(&home, &["snapshot", "rm", id]));
+    }
+    must(snapctl(&home, &["umount", mnt.to_str().unwrap()]));
+    let out = json(&must(snapctl(&home, &["--json", "store", "gc"])));
+    assert!(out["swept_bytes"].as_u64().unwrap() > 8 << 20, "{out}");
+    drop(node);
+}
