@@ -3,6 +3,7 @@
 # benches/RESULTS.md.
 #   benches/run.sh cas [--runs N] [--inputs usr,debian,random] ...
 #   benches/run.sh layerfs [--runs N] [--fio-seconds S]
+#   benches/run.sh snapshot [--runs N] [--call-runs N] [--forks 100,1000] [--quick]
 # Installs casync, zstd, b3sum and debootstrap, and builds the Debian root
 # filesystem fixtures once (cached under $STRATA_FIXTURES). Needs root (to
 # drop the page cache for cold reads and to run debootstrap).
@@ -23,8 +24,14 @@ case "$bench" in
         cargo build --release --locked -p strata-benches
         exec target/release/strata-bench layerfs "$@"
         ;;
+    snapshot)
+        scripts/install-deps.sh btrfs-progs zstd
+        fixtures/debian-rootfs.sh bookworm-buildd
+        cargo build --release --locked -p strata-benches -p snapshotter
+        exec target/release/strata-bench snapshot "$@"
+        ;;
     *)
-        echo "unknown benchmark '$bench' (known: cas, layerfs)" >&2
+        echo "unknown benchmark '$bench' (known: cas, layerfs, snapshot)" >&2
         exit 2
         ;;
 esac

@@ -9,6 +9,7 @@ mod demo;
 mod layerfs_bench;
 mod machine;
 mod report;
+mod snapshot_bench;
 mod tools;
 mod tree;
 
@@ -38,6 +39,9 @@ enum Command {
     /// The mount benchmark: Strata's FUSE root vs kernel overlayfs vs
     /// fuse-overlayfs vs bare ext4 on one Debian image.
     Layerfs(layerfs_bench::Args),
+    /// The snapshot benchmark: Strata's snapshot, restore and fork vs
+    /// tar+zstd of an overlayfs upper directory vs btrfs snapshots.
+    Snapshot(snapshot_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { dir } => demo::run(&dir),
         Command::Cas(args) => cas_bench::run(args),
         Command::Layerfs(args) => layerfs_bench::run(args),
+        Command::Snapshot(args) => snapshot_bench::run(args),
     }
 }

@@ -802,8 +802,29 @@ impl Daemon {
     }
 }
 
+/// Each changed file of a mount keeps its upper data file open (and a
+/// sealed one until its snapshot is stored): the daemon takes all the
+/// open-file allowance it may.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
 /// `snapctl daemon`: runs the node daemon of `home` in the foreground.
 pub fn run(home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
+    raise_open_file_limit();
     let socket = api::socket_path(home);
     if UnixStream::connect(&socket).is_ok() {
         bail!(

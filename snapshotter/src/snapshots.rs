@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use cas::{ChunkId, Node, NodeType, RefExpectation, Store};
-use layerfs::cowfs::{Capture, CowFs};
+use layerfs::cowfs::{Capture, CowFs, Stored};
 use layerfs::tree::{Entry, InodeKind};
 use layerfs::TreeReader;
 use parking_lot::{Condvar, Mutex};
@@ -181,9 +181,26 @@ impl Catalog {
     ) -> anyhow::Result<SnapshotInfo> {
         info.state = SnapshotState::Converting;
         let pending = self.pending_path(&info.id);
-        write_synced(&pending, &info)?;
         let taken = Instant::now();
-        let capture = match fs.capture(dir) {
+        // The pending record is made durable while the mount is captured
+        // (both before the call returns; the sync overlaps the capture).
+        let record = {
+            let (pending, info) = (pending.clone(), info.clone());
+            std::thread::spawn(move || write_synced(&pending, &info))
+        };
+        let captured = fs.capture(dir);
+        let recorded = record
+            .join()
+            .map_err(|_| anyhow!("writing the pending snapshot record panicked"))
+            .and_then(|r| r);
+        if let Err(e) = recorded {
+            // Not recorded: nothing may claim the snapshot exists. What
+            // was sealed stays valid in the mount (its next snapshot
+            // stores it).
+            let _ = fs::remove_file(&pending);
+            return Err(e.context("recording the snapshot"));
+        }
+        let capture = match captured {
             Ok(capture) => capture,
             Err(e) => {
                 let _ = fs::remove_file(&pending);
@@ -217,14 +234,29 @@ impl Catalog {
         Ok(info)
     }
 
-    /// Stores one captured snapshot; marks it durable or failed.
+    /// Stores one captured snapshot; marks it durable or failed. Once
+    /// durable, the mount's sealed layers become the stored blobs.
     fn convert(&self, job: Job) {
         let id = job.info.id.clone();
         let result = self.store_job(&job);
         let mut inflight = self.inflight.lock();
         match result {
-            Ok(()) => {
+            Ok(stored) => {
                 inflight.remove(&id);
+                let _ = fs::remove_file(self.pending_path(&id));
+                self.settled.notify_all();
+                drop(inflight);
+                if let Err(e) = job.fs.converted(&stored) {
+                    // The layers stay local (still correct); the mount's
+                    // next snapshot stores them again.
+                    tracing::warn!(
+                        snapshot = id,
+                        "recording the stored layers in mount {}'s journal failed (errno {})",
+                        job.info.mount,
+                        e.0
+                    );
+                }
+                return;
             }
             Err(e) => {
                 tracing::error!(snapshot = id, "storing the snapshot failed: {e:#}");
@@ -241,7 +273,7 @@ impl Catalog {
         self.settled.notify_all();
     }
 
-    fn store_job(&self, job: &Job) -> anyhow::Result<()> {
+    fn store_job(&self, job: &Job) -> anyhow::Result<Stored> {
         let writer = self.store.writer(&format!("snapshot {}", job.info.id));
         let stored = job
             .capture
@@ -266,14 +298,7 @@ impl Catalog {
         if info.path.is_none() {
             self.update_roots(&info.mount, |r| r.base = Some(stored.tree))?;
         }
-        job.fs.converted(&stored).map_err(|e| {
-            anyhow!(
-                "recording the stored layers in mount {}'s journal: {}",
-                info.mount,
-                std::io::Error::from_raw_os_error(e.0)
-            )
-        })?;
-        Ok(())
+        Ok(stored)
     }
 
     /// Changes mount `mount`'s further roots and makes the change durable.

@@ -495,6 +495,13 @@ impl FileData {
         self.inner.read().size
     }
 
+    /// Whether [`FileData::freeze`] would seal a layer (the file has
+    /// upper bytes or a changed size).
+    pub(crate) fn has_upper_state(&self) -> bool {
+        let inner = self.inner.read();
+        !(inner.present.iter().all(|w| *w == 0) && inner.lower_limit >= inner.size)
+    }
+
     /// Freezes the file's current bytes for a snapshot. A file with no
     /// upper bytes is frozen as its base; otherwise its upper data file
     /// becomes a sealed [`Layer`] (named as the data file was) and the file

@@ -172,6 +172,19 @@ pub enum Record {
         present: Vec<u64>,
         attrs: JAttrs,
     },
+    /// A snapshot sealed the file at `path`: its data file `layer` became
+    /// a layer of `size` bytes (blocks in `present` from that file, bytes
+    /// below `lower_limit` otherwise from `base`, zeros elsewhere), and
+    /// the file goes on in data file `file`, empty, over that layer.
+    Seal {
+        path: Vec<u8>,
+        layer: String,
+        size: u64,
+        lower_limit: u64,
+        present: Vec<u64>,
+        base: JBase,
+        file: String,
+    },
     /// Stored tree `tree` was placed at `path` as a directory.
     Graft {
         path: Vec<u8>,

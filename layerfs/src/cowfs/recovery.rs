@@ -347,6 +347,46 @@ impl CowFs {
                 layers.insert(name, layer);
                 Ok(())
             }
+            Record::Seal {
+                path,
+                layer,
+                size,
+                lower_limit,
+                present,
+                base,
+                file,
+            } => {
+                let base = self.base_of(base, layers)?;
+                let sealed = Layer::restored(
+                    &self.data_dir,
+                    LayerLayout {
+                        name: layer.clone(),
+                        size,
+                        lower_limit,
+                        present,
+                        base,
+                    },
+                );
+                layers.insert(layer, sealed.clone());
+                let ino = self.resolve(&path)?;
+                let dir = self.data_dir.clone();
+                let used = self.used.clone();
+                self.set_file_data(
+                    ino,
+                    |_| {
+                        FileData::restored(
+                            dir,
+                            file,
+                            used,
+                            Base::Layer(sealed),
+                            size,
+                            size,
+                            Vec::new(),
+                        )
+                    },
+                    layers,
+                )
+            }
             Record::Graft { path, tree, time } => {
                 let (parent, _) = self.graft(&path, tree)?;
                 let t = time.into();

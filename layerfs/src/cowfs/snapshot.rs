@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use rayon::prelude::*;
 
 use super::file::{journal_base, Base, FrozenFile, Layer};
-use super::journal::{JAttrs, JBase, Record};
+use super::journal::Record;
 use super::{CowFs, Errno, FsResult, Ino, NodeKind, State, ROOT_INO};
 use crate::memtree::{show, store_entries, TreeReader};
 use crate::tree::{encode_dir, Attrs, DirNode, Entry, Inode, InodeKind};
@@ -172,10 +172,13 @@ impl CowFs {
         cap: &mut Capture,
         walk: &mut Walk,
     ) -> FsResult<usize> {
-        if let Some(&index) = walk.seen.get(&ino) {
-            return Ok(index);
-        }
         let node = st.nodes.get(&ino).ok_or(Errno::ENOENT)?;
+        // Only non-directories with several names can be met twice.
+        if node.nlink > 1 && !matches!(node.kind, NodeKind::Dir(_)) {
+            if let Some(&index) = walk.seen.get(&ino) {
+                return Ok(index);
+            }
+        }
         let index = cap.nodes.len();
         let cnode = match &node.kind {
             NodeKind::Dir(dir) => {
@@ -217,11 +220,9 @@ impl CowFs {
                             attrs: node.attrs.clone(),
                             entries: Vec::new(),
                         });
-                        walk.seen.insert(ino, index);
                         let mut entries = Vec::with_capacity(children.len());
                         for (name, child) in children {
-                            let child_path = join(path, &name);
-                            let c = self.capture_node(st, child, &child_path, cap, walk)?;
+                            let c = self.capture_child(st, child, path, &name, cap, walk)?;
                             entries.push((name, c));
                         }
                         if let CNode::Dir { entries: e, .. } = &mut cap.nodes[index] {
@@ -242,24 +243,16 @@ impl CowFs {
                             .map(|w| u64::from(w.count_ones()))
                             .sum();
                         cap.sealed_bytes += (present_blocks * super::BLOCK_SIZE).min(layout.size);
-                        walk.records.push(Record::Layer {
-                            name: layout.name,
+                        walk.records.push(Record::Seal {
+                            path: path.to_vec(),
+                            layer: layout.name,
                             size: layout.size,
                             lower_limit: layout.lower_limit,
                             present: layout.present,
                             base: journal_base(&layout.base),
+                            file: data.file_name(),
                         });
                     }
-                    let (size, lower_limit, present) = data.layout();
-                    walk.records.push(Record::FileState {
-                        path: path.to_vec(),
-                        file: data.file_name(),
-                        base: JBase::Layer(layer.name().to_string()),
-                        size,
-                        lower_limit,
-                        present,
-                        attrs: JAttrs::from(&node.attrs),
-                    });
                     data.take_dirty();
                     cap.sealed.push(layer);
                 }
@@ -277,9 +270,34 @@ impl CowFs {
                 lower_path: walk.lower_paths.get(&ino).cloned(),
             },
         };
+        if node.nlink > 1 {
+            walk.seen.insert(ino, index);
+        }
         cap.nodes.push(cnode);
-        walk.seen.insert(ino, index);
         Ok(index)
+    }
+
+    /// Captures entry `name` of the directory at `dir_path`; its path is
+    /// only built where it is needed (directories, sealed files).
+    fn capture_child(
+        &self,
+        st: &mut State,
+        ino: Ino,
+        dir_path: &[u8],
+        name: &[u8],
+        cap: &mut Capture,
+        walk: &mut Walk,
+    ) -> FsResult<usize> {
+        let needs_path = match st.nodes.get(&ino).map(|n| &n.kind) {
+            Some(NodeKind::Dir(_)) => true,
+            Some(NodeKind::File(data)) => data.has_upper_state(),
+            _ => false,
+        };
+        if needs_path {
+            self.capture_node(st, ino, &join(dir_path, name), cap, walk)
+        } else {
+            self.capture_node(st, ino, &[], cap, walk)
+        }
     }
 
     /// After the blobs of `stored` are durable in the store: journals that
@@ -315,7 +333,7 @@ fn write_stream(
     read: impl Fn(u64, &mut [u8]) -> std::result::Result<(), String>,
 ) -> Result<(ChunkId, u64)> {
     let mut out = writer.blob_writer(Chunking::ContentDefined);
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; size.min(1 << 20) as usize];
     let mut pos = 0u64;
     while pos < size {
         let n = (size - pos).min(buf.len() as u64) as usize;
