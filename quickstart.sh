@@ -2,8 +2,9 @@
 # Strata's main job. For now (the chunk store): ingest a real directory tree
 # (default /usr/share) into a fresh store, read it back, verify every file,
 # and print throughput and dedup ratio; then a short tour of `snapctl`: the
-# store, then the node daemon importing DIR as an image and mounting it
-# copy-on-write (the mount part needs root and /dev/fuse).
+# store, then the node daemon importing DIR as an image, mounting it
+# copy-on-write, snapshotting the running mount, diffing two snapshots and
+# forking one three times (the mount part needs root and /dev/fuse).
 #   ./quickstart.sh [DIR]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -43,6 +44,19 @@ if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
     echo "  $(find "$home/mnt" | wc -l) entries visible in the mount"
     echo "written in the sandbox" > "$home/mnt/new-file"
     snapctl mounts
+    # Snapshot the running mount, keep writing, snapshot again, compare.
+    first=$(snapctl snapshot create "$home/mnt" --label step=one --wait-durable)
+    echo "second change" > "$home/mnt/another-file"
+    rm "$home/mnt/new-file"
+    second=$(snapctl snapshot create "$home/mnt" --label step=two)
+    snapctl snapshot show --wait "$second"
+    snapctl snapshot diff "$first" "$second"
+    # Three forks of the first snapshot, each its own copy-on-write root.
+    snapctl fork "$first" --count 3 --under "$home/forks"
+    for n in 0 1 2; do echo "fork $n" > "$home/forks/$first-$n/mine"; done
+    echo "  fork 1 sees: $(cat "$home/forks/$first-1/new-file") / $(cat "$home/forks/$first-1/mine")"
+    for n in 0 1 2; do snapctl umount "$home/forks/$first-$n"; done
+    snapctl snapshot list
     snapctl umount "$home/mnt"
     echo "  the image is unchanged: $(snapctl image export demo - | tar t | grep -c new-file || true) new-file entries in it"
 else

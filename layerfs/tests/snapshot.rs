@@ -94,6 +94,16 @@ fn a_capture_holds_exactly_the_state_when_it_was_taken() {
     let at_first = dump(&fs);
     let first = fs.capture(b"").unwrap();
     assert_eq!(first.sealed_files(), 2, "notes and big were sealed");
+    // Mounted at once, before the capture is stored.
+    assert!(first.restorable());
+    let early_upper = tmp.path().join("early");
+    let early = CowFs::from_capture(store.clone(), &first, config(&early_upper)).unwrap();
+    assert_eq!(dump(&early), at_first);
+    // A write there before the capture is stored (journaled over "the
+    // base the file has in the snapshot's tree").
+    write(&early, lookup(&early, "tmp/notes"), 0, b"EARLY");
+    let early_notes = early.read(lookup(&early, "tmp/notes"), 0, 100).unwrap();
+    assert_eq!(&early_notes, b"EARLY line\n");
 
     // The mount goes on: appends, overwrites, truncation, removals.
     write(&fs, notes, 11, b"second line\n");
@@ -116,6 +126,28 @@ fn a_capture_holds_exactly_the_state_when_it_was_taken() {
     assert_eq!(dump(&fs), live, "storing a capture changes nothing");
     let restored = mounted(&store, stored.tree, &tmp.path().join("r1"));
     assert_eq!(dump(&restored), at_first);
+    // The early mount reads the stored blobs now, takes writes, and
+    // recovers over the snapshot's tree.
+    assert_eq!(
+        early.read(lookup(&early, "tmp/notes"), 0, 100).unwrap(),
+        early_notes
+    );
+    write(&early, lookup(&early, "usr/lib/big"), 3, b"early write");
+    early
+        .rename(
+            lookup(&early, "tmp"),
+            b"notes",
+            lookup(&early, "etc"),
+            b"notes",
+            Default::default(),
+        )
+        .unwrap();
+    let early_state = dump(&early);
+    drop(early);
+    let (early, report) = CowFs::recover(store.clone(), stored.tree, config(&early_upper)).unwrap();
+    assert_eq!(report.skipped, 0, "{report:?}");
+    assert_eq!(dump(&early), early_state);
+    drop(early);
 
     // A second capture on top: its own point in time.
     write(&fs, notes, 23, b"third line\n");

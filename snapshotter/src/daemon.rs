@@ -64,6 +64,16 @@ struct Daemon {
     catalog: Arc<Catalog>,
     /// Serializes snapshot calls (so layers are sealed in order).
     snapshot_lock: Mutex<()>,
+    /// The daemon itself, for threads that outlive a request.
+    me: std::sync::OnceLock<std::sync::Weak<Daemon>>,
+}
+
+/// What a new mount shows.
+enum MountSource {
+    /// A stored tree (an image, a durable snapshot).
+    Tree(ChunkId),
+    /// A snapshot still being stored, mounted from its capture.
+    Capture(String, Arc<layerfs::cowfs::Capture>),
 }
 
 fn unix_now() -> u64 {
@@ -150,11 +160,11 @@ impl Daemon {
     /// snapshots still being stored read its lower trees: they finish first.
     fn discard(&self, id: &str) {
         self.catalog.wait_for_mount(id);
-        if let Err(e) = self
-            .store
-            .delete_ref(&format!("{MOUNT_REF_PREFIX}{id}"), RefExpectation::Any)
-        {
-            tracing::warn!(mount = id, "removing the mount's ref: {e}");
+        let name = format!("{MOUNT_REF_PREFIX}{id}");
+        if matches!(self.store.get_ref(&name), Ok(Some(_))) {
+            if let Err(e) = self.store.delete_ref(&name, RefExpectation::Any) {
+                tracing::warn!(mount = id, "removing the mount's ref: {e}");
+            }
         }
         self.catalog.forget_mount(id);
         let dir = self.mount_dir(id);
@@ -234,6 +244,30 @@ impl Daemon {
 
     /// Recovers a mount's upper layer from its journal and serves it again.
     fn restore_mount(&self, info: &MountInfo) -> anyhow::Result<LiveMount> {
+        let mut info = info.clone();
+        if info.tree.is_empty() {
+            // Made from a snapshot being stored, not adopted yet.
+            let snapshot = info.snapshot.clone().unwrap_or_default();
+            let (tree, _) = match self.catalog.tree_of(&snapshot) {
+                Ok(found) => found,
+                Err(e) => {
+                    self.discard(&info.id);
+                    return Err(e.context(format!(
+                        "mount {} was made from snapshot {snapshot} before it was stored, \
+                         and it never was; the mount is discarded",
+                        info.id
+                    )));
+                }
+            };
+            info.tree = tree.to_hex();
+            self.store.set_ref(
+                &format!("{MOUNT_REF_PREFIX}{}", info.id),
+                tree,
+                RefExpectation::Any,
+            )?;
+            self.write_record(&info)?;
+        }
+        let info = &info;
         let tree: ChunkId = info
             .tree
             .parse()
@@ -317,13 +351,20 @@ impl Daemon {
                 args.mountpoint.display()
             );
         }
-        let (tree, image) = match &args.snapshot {
-            Some(id) => {
-                let (tree, snapshot) = self.catalog.tree_of(id)?;
-                (tree, snapshot.image)
-            }
+        let (source, image) = match &args.snapshot {
+            Some(id) => match self.catalog.capture_of(id).filter(|c| c.restorable()) {
+                // Still being stored: mounted at once from its capture.
+                Some(capture) => (
+                    MountSource::Capture(id.clone(), capture),
+                    self.catalog.get(id)?.image,
+                ),
+                None => {
+                    let (tree, snapshot) = self.catalog.tree_of(id)?;
+                    (MountSource::Tree(tree), snapshot.image)
+                }
+            },
             None => (
-                layerfs::image_tree(&self.store, &args.image)?,
+                MountSource::Tree(layerfs::image_tree(&self.store, &args.image)?),
                 args.image.clone(),
             ),
         };
@@ -343,7 +384,10 @@ impl Daemon {
         let info = MountInfo {
             id: id.clone(),
             image,
-            tree: tree.to_hex(),
+            tree: match &source {
+                MountSource::Tree(tree) => tree.to_hex(),
+                MountSource::Capture(..) => String::new(),
+            },
             mountpoint: args.mountpoint.clone(),
             upper: dir.join("upper"),
             quota_bytes: args.quota_bytes,
@@ -351,9 +395,12 @@ impl Daemon {
             created: unix_now(),
             snapshot: args.snapshot.clone(),
         };
-        let result = self.start_mount(&info, tree, args.threads);
+        let result = self.start_mount(&info, &source, args.threads);
         match result {
             Ok((fs, session)) => {
+                if let MountSource::Capture(snapshot, _) = &source {
+                    self.adopt_tree_when_stored(&id, snapshot);
+                }
                 mounts.insert(
                     id,
                     LiveMount {
@@ -372,36 +419,101 @@ impl Daemon {
         }
     }
 
-    fn start_mount(
-        &self,
-        info: &MountInfo,
-        tree: ChunkId,
-        threads: Option<usize>,
-    ) -> anyhow::Result<(Arc<CowFs>, BackgroundSession)> {
+    /// For a mount made from a capture: once its snapshot is stored, its
+    /// ref and record name the snapshot's tree (its journal replays over
+    /// that tree after a crash).
+    fn adopt_tree_when_stored(&self, mount: &str, snapshot: &str) {
+        let Some(daemon) = self.me.get().cloned() else {
+            return;
+        };
+        let (id, snapshot) = (mount.to_string(), snapshot.to_string());
+        let mount = id.clone();
+        let spawned = std::thread::Builder::new()
+            .name("adopt".into())
+            .spawn(move || {
+                let Some(daemon) = daemon.upgrade() else {
+                    return;
+                };
+                let tree = match daemon.catalog.tree_of(&snapshot) {
+                    Ok((tree, _)) => tree,
+                    Err(e) => {
+                        tracing::error!(
+                            mount,
+                            "the snapshot this mount was made from was not stored ({e:#}); \
+                             the mount works but would not survive a daemon crash"
+                        );
+                        return;
+                    }
+                };
+                let mut mounts = daemon.mounts.lock();
+                let Some(live) = mounts.get_mut(&mount) else {
+                    return;
+                };
+                let result = daemon
+                    .store
+                    .set_ref(
+                        &format!("{MOUNT_REF_PREFIX}{mount}"),
+                        tree,
+                        RefExpectation::Any,
+                    )
+                    .map_err(anyhow::Error::from)
+                    .and_then(|_| {
+                        live.info.tree = tree.to_hex();
+                        daemon.write_record(&live.info)
+                    });
+                if let Err(e) = result {
+                    tracing::error!(mount, "recording the mount's tree: {e:#}");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(mount = id, "starting a thread: {e}");
+        }
+    }
+
+    /// Writes a mount's record (`mount.json`) durably.
+    fn write_record(&self, info: &MountInfo) -> anyhow::Result<()> {
         let dir = self.mount_dir(&info.id);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let record = dir.join("mount.json");
-        let mut file =
-            File::create(&record).with_context(|| format!("creating {}", record.display()))?;
+        let tmp = dir.join("mount.json.tmp");
+        let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         file.write_all(&serde_json::to_vec_pretty(info)?)
             .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", record.display()))?;
-        self.store.set_ref(
-            &format!("{MOUNT_REF_PREFIX}{}", info.id),
-            tree,
-            RefExpectation::Any,
-        )?;
-        let fs = Arc::new(
-            CowFs::new(
-                self.store.clone(),
-                tree,
-                MountConfig {
-                    upper_dir: info.upper.clone(),
-                    quota_bytes: info.quota_bytes,
-                },
-            )
-            .with_context(|| format!("preparing the upper layer in {}", info.upper.display()))?,
-        );
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &record).with_context(|| format!("renaming {}", tmp.display()))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))
+    }
+
+    fn start_mount(
+        &self,
+        info: &MountInfo,
+        source: &MountSource,
+        threads: Option<usize>,
+    ) -> anyhow::Result<(Arc<CowFs>, BackgroundSession)> {
+        self.write_record(info)?;
+        let config = MountConfig {
+            upper_dir: info.upper.clone(),
+            quota_bytes: info.quota_bytes,
+        };
+        let fs = match source {
+            MountSource::Tree(tree) => {
+                self.store.set_ref(
+                    &format!("{MOUNT_REF_PREFIX}{}", info.id),
+                    *tree,
+                    RefExpectation::Any,
+                )?;
+                CowFs::new(self.store.clone(), *tree, config)
+            }
+            MountSource::Capture(_, capture) => {
+                CowFs::from_capture(self.store.clone(), capture, config)
+            }
+        };
+        let fs =
+            Arc::new(fs.with_context(|| {
+                format!("preparing the upper layer in {}", info.upper.display())
+            })?);
         let options = FuseOptions {
             threads: threads.unwrap_or(FuseOptions::default().threads),
             fs_name: format!("strata:{}", info.id),
@@ -851,7 +963,9 @@ pub fn run(home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
         next_serial: AtomicU64::new(0),
         catalog,
         snapshot_lock: Mutex::new(()),
+        me: std::sync::OnceLock::new(),
     });
+    let _ = daemon.me.set(Arc::downgrade(&daemon));
     daemon
         .recover()
         .context("cleaning up after the previous daemon")?;

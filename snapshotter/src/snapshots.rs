@@ -62,7 +62,7 @@ pub struct MountRoots {
 struct Job {
     info: SnapshotInfo,
     fs: Arc<CowFs>,
-    capture: Capture,
+    capture: Arc<Capture>,
     taken: Instant,
 }
 
@@ -77,6 +77,8 @@ pub struct Catalog {
     queue: Mutex<mpsc::Sender<Job>>,
     /// Further roots of live mounts (mirrors the `mountroots/` refs).
     roots: Mutex<BTreeMap<String, MountRoots>>,
+    /// Captures of snapshots being stored (restores mount them at once).
+    captures: Mutex<BTreeMap<String, Arc<Capture>>>,
 }
 
 fn write_synced(path: &Path, info: &SnapshotInfo) -> anyhow::Result<()> {
@@ -149,12 +151,22 @@ impl Catalog {
             settled: Condvar::new(),
             queue: Mutex::new(send),
             roots: Mutex::new(BTreeMap::new()),
+            captures: Mutex::new(BTreeMap::new()),
         });
         let worker = catalog.clone();
+        // For tests of a daemon killed mid-conversion: hold each
+        // conversion back this long.
+        let delay = std::env::var("STRATA_CONVERSION_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis);
         std::thread::Builder::new()
             .name("snapshots".into())
             .spawn(move || {
                 for job in receive {
+                    if let Some(delay) = delay {
+                        std::thread::sleep(delay);
+                    }
                     worker.convert(job);
                 }
             })
@@ -217,6 +229,10 @@ impl Catalog {
         info.call_ms = taken.elapsed().as_secs_f64() * 1e3;
         info.changed_bytes = capture.sealed_bytes();
         info.changed_files = capture.sealed_files() as u64;
+        let capture = Arc::new(capture);
+        self.captures
+            .lock()
+            .insert(info.id.clone(), capture.clone());
         self.inflight.lock().insert(info.id.clone(), info.clone());
         let id = info.id.clone();
         self.queue
@@ -239,6 +255,7 @@ impl Catalog {
     fn convert(&self, job: Job) {
         let id = job.info.id.clone();
         let result = self.store_job(&job);
+        self.captures.lock().remove(&id);
         let mut inflight = self.inflight.lock();
         match result {
             Ok(stored) => {
@@ -391,6 +408,11 @@ impl Catalog {
         }
         drop(inflight);
         self.get(id)
+    }
+
+    /// The capture of snapshot `id` while it is being stored.
+    pub fn capture_of(&self, id: &str) -> Option<Arc<Capture>> {
+        self.captures.lock().get(id).cloned()
     }
 
     /// Waits until no snapshot of `mount` is being stored.

@@ -451,7 +451,16 @@ fn a_daemon_killed_while_storing_a_snapshot_leaves_it_whole_or_failed() {
     let (mut node, mnt, _) = node();
     let home = node.home.clone();
     let mut outcomes = Vec::new();
-    for (round, delay_ms) in [0u64, 30, 150, 600].into_iter().enumerate() {
+    // Rounds 0 and 1 hold conversions back (the kill surely lands in
+    // one); the others kill after a delay, wherever the conversion is.
+    let held = [("STRATA_CONVERSION_DELAY_MS", "3000")];
+    node.daemon.take().unwrap().stop(libc::SIGTERM);
+    node.daemon = Some(Daemon::start_with_env(&home, &held));
+    must(snapctl(
+        &home,
+        &["mount", "--image", "base", mnt.to_str().unwrap()],
+    ));
+    for (round, delay_ms) in [0u64, 0, 30, 150, 600].into_iter().enumerate() {
         sh(
             &mnt,
             &format!(
@@ -462,24 +471,51 @@ fn a_daemon_killed_while_storing_a_snapshot_leaves_it_whole_or_failed() {
         let before = digest(&mnt);
         let snap = snapshot(&home, &mnt, &[]);
         let id = snap["id"].as_str().unwrap().to_string();
+        // Restored at once (from the capture while it is being stored),
+        // and written to.
+        let early = restore(&node, &id, &format!("early-{round}"));
+        assert_eq!(digest(&early), before, "round {round}: restored at once");
+        sh(&early, "echo early > early-file && sync early-file");
+        let early_state = digest(&early);
         std::thread::sleep(Duration::from_millis(delay_ms));
         assert!(!node.daemon.take().unwrap().stop(libc::SIGKILL).success());
-        node.daemon = Some(Daemon::start(&home));
+        node.daemon = Some(if round == 0 {
+            Daemon::start_with_env(&home, &held)
+        } else {
+            Daemon::start(&home)
+        });
         let shown = json(&must(snapctl(&home, &["--json", "snapshot", "show", &id])));
         let state = shown["state"].as_str().unwrap().to_string();
         assert!(
             state == "durable" || state == "failed",
             "round {round}: {shown}"
         );
+        let mounts = json(&must(snapctl(&home, &["--json", "mounts"])));
+        let early_back = mounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountpoint"] == early.to_str().unwrap());
         if state == "durable" {
             let restored = restore(&node, &id, &format!("r{round}"));
             assert_eq!(digest(&restored), before, "round {round}");
             must(snapctl(&home, &["umount", restored.to_str().unwrap()]));
+            // The early mount came back with what was written to it.
+            assert!(early_back, "round {round}: {mounts}");
+            assert_eq!(
+                digest(&early),
+                early_state,
+                "round {round}: the early mount"
+            );
+            must(snapctl(&home, &["umount", early.to_str().unwrap()]));
         } else {
             assert!(
                 shown["error"].as_str().unwrap().contains("stopped"),
                 "{shown}"
             );
+            // Made from a snapshot that was never stored: gone with it.
+            assert!(!early_back, "round {round}: {mounts}");
+            let _ = Command::new("umount").arg("-l").arg(&early).output();
             must(snapctl(&home, &["snapshot", "rm", &id]));
         }
         // The mount itself came back whole (its data was synced).
@@ -487,6 +523,8 @@ fn a_daemon_killed_while_storing_a_snapshot_leaves_it_whole_or_failed() {
         outcomes.push(state);
     }
     eprintln!("outcomes: {outcomes:?}");
+    assert_eq!(outcomes[0], "failed");
+    assert_eq!(outcomes[1], "failed");
     // The store is consistent.
     node.daemon.take().unwrap().stop(libc::SIGTERM);
     let out = snapctl(&home, &["--json", "store", "fsck"]);
@@ -584,5 +622,61 @@ fn gc_while_snapshots_are_taken_keeps_what_they_reach_and_expiry_removes_them() 
     must(snapctl(&home, &["umount", mnt.to_str().unwrap()]));
     let out = json(&must(snapctl(&home, &["--json", "store", "gc"])));
     assert!(out["swept_bytes"].as_u64().unwrap() > 8 << 20, "{out}");
+    drop(node);
+}
+
+#[test]
+fn snapshots_of_a_mount_being_written_hold_a_consistent_prefix() {
+    if !fuse_available() {
+        eprintln!("SKIP: no /dev/fuse or not root");
+        return;
+    }
+    let (node, mnt, _) = node();
+    let home = node.home.clone();
+    // A writer appends numbered records to var/log/current and every 50
+    // records renames it to var/log/NNNN, while snapshots are taken.
+    std::fs::create_dir_all(mnt.join("var/log")).unwrap();
+    let mut writer = Command::new("bash")
+        .args([
+            "-c",
+            "cd var/log; for i in $(seq 0 2999); do printf 'record %06d\\n' $i >> current; \
+             if [ $(( (i + 1) % 50 )) = 0 ]; then mv current $(printf '%04d' $(( i / 50 ))); fi; done",
+        ])
+        .current_dir(&mnt)
+        .spawn()
+        .unwrap();
+    let mut ids = Vec::new();
+    while writer.try_wait().unwrap().is_none() && ids.len() < 15 {
+        let snap = snapshot(&home, &mnt, &[]);
+        ids.push(snap["id"].as_str().unwrap().to_string());
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(writer.wait().unwrap().success());
+    assert!(ids.len() >= 3, "only {} snapshots were taken", ids.len());
+    let mut counts = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let restored = restore(&node, id, &format!("p{n}"));
+        let log = restored.join("var/log");
+        let mut names: Vec<String> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names.sort_by_key(|n| n == "current");
+        let mut text = String::new();
+        for name in &names {
+            text.push_str(&std::fs::read_to_string(log.join(name)).unwrap());
+        }
+        let count = text.lines().count();
+        let expected: String = (0..count).map(|i| format!("record {i:06}\n")).collect();
+        assert_eq!(
+            text, expected,
+            "snapshot {n} is not a prefix of the records"
+        );
+        counts.push(count);
+        must(snapctl(&home, &["umount", restored.to_str().unwrap()]));
+    }
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    assert!(counts.last() > counts.first(), "{counts:?}");
     drop(node);
 }

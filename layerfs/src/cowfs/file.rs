@@ -172,25 +172,6 @@ impl Layer {
         }
     }
 
-    /// The layout to journal, while local.
-    pub(crate) fn layout(self: &Arc<Self>) -> Option<LayerLayout> {
-        match &*self.state.read() {
-            LayerState::Local {
-                present,
-                lower_limit,
-                base,
-                ..
-            } => Some(LayerLayout {
-                name: self.name.clone(),
-                size: self.size,
-                lower_limit: *lower_limit,
-                present: present.clone(),
-                base: base.clone(),
-            }),
-            LayerState::Converted(_) => None,
-        }
-    }
-
     fn read(&self, store: &Store, start: u64, buf: &mut [u8]) -> Result<(), String> {
         match &*self.state.read() {
             LayerState::Converted(b) => b.read(store, start, buf),
@@ -244,14 +225,18 @@ impl Layer {
     }
 }
 
-/// How the journal names `base`.
-pub(crate) fn journal_base(base: &Base) -> super::journal::JBase {
+/// How the journal of the mount whose data directory is `own` names
+/// `base`: a layer of another mount (a mount restored from a capture not
+/// stored yet) is not in this journal, so it is named as "the base the file
+/// has in the lower tree" — which it is, once that capture is stored.
+pub(crate) fn journal_base(base: &Base, own: &std::path::Path) -> super::journal::JBase {
     use super::journal::JBase;
     match base {
         Base::Blob(b) => JBase::Blob(b.id()),
         Base::Layer(l) => match l.converted() {
             Some(id) => JBase::Blob(id),
-            None => JBase::Layer(l.name.clone()),
+            None if l.path.parent() == Some(own) => JBase::Layer(l.name.clone()),
+            None => JBase::Current,
         },
     }
 }
@@ -458,6 +443,18 @@ impl FileData {
         FileData::with_inner(dir, used, Inner::new(name, Base::blob(blob), size, limit))
     }
 
+    /// A file whose bytes are `size` bytes of `base` (a file restored from
+    /// a capture before it is stored).
+    pub(crate) fn over(
+        size: u64,
+        base: Base,
+        dir: PathBuf,
+        name: String,
+        used: Arc<AtomicU64>,
+    ) -> FileData {
+        FileData::with_inner(dir, used, Inner::new(name, base, size, size))
+    }
+
     /// The file's base.
     pub(crate) fn base(&self) -> Base {
         self.inner.read().base.clone()
@@ -505,12 +502,13 @@ impl FileData {
     /// Freezes the file's current bytes for a snapshot. A file with no
     /// upper bytes is frozen as its base; otherwise its upper data file
     /// becomes a sealed [`Layer`] (named as the data file was) and the file
-    /// continues with an empty upper data file `new_name` over it.
-    /// Returns the frozen state and the layer sealed, if any.
+    /// continues with an empty upper data file, named by `new_name` from
+    /// the old name, over it. Returns the frozen state and the layer
+    /// sealed (with how many blocks it holds), if any.
     pub(crate) fn freeze(
         &self,
-        new_name: impl FnOnce() -> String,
-    ) -> (FrozenFile, Option<Arc<Layer>>) {
+        new_name: impl FnOnce(&str) -> String,
+    ) -> (FrozenFile, Option<(Arc<Layer>, u64)>) {
         let mut inner = self.inner.write();
         if inner.present.iter().all(|w| *w == 0) && inner.lower_limit >= inner.size {
             return (
@@ -521,14 +519,17 @@ impl FileData {
                 None,
             );
         }
-        let name = std::mem::replace(&mut inner.name, new_name());
+        let renamed = new_name(&inner.name);
+        let name = std::mem::replace(&mut inner.name, renamed);
+        let present = std::mem::take(&mut inner.present);
+        let blocks = present.iter().map(|w| u64::from(w.count_ones())).sum();
         let layer = Arc::new(Layer {
             path: self.dir.join(&name),
             name,
             size: inner.size,
             state: RwLock::new(LayerState::Local {
                 file: inner.upper.take(),
-                present: std::mem::take(&mut inner.present),
+                present,
                 lower_limit: inner.lower_limit,
                 base: inner.base.clone(),
             }),
@@ -537,14 +538,12 @@ impl FileData {
         inner.lower_limit = inner.size;
         inner.created = false;
         self.apply_charge(&mut inner, 0);
-        self.dirty.store(true, Ordering::Release);
-        self.layout_dirty.store(true, Ordering::Release);
         (
             FrozenFile {
                 size: inner.size,
                 base: Base::Layer(layer.clone()),
             },
-            Some(layer),
+            Some((layer, blocks)),
         )
     }
 

@@ -191,6 +191,13 @@ pub enum Record {
         tree: ChunkId,
         time: JTime,
     },
+    /// A snapshot of the directory at `path` sealed, as seal `seq` of
+    /// session `epoch`, every file under it that had upper data or a
+    /// changed size (by the state journaled so far): each file's data
+    /// file became a layer of that name, and the file goes on over it in
+    /// the empty data file `STEM-sEPOCH.SEQ` (`STEM`: the old name without
+    /// an earlier `-s…` suffix).
+    SealAll { path: Vec<u8>, epoch: u64, seq: u64 },
 }
 
 /// What a file's or layer's lower bytes come from.
@@ -198,8 +205,10 @@ pub enum Record {
 pub enum JBase {
     /// A blob in the store (`None`: zeros).
     Blob(Option<ChunkId>),
-    /// A layer named by an earlier `Layer` record.
+    /// A layer named by an earlier `Layer` or `Seal` record.
     Layer(String),
+    /// Whatever the file's base is at this point of the replay.
+    Current,
 }
 
 /// An open journal, appended to.

@@ -271,6 +271,7 @@ impl DirState {
     }
 }
 
+#[derive(Default)]
 struct State {
     nodes: HashMap<Ino, Node>,
     next_ino: Ino,
@@ -335,6 +336,15 @@ impl CowFs {
     /// A mount of tree `lower` with an empty upper layer in
     /// `config.upper_dir`. Reads only the root directory node.
     pub fn new(store: Store, lower: ChunkId, config: MountConfig) -> crate::Result<CowFs> {
+        Self::prepare_upper(&config)?;
+        let fs = CowFs::unjournaled(store, lower, &config, 1)?;
+        fs.start_journal(&config)?;
+        Ok(fs)
+    }
+
+    /// Checks that a new mount's upper directory is empty and makes its
+    /// data directory.
+    fn prepare_upper(config: &MountConfig) -> crate::Result<()> {
         let data_dir = config.upper_dir.join("data");
         if config.upper_dir.exists()
             && fs::read_dir(&config.upper_dir)
@@ -348,14 +358,17 @@ impl CowFs {
             });
         }
         fs::create_dir_all(&data_dir)
-            .map_err(|e| crate::Error::io(format!("creating {}", data_dir.display()), e))?;
-        let fs = CowFs::unjournaled(store, lower, &config, 1)?;
+            .map_err(|e| crate::Error::io(format!("creating {}", data_dir.display()), e))
+    }
+
+    /// Creates a new mount's journal and attaches it.
+    fn start_journal(&self, config: &MountConfig) -> crate::Result<()> {
         let journal_path = config.upper_dir.join(JOURNAL_FILE);
         let journal = Journal::create(&journal_path)
             .map_err(|e| crate::Error::io(format!("creating {}", journal_path.display()), e))?;
-        journal.append(&Record::Epoch(fs.epoch));
-        let _ = fs.journal.set(journal);
-        Ok(fs)
+        journal.append(&Record::Epoch(self.epoch));
+        let _ = self.journal.set(journal);
+        Ok(())
     }
 
     /// The in-memory part of a mount, with no journal attached yet.
@@ -365,7 +378,6 @@ impl CowFs {
         config: &MountConfig,
         epoch: u64,
     ) -> crate::Result<CowFs> {
-        let data_dir = config.upper_dir.join("data");
         let root = TreeReader::new(&store).dir(lower)?;
         let mut dir = DirState::new(ROOT_INO);
         let attrs = root.attrs.clone();
@@ -386,24 +398,35 @@ impl CowFs {
                 link: (0, Vec::new()),
             },
         );
-        Ok(CowFs {
+        let state = State {
+            nodes,
+            next_ino: ROOT_INO + 1,
+            lower_paths: HashMap::new(),
+            lower_dirs: HashMap::from([((ROOT_INO, Vec::new()), ROOT_INO)]),
+            tree_roots: HashMap::from([(ROOT_INO, lower)]),
+        };
+        Ok(CowFs::with_state(store, lower, config, epoch, state))
+    }
+
+    fn with_state(
+        store: Store,
+        lower: ChunkId,
+        config: &MountConfig,
+        epoch: u64,
+        state: State,
+    ) -> CowFs {
+        CowFs {
             store,
             lower,
-            data_dir,
+            data_dir: config.upper_dir.join("data"),
             quota: config.quota_bytes,
             used: Arc::new(AtomicU64::new(0)),
-            state: Mutex::new(State {
-                nodes,
-                next_ino: ROOT_INO + 1,
-                lower_paths: HashMap::new(),
-                lower_dirs: HashMap::from([((ROOT_INO, Vec::new()), ROOT_INO)]),
-                tree_roots: HashMap::from([(ROOT_INO, lower)]),
-            }),
+            state: Mutex::new(state),
             locks: Mutex::new(LockTable::default()),
             epoch,
             file_seq: AtomicU64::new(1),
             journal: OnceLock::new(),
-        })
+        }
     }
 
     /// The lower tree.
@@ -447,23 +470,14 @@ impl CowFs {
         };
         // Its link count (2 + subdirectories) is known once its entries
         // are: a large directory's pages are read here.
-        let subdirs = match &node.layout {
-            crate::tree::DirLayout::Inline(entries) => entries
-                .iter()
-                .filter(|(_, e)| matches!(e, Entry::Dir(_)))
-                .count(),
-            crate::tree::DirLayout::Pages(_) => match TreeReader::new(&self.store).entries(&node) {
-                Ok(entries) => entries
-                    .iter()
-                    .filter(|(_, e)| matches!(e, Entry::Dir(_)))
-                    .count(),
-                Err(e) => {
-                    if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(&ino).map(|n| &mut n.kind) {
-                        dir.unread = Some(id);
-                    }
-                    return Err(self.eio(e));
+        let subdirs = match self.subdirs_of(&node) {
+            Ok(n) => n,
+            Err(e) => {
+                if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(&ino).map(|n| &mut n.kind) {
+                    dir.unread = Some(id);
                 }
-            },
+                return Err(e);
+            }
         };
         if let Some(n) = st.nodes.get_mut(&ino) {
             n.nlink = 2 + subdirs as u32;
@@ -473,6 +487,24 @@ impl CowFs {
             }
         }
         Ok(())
+    }
+
+    /// How many subdirectories a stored directory has (a large directory's
+    /// pages are read).
+    fn subdirs_of(&self, node: &DirNode) -> FsResult<usize> {
+        let count = |entries: &[(Vec<u8>, Entry)]| {
+            entries
+                .iter()
+                .filter(|(_, e)| matches!(e, Entry::Dir(_)))
+                .count()
+        };
+        match &node.layout {
+            crate::tree::DirLayout::Inline(entries) => Ok(count(entries)),
+            crate::tree::DirLayout::Pages(_) => TreeReader::new(&self.store)
+                .entries(node)
+                .map(|entries| count(&entries))
+                .map_err(|e| self.eio(e)),
+        }
     }
 
     /// Instantiates the entries of lower directory `ino` if not done yet.
@@ -736,7 +768,7 @@ impl CowFs {
         self.log(Record::FileState {
             path,
             file: data.file_name(),
-            base: file::journal_base(&data.base()),
+            base: file::journal_base(&data.base(), &self.data_dir),
             size,
             lower_limit,
             present,

@@ -149,6 +149,7 @@ impl CowFs {
     fn base_of(&self, base: JBase, layers: &HashMap<String, Arc<Layer>>) -> FsResult<Base> {
         match base {
             JBase::Blob(id) => Ok(Base::blob(id)),
+            JBase::Current => Err(Errno::EINVAL),
             JBase::Layer(name) => layers.get(&name).cloned().map(Base::Layer).ok_or_else(|| {
                 tracing::warn!("journal names layer {name}, which no earlier record made");
                 Errno::ENOENT
@@ -316,11 +317,14 @@ impl CowFs {
                 present,
                 attrs,
             } => {
-                let base = self.base_of(base, layers)?;
+                let base = match base {
+                    JBase::Current => None,
+                    base => Some(self.base_of(base, layers)?),
+                };
                 self.restore_file(
                     &path,
                     file,
-                    Some(base),
+                    base,
                     (size, lower_limit, present),
                     &attrs,
                     layers,
@@ -356,7 +360,10 @@ impl CowFs {
                 base,
                 file,
             } => {
-                let base = self.base_of(base, layers)?;
+                let base = match base {
+                    JBase::Current => self.file(self.resolve(&path)?)?.base(),
+                    base => self.base_of(base, layers)?,
+                };
                 let sealed = Layer::restored(
                     &self.data_dir,
                     LayerLayout {
@@ -386,6 +393,13 @@ impl CowFs {
                     },
                     layers,
                 )
+            }
+            Record::SealAll { path, epoch, seq } => {
+                let capture = self.capture_as(&path, epoch, seq)?;
+                for layer in capture.sealed_layers() {
+                    layers.insert(layer.name().to_string(), layer.clone());
+                }
+                Ok(())
             }
             Record::Graft { path, tree, time } => {
                 let (parent, _) = self.graft(&path, tree)?;

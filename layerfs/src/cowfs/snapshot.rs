@@ -22,9 +22,12 @@ use cas::{ChunkId, Chunking, Store, Writer};
 use parking_lot::Mutex;
 use rayon::prelude::*;
 
+use super::file::FileData;
 use super::file::{journal_base, Base, FrozenFile, Layer};
-use super::journal::Record;
-use super::{CowFs, Errno, FsResult, Ino, NodeKind, State, ROOT_INO};
+use super::journal::{JAttrs, Record};
+use super::{
+    CowFs, DirState, Errno, FsResult, Ino, MountConfig, Node, NodeKind, Origin, State, ROOT_INO,
+};
 use crate::memtree::{show, store_entries, TreeReader};
 use crate::tree::{encode_dir, Attrs, DirNode, Entry, Inode, InodeKind};
 use crate::{Error, Result};
@@ -114,6 +117,15 @@ impl CowFs {
     /// Changed files are sealed (see the module documentation); the mount
     /// goes on at once.
     pub fn capture(&self, path: &[u8]) -> FsResult<Capture> {
+        let seq = self
+            .file_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.capture_as(path, self.epoch, seq)
+    }
+
+    /// [`CowFs::capture`] as seal `seq` of session `epoch` (recovery
+    /// replays a journaled seal with the numbers it had).
+    pub(super) fn capture_as(&self, path: &[u8], epoch: u64, seq: u64) -> FsResult<Capture> {
         let mut st = self.state.lock();
         let mut at = ROOT_INO;
         let mut root_path = Vec::new();
@@ -148,27 +160,27 @@ impl CowFs {
                 root_path.len() + 1
             },
         };
-        self.capture_node(&mut st, at, &root_path, &mut cap, &mut walk)?;
+        self.capture_node(&mut st, at, &root_path, (epoch, seq), &mut cap, &mut walk)?;
         if let Some(journal) = self.journal.get() {
-            if !walk.records.is_empty() {
-                journal.append_all(&walk.records);
-            }
+            // Files changed but not journaled yet get their state first, so
+            // that replaying the seal seals exactly what this one did.
+            walk.records.push(Record::SealAll {
+                path: root_path,
+                epoch,
+                seq,
+            });
+            journal.append_all(&walk.records);
         }
         Ok(cap)
     }
 
-    fn next_data_name(&self, ino: Ino) -> String {
-        let n = self
-            .file_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{}-{ino}-{n}", self.epoch)
-    }
-
+    #[allow(clippy::too_many_arguments)]
     fn capture_node(
         &self,
         st: &mut State,
         ino: Ino,
         path: &[u8],
+        seal: (u64, u64),
         cap: &mut Capture,
         walk: &mut Walk,
     ) -> FsResult<usize> {
@@ -222,7 +234,7 @@ impl CowFs {
                         });
                         let mut entries = Vec::with_capacity(children.len());
                         for (name, child) in children {
-                            let c = self.capture_child(st, child, path, &name, cap, walk)?;
+                            let c = self.capture_child(st, child, path, &name, seal, cap, walk)?;
                             entries.push((name, c));
                         }
                         if let CNode::Dir { entries: e, .. } = &mut cap.nodes[index] {
@@ -234,25 +246,22 @@ impl CowFs {
             }
             NodeKind::File(data) => {
                 let data = data.clone();
-                let (file, layer) = data.freeze(|| self.next_data_name(ino));
-                if let Some(layer) = layer {
-                    if let Some(layout) = layer.layout() {
-                        let present_blocks: u64 = layout
-                            .present
-                            .iter()
-                            .map(|w| u64::from(w.count_ones()))
-                            .sum();
-                        cap.sealed_bytes += (present_blocks * super::BLOCK_SIZE).min(layout.size);
-                        walk.records.push(Record::Seal {
-                            path: path.to_vec(),
-                            layer: layout.name,
-                            size: layout.size,
-                            lower_limit: layout.lower_limit,
-                            present: layout.present,
-                            base: journal_base(&layout.base),
-                            file: data.file_name(),
-                        });
-                    }
+                if data.is_dirty() && self.journaling() && data.has_upper_state() {
+                    let (size, lower_limit, present) = data.layout();
+                    walk.records.push(Record::FileState {
+                        path: path.to_vec(),
+                        file: data.file_name(),
+                        base: journal_base(&data.base(), &self.data_dir),
+                        size,
+                        lower_limit,
+                        present,
+                        attrs: JAttrs::from(&node.attrs),
+                    });
+                }
+                let (epoch, seq) = seal;
+                let (file, layer) = data.freeze(|old| sealed_name(old, epoch, seq));
+                if let Some((layer, present_blocks)) = layer {
+                    cap.sealed_bytes += (present_blocks * super::BLOCK_SIZE).min(layer.size());
                     data.take_dirty();
                     cap.sealed.push(layer);
                 }
@@ -279,12 +288,14 @@ impl CowFs {
 
     /// Captures entry `name` of the directory at `dir_path`; its path is
     /// only built where it is needed (directories, sealed files).
+    #[allow(clippy::too_many_arguments)]
     fn capture_child(
         &self,
         st: &mut State,
         ino: Ino,
         dir_path: &[u8],
         name: &[u8],
+        seal: (u64, u64),
         cap: &mut Capture,
         walk: &mut Walk,
     ) -> FsResult<usize> {
@@ -294,9 +305,9 @@ impl CowFs {
             _ => false,
         };
         if needs_path {
-            self.capture_node(st, ino, &join(dir_path, name), cap, walk)
+            self.capture_node(st, ino, &join(dir_path, name), seal, cap, walk)
         } else {
-            self.capture_node(st, ino, &[], cap, walk)
+            self.capture_node(st, ino, &[], seal, cap, walk)
         }
     }
 
@@ -324,6 +335,204 @@ impl CowFs {
         }
         Ok(())
     }
+}
+
+impl Capture {
+    /// Whether a mount can be made of this capture before it is stored
+    /// ([`CowFs::from_capture`]): it is of a whole tree and every lower
+    /// directory in it sits at its own place, so the hard links inside
+    /// those resolve as they did in the captured mount.
+    pub fn restorable(&self) -> bool {
+        self.whole_tree
+            && self.nodes.iter().all(|n| match n {
+                CNode::LowerDir {
+                    in_place,
+                    origin_tree,
+                    ..
+                } => *in_place && Some(*origin_tree) == self.origin_tree(),
+                _ => true,
+            })
+    }
+
+    /// The stored tree the capture's lower directories come from.
+    fn origin_tree(&self) -> Option<ChunkId> {
+        self.nodes.iter().find_map(|n| match n {
+            CNode::LowerDir { origin_tree, .. } => Some(*origin_tree),
+            _ => None,
+        })
+    }
+}
+
+impl CowFs {
+    /// A new mount showing exactly what `capture` holds, made before the
+    /// capture is stored (a restore or fork of a snapshot still
+    /// converting). Sealed files are read from their layers (shared, read
+    /// only, with the captured mount; they become blobs in place when the
+    /// capture is stored), lower directories stay unread. Its journal is
+    /// replayed over the snapshot's tree once stored: its files' bases are
+    /// journaled as "what the lower tree has". Requires
+    /// [`Capture::restorable`].
+    pub fn from_capture(
+        store: Store,
+        capture: &Capture,
+        config: MountConfig,
+    ) -> crate::Result<CowFs> {
+        if !capture.restorable() {
+            return Err(crate::Error::BadPath {
+                path: "/".into(),
+                reason: "this capture has directories out of their place; mount it once stored"
+                    .into(),
+            });
+        }
+        Self::prepare_upper(&config)?;
+        let origin = capture
+            .origin_tree()
+            .unwrap_or_else(|| ChunkId::from_bytes([0; 32]));
+        let mut st = State {
+            nodes: std::collections::HashMap::new(),
+            next_ino: ROOT_INO + 1,
+            lower_paths: HashMap::new(),
+            lower_dirs: HashMap::new(),
+            tree_roots: HashMap::from([(ROOT_INO, origin)]),
+        };
+        let fs = CowFs::with_state(store, origin, &config, 1, State::default());
+        let mut ino_of: HashMap<usize, Ino> = HashMap::from([(0, ROOT_INO)]);
+        // (capture index, its inode, parent, name, path from the root)
+        type Pending = (usize, Ino, Ino, Vec<u8>, Vec<u8>);
+        let mut stack: Vec<Pending> = vec![(0, ROOT_INO, 0, Vec::new(), Vec::new())];
+        while let Some((index, ino, parent, name, path)) = stack.pop() {
+            let link = (parent, name);
+            let dir_parent = if parent == 0 { ROOT_INO } else { parent };
+            let node = match &capture.nodes[index] {
+                CNode::Dir { attrs, entries } => {
+                    let mut dir = DirState::new(dir_parent);
+                    dir.origin = Some(Origin {
+                        root: ROOT_INO,
+                        path: path.clone(),
+                    });
+                    st.lower_dirs.insert((ROOT_INO, path.clone()), ino);
+                    for (child_name, child) in entries {
+                        let child_ino = match ino_of.get(child) {
+                            Some(&known) => known,
+                            None => {
+                                let child_ino = st.next_ino;
+                                st.next_ino += 1;
+                                ino_of.insert(*child, child_ino);
+                                stack.push((
+                                    *child,
+                                    child_ino,
+                                    ino,
+                                    child_name.clone(),
+                                    join(&path, child_name),
+                                ));
+                                child_ino
+                            }
+                        };
+                        if matches!(
+                            capture.nodes[*child],
+                            CNode::Dir { .. } | CNode::LowerDir { .. }
+                        ) {
+                            dir.subdirs += 1;
+                        }
+                        dir.insert(child_name.clone(), child_ino);
+                    }
+                    Node {
+                        attrs: attrs.clone(),
+                        nlink: 2 + dir.subdirs,
+                        kind: NodeKind::Dir(dir),
+                        opens: 0,
+                        link,
+                    }
+                }
+                CNode::LowerDir {
+                    id,
+                    changed,
+                    origin_path,
+                    ..
+                } => {
+                    let mut dir = DirState::new(dir_parent);
+                    dir.lower_id = Some(*id);
+                    dir.origin = Some(Origin {
+                        root: ROOT_INO,
+                        path: origin_path.clone(),
+                    });
+                    st.lower_dirs.insert((ROOT_INO, origin_path.clone()), ino);
+                    let (attrs, nlink) = match changed {
+                        Some(node) => {
+                            let nlink =
+                                2 + fs.subdirs_of(node).map_err(|e| crate::Error::BadPath {
+                                    path: show(&path),
+                                    reason: format!(
+                                        "reading its directory node failed (errno {})",
+                                        e.0
+                                    ),
+                                })? as u32;
+                            dir.pending = Some(Box::new(node.clone()));
+                            (node.attrs.clone(), nlink)
+                        }
+                        None => {
+                            // Read on first use, as any lower directory.
+                            dir.unread = Some(*id);
+                            (Attrs::default(), 2)
+                        }
+                    };
+                    Node {
+                        attrs,
+                        nlink,
+                        kind: NodeKind::Dir(dir),
+                        opens: 0,
+                        link,
+                    }
+                }
+                CNode::File {
+                    attrs,
+                    nlink,
+                    lower_path,
+                    ..
+                }
+                | CNode::Other {
+                    attrs,
+                    nlink,
+                    lower_path,
+                    ..
+                } => {
+                    if let Some(p) = lower_path {
+                        st.lower_paths.insert((ROOT_INO, p.clone()), ino);
+                    }
+                    let kind = match &capture.nodes[index] {
+                        CNode::File { file, .. } => NodeKind::File(Arc::new(FileData::over(
+                            file.size,
+                            file.base.clone(),
+                            fs.data_dir.clone(),
+                            fs.data_name_for(ino),
+                            fs.used.clone(),
+                        ))),
+                        CNode::Other { kind, .. } => NodeKind::Other(kind.clone()),
+                        _ => unreachable!("matched as a file or other inode above"),
+                    };
+                    Node {
+                        attrs: attrs.clone(),
+                        nlink: *nlink,
+                        kind,
+                        opens: 0,
+                        link,
+                    }
+                }
+            };
+            st.nodes.insert(ino, node);
+        }
+        *fs.state.lock() = st;
+        fs.start_journal(&config)?;
+        Ok(fs)
+    }
+}
+
+/// The data file a sealed file goes on in: its data file's name (without
+/// an earlier seal's suffix) and the seal's session and number — the same
+/// when recovery replays the seal.
+fn sealed_name(old: &str, epoch: u64, seq: u64) -> String {
+    let stem = old.split("-s").next().unwrap_or(old);
+    format!("{stem}-s{epoch}.{seq}")
 }
 
 /// Streams `size` bytes read by `read` into a new blob.
@@ -422,6 +631,10 @@ impl Capture {
     /// Files whose contents the capture sealed.
     pub fn sealed_files(&self) -> usize {
         self.sealed.len()
+    }
+
+    pub(super) fn sealed_layers(&self) -> &[Arc<Layer>] {
+        &self.sealed
     }
 
     /// Writes the captured tree with `writer`: blobs for sealed files (in

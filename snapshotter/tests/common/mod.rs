@@ -50,11 +50,17 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon of `home` and waits until it answers.
     pub fn start(home: &Path) -> Daemon {
+        Daemon::start_with_env(home, &[])
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_with_env(home: &Path, env: &[(&str, &str)]) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_snapctl"))
             .arg("--home")
             .arg(home)
             .arg("daemon")
             .env_remove("STRATA_HOME")
+            .envs(env.iter().copied())
             .spawn()
             .expect("start snapctl daemon");
         let daemon = Daemon {
