@@ -436,3 +436,148 @@ fn captures_under_concurrent_writes_hold_a_consistent_prefix() {
         "{seen_lengths:?}"
     );
 }
+
+/// A small deterministic generator.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+fn split_path(path: &str) -> (&str, &str) {
+    let trimmed = path.trim_start_matches('/');
+    match trimmed.rfind('/') {
+        Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+        None => ("", trimmed),
+    }
+}
+
+#[test]
+fn captures_of_a_fully_loaded_mount_follow_random_changes() {
+    for seed in [1u64, 7, 42, 1234] {
+        let (tmp, store) = store();
+        let src = tmp.path().join("src");
+        for d in 0..4 {
+            for sub in 0..3 {
+                let dir = src.join(format!("d{d}/s{sub}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                for f in 0..3 {
+                    std::fs::write(dir.join(format!("f{f}")), format!("{d}{sub}{f}").repeat(50))
+                        .unwrap();
+                }
+            }
+        }
+        std::fs::hard_link(src.join("d3/s2/f0"), src.join("d3/s2/hl")).unwrap();
+        std::os::unix::fs::symlink("../s0/f1", src.join("d2/s1/sym")).unwrap();
+        let tree = import_dir(&store, "base", &src);
+        let fs = mounted(&store, tree, &tmp.path().join("upper"));
+        dump(&fs); // loads every directory
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9) | 1);
+        let mut taken = 0;
+        for step in 0..240 {
+            let entries = dump(&fs);
+            let paths: Vec<&String> = entries.keys().collect();
+            let of_kind = |kind: &str| -> Vec<&String> {
+                paths
+                    .iter()
+                    .copied()
+                    .filter(|p| entries[*p].starts_with(kind))
+                    .collect()
+            };
+            let files = of_kind("File");
+            let mut dirs: Vec<String> = of_kind("Dir").into_iter().cloned().collect();
+            dirs.push(String::new());
+            let pick_dir = |rng: &mut Rng| dirs[rng.below(dirs.len())].clone();
+            let ino_of = |p: &str| lookup(&fs, p.trim_start_matches('/'));
+            let fresh = format!("n{step}");
+            match rng.below(10) {
+                0 | 1 if !files.is_empty() => {
+                    let f = files[rng.below(files.len())];
+                    let at = rng.below(20_000) as u64;
+                    write(&fs, ino_of(f), at, format!("w{step}").as_bytes());
+                }
+                2 => {
+                    let d = pick_dir(&mut rng);
+                    let ino = fs
+                        .create(ino_of(&d), fresh.as_bytes(), 0o644, ROOT)
+                        .unwrap()
+                        .ino;
+                    fs.write(ino, 0, b"new").unwrap();
+                    fs.release(ino);
+                }
+                3 => {
+                    let d = pick_dir(&mut rng);
+                    fs.mkdir(ino_of(&d), fresh.as_bytes(), 0o755, ROOT).unwrap();
+                }
+                4 if !files.is_empty() => {
+                    let (dir, name) = split_path(files[rng.below(files.len())]);
+                    fs.unlink(ino_of(dir), name.as_bytes()).unwrap();
+                }
+                5 if !files.is_empty() => {
+                    let (dir, name) = split_path(files[rng.below(files.len())]);
+                    let to = pick_dir(&mut rng);
+                    fs.rename(
+                        ino_of(dir),
+                        name.as_bytes(),
+                        ino_of(&to),
+                        fresh.as_bytes(),
+                        Default::default(),
+                    )
+                    .unwrap();
+                }
+                6 => {
+                    let p = paths[rng.below(paths.len())];
+                    fs.setattr(
+                        ino_of(p),
+                        SetAttr {
+                            mode: Some(0o700 + rng.below(64) as u32),
+                            ..SetAttr::default()
+                        },
+                    )
+                    .unwrap();
+                }
+                7 => {
+                    let p = paths[rng.below(paths.len())];
+                    fs.setxattr(ino_of(p), b"user.step", fresh.as_bytes(), XattrMode::Set)
+                        .unwrap();
+                }
+                // New hard links only late: before, snapshots store the
+                // directories nothing changed under by their lower ids.
+                8 if !files.is_empty() && step > 160 => {
+                    let f = files[rng.below(files.len())];
+                    let to = pick_dir(&mut rng);
+                    fs.link(ino_of(f), ino_of(&to), fresh.as_bytes()).unwrap();
+                }
+                _ => {
+                    // Move a directory somewhere not under itself.
+                    let from = pick_dir(&mut rng);
+                    let to = pick_dir(&mut rng);
+                    if !from.is_empty() && !to.starts_with(&from) {
+                        let (dir, name) = split_path(&from);
+                        fs.rename(
+                            ino_of(dir),
+                            name.as_bytes(),
+                            ino_of(&to),
+                            fresh.as_bytes(),
+                            Default::default(),
+                        )
+                        .unwrap();
+                    }
+                }
+            }
+            if step % 12 == 11 {
+                let before = dump(&fs);
+                let stored = finish(&fs, &store, fs.capture(b"").unwrap());
+                let restored = mounted(&store, stored.tree, &tmp.path().join(format!("r{step}")));
+                assert_eq!(dump(&restored), before, "seed {seed} step {step}");
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, 20);
+    }
+}

@@ -283,6 +283,13 @@ struct State {
     lower_dirs: HashMap<(Ino, Vec<u8>), Ino>,
     /// The stored tree of each tree root (the mount's root, grafts).
     tree_roots: HashMap<Ino, ChunkId>,
+    /// Directories whose subtree changed since the mount began (a changed
+    /// node marks its directory and every ancestor): a snapshot stores a
+    /// loaded directory outside this set by its lower id, without a walk.
+    changed: std::collections::HashSet<Ino>,
+    /// Something changed that several directories show (an inode with
+    /// several names), or the mount was recovered: snapshots walk all.
+    all_changed: bool,
 }
 
 /// A copy-on-write filesystem: one mount's view.
@@ -404,6 +411,7 @@ impl CowFs {
             lower_paths: HashMap::new(),
             lower_dirs: HashMap::from([((ROOT_INO, Vec::new()), ROOT_INO)]),
             tree_roots: HashMap::from([(ROOT_INO, lower)]),
+            ..State::default()
         };
         Ok(CowFs::with_state(store, lower, config, epoch, state))
     }
@@ -832,6 +840,33 @@ impl CowFs {
             node.attrs.mtime = t;
             node.attrs.ctime = t;
         }
+        self.mark_changed(st, ino);
+    }
+
+    /// Records that `ino` changed: its directory (itself, for a directory)
+    /// and every ancestor are marked. An inode with several names marks
+    /// the whole mount (its other directories are not known here).
+    fn mark_changed(&self, st: &mut State, ino: Ino) {
+        let Some(node) = st.nodes.get(&ino) else {
+            return;
+        };
+        let mut at = match &node.kind {
+            NodeKind::Dir(_) => ino,
+            _ if node.nlink > 1 || node.link.0 == 0 => {
+                st.all_changed = true;
+                return;
+            }
+            _ => node.link.0,
+        };
+        for _ in 0..=MAX_PATH_LEN {
+            if !st.changed.insert(at) || at == ROOT_INO {
+                return;
+            }
+            at = match st.nodes.get(&at).map(|n| &n.kind) {
+                Some(NodeKind::Dir(dir)) => dir.parent,
+                _ => return,
+            };
+        }
     }
 
     // ---------------------------------------------------------- operations
@@ -903,6 +938,7 @@ impl CowFs {
             node.attrs.mtime = resolve(m);
         }
         node.attrs.ctime = t;
+        self.mark_changed(&mut st, ino);
         if set.size.is_some() {
             self.log_data(&st, ino);
         } else {
@@ -1097,6 +1133,9 @@ impl CowFs {
         }
         node.nlink += 1;
         node.attrs.ctime = t;
+        // Its first name's entry shows the new count too.
+        st.all_changed = true;
+        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         if node.link.0 == 0 {
             node.link = (parent, name.to_vec());
         }
@@ -1119,6 +1158,10 @@ impl CowFs {
         if let Some(node) = st.nodes.get_mut(&ino) {
             node.nlink = node.nlink.saturating_sub(1);
             node.attrs.ctime = t;
+            if node.nlink > 0 {
+                // Its other names' entries show the new count.
+                st.all_changed = true;
+            }
             if node.link.0 == parent && node.link.1 == name {
                 node.link = (0, Vec::new());
             }
@@ -1346,6 +1389,8 @@ impl CowFs {
             self.set_link(&mut st, other, parent, name);
             self.touch_dir_at(&mut st, parent, t);
             self.touch_dir_at(&mut st, new_parent, t);
+            self.mark_changed(&mut st, ino);
+            self.mark_changed(&mut st, other);
             if let Some(record) = record {
                 self.log(record);
             }
@@ -1387,6 +1432,7 @@ impl CowFs {
         self.set_link(&mut st, ino, new_parent, new_name);
         self.touch_dir_at(&mut st, parent, t);
         self.touch_dir_at(&mut st, new_parent, t);
+        self.mark_changed(&mut st, ino);
         if let Some(record) = record {
             self.log(record);
         }
@@ -1430,6 +1476,7 @@ impl CowFs {
                 let t = now();
                 node.attrs.mtime = t;
                 node.attrs.ctime = t;
+                self.mark_changed(&mut st, ino);
                 self.log_data(&st, ino);
             }
         }
@@ -1517,6 +1564,7 @@ impl CowFs {
             node.attrs.mtime = t;
             node.attrs.ctime = t;
         }
+        self.mark_changed(&mut st, ino);
         Ok(bytes.len())
     }
 
@@ -1589,6 +1637,7 @@ impl CowFs {
             node.attrs.mtime = t;
             node.attrs.ctime = t;
         }
+        self.mark_changed(&mut st, ino);
         self.log_data(&st, ino);
         Ok(())
     }
@@ -1730,6 +1779,7 @@ impl CowFs {
         }
         node.attrs.xattrs = next;
         node.attrs.ctime = now();
+        self.mark_changed(&mut st, ino);
         if let Some(path) = self.journaling().then(|| self.path_of(&st, ino)).flatten() {
             self.log(Record::Xattr {
                 path,
@@ -1748,6 +1798,7 @@ impl CowFs {
         let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         node.attrs.xattrs.remove(name).ok_or(Errno::ENODATA)?;
         node.attrs.ctime = now();
+        self.mark_changed(&mut st, ino);
         if let Some(path) = self.journaling().then(|| self.path_of(&st, ino)).flatten() {
             self.log(Record::Xattr {
                 path,

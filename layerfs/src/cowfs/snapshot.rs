@@ -199,8 +199,14 @@ impl CowFs {
                     let tree = st.tree_roots.get(&o.root)?;
                     Some((*tree, o.path.clone(), o.root == walk.root && o.path == rel))
                 });
+                // Loaded, but nothing under it changed since the mount
+                // began: stored by its lower id, without a walk (as a
+                // directory never read).
+                let clean = !st.all_changed && !st.changed.contains(&ino);
                 match (dir.lower_id, &dir.unread, &dir.pending, origin) {
-                    (Some(id), Some(_), _, Some((origin_tree, origin_path, in_place))) => {
+                    (Some(id), unread, None, Some((origin_tree, origin_path, in_place)))
+                        if unread.is_some() || clean =>
+                    {
                         CNode::LowerDir {
                             id,
                             changed: None,
@@ -389,11 +395,9 @@ impl CowFs {
             .origin_tree()
             .unwrap_or_else(|| ChunkId::from_bytes([0; 32]));
         let mut st = State {
-            nodes: std::collections::HashMap::new(),
             next_ino: ROOT_INO + 1,
-            lower_paths: HashMap::new(),
-            lower_dirs: HashMap::new(),
             tree_roots: HashMap::from([(ROOT_INO, origin)]),
+            ..State::default()
         };
         let fs = CowFs::with_state(store, origin, &config, 1, State::default());
         let mut ino_of: HashMap<usize, Ino> = HashMap::from([(0, ROOT_INO)]);

@@ -183,10 +183,28 @@ pub fn mount_tree(
 }
 
 /// Everything a user can observe of a mount, by path (inode numbers are
-/// replaced by the first path that reached them, so hard links show).
+/// replaced by the smallest path that names them, so hard links show
+/// whatever order directories list in).
 pub fn dump(fs: &CowFs) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut first_path: BTreeMap<u64, String> = BTreeMap::new();
+    // First pass: every name of every inode.
+    let mut stack = vec![(ROOT_INO, String::new())];
+    while let Some((dir, path)) = stack.pop() {
+        for entry in fs.readdir(dir, 0).unwrap() {
+            if entry.name == b"." || entry.name == b".." {
+                continue;
+            }
+            let child = format!("{path}/{}", String::from_utf8_lossy(&entry.name));
+            let smallest = first_path.entry(entry.ino).or_insert_with(|| child.clone());
+            if child < *smallest {
+                *smallest = child.clone();
+            }
+            if entry.kind == FileKind::Dir {
+                stack.push((entry.ino, child));
+            }
+        }
+    }
     let mut stack = vec![(ROOT_INO, String::new())];
     while let Some((dir, path)) = stack.pop() {
         for entry in fs.readdir(dir, 0).unwrap() {
