@@ -1,0 +1,428 @@
+//! The async server: listeners (Unix socket, TCP, an inherited socket),
+//! one task per connection, requests answered concurrently and replied to
+//! in whatever order they finish, `Tflush`, and the per-session limits.
+//!
+//! A connection reads one message at a time: its size is checked against
+//! the negotiated `msize` before anything is allocated (a size outside
+//! `7..=msize` closes the connection — the stream cannot be resynchronised);
+//! a body that does not decode gets `Rlerror` with its tag. Quick requests
+//! (walks, attributes, namespace changes) are answered inline; those that
+//! may wait on the disk run on the blocking pool, at most
+//! [`Limits::max_outstanding`] at once per session — past that the
+//! connection stops reading until one finishes, so a client can queue work
+//! but not memory.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::proto::{self, Reply, Request};
+use crate::session::{Resolver, Session};
+use crate::wire::DecodeError;
+
+/// Limits that keep one client from exhausting the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest message size offered in `Rversion`.
+    pub max_msize: u32,
+    /// Most fids one session may hold.
+    pub max_fids: usize,
+    /// Most requests of one session being worked on at once.
+    pub max_outstanding: usize,
+    /// Most connections at once; further ones are closed at accept.
+    pub max_sessions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_msize: 1 << 20,
+            max_fids: 65_536,
+            max_outstanding: 64,
+            max_sessions: 4096,
+        }
+    }
+}
+
+/// Where a server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A Unix stream socket at this path (created; must not exist).
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// An already connected stream socket inherited as this descriptor
+    /// (a socketpair end handed over by a runtime): one session.
+    Fd(RawFd),
+}
+
+/// Why a listen address was not understood.
+#[derive(Debug, thiserror::Error)]
+#[error("listen address {0:?} is not unix:PATH, tcp:HOST:PORT or fd:N")]
+pub struct BadListen(pub String);
+
+impl std::str::FromStr for Listen {
+    type Err = BadListen;
+    fn from_str(s: &str) -> Result<Listen, BadListen> {
+        let bad = || BadListen(s.to_string());
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(bad());
+            }
+            return Ok(Listen::Unix(PathBuf::from(path)));
+        }
+        if let Some(addr) = s.strip_prefix("tcp:") {
+            return addr.parse().map(Listen::Tcp).map_err(|_| bad());
+        }
+        if let Some(fd) = s.strip_prefix("fd:") {
+            return fd.parse().map(Listen::Fd).map_err(|_| bad());
+        }
+        Err(bad())
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+            Listen::Tcp(a) => write!(f, "tcp:{a}"),
+            Listen::Fd(fd) => write!(f, "fd:{fd}"),
+        }
+    }
+}
+
+/// Counters of a server (for status output and tests).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub sessions_open: AtomicUsize,
+    pub sessions_total: AtomicU64,
+    pub requests: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+/// What every connection of a server shares.
+struct Shared {
+    resolver: Resolver,
+    limits: Limits,
+    counters: Counters,
+    next_session: AtomicU64,
+}
+
+/// A 9P2000.L server over the mounts its resolver names.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+/// A listening server; stops accepting and ends its sessions when
+/// dropped or [`Listening::stop`]ped.
+pub struct Listening {
+    /// The address it listens on (a TCP port 0 resolved).
+    pub address: Listen,
+    stop: watch::Sender<bool>,
+    server: Server,
+}
+
+impl Listening {
+    /// Stops accepting and closes every session.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// The server's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.server.shared.counters
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.stop();
+        if let Listen::Unix(path) = &self.address {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Server {
+    /// A server whose attaches are resolved by `resolver`.
+    pub fn new(resolver: Resolver, limits: Limits) -> Server {
+        Server {
+            shared: Arc::new(Shared {
+                resolver,
+                limits,
+                counters: Counters::default(),
+                next_session: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Starts listening on `listen` on `runtime`.
+    pub fn listen(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        listen: &Listen,
+    ) -> std::io::Result<Listening> {
+        let (stop, stopped) = watch::channel(false);
+        let _guard = runtime.enter();
+        let address = match listen {
+            Listen::Unix(path) => {
+                let listener = tokio::net::UnixListener::bind(path)?;
+                let server = self.clone();
+                runtime.spawn(async move {
+                    let mut stopped2 = stopped.clone();
+                    loop {
+                        tokio::select! {
+                            accepted = listener.accept() => match accepted {
+                                Ok((stream, _)) => server.start_session(stream, stopped.clone()),
+                                Err(e) => tracing::warn!("9p accept: {e}"),
+                            },
+                            _ = stopped2.changed() => break,
+                        }
+                    }
+                });
+                listen.clone()
+            }
+            Listen::Tcp(addr) => {
+                let std_listener = std::net::TcpListener::bind(addr)?;
+                std_listener.set_nonblocking(true)?;
+                let local = std_listener.local_addr()?;
+                let listener = tokio::net::TcpListener::from_std(std_listener)?;
+                let server = self.clone();
+                runtime.spawn(async move {
+                    let mut stopped2 = stopped.clone();
+                    loop {
+                        tokio::select! {
+                            accepted = listener.accept() => match accepted {
+                                Ok((stream, _)) => {
+                                    let _ = stream.set_nodelay(true);
+                                    server.start_session(stream, stopped.clone())
+                                }
+                                Err(e) => tracing::warn!("9p accept: {e}"),
+                            },
+                            _ = stopped2.changed() => break,
+                        }
+                    }
+                });
+                Listen::Tcp(local)
+            }
+            Listen::Fd(fd) => {
+                // SAFETY: the caller hands over an open stream socket it no
+                // longer uses; from here this server owns (and closes) it.
+                let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(*fd) };
+                std_stream.set_nonblocking(true)?;
+                let stream = tokio::net::UnixStream::from_std(std_stream)?;
+                self.start_session(stream, stopped);
+                listen.clone()
+            }
+        };
+        Ok(Listening {
+            address,
+            stop,
+            server: self.clone(),
+        })
+    }
+
+    fn start_session<S>(&self, stream: S, stopped: watch::Receiver<bool>)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let open = shared
+            .counters
+            .sessions_open
+            .fetch_add(1, Ordering::Relaxed);
+        if open >= shared.limits.max_sessions {
+            shared
+                .counters
+                .sessions_open
+                .fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!("9p: {open} sessions open, refusing another");
+            return;
+        }
+        shared
+            .counters
+            .sessions_total
+            .fetch_add(1, Ordering::Relaxed);
+        let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let result = run_session(shared.clone(), id, stream, stopped).await;
+            if let Err(e) = result {
+                tracing::debug!("9p session {id} ended: {e}");
+            }
+            shared
+                .counters
+                .sessions_open
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// A request being worked on.
+struct InFlight {
+    /// Set by `Tflush`: a request that has not started yet is dropped.
+    cancelled: AtomicBool,
+    done: Notify,
+    finished: AtomicBool,
+}
+
+type Writer<S> = Arc<tokio::sync::Mutex<tokio::io::WriteHalf<S>>>;
+
+async fn send<S: AsyncWrite>(writer: &Writer<S>, buf: &[u8]) -> std::io::Result<()> {
+    writer.lock().await.write_all(buf).await
+}
+
+fn encode(tag: u16, reply: &Reply) -> Vec<u8> {
+    let mut out = Vec::with_capacity(match reply {
+        Reply::Read { data } | Reply::Readdir { data } => data.len() + 16,
+        _ => 64,
+    });
+    reply.encode(tag, &mut out);
+    out
+}
+
+async fn run_session<S>(
+    shared: Arc<Shared>,
+    id: u64,
+    stream: S,
+    mut stopped: watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let writer: Writer<S> = Arc::new(tokio::sync::Mutex::new(write_half));
+    let session = Arc::new(Session::new(shared.resolver.clone(), shared.limits, id));
+    let outstanding = Arc::new(Semaphore::new(shared.limits.max_outstanding));
+    let inflight: Arc<Mutex<HashMap<u16, Arc<InFlight>>>> = Arc::default();
+
+    let result: std::io::Result<()> = async {
+        loop {
+            let mut size = [0u8; 4];
+            tokio::select! {
+                r = reader.read_exact(&mut size) => { r?; }
+                _ = stopped.changed() => return Ok(()),
+            }
+            let size = u32::from_le_bytes(size);
+            let max = session.msize();
+            if !(7..=max).contains(&size) {
+                shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                let e = DecodeError::BadSize { size, max };
+                tracing::warn!("9p session {id}: {e}; closing");
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            }
+            let mut body = BytesMut::zeroed(size as usize - 4);
+            reader.read_exact(&mut body).await?;
+            let body: Bytes = body.freeze();
+            shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+            let tag = u16::from_le_bytes([body[1], body[2]]);
+            let req = match proto::decode_request(body) {
+                Ok((_, req)) => req,
+                Err(e) => {
+                    shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("9p session {id}: tag {tag}: {e}");
+                    let ecode = match e {
+                        DecodeError::UnknownType(_) => libc::EOPNOTSUPP,
+                        _ => libc::EINVAL,
+                    };
+                    send(
+                        &writer,
+                        &encode(
+                            tag,
+                            &Reply::Lerror {
+                                ecode: ecode as u32,
+                            },
+                        ),
+                    )
+                    .await?;
+                    continue;
+                }
+            };
+            match req {
+                Request::Version { msize, version } => {
+                    // Let everything in flight finish, then start over.
+                    let all = shared.limits.max_outstanding as u32;
+                    let permits = outstanding
+                        .acquire_many(all)
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    let reply = session.version(msize, &version);
+                    drop(permits);
+                    send(&writer, &encode(tag, &reply)).await?;
+                }
+                Request::Flush { oldtag } => {
+                    let pending = inflight.lock().get(&oldtag).cloned();
+                    let writer = writer.clone();
+                    tokio::spawn(async move {
+                        if let Some(old) = pending {
+                            old.cancelled.store(true, Ordering::SeqCst);
+                            let notified = old.done.notified();
+                            if !old.finished.load(Ordering::SeqCst) {
+                                notified.await;
+                            }
+                        }
+                        let _ = send(&writer, &encode(tag, &Reply::Flush {})).await;
+                    });
+                }
+                req if Session::is_slow(&req) => {
+                    let permit = outstanding
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    let entry = Arc::new(InFlight {
+                        cancelled: AtomicBool::new(false),
+                        done: Notify::new(),
+                        finished: AtomicBool::new(false),
+                    });
+                    if inflight.lock().insert(tag, entry.clone()).is_some() {
+                        let e = format!("tag {tag} reused while in flight");
+                        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+                    }
+                    let (session, writer, inflight) =
+                        (session.clone(), writer.clone(), inflight.clone());
+                    tokio::spawn(async move {
+                        let work = entry.clone();
+                        let s = session.clone();
+                        let reply = tokio::task::spawn_blocking(move || {
+                            if work.cancelled.load(Ordering::SeqCst) {
+                                return None;
+                            }
+                            Some(s.handle(req))
+                        })
+                        .await
+                        .ok()
+                        .flatten();
+                        if let Some(reply) = reply {
+                            let _ = send(&writer, &encode(tag, &reply)).await;
+                        }
+                        inflight.lock().remove(&tag);
+                        entry.finished.store(true, Ordering::SeqCst);
+                        entry.done.notify_waiters();
+                        drop(permit);
+                    });
+                }
+                req => {
+                    let reply = session.handle(req);
+                    send(&writer, &encode(tag, &reply)).await?;
+                }
+            }
+        }
+    }
+    .await;
+    // Wait for requests in flight before the session lets go of its fids.
+    let _ = outstanding
+        .acquire_many(shared.limits.max_outstanding as u32)
+        .await;
+    session.end();
+    result
+}
