@@ -5,11 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 # FUSE tests need /dev/fuse; the runtime test needs bubblewrap, gVisor's
-# runsc and a Debian root filesystem built by debootstrap (cached).
+# runsc and a Debian root filesystem built by debootstrap (cached); the
+# 9p test boots a QEMU guest against the daemon's 9P listener and diod.
 scripts/install-deps.sh bubblewrap runsc runc debootstrap tar umoci
 fixtures/debian-rootfs.sh bookworm-minbase
 fixtures/oci-debian.sh bookworm-minbase
 fixtures/pjdfstest.sh
+# The 9p guest: Debian's kernel and a busybox initramfs for QEMU (cached),
+# with qemu-system-x86 and diod.
+fixtures/guest-9p.sh >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

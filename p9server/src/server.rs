@@ -286,6 +286,7 @@ fn encode(tag: u16, reply: &Reply) -> Vec<u8> {
         _ => 64,
     });
     reply.encode(tag, &mut out);
+    tracing::trace!(tag, reply = reply.name(), "9p reply");
     out
 }
 
@@ -347,6 +348,7 @@ where
                     continue;
                 }
             };
+            tracing::trace!(session = id, tag, request = req.name(), "9p request");
             match req {
                 Request::Version { msize, version } => {
                     // Let everything in flight finish, then start over.

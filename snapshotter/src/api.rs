@@ -86,6 +86,39 @@ pub enum Op {
     /// Mounts `count` copies of a snapshot under a directory.
     #[serde(rename = "snapshot.fork")]
     SnapshotFork(SnapshotFork),
+    /// Serves a mount (or, without one, every mount by its id as the
+    /// attach name) over 9P2000.L on `listen`. With `fd:N` the daemon
+    /// answers `{send_fd: true}` and the client then passes the socket
+    /// (`SCM_RIGHTS`, one byte) before the final answer.
+    #[serde(rename = "serve9p.start")]
+    Serve9pStart(Serve9pStart),
+    #[serde(rename = "serve9p.list")]
+    Serve9pList,
+    /// Stops a 9P listener and closes its sessions.
+    #[serde(rename = "serve9p.stop")]
+    Serve9pStop { listen: String },
+}
+
+/// `serve9p.start` arguments.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Serve9pStart {
+    /// A mount id or mount point; absent: the attach name picks the mount.
+    #[serde(default)]
+    pub mount: Option<String>,
+    /// `unix:PATH`, `tcp:HOST:PORT` (port 0 picks one) or `fd:N`.
+    pub listen: String,
+}
+
+/// One 9P listener of the daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Serve9pInfo {
+    /// Where it listens (a TCP port 0 resolved).
+    pub listen: String,
+    /// The mount it serves; absent when the attach name picks.
+    pub mount: Option<String>,
+    pub sessions_open: usize,
+    pub sessions_total: u64,
+    pub requests: u64,
 }
 
 /// `snapshot.create` arguments.

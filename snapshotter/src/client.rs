@@ -77,6 +77,24 @@ impl Client {
         serde_json::from_value(value).context("the node daemon's result is not understood")
     }
 
+    /// Sends a request that hands the daemon descriptor `fd` (it answers
+    /// `{send_fd: true}` first) and returns the final result.
+    pub fn call_passing_fd<T: DeserializeOwned>(
+        &mut self,
+        op: Op,
+        fd: std::os::fd::RawFd,
+    ) -> anyhow::Result<T> {
+        self.send(op)?;
+        let ask = self.receive()?;
+        if ask.get("send_fd").and_then(|v| v.as_bool()) != Some(true) {
+            bail!("the node daemon did not ask for the descriptor");
+        }
+        crate::fdpass::send_fd(&self.writer, fd)
+            .with_context(|| format!("passing descriptor {fd} to the node daemon"))?;
+        let value = self.receive()?;
+        serde_json::from_value(value).context("the node daemon's result is not understood")
+    }
+
     /// Sends a request whose answer streams bytes (a streamed export),
     /// copies them to `out` and returns the final result.
     pub fn call_streaming<T: DeserializeOwned>(

@@ -40,6 +40,7 @@ use crate::api::{
 };
 use crate::exit;
 use crate::output::Output;
+use crate::serve9p;
 use crate::snapshots::{now_secs, tree_bytes, Catalog, MOUNT_ROOTS_REF_PREFIX};
 use crate::store_cmd::open;
 
@@ -66,6 +67,8 @@ struct Daemon {
     snapshot_lock: Mutex<()>,
     /// The daemon itself, for threads that outlive a request.
     me: std::sync::OnceLock<std::sync::Weak<Daemon>>,
+    /// 9P listeners (set right after start: they find mounts through `me`).
+    p9: std::sync::OnceLock<serve9p::Service>,
 }
 
 /// What a new mount shows.
@@ -322,6 +325,7 @@ impl Daemon {
                 let _ = session.join();
             }
             tracing::info!(mount = mount.info.id, "unmounted from outside; ending it");
+            self.p9().forget_mount(&mount.info.id);
             self.discard(&mount.info.id);
         }
     }
@@ -546,12 +550,7 @@ impl Daemon {
         };
         let (fs, mount, parent, image) = {
             let mounts = self.mounts.lock();
-            let id = Self::find_mount(&mounts, &args.mount).ok_or_else(|| {
-                anyhow!(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("no mount with id or mount point '{}'", args.mount),
-                ))
-            })?;
+            let id = Self::find_mount_or_not_found(&mounts, &args.mount)?;
             let live = &mounts[&id];
             let parent = match (&live.last_snapshot, &live.info.snapshot) {
                 (Some(last), _) if dir.is_none() => last.clone(),
@@ -616,12 +615,7 @@ impl Daemon {
         }
         let (tree, _) = self.catalog.tree_of(snapshot)?;
         let mounts = self.mounts.lock();
-        let id = Self::find_mount(&mounts, key).ok_or_else(|| {
-            anyhow!(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("no mount with id or mount point '{key}'"),
-            ))
-        })?;
+        let id = Self::find_mount_or_not_found(&mounts, key)?;
         let live = &mounts[&id];
         self.catalog.update_roots(&id, |r| r.grafts.push(tree))?;
         let (parent, _) = live.fs.graft(trimmed.as_bytes(), tree).map_err(|e| {
@@ -696,15 +690,35 @@ impl Daemon {
             .map(|m| m.info.id.clone())
     }
 
+    /// [`Daemon::find_mount`], or a not-found error naming `key`.
+    fn find_mount_or_not_found(
+        mounts: &BTreeMap<String, LiveMount>,
+        key: &str,
+    ) -> anyhow::Result<String> {
+        Self::find_mount(mounts, key).ok_or_else(|| {
+            anyhow!(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no mount with id or mount point '{key}'"),
+            ))
+        })
+    }
+
+    /// A live mount's id and filesystem (for 9P attaches).
+    fn find_fs(&self, key: &str) -> Option<(String, Arc<CowFs>)> {
+        let mounts = self.mounts.lock();
+        let id = Self::find_mount(&mounts, key)?;
+        let fs = mounts[&id].fs.clone();
+        Some((id, fs))
+    }
+
+    fn p9(&self) -> &serve9p::Service {
+        self.p9.get().expect("set at start")
+    }
+
     fn mount_remove(&self, key: &str) -> anyhow::Result<MountInfo> {
         let mut mount = {
             let mut mounts = self.mounts.lock();
-            let id = Self::find_mount(&mounts, key).ok_or_else(|| {
-                anyhow!(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("no mount with id or mount point '{key}'"),
-                ))
-            })?;
+            let id = Self::find_mount_or_not_found(&mounts, key)?;
             let mount = &mounts[&id];
             // A plain unmount: fails with EBUSY while something uses it,
             // rather than detaching a root filesystem a sandbox still runs on.
@@ -725,6 +739,7 @@ impl Daemon {
             ..mount.info.clone()
         };
         drop(mount);
+        self.p9().forget_mount(&info.id);
         self.discard(&info.id);
         Ok(info)
     }
@@ -734,6 +749,7 @@ impl Daemon {
     /// sandboxes' mounts. (A daemon that dies instead keeps them: the next
     /// one restores them.)
     fn shutdown(&self) {
+        self.p9().stop_all();
         let mounts = std::mem::take(&mut *self.mounts.lock());
         for (id, mut mount) in mounts {
             let _ = umount(&mount.info.mountpoint, libc::MNT_DETACH);
@@ -885,6 +901,31 @@ impl Daemon {
                 self.fork(args)
                     .and_then(|mounts| Ok(serde_json::to_value(mounts)?)),
             ),
+            Op::Serve9pStart(args) => {
+                let fd = if serve9p::Service::wants_fd(&args) {
+                    let ask = answer(Ok(serde_json::json!({ "send_fd": true })));
+                    if api::write_line(conn, &ask).is_err() {
+                        return answer(Err(anyhow!("the client went away")));
+                    }
+                    match crate::fdpass::recv_fd(conn) {
+                        Ok(fd) => Some(fd),
+                        Err(e) => return answer(Err(anyhow!(e).context("receiving the socket"))),
+                    }
+                } else {
+                    None
+                };
+                json(
+                    self.p9()
+                        .start(args, fd)
+                        .and_then(|info| Ok(serde_json::to_value(info)?)),
+                )
+            }
+            Op::Serve9pList => json(serde_json::to_value(self.p9().list()).map_err(Into::into)),
+            Op::Serve9pStop { listen } => json(
+                self.p9()
+                    .stop(&listen)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
         }
     }
 
@@ -980,8 +1021,14 @@ pub fn run(home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
         catalog,
         snapshot_lock: Mutex::new(()),
         me: std::sync::OnceLock::new(),
+        p9: std::sync::OnceLock::new(),
     });
     let _ = daemon.me.set(Arc::downgrade(&daemon));
+    {
+        let me = Arc::downgrade(&daemon);
+        let find: serve9p::FindMount = Arc::new(move |key| me.upgrade()?.find_fs(key));
+        let _ = daemon.p9.set(serve9p::Service::new(find));
+    }
     daemon
         .recover()
         .context("cleaning up after the previous daemon")?;

@@ -11,10 +11,13 @@ mod blob_cmd;
 mod client;
 mod daemon;
 mod exit;
+mod fdpass;
 mod home;
 mod image_cmd;
 mod output;
 mod ref_cmd;
+mod serve9p;
+mod serve9p_cmd;
 mod snapshot_cmd;
 mod snapshots;
 mod store_cmd;
@@ -71,6 +74,9 @@ enum Command {
     Snapshot(snapshot_cmd::SnapshotCommand),
     /// Mount N copies of a snapshot (each its own copy-on-write mount).
     Fork(snapshot_cmd::ForkArgs),
+    /// Serve a mount over 9P2000.L (the daemon listens); list or stop
+    /// listeners.
+    Serve9p(serve9p_cmd::Serve9pArgs),
     /// Run the node daemon in the foreground; it owns the store and every
     /// mount, and answers on HOME/snapd.sock (see snapshotter/API.md).
     Daemon,
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
         Command::Umount { mount } => image_cmd::umount(&mount, &home, &out),
         Command::Snapshot(cmd) => snapshot_cmd::run(cmd, &home, &out),
         Command::Fork(args) => snapshot_cmd::fork(args, &home, &out),
+        Command::Serve9p(args) => serve9p_cmd::run(args, &home, &out),
         Command::Daemon => daemon::run(&home, &out),
     };
     match result {
