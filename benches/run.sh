@@ -4,6 +4,7 @@
 #   benches/run.sh cas [--runs N] [--inputs usr,debian,random] ...
 #   benches/run.sh layerfs [--runs N] [--fio-seconds S]
 #   benches/run.sh snapshot [--runs N] [--call-runs N] [--forks 100,1000] [--quick]
+#   benches/run.sh p9 [--runs N] [--seconds S] [--sessions N] [--many N]
 # Installs casync, zstd, b3sum and debootstrap, and builds the Debian root
 # filesystem fixtures once (cached under $STRATA_FIXTURES). Needs root (to
 # drop the page cache for cold reads and to run debootstrap).
@@ -30,8 +31,14 @@ case "$bench" in
         cargo build --release --locked -p strata-benches -p snapshotter
         exec target/release/strata-bench snapshot "$@"
         ;;
+    p9)
+        scripts/install-deps.sh diod
+        fixtures/debian-rootfs.sh bookworm-buildd
+        cargo build --release --locked -p strata-benches -p snapshotter
+        exec target/release/strata-bench p9 "$@"
+        ;;
     *)
-        echo "unknown benchmark '$bench' (known: cas, layerfs, snapshot)" >&2
+        echo "unknown benchmark '$bench' (known: cas, layerfs, snapshot, p9)" >&2
         exit 2
         ;;
 esac

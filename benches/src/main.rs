@@ -5,9 +5,11 @@
 //! `benches/RESULTS.md` with the machine and the date.
 
 mod cas_bench;
+mod daemon;
 mod demo;
 mod layerfs_bench;
 mod machine;
+mod p9_bench;
 mod report;
 mod snapshot_bench;
 mod tools;
@@ -42,6 +44,9 @@ enum Command {
     /// The snapshot benchmark: Strata's snapshot, restore and fork vs
     /// tar+zstd of an overlayfs upper directory vs btrfs snapshots.
     Snapshot(snapshot_bench::Args),
+    /// The 9P benchmark: Strata's 9P2000.L server vs diod, driven by a
+    /// load client over a Unix socket and loopback TCP.
+    P9(p9_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +62,6 @@ fn main() -> anyhow::Result<()> {
         Command::Cas(args) => cas_bench::run(args),
         Command::Layerfs(args) => layerfs_bench::run(args),
         Command::Snapshot(args) => snapshot_bench::run(args),
+        Command::P9(args) => p9_bench::run(args),
     }
 }

@@ -9,15 +9,15 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
+use crate::daemon::StrataDaemon;
 use crate::machine;
 use crate::report::{median, write_section};
 use crate::tools::{disk_usage, remove, require, shell_quote, timed};
@@ -201,78 +201,6 @@ struct Figures {
 }
 
 // ------------------------------------------------------------- Strata
-
-/// The node daemon, spoken to over its socket.
-struct StrataDaemon {
-    child: Child,
-    home: PathBuf,
-    conn: BufReader<UnixStream>,
-}
-
-impl StrataDaemon {
-    fn start(snapctl: &Path, home: &Path) -> Result<StrataDaemon> {
-        if !home.join("strata-store.json").exists() {
-            let status = Command::new(snapctl)
-                .args(["--home"])
-                .arg(home)
-                .args(["store", "init"])
-                .stdout(Stdio::null())
-                .status()?;
-            if !status.success() {
-                bail!("snapctl store init failed");
-            }
-        }
-        let child = Command::new(snapctl)
-            .arg("--home")
-            .arg(home)
-            .arg("daemon")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the node daemon")?;
-        let socket = home.join("snapd.sock");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let stream = loop {
-            match UnixStream::connect(&socket) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => return Err(e).context("connecting to the node daemon"),
-            }
-        };
-        Ok(StrataDaemon {
-            child,
-            home: home.to_path_buf(),
-            conn: BufReader::new(stream),
-        })
-    }
-
-    fn call(&mut self, op: &str, args: Value) -> Result<Value> {
-        let mut line = serde_json::to_vec(&json!({ "api": 1, "op": op, "args": args }))?;
-        line.push(b'\n');
-        self.conn.get_mut().write_all(&line)?;
-        let mut answer = String::new();
-        self.conn.read_line(&mut answer)?;
-        let value: Value = serde_json::from_str(&answer).context("daemon answer")?;
-        if value["ok"] != true {
-            bail!("{op} failed: {}", value["error"]["message"]);
-        }
-        Ok(value["result"].clone())
-    }
-
-    fn store_bytes(&self) -> Result<u64> {
-        Ok(disk_usage(&self.home.join("packs"))? + disk_usage(&self.home.join("index"))?)
-    }
-}
-
-impl Drop for StrataDaemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid; SIGTERM makes the
-        // daemon unmount everything and exit.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
 
 fn strata(args: &Args, scenarios: &[Scenario]) -> Result<(Vec<Figures>, f64)> {
     let base = args.work.join("strata");

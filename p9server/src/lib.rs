@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod proto;
+pub mod reply;
 pub mod server;
 pub mod session;
 pub mod wire;

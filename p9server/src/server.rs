@@ -14,17 +14,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::proto::{self, Reply, Request};
+use crate::reply::{Encoded, ReplyWriter};
 use crate::session::{Resolver, Session};
 use crate::wire::DecodeError;
 
@@ -233,7 +234,7 @@ impl Server {
 
     fn start_session<S>(&self, stream: S, stopped: watch::Receiver<bool>)
     where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        S: AsyncRead + AsRawFd + Send + Unpin + 'static,
     {
         let shared = self.shared.clone();
         let open = shared
@@ -274,20 +275,67 @@ struct InFlight {
     finished: AtomicBool,
 }
 
-type Writer<S> = Arc<tokio::sync::Mutex<tokio::io::WriteHalf<S>>>;
-
-async fn send<S: AsyncWrite>(writer: &Writer<S>, buf: &[u8]) -> std::io::Result<()> {
-    writer.lock().await.write_all(buf).await
+/// Encodes a reply; the data of `Rread` and `Rreaddir` stays where it is
+/// and goes out as a second part.
+fn encode(tag: u16, reply: &Reply) -> Encoded {
+    tracing::trace!(tag, reply = reply.name(), "9p reply");
+    match reply {
+        Reply::Read { data } | Reply::Readdir { data } => {
+            let mut head = Vec::with_capacity(proto::READ_OVERHEAD as usize);
+            let size = proto::READ_OVERHEAD + data.len() as u32;
+            head.extend_from_slice(&size.to_le_bytes());
+            head.push(reply.code());
+            head.extend_from_slice(&tag.to_le_bytes());
+            head.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            Encoded {
+                head,
+                payload: Some(data.clone()),
+            }
+        }
+        _ => {
+            let mut head = Vec::with_capacity(64);
+            reply.encode(tag, &mut head);
+            Encoded {
+                head,
+                payload: None,
+            }
+        }
+    }
 }
 
-fn encode(tag: u16, reply: &Reply) -> Vec<u8> {
-    let mut out = Vec::with_capacity(match reply {
-        Reply::Read { data } | Reply::Readdir { data } => data.len() + 16,
-        _ => 64,
-    });
-    reply.encode(tag, &mut out);
-    tracing::trace!(tag, reply = reply.name(), "9p reply");
-    out
+/// Splits a connection's byte stream into messages without copying: the
+/// bytes are read into one buffer and each message body is split off it.
+struct Framer<S> {
+    stream: S,
+    buf: BytesMut,
+}
+
+impl<S: AsyncRead + Unpin> Framer<S> {
+    /// The next message's bytes after its size field. A size outside
+    /// `7..=max` is an error (the stream cannot be resynchronised).
+    async fn next(&mut self, max: u32) -> std::io::Result<Bytes> {
+        loop {
+            if self.buf.len() >= 4 {
+                let size = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+                if !(7..=max).contains(&size) {
+                    let e = DecodeError::BadSize { size, max };
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+                }
+                let size = size as usize;
+                if self.buf.len() >= size {
+                    let mut msg = self.buf.split_to(size);
+                    let _ = msg.split_to(4);
+                    return Ok(msg.freeze());
+                }
+                self.buf.reserve(size - self.buf.len());
+            } else {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
 }
 
 async fn run_session<S>(
@@ -297,33 +345,32 @@ async fn run_session<S>(
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsRawFd + Send + Unpin + 'static,
 {
-    let (read_half, write_half) = tokio::io::split(stream);
-    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
-    let writer: Writer<S> = Arc::new(tokio::sync::Mutex::new(write_half));
+    let writer = Arc::new(ReplyWriter::new(stream.as_raw_fd())?);
+    let mut framer = Framer {
+        stream,
+        buf: BytesMut::with_capacity(64 * 1024),
+    };
     let session = Arc::new(Session::new(shared.resolver.clone(), shared.limits, id));
     let outstanding = Arc::new(Semaphore::new(shared.limits.max_outstanding));
     let inflight: Arc<Mutex<HashMap<u16, Arc<InFlight>>>> = Arc::default();
 
     let result: std::io::Result<()> = async {
         loop {
-            let mut size = [0u8; 4];
-            tokio::select! {
-                r = reader.read_exact(&mut size) => { r?; }
+            let body = tokio::select! {
+                r = framer.next(session.msize()) => match r {
+                    Ok(body) => body,
+                    Err(e) => {
+                        if e.kind() == std::io::ErrorKind::InvalidData {
+                            shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!("9p session {id}: {e}; closing");
+                        }
+                        return Err(e);
+                    }
+                },
                 _ = stopped.changed() => return Ok(()),
-            }
-            let size = u32::from_le_bytes(size);
-            let max = session.msize();
-            if !(7..=max).contains(&size) {
-                shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                let e = DecodeError::BadSize { size, max };
-                tracing::warn!("9p session {id}: {e}; closing");
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
-            }
-            let mut body = BytesMut::zeroed(size as usize - 4);
-            reader.read_exact(&mut body).await?;
-            let body: Bytes = body.freeze();
+            };
             shared.counters.requests.fetch_add(1, Ordering::Relaxed);
             let tag = u16::from_le_bytes([body[1], body[2]]);
             let req = match proto::decode_request(body) {
@@ -335,16 +382,10 @@ where
                         DecodeError::UnknownType(_) => libc::EOPNOTSUPP,
                         _ => libc::EINVAL,
                     };
-                    send(
-                        &writer,
-                        &encode(
-                            tag,
-                            &Reply::Lerror {
-                                ecode: ecode as u32,
-                            },
-                        ),
-                    )
-                    .await?;
+                    let reply = Reply::Lerror {
+                        ecode: ecode as u32,
+                    };
+                    writer.send(encode(tag, &reply)).await?;
                     continue;
                 }
             };
@@ -359,7 +400,7 @@ where
                         .map_err(std::io::Error::other)?;
                     let reply = session.version(msize, &version);
                     drop(permits);
-                    send(&writer, &encode(tag, &reply)).await?;
+                    writer.send(encode(tag, &reply)).await?;
                 }
                 Request::Flush { oldtag } => {
                     let pending = inflight.lock().get(&oldtag).cloned();
@@ -372,10 +413,18 @@ where
                                 notified.await;
                             }
                         }
-                        let _ = send(&writer, &encode(tag, &Reply::Flush {})).await;
+                        let _ = writer.send(encode(tag, &Reply::Flush {})).await;
                     });
                 }
-                req if Session::is_slow(&req) => {
+                // Reads and writes mostly hit the page cache: answered
+                // inline while nothing else of this session is in flight or
+                // waiting (one thread hand-off less), else on the pool so
+                // that a pipelining client's requests run side by side.
+                req if Session::is_slow(&req)
+                    && !(Session::is_data(&req)
+                        && outstanding.available_permits() == shared.limits.max_outstanding
+                        && framer.buf.is_empty()) =>
+                {
                     let permit = outstanding
                         .clone()
                         .acquire_owned()
@@ -392,20 +441,12 @@ where
                     }
                     let (session, writer, inflight) =
                         (session.clone(), writer.clone(), inflight.clone());
-                    tokio::spawn(async move {
-                        let work = entry.clone();
-                        let s = session.clone();
-                        let reply = tokio::task::spawn_blocking(move || {
-                            if work.cancelled.load(Ordering::SeqCst) {
-                                return None;
-                            }
-                            Some(s.handle(req))
-                        })
-                        .await
-                        .ok()
-                        .flatten();
-                        if let Some(reply) = reply {
-                            let _ = send(&writer, &encode(tag, &reply)).await;
+                    // The blocking thread answers and writes the reply
+                    // itself (see `reply`).
+                    tokio::task::spawn_blocking(move || {
+                        if !entry.cancelled.load(Ordering::SeqCst) {
+                            let reply = session.handle(req);
+                            let _ = writer.send_blocking(&encode(tag, &reply));
                         }
                         inflight.lock().remove(&tag);
                         entry.finished.store(true, Ordering::SeqCst);
@@ -415,7 +456,7 @@ where
                 }
                 req => {
                     let reply = session.handle(req);
-                    send(&writer, &encode(tag, &reply)).await?;
+                    writer.send(encode(tag, &reply)).await?;
                 }
             }
         }

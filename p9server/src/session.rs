@@ -216,6 +216,12 @@ impl Session {
         )
     }
 
+    /// Whether a request reads or writes file data (usually page-cache
+    /// work: see `server`).
+    pub fn is_data(req: &Request) -> bool {
+        matches!(req, Request::Read { .. } | Request::Write { .. })
+    }
+
     /// Answers one request (not `Tversion` or `Tflush`, which the server
     /// handles because they concern the connection).
     pub fn handle(&self, req: Request) -> Reply {

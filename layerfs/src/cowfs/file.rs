@@ -120,7 +120,7 @@ enum LayerState {
     /// Blocks in `present` come from the data file, bytes below
     /// `lower_limit` otherwise from `base`, the rest are zeros.
     Local {
-        file: Option<File>,
+        file: Option<Arc<File>>,
         present: Vec<u64>,
         lower_limit: u64,
         base: Base,
@@ -148,7 +148,7 @@ impl Layer {
             path,
             size: layout.size,
             state: RwLock::new(LayerState::Local {
-                file,
+                file: file.map(Arc::new),
                 present: layout.present,
                 lower_limit: layout.lower_limit,
                 base: layout.base,
@@ -182,7 +182,7 @@ impl Layer {
                 base,
             } => read_blocks(
                 store,
-                file.as_ref(),
+                file.as_deref(),
                 present,
                 *lower_limit,
                 base,
@@ -317,7 +317,7 @@ struct Inner {
     lower_limit: u64,
     /// Blocks whose bytes are in the upper file.
     present: Vec<u64>,
-    upper: Option<File>,
+    upper: Option<Arc<File>>,
     /// Bytes charged to the quota for this file.
     charged: u64,
     /// The upper file was created and its directory entry not yet synced.
@@ -423,7 +423,7 @@ impl FileData {
             .ok();
         let mut inner = Inner::new(name, base, size, lower_limit);
         inner.present = present;
-        inner.upper = upper;
+        inner.upper = upper.map(Arc::new);
         let charge = inner.charge_for(size, 0..0);
         inner.charged = charge;
         used.fetch_add(charge, Ordering::Relaxed);
@@ -601,7 +601,7 @@ impl FileData {
         let mut out = vec![0u8; (end - offset) as usize];
         read_blocks(
             store,
-            inner.upper.as_ref(),
+            inner.upper.as_deref(),
             &inner.present,
             inner.lower_limit,
             &inner.base,
@@ -626,10 +626,10 @@ impl FileData {
                 .mode(0o600)
                 .open(self.dir.join(&inner.name))
                 .map_err(io)?;
-            inner.upper = Some(file);
+            inner.upper = Some(Arc::new(file));
             inner.created = true;
         }
-        inner.upper.as_ref().ok_or(Errno::EIO)
+        inner.upper.as_deref().ok_or(Errno::EIO)
     }
 
     fn apply_charge(&self, inner: &mut Inner, new_charge: u64) {
@@ -774,11 +774,10 @@ impl FileData {
 
     /// Makes the upper data durable.
     pub(crate) fn sync(&self) -> FsResult<()> {
-        {
-            let inner = self.inner.read();
-            if let Some(file) = &inner.upper {
-                file.sync_data().map_err(io)?;
-            }
+        // Synced outside the lock: writers to the file go on meanwhile.
+        let upper = self.inner.read().upper.clone();
+        if let Some(file) = upper {
+            file.sync_data().map_err(io)?;
         }
         self.sync_new_name()
     }
@@ -803,19 +802,17 @@ impl FileData {
     /// journaled one). `Ok(false)`: the host filesystem keeps no user
     /// xattrs, and the caller journals instead.
     pub(crate) fn sync_with_mtime(&self, mtime: Timestamp) -> FsResult<bool> {
-        {
-            let inner = self.inner.read();
-            let Some(file) = &inner.upper else {
-                return Ok(true);
-            };
-            let mut value = [0u8; 12];
-            value[..8].copy_from_slice(&mtime.secs.to_le_bytes());
-            value[8..].copy_from_slice(&mtime.nanos.to_le_bytes());
-            if xattr::FileExt::set_xattr(file, MTIME_XATTR, &value).is_err() {
-                return Ok(false);
-            }
-            file.sync_all().map_err(io)?;
+        // Synced outside the lock: writers to the file go on meanwhile.
+        let Some(file) = self.inner.read().upper.clone() else {
+            return Ok(true);
+        };
+        let mut value = [0u8; 12];
+        value[..8].copy_from_slice(&mtime.secs.to_le_bytes());
+        value[8..].copy_from_slice(&mtime.nanos.to_le_bytes());
+        if xattr::FileExt::set_xattr(&*file, MTIME_XATTR, &value).is_err() {
+            return Ok(false);
         }
+        file.sync_all().map_err(io)?;
         self.sync_new_name()?;
         Ok(true)
     }

@@ -1,0 +1,88 @@
+//! The node daemon under benchmark, spoken to over its API socket as a
+//! platform would.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::tools::disk_usage;
+
+/// The node daemon, spoken to over its socket.
+pub struct StrataDaemon {
+    child: Child,
+    pub home: PathBuf,
+    conn: BufReader<UnixStream>,
+}
+
+impl StrataDaemon {
+    /// Starts the daemon of `home`, initialising its store first.
+    pub fn start(snapctl: &Path, home: &Path) -> Result<StrataDaemon> {
+        if !home.join("strata-store.json").exists() {
+            let status = Command::new(snapctl)
+                .args(["--home"])
+                .arg(home)
+                .args(["store", "init"])
+                .stdout(Stdio::null())
+                .status()?;
+            if !status.success() {
+                bail!("snapctl store init failed");
+            }
+        }
+        let child = Command::new(snapctl)
+            .arg("--home")
+            .arg(home)
+            .arg("daemon")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the node daemon")?;
+        let socket = home.join("snapd.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match UnixStream::connect(&socket) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => return Err(e).context("connecting to the node daemon"),
+            }
+        };
+        Ok(StrataDaemon {
+            child,
+            home: home.to_path_buf(),
+            conn: BufReader::new(stream),
+        })
+    }
+
+    /// Calls one API operation; its result.
+    pub fn call(&mut self, op: &str, args: Value) -> Result<Value> {
+        let mut line = serde_json::to_vec(&json!({ "api": 1, "op": op, "args": args }))?;
+        line.push(b'\n');
+        self.conn.get_mut().write_all(&line)?;
+        let mut answer = String::new();
+        self.conn.read_line(&mut answer)?;
+        let value: Value = serde_json::from_str(&answer).context("daemon answer")?;
+        if value["ok"] != true {
+            bail!("{op} failed: {}", value["error"]["message"]);
+        }
+        Ok(value["result"].clone())
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn store_bytes(&self) -> Result<u64> {
+        Ok(disk_usage(&self.home.join("packs"))? + disk_usage(&self.home.join("index"))?)
+    }
+}
+
+impl Drop for StrataDaemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid; SIGTERM makes the
+        // daemon unmount everything and exit.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
