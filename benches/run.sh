@@ -34,8 +34,9 @@ case "$bench" in
     p9)
         scripts/install-deps.sh diod
         fixtures/debian-rootfs.sh bookworm-buildd
+        guest=$(fixtures/guest-9p.sh)
         cargo build --release --locked -p strata-benches -p snapshotter
-        exec target/release/strata-bench p9 "$@"
+        exec target/release/strata-bench p9 --guest "$guest" "$@"
         ;;
     *)
         echo "unknown benchmark '$bench' (known: cas, layerfs, snapshot, p9)" >&2

@@ -53,6 +53,10 @@ pub struct Args {
     /// The `snapctl` binary (the node daemon).
     #[arg(long, default_value = "target/release/snapctl")]
     snapctl: PathBuf,
+    /// The 9p test guest (`fixtures/guest-9p.sh` prints it); without it the
+    /// guest's smoke figure is left out.
+    #[arg(long)]
+    guest: Option<PathBuf>,
     /// Results file to update.
     #[arg(long, default_value = "benches/RESULTS.md")]
     results: PathBuf,
@@ -152,6 +156,16 @@ fn timed_loop(
     Ok(total as f64 / elapsed)
 }
 
+/// [`timed_loop`] with the concurrent workloads' session count and time.
+fn sessions_loop(
+    args: &Args,
+    target: &Target,
+    setup: impl Fn(&mut Client, usize) -> Result<()> + Sync,
+    work: impl Fn(&mut Client, usize, &mut Rng) -> Result<u64> + Sync,
+) -> Result<f64> {
+    timed_loop(target, args.sessions, args.seconds, setup, work)
+}
+
 fn open_file(c: &mut Client, fid: u32, path: &str, flags: i32) -> Result<()> {
     c.walk(0, fid, path)?;
     c.lopen(fid, flags as u32)?;
@@ -222,41 +236,23 @@ fn workloads(args: &Args, target: &Target, scratch: &str, cold: &dyn Fn()) -> Re
     // 4 KiB random I/O on that file.
     let blocks = bytes / 4096;
     let open_rw = |c: &mut Client, _: usize| open_file(c, 1, &file, libc::O_RDWR);
-    out.push(timed_loop(
-        target,
-        args.sessions,
-        args.seconds,
-        open_rw,
-        |c, _, rng| {
-            c.read(1, rng.next() % blocks * 4096, 4096)?;
-            Ok(1)
-        },
-    )?);
+    out.push(sessions_loop(args, target, open_rw, |c, _, rng| {
+        c.read(1, rng.next() % blocks * 4096, 4096)?;
+        Ok(1)
+    })?);
     let block = [0x5au8; 4096];
-    out.push(timed_loop(
-        target,
-        args.sessions,
-        args.seconds,
-        open_rw,
-        |c, _, rng| {
-            c.write(1, rng.next() % blocks * 4096, &block)?;
-            Ok(1)
-        },
-    )?);
-    out.push(timed_loop(
-        target,
-        args.sessions,
-        args.seconds,
-        open_rw,
-        |c, _, rng| {
-            c.write(1, rng.next() % blocks * 4096, &block)?;
-            c.call(&Request::Fsync {
-                fid: 1,
-                datasync: 0,
-            })?;
-            Ok(1)
-        },
-    )?);
+    out.push(sessions_loop(args, target, open_rw, |c, _, rng| {
+        c.write(1, rng.next() % blocks * 4096, &block)?;
+        Ok(1)
+    })?);
+    out.push(sessions_loop(args, target, open_rw, |c, _, rng| {
+        c.write(1, rng.next() % blocks * 4096, &block)?;
+        c.call(&Request::Fsync {
+            fid: 1,
+            datasync: 0,
+        })?;
+        Ok(1)
+    })?);
 
     // Metadata.
     let walk_getattr = |c: &mut Client, _: usize, _: &mut Rng| -> Result<u64> {
@@ -265,23 +261,16 @@ fn workloads(args: &Args, target: &Target, scratch: &str, cold: &dyn Fn()) -> Re
         c.clunk(2)?;
         Ok(1)
     };
-    out.push(timed_loop(
-        target,
-        args.sessions,
-        args.seconds,
-        |_, _| Ok(()),
-        walk_getattr,
-    )?);
+    out.push(sessions_loop(args, target, |_, _| Ok(()), walk_getattr)?);
     for i in 0..args.sessions {
         mkdir(&mut c, &format!("{scratch}/m{i}"))?;
     }
     let counters: Vec<std::sync::atomic::AtomicU64> = (0..args.sessions)
         .map(|_| std::sync::atomic::AtomicU64::new(0))
         .collect();
-    out.push(timed_loop(
+    out.push(sessions_loop(
+        args,
         target,
-        args.sessions,
-        args.seconds,
         |_, _| Ok(()),
         |c, i, _| {
             let n = counters[i].fetch_add(1, Ordering::Relaxed);
@@ -299,10 +288,9 @@ fn workloads(args: &Args, target: &Target, scratch: &str, cold: &dyn Fn()) -> Re
         let _ = c.lcreate(4, &format!("entry-{n:04}"), 0o644);
         c.clunk(4)?;
     }
-    out.push(timed_loop(
+    out.push(sessions_loop(
+        args,
         target,
-        args.sessions,
-        args.seconds,
         |_, _| Ok(()),
         |c, _, _| {
             c.walk(0, 5, &listing)?;
@@ -460,6 +448,42 @@ impl Drop for Diod {
     }
 }
 
+/// The guest's smoke figure: Debian's kernel in QEMU (TCG) mounts the
+/// server's tree over 9p (virtio-serial relayed into `trans=fd`, 64 KiB
+/// msize) and times `tar` of all of it. Seconds and bytes.
+fn guest_tar(guest: &Path, socket: &Path, aname: &str) -> Result<(f64, u64)> {
+    let output = Command::new("timeout")
+        .arg("1800")
+        .arg("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", "768", "-nodefaults", "-no-reboot"])
+        .args(["-display", "none", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(guest.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(guest.join("initramfs.gz"))
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 quiet panic=-1 strata.mode=smoke strata.aname={aname}"
+        ))
+        .args(["-device", "virtio-serial-pci"])
+        .arg("-chardev")
+        .arg(format!("socket,id=p9,path={}", socket.display()))
+        .args(["-device", "virtserialport,chardev=p9,name=strata9p"])
+        .output()
+        .context("running qemu-system-x86_64")?;
+    let console = String::from_utf8_lossy(&output.stdout);
+    let figure = |name: &str| -> Option<u64> {
+        console
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    match (figure("TIME tar_ms"), figure("TIME tar_bytes")) {
+        (Some(ms), Some(bytes)) => Ok((ms as f64 / 1000.0, bytes)),
+        _ => bail!("the guest printed no tar figures:\n{console}"),
+    }
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -517,6 +541,18 @@ pub fn run(args: Args) -> Result<()> {
     let strata_tcp: Listen = tcp["listen"].as_str().context("listen address")?.parse()?;
 
     let export_name = export.display().to_string();
+    // The guest's own tar of the pristine tree through the kernel client.
+    let mut smoke = Vec::new();
+    if let Some(guest) = &args.guest {
+        for (label, socket, aname) in [
+            ("diod", &diod_sock, export_name.as_str()),
+            ("Strata", &strata_sock, ""),
+        ] {
+            eprintln!("guest tar through {label}");
+            let (secs, bytes) = guest_tar(guest, socket, aname)?;
+            smoke.push((label, secs, bytes));
+        }
+    }
     let targets = [
         Target {
             label: "diod, Unix socket".into(),
@@ -571,14 +607,20 @@ pub fn run(args: Args) -> Result<()> {
         })
         .collect();
     drop(daemon);
-    let body = report(&args, &targets, &medians, &work);
+    let body = report(&args, &targets, &medians, &smoke, &work);
     write_section(&args.results, "p9", &body)?;
     println!("{body}");
     remove(&work)?;
     Ok(())
 }
 
-fn report(args: &Args, targets: &[Target], m: &[Vec<f64>], work: &Path) -> String {
+fn report(
+    args: &Args,
+    targets: &[Target],
+    m: &[Vec<f64>],
+    smoke: &[(&str, f64, u64)],
+    work: &Path,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## 9P2000.L server: Strata vs diod\n");
     let _ = writeln!(
@@ -612,6 +654,23 @@ fn report(args: &Args, targets: &[Target], m: &[Vec<f64>], work: &Path) -> Strin
                 "—".into()
             };
             let _ = writeln!(s, "| {name} | {d:.0} | {st:.0} | {:.2}× | {big} |", st / d);
+        }
+        let _ = writeln!(s);
+    }
+    if !smoke.is_empty() {
+        let _ = writeln!(
+            s,
+            "**Smoke figure, the guest's own client** (Debian's 6.1 kernel under QEMU TCG, \
+             virtio-serial relayed through fifos into `trans=fd`, msize 64 KiB; one run; \
+             this measures the emulator and the relay more than the servers): `tar` of the \
+             whole tree —"
+        );
+        for (label, secs, bytes) in smoke {
+            let _ = writeln!(
+                s,
+                "{label} {secs:.1} s ({:.1} MB/s, {bytes} bytes of archive);",
+                *bytes as f64 / 1e6 / secs
+            );
         }
         let _ = writeln!(s);
     }

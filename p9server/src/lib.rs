@@ -12,12 +12,18 @@
 //!   async task per connection, concurrent requests answered out of order,
 //!   `Tflush`, per-session limits.
 
+#[cfg(feature = "server")]
 pub mod client;
 pub mod proto;
+#[cfg(feature = "server")]
 pub mod reply;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod session;
 pub mod wire;
 
+#[cfg(feature = "server")]
 pub use server::{Limits, Listen, Listening, Server};
+#[cfg(feature = "server")]
 pub use session::Resolver;
