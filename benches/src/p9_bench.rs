@@ -452,25 +452,13 @@ impl Drop for Diod {
 /// server's tree over 9p (virtio-serial relayed into `trans=fd`, 64 KiB
 /// msize) and times `tar` of all of it. Seconds and bytes.
 fn guest_tar(guest: &Path, socket: &Path, aname: &str) -> Result<(f64, u64)> {
-    let output = Command::new("timeout")
-        .arg("1800")
-        .arg("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "768", "-nodefaults", "-no-reboot"])
-        .args(["-display", "none", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(guest.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(guest.join("initramfs.gz"))
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 quiet panic=-1 strata.mode=smoke strata.aname={aname}"
-        ))
-        .args(["-device", "virtio-serial-pci"])
-        .arg("-chardev")
-        .arg(format!("socket,id=p9,path={}", socket.display()))
-        .args(["-device", "virtserialport,chardev=p9,name=strata9p"])
+    let output = Command::new("fixtures/boot-guest-9p.sh")
+        .arg(guest)
+        .arg(socket)
+        .arg("strata.mode=smoke")
+        .arg(format!("strata.aname={aname}"))
         .output()
-        .context("running qemu-system-x86_64")?;
+        .context("running fixtures/boot-guest-9p.sh")?;
     let console = String::from_utf8_lossy(&output.stdout);
     let figure = |name: &str| -> Option<u64> {
         console

@@ -48,21 +48,11 @@ struct GuestRun {
 /// Boots the guest with its 9p port connected to `socket`.
 fn boot(guest: &Path, socket: &Path, append: &str) -> GuestRun {
     let started = Instant::now();
-    let out = Command::new("timeout")
-        .arg("900")
-        .arg("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "768", "-nodefaults", "-no-reboot"])
-        .args(["-display", "none", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(guest.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(guest.join("initramfs.gz"))
-        .arg("-append")
-        .arg(format!("console=ttyS0 quiet panic=-1 {append}"))
-        .args(["-device", "virtio-serial-pci"])
-        .arg("-chardev")
-        .arg(format!("socket,id=p9,path={}", socket.display()))
-        .args(["-device", "virtserialport,chardev=p9,name=strata9p"])
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/boot-guest-9p.sh");
+    let out = Command::new(script)
+        .arg(guest)
+        .arg(socket)
+        .args(append.split_whitespace())
         .output()
         .expect("run qemu-system-x86_64");
     let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
