@@ -256,7 +256,7 @@ fn workloads(args: &Args, target: &Target, scratch: &str, cold: &dyn Fn()) -> Re
 
     // Metadata.
     let walk_getattr = |c: &mut Client, _: usize, _: &mut Rng| -> Result<u64> {
-        c.walk(0, 2, "usr/bin/bash")?;
+        c.walk(0, 2, "usr/share/common-licenses/GPL-3")?;
         c.getattr(2)?;
         c.clunk(2)?;
         Ok(1)
@@ -618,7 +618,9 @@ fn report(
          and `diod -n` exporting a copy of the same tree from ext4, over the same \
          transports, in one run. Medians of {} runs; timed loops run {} s; {} sessions for \
          random I/O and metadata, {} for the many-sessions row; a {} MiB file for \
-         sequential and random I/O. msize 64 KiB (diod's largest) unless stated.\n",
+         sequential and random I/O; walk + getattr walks `usr/share/common-licenses/GPL-3` \
+         from the root, gets its attributes and clunks (3 messages); create is walk + \
+         lcreate + clunk. msize 64 KiB (diod's largest) unless stated.\n",
         args.image.display(),
         args.runs,
         args.seconds,
