@@ -13,6 +13,7 @@
 //! but not memory.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::PathBuf;
@@ -177,19 +178,7 @@ impl Server {
         let address = match listen {
             Listen::Unix(path) => {
                 let listener = tokio::net::UnixListener::bind(path)?;
-                let server = self.clone();
-                runtime.spawn(async move {
-                    let mut stopped2 = stopped.clone();
-                    loop {
-                        tokio::select! {
-                            accepted = listener.accept() => match accepted {
-                                Ok((stream, _)) => server.start_session(stream, stopped.clone()),
-                                Err(e) => tracing::warn!("9p accept: {e}"),
-                            },
-                            _ = stopped2.changed() => break,
-                        }
-                    }
-                });
+                self.spawn_accept_loop(runtime, listener, stopped);
                 listen.clone()
             }
             Listen::Tcp(addr) => {
@@ -197,22 +186,7 @@ impl Server {
                 std_listener.set_nonblocking(true)?;
                 let local = std_listener.local_addr()?;
                 let listener = tokio::net::TcpListener::from_std(std_listener)?;
-                let server = self.clone();
-                runtime.spawn(async move {
-                    let mut stopped2 = stopped.clone();
-                    loop {
-                        tokio::select! {
-                            accepted = listener.accept() => match accepted {
-                                Ok((stream, _)) => {
-                                    let _ = stream.set_nodelay(true);
-                                    server.start_session(stream, stopped.clone())
-                                }
-                                Err(e) => tracing::warn!("9p accept: {e}"),
-                            },
-                            _ = stopped2.changed() => break,
-                        }
-                    }
-                });
+                self.spawn_accept_loop(runtime, listener, stopped);
                 Listen::Tcp(local)
             }
             Listen::Fd(fd) => {
@@ -230,6 +204,28 @@ impl Server {
             stop,
             server: self.clone(),
         })
+    }
+
+    /// Accepts connections on `listener` until stopped, each a session.
+    fn spawn_accept_loop<A: Acceptor>(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        listener: A,
+        stopped: watch::Receiver<bool>,
+    ) {
+        let server = self.clone();
+        runtime.spawn(async move {
+            let mut stop = stopped.clone();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept_stream() => match accepted {
+                        Ok(stream) => server.start_session(stream, stopped.clone()),
+                        Err(e) => tracing::warn!("9p accept: {e}"),
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+        });
     }
 
     fn start_session<S>(&self, stream: S, stopped: watch::Receiver<bool>)
@@ -264,6 +260,30 @@ impl Server {
                 .sessions_open
                 .fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// A listening socket whose connections become sessions.
+trait Acceptor: Send + Sync + 'static {
+    type Stream: AsyncRead + AsRawFd + Send + Unpin + 'static;
+    /// The next connection, set up for a session.
+    fn accept_stream(&self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Acceptor for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_stream(&self) -> std::io::Result<Self::Stream> {
+        Ok(self.accept().await?.0)
+    }
+}
+
+impl Acceptor for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_stream(&self) -> std::io::Result<Self::Stream> {
+        let (stream, _) = self.accept().await?;
+        // Replies are whole messages: send each at once.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
     }
 }
 
@@ -416,12 +436,13 @@ where
                         let _ = writer.send(encode(tag, &Reply::Flush {})).await;
                     });
                 }
-                // Reads and writes mostly hit the page cache: answered
-                // inline while nothing else of this session is in flight or
-                // waiting (one thread hand-off less), else on the pool so
-                // that a pipelining client's requests run side by side.
+                // Reads, writes, listings and opens are mostly memory
+                // work: answered inline while nothing else of this session
+                // is in flight or waiting (one thread hand-off less), else
+                // on the pool so that a pipelining client's requests run
+                // side by side.
                 req if Session::is_slow(&req)
-                    && !(Session::is_data(&req)
+                    && !(Session::is_usually_quick(&req)
                         && outstanding.available_permits() == shared.limits.max_outstanding
                         && framer.buf.is_empty()) =>
                 {

@@ -216,10 +216,17 @@ impl Session {
         )
     }
 
-    /// Whether a request reads or writes file data (usually page-cache
-    /// work: see `server`).
-    pub fn is_data(req: &Request) -> bool {
-        matches!(req, Request::Read { .. } | Request::Write { .. })
+    /// Whether a slow-listed request is usually memory work all the same:
+    /// reading or writing file data (the page cache), listing a directory
+    /// or opening without truncating (what they need is loaded already or
+    /// in the chunk cache). The server answers these inline while the
+    /// session has nothing else in flight (see `server`).
+    pub fn is_usually_quick(req: &Request) -> bool {
+        match req {
+            Request::Read { .. } | Request::Write { .. } | Request::Readdir { .. } => true,
+            Request::Lopen { flags, .. } => flags & libc::O_TRUNC as u32 == 0,
+            _ => false,
+        }
     }
 
     /// Answers one request (not `Tversion` or `Tflush`, which the server
@@ -379,20 +386,12 @@ impl Session {
                 let st =
                     dir.fs
                         .create(dir.ino, &name, mode & 0o7777, Caller { uid: dir.uid, gid })?;
-                let mut fids = self.fids.lock();
-                match fids.get_mut(&fid) {
-                    Some(f) if matches!(f.open, Open::No) => {
-                        f.ino = st.ino;
-                        f.kind = st.kind;
-                        f.at = Some((dir.ino, name));
-                        f.open = Open::File { write: true };
-                    }
-                    _ => {
-                        drop(fids);
-                        dir.fs.release(st.ino);
-                        return err(libc::EBADF);
-                    }
-                }
+                self.mark_open(fid, &dir.fs, st.ino, None, |f| {
+                    f.ino = st.ino;
+                    f.kind = st.kind;
+                    f.at = Some((dir.ino, name));
+                    f.open = Open::File { write: true };
+                })?;
                 Ok(Reply::Lcreate {
                     qid: qid_of(st.ino, st.kind),
                     iounit: 0,
@@ -791,6 +790,32 @@ impl Session {
         Ok(Reply::Walk { qids })
     }
 
+    /// Records what was opened (`opened`, in `fs`) on `fid` with `update`,
+    /// if the fid is still unopened and, with `expect`, still names that
+    /// inode (another request may have clunked or reused it meanwhile);
+    /// otherwise gives the opened inode back and answers EBADF.
+    fn mark_open(
+        &self,
+        fid: u32,
+        fs: &Arc<CowFs>,
+        opened: Ino,
+        expect: Option<Ino>,
+        update: impl FnOnce(&mut Fid),
+    ) -> FsResult<()> {
+        let mut fids = self.fids.lock();
+        match fids.get_mut(&fid) {
+            Some(f) if matches!(f.open, Open::No) && expect.is_none_or(|ino| f.ino == ino) => {
+                update(f);
+                Ok(())
+            }
+            _ => {
+                drop(fids);
+                fs.release(opened);
+                err(libc::EBADF)
+            }
+        }
+    }
+
     fn lopen(&self, fid: u32, flags: u32) -> FsResult<Reply> {
         let f = self.get(fid)?;
         let access = flags & libc::O_ACCMODE as u32;
@@ -807,15 +832,7 @@ impl Session {
             }
             _ => return err(libc::EINVAL),
         };
-        let mut fids = self.fids.lock();
-        match fids.get_mut(&fid) {
-            Some(x) if matches!(x.open, Open::No) && x.ino == f.ino => x.open = open,
-            _ => {
-                drop(fids);
-                f.fs.release(f.ino);
-                return err(libc::EBADF);
-            }
-        }
+        self.mark_open(fid, &f.fs, f.ino, Some(f.ino), |x| x.open = open)?;
         Ok(Reply::Lopen {
             qid: qid_of(f.ino, f.kind),
             iounit: 0,

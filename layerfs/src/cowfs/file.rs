@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 use cas::{Blob, ChunkId, Store};
 use parking_lot::RwLock;
 
+use super::sync_group::SyncGroup;
 use super::{Errno, FsResult};
 use crate::tree::Timestamp;
 
@@ -295,6 +296,9 @@ pub(crate) struct FileData {
     /// Size, lower limit or present blocks changed since last journaled
     /// (what `fdatasync` must make durable besides the bytes).
     layout_dirty: AtomicBool,
+    /// Group commit of this file's `fsync`s and of its `fdatasync`s.
+    pub(crate) full_syncs: SyncGroup,
+    pub(crate) data_syncs: SyncGroup,
 }
 
 impl std::fmt::Debug for FileData {
@@ -396,6 +400,8 @@ impl FileData {
             prefetched_to: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             layout_dirty: AtomicBool::new(false),
+            full_syncs: SyncGroup::default(),
+            data_syncs: SyncGroup::default(),
         }
     }
 

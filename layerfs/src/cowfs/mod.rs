@@ -18,6 +18,7 @@ mod journal;
 pub mod locks;
 mod recovery;
 mod snapshot;
+mod sync_group;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -1583,7 +1584,16 @@ impl CowFs {
     }
 
     fn sync_file(&self, ino: Ino, data_only: bool) -> FsResult<()> {
-        if let Ok(data) = self.file(ino) {
+        let Ok(data) = self.file(ino) else {
+            return self.sync_journal();
+        };
+        // Callers syncing this file at once share one sync (group commit).
+        let group = if data_only {
+            &data.data_syncs
+        } else {
+            &data.full_syncs
+        };
+        group.sync(|| {
             if data.layout_dirty() {
                 // Size or blocks changed: the journal must say so.
                 data.sync()?;
@@ -1603,8 +1613,8 @@ impl CowFs {
             } else {
                 data.sync()?;
             }
-        }
-        self.sync_journal()
+            self.sync_journal()
+        })
     }
 
     /// Makes directory `ino`'s entries durable (and everything journaled
