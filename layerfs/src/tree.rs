@@ -10,6 +10,7 @@
 //! without knowing this format. `FORMAT.md` has the byte layout.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cas::{ChunkId, Node, NodeType};
 
@@ -51,6 +52,20 @@ impl Timestamp {
     /// A timestamp, with `nanos` checked to be below one second.
     pub fn new(secs: i64, nanos: u32) -> Option<Timestamp> {
         (nanos < 1_000_000_000).then_some(Timestamp { secs, nanos })
+    }
+
+    /// The same instant as a [`SystemTime`] (saturating at the limits of
+    /// what the platform represents).
+    pub fn to_system_time(self) -> SystemTime {
+        let nanos = Duration::from_nanos(u64::from(self.nanos.min(999_999_999)));
+        let whole = Duration::from_secs(self.secs.unsigned_abs());
+        let at = if self.secs >= 0 {
+            UNIX_EPOCH.checked_add(whole)
+        } else {
+            UNIX_EPOCH.checked_sub(whole)
+        };
+        at.and_then(|at| at.checked_add(nanos))
+            .unwrap_or(UNIX_EPOCH)
     }
 }
 

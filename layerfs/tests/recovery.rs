@@ -32,6 +32,11 @@ fn copy_dir(from: &Path, to: &Path) {
             copy_dir(&entry.path(), &target);
         } else {
             std::fs::copy(entry.path(), &target).unwrap();
+            // A crash leaves each file with its mtime (recovery reads data
+            // files' mtimes).
+            let mtime = entry.metadata().unwrap().modified().unwrap();
+            let copied = std::fs::OpenOptions::new().write(true).open(&target);
+            copied.unwrap().set_modified(mtime).unwrap();
         }
     }
 }
@@ -257,4 +262,64 @@ fn every_kind_of_change_survives_recovery() {
         std::fs::metadata(&journal).unwrap().len() > len,
         "cut and appended to"
     );
+}
+
+/// An in-place overwrite's mtime lives in its data file; an older mtime
+/// set explicitly afterwards (as `touch -d` does) must win after a crash,
+/// and an in-place overwrite after that must win again.
+#[test]
+fn explicit_times_after_in_place_syncs_survive_recovery() {
+    let (tmp, store) = store();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("file"), vec![1u8; 200_000]).unwrap();
+    let tree = common::import_dir(&store, "base", &src);
+    let upper = tmp.path().join("upper");
+    let config = MountConfig {
+        upper_dir: upper.clone(),
+        quota_bytes: 1 << 30,
+    };
+    let fs = CowFs::new(store.clone(), tree, config.clone()).unwrap();
+    let ino = lookup(&fs, "file");
+    fs.open(ino, false).unwrap();
+    fs.write(ino, 10, b"first").unwrap();
+    fs.fsync(ino).unwrap();
+    // An in-place overwrite, synced: its mtime is the file's.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    fs.write(ino, 20, b"second").unwrap();
+    fs.fsync(ino).unwrap();
+    let written = fs.getattr(ino).unwrap().mtime;
+    // Then an explicit, older mtime.
+    let old = Timestamp {
+        secs: 1_000_000_000,
+        nanos: 5,
+    };
+    fs.setattr(
+        ino,
+        SetAttr {
+            mtime: Some(TimeSet::At(old)),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    // Made durable by a sync of the journal, not of this file.
+    fs.fsyncdir(ROOT_INO).unwrap();
+    let before = dump(&fs);
+    drop(fs);
+    let (fs, _) = CowFs::recover(store.clone(), tree, config.clone()).unwrap();
+    assert_eq!(fs.getattr(lookup(&fs, "file")).unwrap().mtime, old);
+    assert_eq!(dump(&fs), before);
+    assert!(written > old);
+
+    // Written in place again and synced: the new mtime comes back.
+    let ino = lookup(&fs, "file");
+    fs.open(ino, false).unwrap();
+    fs.write(ino, 30, b"third").unwrap();
+    fs.fsync(ino).unwrap();
+    let before = dump(&fs);
+    let third = fs.getattr(ino).unwrap().mtime;
+    drop(fs);
+    let (fs, _) = CowFs::recover(store, tree, config).unwrap();
+    assert_eq!(fs.getattr(lookup(&fs, "file")).unwrap().mtime, third);
+    assert_eq!(dump(&fs), before);
 }

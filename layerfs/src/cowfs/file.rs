@@ -8,29 +8,51 @@
 //! once the snapshot's tree is stored the layer is replaced, in place, by
 //! the blob holding its bytes ([`Layer::convert`]).
 
-use std::fs::{File, OpenOptions};
+use std::collections::HashMap;
+use std::fs::{File, FileTimes, OpenOptions};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::UNIX_EPOCH;
 
 use cas::{Blob, ChunkId, Store};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
-use super::sync_group::SyncGroup;
 use super::{Errno, FsResult};
 use crate::tree::Timestamp;
 
 /// Copy-up granularity: a write copies at most the blocks it touches.
 pub const BLOCK_SIZE: u64 = 64 << 10;
-/// Extended attribute of an upper data file holding the file's mtime as of
-/// its last in-place `fsync` (12 bytes: seconds i64 LE, nanoseconds u32 LE).
-pub(crate) const MTIME_XATTR: &str = "user.strata.mtime";
 /// How far ahead of a sequential reader lower chunks are loaded.
 const READ_AHEAD: u64 = 4 << 20;
 /// Largest file size accepted (as ext4's 16 TiB).
 const MAX_FILE_SIZE: u64 = 16 << 40;
+
+/// Opens an upper data file for reading and writing (`create`: making it
+/// if absent). Reads must not move its atime, the mark of an mtime given
+/// by [`FileData::sync`]; O_NOATIME needs ownership of the file, so
+/// without it the file is opened plainly (and recovery may then miss an
+/// in-place overwrite's mtime, never take a wrong one: a read sets the
+/// atime to the time of the read, which differs from the mtime).
+fn open_data_file(path: &Path, create: bool) -> std::io::Result<File> {
+    let open = |flags| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(flags)
+            .open(path)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        opened => opened,
+    }
+}
 
 /// A blob as a file's base, opened on first read.
 pub(crate) struct BlobBase {
@@ -296,9 +318,8 @@ pub(crate) struct FileData {
     /// Size, lower limit or present blocks changed since last journaled
     /// (what `fdatasync` must make durable besides the bytes).
     layout_dirty: AtomicBool,
-    /// Group commit of this file's `fsync`s and of its `fdatasync`s.
-    pub(crate) full_syncs: SyncGroup,
-    pub(crate) data_syncs: SyncGroup,
+    /// The mtime this process last gave the data file.
+    upper_mtime: Mutex<Option<Timestamp>>,
 }
 
 impl std::fmt::Debug for FileData {
@@ -400,8 +421,7 @@ impl FileData {
             prefetched_to: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             layout_dirty: AtomicBool::new(false),
-            full_syncs: SyncGroup::default(),
-            data_syncs: SyncGroup::default(),
+            upper_mtime: Mutex::new(None),
         }
     }
 
@@ -422,11 +442,7 @@ impl FileData {
         lower_limit: u64,
         present: Vec<u64>,
     ) -> FileData {
-        let upper = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(dir.join(&name))
-            .ok();
+        let upper = open_data_file(&dir.join(&name), false).ok();
         let mut inner = Inner::new(name, base, size, lower_limit);
         inner.present = present;
         inner.upper = upper.map(Arc::new);
@@ -543,6 +559,7 @@ impl FileData {
         inner.base = Base::Layer(layer.clone());
         inner.lower_limit = inner.size;
         inner.created = false;
+        *self.upper_mtime.lock() = None;
         self.apply_charge(&mut inner, 0);
         (
             FrozenFile {
@@ -624,16 +641,13 @@ impl FileData {
 
     fn upper<'i>(&self, inner: &'i mut Inner) -> FsResult<&'i File> {
         if inner.upper.is_none() {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(self.dir.join(&inner.name))
+            let file = open_data_file(&self.dir.join(&inner.name), true).map_err(io)?;
+            // A new file's atime equals its mtime: clear the mark.
+            file.set_times(FileTimes::new().set_accessed(UNIX_EPOCH))
                 .map_err(io)?;
             inner.upper = Some(Arc::new(file));
             inner.created = true;
+            *self.upper_mtime.lock() = None;
         }
         inner.upper.as_deref().ok_or(Errno::EIO)
     }
@@ -778,14 +792,45 @@ impl FileData {
         Ok((at as u64).min(inner.size))
     }
 
-    /// Makes the upper data durable.
-    pub(crate) fn sync(&self) -> FsResult<()> {
+    /// Makes the upper data durable; without `data_only`, the data file's
+    /// own attributes too. With `mtime` (the file's), the data file is
+    /// given that mtime first unless it has it already, so the sync makes
+    /// the file's mtime durable as well (recovery adopts it: see
+    /// [`FileData::upper_mtimes`]).
+    pub(crate) fn sync(&self, data_only: bool, mtime: Option<Timestamp>) -> FsResult<()> {
         // Synced outside the lock: writers to the file go on meanwhile.
         let upper = self.inner.read().upper.clone();
         if let Some(file) = upper {
-            file.sync_data().map_err(io)?;
+            if data_only {
+                file.sync_data().map_err(io)?;
+            } else {
+                if let Some(mtime) = mtime {
+                    self.give_upper_mtime(&file, mtime)?;
+                }
+                file.sync_all().map_err(io)?;
+            }
         }
         self.sync_new_name()
+    }
+
+    /// Sets the data file's mtime (and, as the mark of it, its atime) to
+    /// `mtime` unless this process last set it to that. Between, writes
+    /// within one clock tick leave the data file's times as they are (the
+    /// kernel stamps files with the same tick-grained clock as the file's
+    /// mtime, see `CowFs::write`); a write in a later tick stamps the data
+    /// file's mtime and, the file's mtime having moved too, the next sync
+    /// gives it again.
+    fn give_upper_mtime(&self, file: &File, mtime: Timestamp) -> FsResult<()> {
+        let mut given = self.upper_mtime.lock();
+        if *given != Some(mtime) {
+            // atime = mtime marks the mtime as given here: a later write
+            // that stamps the data file changes its mtime alone.
+            let at = mtime.to_system_time();
+            file.set_times(FileTimes::new().set_accessed(at).set_modified(at))
+                .map_err(io)?;
+            *given = Some(mtime);
+        }
+        Ok(())
     }
 
     /// Makes a new data file's name durable (once).
@@ -801,35 +846,44 @@ impl FileData {
         Ok(())
     }
 
-    /// Makes the upper data durable together with the file's modification
-    /// time, kept in an extended attribute of the data file ([`MTIME_XATTR`]):
-    /// one sync of the data file covers an in-place overwrite, with no
-    /// journal record (recovery adopts that time when it is newer than the
-    /// journaled one). `Ok(false)`: the host filesystem keeps no user
-    /// xattrs, and the caller journals instead.
-    pub(crate) fn sync_with_mtime(&self, mtime: Timestamp) -> FsResult<bool> {
-        // Synced outside the lock: writers to the file go on meanwhile.
-        let Some(file) = self.inner.read().upper.clone() else {
-            return Ok(true);
-        };
-        let mut value = [0u8; 12];
-        value[..8].copy_from_slice(&mtime.secs.to_le_bytes());
-        value[8..].copy_from_slice(&mtime.nanos.to_le_bytes());
-        if xattr::FileExt::set_xattr(&*file, MTIME_XATTR, &value).is_err() {
-            return Ok(false);
+    /// Gives the data file (if there is one) the file's mtime `mtime` that
+    /// a truncation, an allocation or an explicit `utimensat` set, so that
+    /// recovery never prefers the time of an earlier write over it.
+    pub(crate) fn set_upper_mtime(&self, mtime: Timestamp) -> FsResult<()> {
+        match self.inner.read().upper.clone() {
+            Some(file) => self.give_upper_mtime(&file, mtime),
+            None => Ok(()),
         }
-        file.sync_all().map_err(io)?;
-        self.sync_new_name()?;
-        Ok(true)
     }
 
-    /// The modification time last synced with [`FileData::sync_with_mtime`].
-    pub(crate) fn synced_mtime(&self) -> Option<Timestamp> {
-        let path = self.dir.join(&self.inner.read().name);
-        let value = xattr::get(path, MTIME_XATTR).ok()??;
-        let secs = i64::from_le_bytes(value.get(..8)?.try_into().ok()?);
-        let nanos = u32::from_le_bytes(value.get(8..12)?.try_into().ok()?);
-        (nanos < 1_000_000_000).then_some(Timestamp { secs, nanos })
+    /// The mtime of every data file in `dir` by name that carries the mark
+    /// of an mtime given by [`FileData::sync`] (or by a truncation or an
+    /// explicit time change) and not moved by a write since: atime equal
+    /// to mtime. Read before recovery replays anything into the files;
+    /// where it is newer than the journal's, the file was synced after
+    /// its last journal record.
+    pub(crate) fn upper_mtimes(dir: &Path) -> HashMap<String, Timestamp> {
+        let mut out = HashMap::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let (Ok(name), Ok(meta)) = (entry.file_name().into_string(), entry.metadata()) else {
+                continue;
+            };
+            let marked = meta.atime() == meta.mtime() && meta.atime_nsec() == meta.mtime_nsec();
+            if let Some(t) = Timestamp::new(meta.mtime(), meta.mtime_nsec() as u32) {
+                if marked {
+                    out.insert(name, t);
+                }
+            }
+        }
+        out
+    }
+
+    /// The data file's name in the data directory.
+    pub(crate) fn upper_name(&self) -> String {
+        self.inner.read().name.clone()
     }
 
     /// Gives back this file's quota charge, keeping its data file (another

@@ -18,7 +18,6 @@ mod journal;
 pub mod locks;
 mod recovery;
 mod snapshot;
-mod sync_group;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -310,13 +309,28 @@ pub struct CowFs {
     journal: OnceLock<Journal>,
 }
 
+/// The time file times are stamped with: the kernel's tick-grained clock
+/// (`CLOCK_REALTIME_COARSE`), as the kernel stamps its own files. Within a
+/// tick, successive writes leave a file's mtime as it is, so an in-place
+/// `fsync` rarely has a new mtime to make durable (see `sync_file`).
 fn now() -> Timestamp {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        secs: d.as_secs() as i64,
-        nanos: d.subsec_nanos(),
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which lives on the stack.
+    let coarse = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0;
+    match coarse.then(|| Timestamp::new(ts.tv_sec, ts.tv_nsec as u32)) {
+        Some(Some(t)) => t,
+        _ => {
+            let d = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            Timestamp {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            }
+        }
     }
 }
 
@@ -939,6 +953,16 @@ impl CowFs {
             node.attrs.mtime = resolve(m);
         }
         node.attrs.ctime = t;
+        if let NodeKind::File(data) = &node.kind {
+            if set.size.is_some() || set.mtime.is_some() {
+                // Recovery adopts a data file's mtime that is newer than
+                // the journal's: the data file must not keep an earlier
+                // write's (or the truncation's own) time.
+                if let Err(e) = data.set_upper_mtime(node.attrs.mtime) {
+                    tracing::warn!("setting a data file's mtime: errno {}", e.0);
+                }
+            }
+        }
         self.mark_changed(&mut st, ino);
         if set.size.is_some() {
             self.log_data(&st, ino);
@@ -1477,6 +1501,9 @@ impl CowFs {
                 let t = now();
                 node.attrs.mtime = t;
                 node.attrs.ctime = t;
+                if let Err(e) = data.set_upper_mtime(t) {
+                    tracing::warn!("setting a data file's mtime: errno {}", e.0);
+                }
                 self.mark_changed(&mut st, ino);
                 self.log_data(&st, ino);
             }
@@ -1558,6 +1585,9 @@ impl CowFs {
     /// Writes `bytes` at `offset`; all or nothing (ENOSPC past the quota).
     pub fn write(&self, ino: Ino, offset: u64, bytes: &[u8]) -> FsResult<usize> {
         let data = self.file(ino)?;
+        if bytes.is_empty() {
+            return Ok(0); // as Linux: no effect, times unchanged
+        }
         data.write(&self.store, offset, bytes, self.quota)?;
         let mut st = self.state.lock();
         if let Some(node) = st.nodes.get_mut(&ino) {
@@ -1584,37 +1614,22 @@ impl CowFs {
     }
 
     fn sync_file(&self, ino: Ino, data_only: bool) -> FsResult<()> {
-        let Ok(data) = self.file(ino) else {
-            return self.sync_journal();
-        };
-        // Callers syncing this file at once share one sync (group commit).
-        let group = if data_only {
-            &data.data_syncs
-        } else {
-            &data.full_syncs
-        };
-        group.sync(|| {
-            if data.layout_dirty() {
-                // Size or blocks changed: the journal must say so.
-                data.sync()?;
+        if let Ok(data) = self.file(ino) {
+            // Size or blocks changed: the journal must say so, once the
+            // bytes are durable. An overwrite in place needs no record:
+            // its mtime rides as the data file's own, made durable with
+            // the bytes by one fsync of the data file.
+            let layout_changed = data.layout_dirty();
+            let mtime = (!data_only && !layout_changed)
+                .then(|| self.node(&self.state.lock(), ino).map(|n| n.attrs.mtime))
+                .transpose()?;
+            data.sync(data_only, mtime)?;
+            if layout_changed {
                 let st = self.state.lock();
                 self.log_data(&st, ino);
-            } else if data.is_dirty() && !data_only {
-                // An overwrite in place: the bytes and the new mtime are
-                // made durable by one sync of the data file.
-                let mtime = {
-                    let st = self.state.lock();
-                    self.node(&st, ino)?.attrs.mtime
-                };
-                if !data.sync_with_mtime(mtime)? {
-                    let st = self.state.lock();
-                    self.log_data(&st, ino);
-                }
-            } else {
-                data.sync()?;
             }
-            self.sync_journal()
-        })
+        }
+        self.sync_journal()
     }
 
     /// Makes directory `ino`'s entries durable (and everything journaled
@@ -1646,6 +1661,9 @@ impl CowFs {
             let t = now();
             node.attrs.mtime = t;
             node.attrs.ctime = t;
+            if let Err(e) = data.set_upper_mtime(t) {
+                tracing::warn!("setting a data file's mtime: errno {}", e.0);
+            }
         }
         self.mark_changed(&mut st, ino);
         self.log_data(&st, ino);

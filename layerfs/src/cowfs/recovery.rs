@@ -58,6 +58,8 @@ impl CowFs {
             .max()
             .unwrap_or(0);
         let fs = CowFs::unjournaled(store, lower, &config, last_epoch + 1)?;
+        // Before the replay touches them.
+        let upper_mtimes = FileData::upper_mtimes(&fs.data_dir);
         let mut report = RecoveryReport {
             records: contents.records.len(),
             torn_bytes: contents.torn_bytes,
@@ -76,7 +78,7 @@ impl CowFs {
                 );
             }
         }
-        fs.adopt_synced_mtimes();
+        fs.adopt_upper_mtimes(&upper_mtimes);
         // Replay set attributes and data directly: snapshots of a
         // recovered mount walk everything it has loaded.
         fs.state.lock().all_changed = true;
@@ -418,16 +420,17 @@ impl CowFs {
         }
     }
 
-    /// A file overwritten in place and fsynced keeps its new mtime in an
-    /// xattr of its data file (see `FileData::sync_with_mtime`): where that
-    /// is newer than what the journal says, it wins.
-    fn adopt_synced_mtimes(&self) {
+    /// A file overwritten in place after its last journal record (and
+    /// fsynced, or flushed by the kernel) carries its newer mtime as its
+    /// data file's (see `FileData::upper_mtime`): where that, as found
+    /// before the replay, is newer than what the journal says, it wins.
+    fn adopt_upper_mtimes(&self, found: &HashMap<String, Timestamp>) {
         let mut st = self.state.lock();
         for node in st.nodes.values_mut() {
             let NodeKind::File(data) = &node.kind else {
                 continue;
             };
-            if let Some(t) = data.synced_mtime() {
+            if let Some(&t) = found.get(&data.upper_name()) {
                 if t > node.attrs.mtime {
                     node.attrs.mtime = t;
                     node.attrs.ctime = t;
