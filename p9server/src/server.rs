@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::Interest;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::proto::{self, Reply, Request};
@@ -230,7 +230,7 @@ impl Server {
 
     fn start_session<S>(&self, stream: S, stopped: watch::Receiver<bool>)
     where
-        S: AsyncRead + AsRawFd + Send + Unpin + 'static,
+        S: Connection,
     {
         let shared = self.shared.clone();
         let open = shared
@@ -269,7 +269,7 @@ const TCP_SEND_BUFFER: usize = 4 << 20;
 
 /// A listening socket whose connections become sessions.
 trait Acceptor: Send + Sync + 'static {
-    type Stream: AsyncRead + AsRawFd + Send + Unpin + 'static;
+    type Stream: Connection;
     /// The next connection, set up for a session.
     fn accept_stream(&self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
 }
@@ -292,6 +292,72 @@ impl Acceptor for tokio::net::TcpListener {
         // loopback TCP starts at 16 KiB, under one 64 KiB read's reply.
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(TCP_SEND_BUFFER);
         Ok(stream)
+    }
+}
+
+/// A connected stream socket a session reads its requests from.
+trait Connection: AsRawFd + std::os::fd::AsFd + Sized + Send + Sync + Unpin + 'static {
+    /// Waits until the socket may be readable.
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Runs `f`; a `WouldBlock` from it clears the readiness it acted on.
+    fn try_io<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> std::io::Result<R>;
+
+    /// Reads what has arrived into `buf`'s spare room (0: end of stream).
+    /// A read that leaves room over has drained the socket, so it is told
+    /// to the runtime at once (the next read waits for new data) instead of
+    /// costing a further `recv` that would find nothing.
+    fn read_draining(
+        &self,
+        buf: &mut BytesMut,
+    ) -> impl Future<Output = std::io::Result<usize>> + Send {
+        async move {
+            loop {
+                self.readable().await?;
+                let socket = socket2::SockRef::from(self);
+                let mut got = None;
+                let result = self.try_io(|| {
+                    let spare = buf.spare_capacity_mut();
+                    let room = spare.len();
+                    let n = socket.recv(spare)?;
+                    got = Some(n);
+                    if n > 0 && n < room {
+                        // Drained: clear the readiness.
+                        Err(std::io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(())
+                    }
+                });
+                match (result, got) {
+                    (Ok(()), Some(n)) | (Err(_), Some(n)) => {
+                        // SAFETY: recv initialised the first n bytes of the
+                        // spare room it was given.
+                        unsafe { bytes::BufMut::advance_mut(buf, n) };
+                        return Ok(n);
+                    }
+                    (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    (Err(e), None) => return Err(e),
+                    (Ok(()), None) => unreachable!("recv ran and returned"),
+                }
+            }
+        }
+    }
+}
+
+impl Connection for tokio::net::UnixStream {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        tokio::net::UnixStream::readable(self)
+    }
+    fn try_io<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> std::io::Result<R> {
+        tokio::net::UnixStream::try_io(self, Interest::READABLE, f)
+    }
+}
+
+impl Connection for tokio::net::TcpStream {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        tokio::net::TcpStream::readable(self)
+    }
+    fn try_io<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> std::io::Result<R> {
+        tokio::net::TcpStream::try_io(self, Interest::READABLE, f)
     }
 }
 
@@ -338,7 +404,7 @@ struct Framer<S> {
     buf: BytesMut,
 }
 
-impl<S: AsyncRead + Unpin> Framer<S> {
+impl<S: Connection> Framer<S> {
     /// The next message's bytes after its size field. A size outside
     /// `7..=max` is an error (the stream cannot be resynchronised).
     async fn next(&mut self, max: u32) -> std::io::Result<Bytes> {
@@ -359,7 +425,7 @@ impl<S: AsyncRead + Unpin> Framer<S> {
             } else {
                 self.buf.reserve(64 * 1024);
             }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
+            if self.stream.read_draining(&mut self.buf).await? == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
         }
@@ -373,7 +439,7 @@ async fn run_session<S>(
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()>
 where
-    S: AsyncRead + AsRawFd + Send + Unpin + 'static,
+    S: Connection,
 {
     let writer = Arc::new(ReplyWriter::new(stream.as_raw_fd())?);
     let mut framer = Framer {

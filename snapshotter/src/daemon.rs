@@ -42,7 +42,7 @@ use crate::exit;
 use crate::output::Output;
 use crate::serve9p;
 use crate::snapshots::{now_secs, tree_bytes, Catalog, MOUNT_ROOTS_REF_PREFIX};
-use crate::store_cmd::open;
+use crate::store_cmd::open_with;
 
 /// Ref name prefix of live mounts' lower trees.
 const MOUNT_REF_PREFIX: &str = "mount/";
@@ -990,8 +990,36 @@ fn keep_large_buffers_lazy() {
     }
 }
 
+/// `snapctl daemon` options.
+#[derive(clap::Args, Debug)]
+pub struct DaemonArgs {
+    /// Memory for decompressed, verified chunks kept for repeated reads
+    /// (what serves a 9P client's re-reads of image files, which have no
+    /// kernel page cache on this side). Default: 1/16 of the machine's
+    /// memory, between 128 MiB and 2 GiB.
+    #[arg(long, value_parser = crate::output::parse_size, value_name = "SIZE")]
+    pub chunk_cache: Option<u64>,
+}
+
+/// The default chunk cache: 1/16 of physical memory, within 128 MiB..2 GiB.
+fn default_chunk_cache() -> u64 {
+    // SAFETY: sysconf only reads system constants.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let memory = if pages > 0 && page > 0 {
+        pages as u64 * page as u64
+    } else {
+        0
+    };
+    (memory / 16).clamp(128 << 20, 2 << 30)
+}
+
 /// `snapctl daemon`: runs the node daemon of `home` in the foreground.
-pub fn run(home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
+pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
     raise_open_file_limit();
     keep_large_buffers_lazy();
     let socket = api::socket_path(home);
@@ -1002,7 +1030,13 @@ pub fn run(home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
             socket.display()
         );
     }
-    let store = open(home)?;
+    let store = open_with(
+        home,
+        cas::OpenOptions {
+            chunk_cache_bytes: args.chunk_cache.unwrap_or_else(default_chunk_cache),
+            ..cas::OpenOptions::default()
+        },
+    )?;
     match fs::remove_file(&socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

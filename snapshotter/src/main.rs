@@ -79,7 +79,7 @@ enum Command {
     Serve9p(serve9p_cmd::Serve9pArgs),
     /// Run the node daemon in the foreground; it owns the store and every
     /// mount, and answers on HOME/snapd.sock (see snapshotter/API.md).
-    Daemon,
+    Daemon(daemon::DaemonArgs),
 }
 
 fn main() -> ExitCode {
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
         Command::Snapshot(cmd) => snapshot_cmd::run(cmd, &home, &out),
         Command::Fork(args) => snapshot_cmd::fork(args, &home, &out),
         Command::Serve9p(args) => serve9p_cmd::run(args, &home, &out),
-        Command::Daemon => daemon::run(&home, &out),
+        Command::Daemon(args) => daemon::run(args, &home, &out),
     };
     match result {
         Ok(code) => code,

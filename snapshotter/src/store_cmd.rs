@@ -37,7 +37,12 @@ pub enum StoreCommand {
 
 /// Opens the store for a command, with context for the error message.
 pub fn open(home: &Path) -> anyhow::Result<Store> {
-    Store::open(home, OpenOptions::default()).with_context(|| {
+    open_with(home, OpenOptions::default())
+}
+
+/// [`open`] with `options`.
+pub fn open_with(home: &Path, options: OpenOptions) -> anyhow::Result<Store> {
+    Store::open(home, options).with_context(|| {
         let daemon_runs =
             std::os::unix::net::UnixStream::connect(crate::api::socket_path(home)).is_ok();
         if daemon_runs {
