@@ -252,8 +252,10 @@ pub struct MountCreate {
     /// Snapshot to mount instead of an image.
     #[serde(default)]
     pub snapshot: Option<String>,
-    /// An existing directory (absolute path).
-    pub mountpoint: PathBuf,
+    /// An existing directory (absolute path) for the FUSE mount; absent
+    /// or null: no FUSE mount (the mount is served over 9P alone).
+    #[serde(default)]
+    pub mountpoint: Option<PathBuf>,
     pub quota_bytes: u64,
     #[serde(default)]
     pub threads: Option<usize>,
@@ -266,7 +268,9 @@ pub struct MountInfo {
     pub image: String,
     /// The lower tree (hex id).
     pub tree: String,
-    pub mountpoint: PathBuf,
+    /// Where it is FUSE-mounted (null: served over 9P alone).
+    #[serde(default)]
+    pub mountpoint: Option<PathBuf>,
     pub upper: PathBuf,
     pub quota_bytes: u64,
     pub used_bytes: u64,
@@ -275,6 +279,17 @@ pub struct MountInfo {
     /// The snapshot it was made from, if any.
     #[serde(default)]
     pub snapshot: Option<String>,
+}
+
+impl MountInfo {
+    /// Where it is mounted, for messages: the mount point, or that it has
+    /// none.
+    pub fn place(&self) -> String {
+        match &self.mountpoint {
+            Some(path) => path.display().to_string(),
+            None => "(no FUSE mount; served over 9P)".to_string(),
+        }
+    }
 }
 
 /// `daemon.info` result.

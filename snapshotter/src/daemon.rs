@@ -211,9 +211,11 @@ impl Daemon {
                 continue;
             };
             // A FUSE mount whose server died answers ENOTCONN; detach it.
-            if let Err(e) = fs::metadata(&info.mountpoint) {
-                if e.raw_os_error() == Some(libc::ENOTCONN) {
-                    let _ = umount(&info.mountpoint, libc::MNT_DETACH);
+            if let Some(mountpoint) = &info.mountpoint {
+                if let Err(e) = fs::metadata(mountpoint) {
+                    if e.raw_os_error() == Some(libc::ENOTCONN) {
+                        let _ = umount(mountpoint, libc::MNT_DETACH);
+                    }
                 }
             }
             if !info.upper.join("journal").exists() {
@@ -228,7 +230,7 @@ impl Daemon {
                 }
                 Err(e) => tracing::error!(
                     mount = id,
-                    mountpoint = %info.mountpoint.display(),
+                    mountpoint = %info.place(),
                     "could not restore the mount: {e:#}; its upper layer stays in {} \
                      and the next daemon start tries again",
                     info.upper.display()
@@ -289,11 +291,16 @@ impl Daemon {
             fs_name: format!("strata:{}", info.id),
             ..FuseOptions::default()
         };
-        let session = mount(fs.clone(), &info.mountpoint, &options)
-            .with_context(|| format!("mounting on {}", info.mountpoint.display()))?;
+        let session = match &info.mountpoint {
+            Some(mountpoint) => Some(
+                mount(fs.clone(), mountpoint, &options)
+                    .with_context(|| format!("mounting on {}", mountpoint.display()))?,
+            ),
+            None => None,
+        };
         tracing::info!(
             mount = info.id,
-            mountpoint = %info.mountpoint.display(),
+            mountpoint = %info.place(),
             records = report.records,
             skipped = report.skipped,
             torn_bytes = report.torn_bytes,
@@ -303,7 +310,7 @@ impl Daemon {
         Ok(LiveMount {
             info: info.clone(),
             fs,
-            session: Some(session),
+            session,
             last_snapshot: None,
         })
     }
@@ -315,7 +322,11 @@ impl Daemon {
             let mut mounts = self.mounts.lock();
             let ids: Vec<String> = mounts
                 .iter()
-                .filter(|(_, m)| m.session.as_ref().is_none_or(|s| s.guard.is_finished()))
+                .filter(|(_, m)| {
+                    // Only FUSE mounts end from outside.
+                    m.info.mountpoint.is_some()
+                        && m.session.as_ref().is_none_or(|s| s.guard.is_finished())
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             ids.iter().filter_map(|id| mounts.remove(id)).collect()
@@ -341,19 +352,18 @@ impl Daemon {
     }
 
     fn mount_create(&self, args: MountCreate) -> anyhow::Result<MountInfo> {
-        if !args.mountpoint.is_absolute() {
-            bail!(
-                "the mount point must be an absolute path, not {}",
-                args.mountpoint.display()
-            );
-        }
-        let meta = fs::metadata(&args.mountpoint)
-            .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
-        if !meta.is_dir() {
-            bail!(
-                "mount point {} is not a directory",
-                args.mountpoint.display()
-            );
+        if let Some(mountpoint) = &args.mountpoint {
+            if !mountpoint.is_absolute() {
+                bail!(
+                    "the mount point must be an absolute path, not {}",
+                    mountpoint.display()
+                );
+            }
+            let meta = fs::metadata(mountpoint)
+                .with_context(|| format!("mount point {}", mountpoint.display()))?;
+            if !meta.is_dir() {
+                bail!("mount point {} is not a directory", mountpoint.display());
+            }
         }
         let (source, image) = match &args.snapshot {
             Some(id) => match self.catalog.capture_of(id).filter(|c| c.restorable()) {
@@ -375,11 +385,11 @@ impl Daemon {
         let mut mounts = self.mounts.lock();
         if let Some(other) = mounts
             .values()
-            .find(|m| m.info.mountpoint == args.mountpoint)
+            .find(|m| m.info.mountpoint.is_some() && m.info.mountpoint == args.mountpoint)
         {
             bail!(
                 "{} already serves mount {}; unmount it first",
-                args.mountpoint.display(),
+                other.info.place(),
                 other.info.id
             );
         }
@@ -410,7 +420,7 @@ impl Daemon {
                     LiveMount {
                         info: info.clone(),
                         fs,
-                        session: Some(session),
+                        session,
                         last_snapshot: None,
                     },
                 );
@@ -495,7 +505,7 @@ impl Daemon {
         info: &MountInfo,
         source: &MountSource,
         threads: Option<usize>,
-    ) -> anyhow::Result<(Arc<CowFs>, BackgroundSession)> {
+    ) -> anyhow::Result<(Arc<CowFs>, Option<BackgroundSession>)> {
         self.write_record(info)?;
         let config = MountConfig {
             upper_dir: info.upper.clone(),
@@ -523,12 +533,14 @@ impl Daemon {
             fs_name: format!("strata:{}", info.id),
             ..FuseOptions::default()
         };
-        let session = mount(fs.clone(), &info.mountpoint, &options).with_context(|| {
-            format!(
-                "mounting on {} (is FUSE available?)",
-                info.mountpoint.display()
-            )
-        })?;
+        let session = match &info.mountpoint {
+            Some(mountpoint) => {
+                Some(mount(fs.clone(), mountpoint, &options).with_context(|| {
+                    format!("mounting on {} (is FUSE available?)", mountpoint.display())
+                })?)
+            }
+            None => None,
+        };
         Ok((fs, session))
     }
 
@@ -650,7 +662,7 @@ impl Daemon {
                     self.mount_create(MountCreate {
                         image: String::new(),
                         snapshot: Some(args.id.clone()),
-                        mountpoint: mountpoint.clone(),
+                        mountpoint: Some(mountpoint.clone()),
                         quota_bytes: args.quota_bytes,
                         threads: args.threads,
                     })
@@ -686,7 +698,7 @@ impl Daemon {
         let path = Path::new(key);
         mounts
             .values()
-            .find(|m| m.info.mountpoint == path)
+            .find(|m| m.info.mountpoint.as_deref() == Some(path))
             .map(|m| m.info.id.clone())
     }
 
@@ -722,11 +734,12 @@ impl Daemon {
             let mount = &mounts[&id];
             // A plain unmount: fails with EBUSY while something uses it,
             // rather than detaching a root filesystem a sandbox still runs on.
-            if let Err(e) = umount(&mount.info.mountpoint, 0) {
-                if e.raw_os_error() != Some(libc::EINVAL) {
-                    return Err(e).with_context(|| {
-                        format!("unmounting {}", mount.info.mountpoint.display())
-                    });
+            if let Some(mountpoint) = &mount.info.mountpoint {
+                if let Err(e) = umount(mountpoint, 0) {
+                    if e.raw_os_error() != Some(libc::EINVAL) {
+                        return Err(e)
+                            .with_context(|| format!("unmounting {}", mountpoint.display()));
+                    }
                 }
             }
             mounts.remove(&id).expect("found above")
@@ -752,7 +765,9 @@ impl Daemon {
         self.p9().stop_all();
         let mounts = std::mem::take(&mut *self.mounts.lock());
         for (id, mut mount) in mounts {
-            let _ = umount(&mount.info.mountpoint, libc::MNT_DETACH);
+            if let Some(mountpoint) = &mount.info.mountpoint {
+                let _ = umount(mountpoint, libc::MNT_DETACH);
+            }
             drop(mount.session.take());
             self.discard(&id);
         }

@@ -186,7 +186,12 @@ pub struct MountArgs {
     into: Option<String>,
     /// Mount point (an existing directory); with --into, the path inside
     /// that mount.
-    dir: PathBuf,
+    #[arg(required_unless_present = "no_fuse")]
+    dir: Option<PathBuf>,
+    /// No FUSE mount: the mount is served over 9P alone (`snapctl serve9p
+    /// ID`), as a VM sandbox's root or volume needs.
+    #[arg(long, conflicts_with_all = ["dir", "into"])]
+    no_fuse: bool,
     /// Size quota of the upper layer (e.g. 10G).
     #[arg(long, value_parser = parse_size, default_value = "10G")]
     quota: u64,
@@ -207,7 +212,7 @@ pub fn mount(args: MountArgs, home: &Path, out: &Output) -> anyhow::Result<ExitC
             _ => into,
         };
         let snapshot = args.snapshot.unwrap_or_default();
-        let path = args.dir.display().to_string();
+        let path = args.dir.unwrap_or_default().display().to_string();
         let info: MountInfo = client.call(Op::MountGraft {
             mount: key,
             snapshot: snapshot.clone(),
@@ -217,12 +222,16 @@ pub fn mount(args: MountArgs, home: &Path, out: &Output) -> anyhow::Result<ExitC
         out.note(&format!(
             "placed snapshot {snapshot} at {path} in mount {} ({})",
             info.id,
-            info.mountpoint.display()
+            info.place()
         ));
         return Ok(exit::code(exit::OK));
     }
-    let mountpoint = std::fs::canonicalize(&args.dir)
-        .with_context(|| format!("mount point {}", args.dir.display()))?;
+    let mountpoint = match &args.dir {
+        Some(dir) => Some(
+            std::fs::canonicalize(dir).with_context(|| format!("mount point {}", dir.display()))?,
+        ),
+        None => None,
+    };
     let info: MountInfo = client.call(Op::MountCreate(api::MountCreate {
         image: args.image.unwrap_or_default(),
         snapshot: args.snapshot,
@@ -235,12 +244,19 @@ pub fn mount(args: MountArgs, home: &Path, out: &Output) -> anyhow::Result<ExitC
         Some(id) => format!("snapshot {id}"),
         None => format!("image '{}'", info.image),
     };
-    out.note(&format!(
-        "mounted {what} on {} (mount {}); `snapctl umount {}` ends it",
-        info.mountpoint.display(),
-        info.id,
-        info.mountpoint.display()
-    ));
+    match &info.mountpoint {
+        Some(path) => out.note(&format!(
+            "mounted {what} on {} (mount {}); `snapctl umount {}` ends it",
+            path.display(),
+            info.id,
+            path.display()
+        )),
+        None => out.note(&format!(
+            "made mount {} of {what} without FUSE; `snapctl serve9p {} --listen ...` serves it, \
+             `snapctl umount {}` ends it",
+            info.id, info.id, info.id
+        )),
+    }
     Ok(exit::code(exit::OK))
 }
 
@@ -256,7 +272,7 @@ pub fn list_mounts(home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
                     "{}\t{}\t{}\t{} of {}",
                     m.id,
                     m.image,
-                    m.mountpoint.display(),
+                    m.place(),
                     human_bytes(m.used_bytes),
                     human_bytes(m.quota_bytes)
                 )
@@ -280,11 +296,7 @@ pub fn umount(target: &str, home: &Path, out: &Output) -> anyhow::Result<ExitCod
     };
     let info: MountInfo = client.call(Op::MountRemove { mount: key })?;
     out.print(&info, || {
-        format!(
-            "unmounted {} (mount {})",
-            info.mountpoint.display(),
-            info.id
-        )
+        format!("unmounted {} (mount {})", info.place(), info.id)
     })?;
     Ok(exit::code(exit::OK))
 }

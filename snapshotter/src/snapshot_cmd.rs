@@ -269,7 +269,11 @@ fn resolve_mount(client: &mut Client, key: String) -> String {
     let mounts: Vec<MountInfo> = client.call(Op::MountList).unwrap_or_default();
     mounts
         .into_iter()
-        .find(|m| m.mountpoint.display().to_string() == key)
+        .find(|m| {
+            m.mountpoint
+                .as_ref()
+                .is_some_and(|p| p.display().to_string() == key)
+        })
         .map(|m| m.id)
         .unwrap_or(key)
 }
@@ -292,7 +296,7 @@ pub fn fork(args: ForkArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCod
     out.print(&mounts, || {
         mounts
             .iter()
-            .map(|m| format!("{}\t{}", m.id, m.mountpoint.display()))
+            .map(|m| format!("{}\t{}", m.id, m.place()))
             .collect::<Vec<_>>()
             .join("\n")
     })?;

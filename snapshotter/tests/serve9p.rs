@@ -134,3 +134,82 @@ fn serve9p_over_tcp_and_an_inherited_socket() {
     let out = snapctl(&home, &["serve9p", "--stop", &listen]);
     assert_eq!(code(&out), 3);
 }
+
+/// A mount with no FUSE mount point, served over 9P alone (a VM sandbox's
+/// root): made, listed, written through 9P, restored by the next daemon
+/// after a SIGKILL with what was synced, and ended by id.
+#[test]
+fn a_mount_without_fuse_is_served_over_9p_and_survives_a_killed_daemon() {
+    if !common::fuse_available() {
+        eprintln!("SKIP: the daemon needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let src = base.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("motd"), "served over 9p alone\n").unwrap();
+    let home = base.join("home");
+    assert!(snapctl(&home, &["store", "init"]).status.success());
+    let daemon = Daemon::start(&home);
+    let src_arg = src.display().to_string();
+    assert!(
+        snapctl(&home, &["image", "import", &src_arg, "--name", "img"])
+            .status
+            .success()
+    );
+    // Neither a mount point nor --no-fuse: a usage error.
+    let out = snapctl(&home, &["mount", "--image", "img"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let out = snapctl(&home, &["--json", "mount", "--image", "img", "--no-fuse"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = json(&out)["id"].as_str().unwrap().to_string();
+    assert!(json(&out)["mountpoint"].is_null());
+    let mounts = json(&snapctl(&home, &["--json", "mounts"]));
+    assert_eq!(mounts[0]["id"], id.as_str());
+    assert!(mounts[0]["mountpoint"].is_null());
+
+    let sock = base.join("9p.sock");
+    let listen = format!("unix:{}", sock.display());
+    let out = snapctl(&home, &["serve9p", &id, "--listen", &listen]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut c = Client::connect(&listen.parse().unwrap(), 65536).unwrap();
+    c.attach(0, "", 0).unwrap();
+    assert_eq!(read_file(&mut c, "motd"), b"served over 9p alone\n");
+    c.walk(0, 2, "").unwrap();
+    c.lcreate(2, "synced", 0o644).unwrap();
+    c.write(2, 0, b"made durable by fsync").unwrap();
+    c.call(&p9server::proto::Request::Fsync {
+        fid: 2,
+        datasync: 0,
+    })
+    .unwrap();
+    c.clunk(2).unwrap();
+    // The reaper leaves it alone (it has no FUSE session to end).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        json(&snapctl(&home, &["--json", "mounts"]))[0]["id"],
+        id.as_str()
+    );
+
+    // A killed daemon: the next one restores the mount, still without FUSE.
+    drop(c);
+    daemon.stop(libc::SIGKILL);
+    let _daemon = Daemon::start(&home);
+    let mounts = json(&snapctl(&home, &["--json", "mounts"]));
+    assert_eq!(mounts[0]["id"], id.as_str());
+    assert!(mounts[0]["mountpoint"].is_null());
+    let _ = std::fs::remove_file(&sock);
+    let out = snapctl(&home, &["serve9p", &id, "--listen", &listen]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut c = Client::connect(&listen.parse().unwrap(), 65536).unwrap();
+    c.attach(0, "", 0).unwrap();
+    assert_eq!(read_file(&mut c, "synced"), b"made durable by fsync");
+    drop(c);
+    let out = snapctl(&home, &["umount", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        json(&snapctl(&home, &["--json", "mounts"])),
+        serde_json::json!([])
+    );
+}
