@@ -849,10 +849,18 @@ impl FileData {
     /// Gives the data file (if there is one) the file's mtime `mtime` that
     /// a truncation, an allocation or an explicit `utimensat` set, so that
     /// recovery never prefers the time of an earlier write over it.
-    pub(crate) fn set_upper_mtime(&self, mtime: Timestamp) -> FsResult<()> {
-        match self.inner.read().upper.clone() {
-            Some(file) => self.give_upper_mtime(&file, mtime),
-            None => Ok(()),
+    /// (A failure is logged: the change itself stands, and recovery may
+    /// then prefer an earlier write's time.)
+    pub(crate) fn set_upper_mtime(&self, mtime: Timestamp) {
+        let upper = self.inner.read().upper.clone();
+        if let Some(file) = upper {
+            if let Err(e) = self.give_upper_mtime(&file, mtime) {
+                tracing::warn!(
+                    "setting the mtime of data file {}: errno {}",
+                    self.upper_name(),
+                    e.0
+                );
+            }
         }
     }
 

@@ -958,9 +958,7 @@ impl CowFs {
                 // Recovery adopts a data file's mtime that is newer than
                 // the journal's: the data file must not keep an earlier
                 // write's (or the truncation's own) time.
-                if let Err(e) = data.set_upper_mtime(node.attrs.mtime) {
-                    tracing::warn!("setting a data file's mtime: errno {}", e.0);
-                }
+                data.set_upper_mtime(node.attrs.mtime);
             }
         }
         self.mark_changed(&mut st, ino);
@@ -1501,9 +1499,7 @@ impl CowFs {
                 let t = now();
                 node.attrs.mtime = t;
                 node.attrs.ctime = t;
-                if let Err(e) = data.set_upper_mtime(t) {
-                    tracing::warn!("setting a data file's mtime: errno {}", e.0);
-                }
+                data.set_upper_mtime(t);
                 self.mark_changed(&mut st, ino);
                 self.log_data(&st, ino);
             }
@@ -1661,9 +1657,7 @@ impl CowFs {
             let t = now();
             node.attrs.mtime = t;
             node.attrs.ctime = t;
-            if let Err(e) = data.set_upper_mtime(t) {
-                tracing::warn!("setting a data file's mtime: errno {}", e.0);
-            }
+            data.set_upper_mtime(t);
         }
         self.mark_changed(&mut st, ino);
         self.log_data(&st, ino);

@@ -422,7 +422,7 @@ impl CowFs {
 
     /// A file overwritten in place after its last journal record (and
     /// fsynced, or flushed by the kernel) carries its newer mtime as its
-    /// data file's (see `FileData::upper_mtime`): where that, as found
+    /// data file's (see `FileData::sync`): where that, as found
     /// before the replay, is newer than what the journal says, it wins.
     fn adopt_upper_mtimes(&self, found: &HashMap<String, Timestamp>) {
         let mut st = self.state.lock();
