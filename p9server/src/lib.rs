@@ -11,9 +11,13 @@
 //! - [`server`]: listeners (Unix socket, TCP, an inherited socket), one
 //!   async task per connection, concurrent requests answered out of order,
 //!   `Tflush`, per-session limits.
+//! - [`poll`]: adaptive busy-polling of a connection between a reply and
+//!   the client's next request.
 
 #[cfg(feature = "server")]
 pub mod client;
+#[cfg(feature = "server")]
+pub mod poll;
 pub mod proto;
 #[cfg(feature = "server")]
 pub mod reply;
@@ -23,6 +27,8 @@ pub mod server;
 pub mod session;
 pub mod wire;
 
+#[cfg(feature = "server")]
+pub use poll::{PollLimits, Pollers};
 #[cfg(feature = "server")]
 pub use server::{Limits, Listen, Listening, Server};
 #[cfg(feature = "server")]

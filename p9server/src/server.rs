@@ -10,7 +10,9 @@
 //! may wait on the disk run on the blocking pool, at most
 //! [`Limits::max_outstanding`] at once per session — past that the
 //! connection stops reading until one finishes, so a client can queue work
-//! but not memory.
+//! but not memory. Between a reply and the next request a connection whose
+//! client comes back quickly polls its socket briefly before sleeping
+//! (see [`crate::poll`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,12 +21,14 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::Interest;
 use tokio::sync::{watch, Notify, Semaphore};
 
+use crate::poll::{poll_until, PollLimits, PollWindow, Pollers};
 use crate::proto::{self, Reply, Request};
 use crate::reply::{Encoded, ReplyWriter};
 use crate::session::{Resolver, Session};
@@ -41,6 +45,8 @@ pub struct Limits {
     pub max_outstanding: usize,
     /// Most connections at once; further ones are closed at accept.
     pub max_sessions: usize,
+    /// How much connections busy-poll for their next request.
+    pub poll: PollLimits,
 }
 
 impl Default for Limits {
@@ -50,6 +56,7 @@ impl Default for Limits {
             max_fids: 65_536,
             max_outstanding: 64,
             max_sessions: 4096,
+            poll: PollLimits::default(),
         }
     }
 }
@@ -108,6 +115,10 @@ pub struct Counters {
     pub sessions_total: AtomicU64,
     pub requests: AtomicU64,
     pub malformed: AtomicU64,
+    /// Waits for bytes that began by polling.
+    pub polls: AtomicU64,
+    /// Polls that got their bytes before their window closed.
+    pub polls_caught: AtomicU64,
 }
 
 /// What every connection of a server shares.
@@ -116,6 +127,7 @@ struct Shared {
     limits: Limits,
     counters: Counters,
     next_session: AtomicU64,
+    pollers: Arc<Pollers>,
 }
 
 /// A 9P2000.L server over the mounts its resolver names.
@@ -157,12 +169,20 @@ impl Drop for Listening {
 impl Server {
     /// A server whose attaches are resolved by `resolver`.
     pub fn new(resolver: Resolver, limits: Limits) -> Server {
+        Server::sharing_pollers(resolver, limits, Arc::default())
+    }
+
+    /// A server whose connections count against `pollers` (shared by the
+    /// servers on one runtime, so that [`PollLimits::max_pollers`] holds
+    /// across them).
+    pub fn sharing_pollers(resolver: Resolver, limits: Limits, pollers: Arc<Pollers>) -> Server {
         Server {
             shared: Arc::new(Shared {
                 resolver,
                 limits,
                 counters: Counters::default(),
                 next_session: AtomicU64::new(1),
+                pollers,
             }),
         }
     }
@@ -402,12 +422,15 @@ fn encode(tag: u16, reply: &Reply) -> Encoded {
 struct Framer<S> {
     stream: S,
     buf: BytesMut,
+    window: PollWindow,
 }
 
 impl<S: Connection> Framer<S> {
     /// The next message's bytes after its size field. A size outside
     /// `7..=max` is an error (the stream cannot be resynchronised).
-    async fn next(&mut self, max: u32) -> std::io::Result<Bytes> {
+    /// `answered` says whether every request read so far is answered: only
+    /// then is the wait for more the client's own time, worth polling for.
+    async fn next(&mut self, max: u32, shared: &Shared, answered: bool) -> std::io::Result<Bytes> {
         loop {
             if self.buf.len() >= 4 {
                 let size = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
@@ -425,10 +448,60 @@ impl<S: Connection> Framer<S> {
             } else {
                 self.buf.reserve(64 * 1024);
             }
-            if self.stream.read_draining(&mut self.buf).await? == 0 {
+            let got = match answered {
+                true => self.read_some(shared).await?,
+                false => self.stream.read_draining(&mut self.buf).await?,
+            };
+            if got == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
         }
+    }
+
+    /// Reads what arrives next (0: end of stream): polls for it while this
+    /// connection's window is open and a polling turn is free, else waits
+    /// on the runtime; the wait's length adapts the window.
+    async fn read_some(&mut self, shared: &Shared) -> std::io::Result<usize> {
+        let started = Instant::now();
+        let window = self.window.current();
+        let turn = match window.is_zero() {
+            true => None,
+            false => shared.pollers.try_turn(shared.limits.poll.max_pollers),
+        };
+        let polled = match turn {
+            Some(_turn) => {
+                shared.counters.polls.fetch_add(1, Ordering::Relaxed);
+                let socket = socket2::SockRef::from(&self.stream);
+                let buf = &mut self.buf;
+                poll_until(started + window, || {
+                    match socket.recv_with_flags(buf.spare_capacity_mut(), libc::MSG_DONTWAIT) {
+                        Ok(n) => Ok(Some(n)),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                            ) =>
+                        {
+                            Ok(None)
+                        }
+                        Err(e) => Err(e),
+                    }
+                })?
+            }
+            None => None,
+        };
+        let n = match polled {
+            Some(n) => {
+                shared.counters.polls_caught.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: recv initialised the first n bytes of the spare
+                // room it was given.
+                unsafe { bytes::BufMut::advance_mut(&mut self.buf, n) };
+                n
+            }
+            None => self.stream.read_draining(&mut self.buf).await?,
+        };
+        self.window.record(started.elapsed());
+        Ok(n)
     }
 }
 
@@ -445,6 +518,7 @@ where
     let mut framer = Framer {
         stream,
         buf: BytesMut::with_capacity(64 * 1024),
+        window: PollWindow::new(shared.limits.poll.max_wait),
     };
     let session = Arc::new(Session::new(shared.resolver.clone(), shared.limits, id));
     let outstanding = Arc::new(Semaphore::new(shared.limits.max_outstanding));
@@ -453,7 +527,11 @@ where
     let result: std::io::Result<()> = async {
         loop {
             let body = tokio::select! {
-                r = framer.next(session.msize()) => match r {
+                r = framer.next(
+                    session.msize(),
+                    &shared,
+                    outstanding.available_permits() == shared.limits.max_outstanding,
+                ) => match r {
                     Ok(body) => body,
                     Err(e) => {
                         if e.kind() == std::io::ErrorKind::InvalidData {

@@ -651,6 +651,55 @@ fn many_sessions_at_once() {
 }
 
 #[test]
+fn a_client_that_comes_back_quickly_is_polled_for_and_a_quiet_one_is_not() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let f = fixture();
+    let serve = |name: &str, max_wait: Duration| {
+        let poll = p9server::PollLimits {
+            max_wait,
+            max_pollers: 1,
+        };
+        f.serve(
+            Listen::Unix(f.base.join(name)),
+            Limits {
+                poll,
+                ..Limits::default()
+            },
+        )
+    };
+    let requests = |l: &Listening, c: &mut Client, n: usize, gap: Duration| {
+        for _ in 0..n {
+            std::thread::sleep(gap);
+            assert!(matches!(c.getattr(0).unwrap(), Reply::Getattr { .. }));
+        }
+        (
+            l.counters().polls.load(Relaxed),
+            l.counters().polls_caught.load(Relaxed),
+        )
+    };
+
+    // A client coming back within the 5 ms maximum: the window grows
+    // until polling catches its requests.
+    let l = serve("polled.sock", Duration::from_millis(5));
+    let mut c = Client::connect(&l.address, 65536).unwrap();
+    c.attach(0, "", 0).unwrap();
+    let (polls, caught) = requests(&l, &mut c, 40, Duration::from_millis(1));
+    assert!(polls > 0 && caught > 0, "polls {polls}, caught {caught}");
+    // Once it stays away longer than the maximum, the window closes and
+    // the connection sleeps without polling.
+    requests(&l, &mut c, 16, Duration::from_millis(20));
+    let (closed, _) = requests(&l, &mut c, 0, Duration::ZERO);
+    let (after, _) = requests(&l, &mut c, 5, Duration::from_millis(20));
+    assert_eq!(after, closed, "a quiet client is not polled for");
+
+    // Polling off: never.
+    let off = serve("unpolled.sock", Duration::ZERO);
+    let mut c = Client::connect(&off.address, 65536).unwrap();
+    c.attach(0, "", 0).unwrap();
+    assert_eq!(requests(&off, &mut c, 20, Duration::from_millis(1)), (0, 0));
+}
+
+#[test]
 fn listen_addresses_parse() {
     assert_eq!(
         "unix:/run/x.sock".parse::<Listen>().unwrap(),

@@ -1014,6 +1014,12 @@ pub struct DaemonArgs {
     /// memory, between 128 MiB and 2 GiB.
     #[arg(long, value_parser = crate::output::parse_size, value_name = "SIZE")]
     pub chunk_cache: Option<u64>,
+    /// Longest a 9P connection whose client comes back quickly polls for
+    /// its next request before sleeping, in microseconds (0: never poll).
+    /// Polling trades some CPU for not paying a thread wake-up per
+    /// request; at most one connection per four CPUs polls at once.
+    #[arg(long = "9p-poll-us", value_name = "MICROS", default_value_t = 50)]
+    pub p9_poll_us: u64,
 }
 
 /// The default chunk cache: 1/16 of physical memory, within 128 MiB..2 GiB.
@@ -1076,7 +1082,11 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
     {
         let me = Arc::downgrade(&daemon);
         let find: serve9p::FindMount = Arc::new(move |key| me.upgrade()?.find_fs(key));
-        let _ = daemon.p9.set(serve9p::Service::new(find));
+        let poll = p9server::PollLimits {
+            max_wait: std::time::Duration::from_micros(args.p9_poll_us),
+            max_pollers: std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).max(1)),
+        };
+        let _ = daemon.p9.set(serve9p::Service::new(find, poll));
     }
     daemon
         .recover()

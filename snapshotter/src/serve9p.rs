@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{anyhow, bail, Context};
 use layerfs::cowfs::CowFs;
-use p9server::{Limits, Listen, Listening, Server};
+use p9server::{Limits, Listen, Listening, PollLimits, Pollers, Server};
 use parking_lot::Mutex;
 
 use crate::api::{Serve9pInfo, Serve9pStart};
@@ -27,15 +27,22 @@ pub struct Service {
     runtime: OnceLock<tokio::runtime::Runtime>,
     listeners: Mutex<Vec<Entry>>,
     find: FindMount,
+    poll: PollLimits,
+    /// Connections polling, counted across every listener (they share
+    /// the runtime's threads).
+    pollers: Arc<Pollers>,
 }
 
 impl Service {
-    /// A service resolving mounts with `find`.
-    pub fn new(find: FindMount) -> Service {
+    /// A service resolving mounts with `find`, its connections polling
+    /// for their next requests as `poll` allows.
+    pub fn new(find: FindMount, poll: PollLimits) -> Service {
         Service {
             runtime: OnceLock::new(),
             listeners: Mutex::new(Vec::new()),
             find,
+            poll,
+            pollers: Arc::default(),
         }
     }
 
@@ -101,7 +108,11 @@ impl Service {
                 None => find(aname).map(|(_, fs)| fs),
             }
         });
-        let server = Server::new(resolver, Limits::default());
+        let limits = Limits {
+            poll: self.poll,
+            ..Limits::default()
+        };
+        let server = Server::sharing_pollers(resolver, limits, self.pollers.clone());
         let listening = server
             .listen(self.runtime()?.handle(), &listen)
             .with_context(|| format!("listening on {listen}"))?;

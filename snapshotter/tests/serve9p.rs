@@ -20,6 +20,24 @@ fn read_file(c: &mut Client, path: &str) -> Vec<u8> {
     data
 }
 
+/// A store under `base/home` with its daemon running and an image `img`
+/// of one file, `motd`, holding `motd`.
+fn daemon_with_image(base: &std::path::Path, motd: &str) -> (std::path::PathBuf, Daemon) {
+    let src = base.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("motd"), motd).unwrap();
+    let home = base.join("home");
+    assert!(snapctl(&home, &["store", "init"]).status.success());
+    let daemon = Daemon::start(&home);
+    let src_arg = src.display().to_string();
+    assert!(
+        snapctl(&home, &["image", "import", &src_arg, "--name", "img"])
+            .status
+            .success()
+    );
+    (home, daemon)
+}
+
 #[test]
 fn serve9p_over_tcp_and_an_inherited_socket() {
     if !common::fuse_available() {
@@ -28,18 +46,7 @@ fn serve9p_over_tcp_and_an_inherited_socket() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
-    let src = base.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("motd"), "served over 9p\n").unwrap();
-    let home = base.join("home");
-    assert!(snapctl(&home, &["store", "init"]).status.success());
-    let _daemon = Daemon::start(&home);
-    let src_arg = src.display().to_string();
-    assert!(
-        snapctl(&home, &["image", "import", &src_arg, "--name", "img"])
-            .status
-            .success()
-    );
+    let (home, _daemon) = daemon_with_image(base, "served over 9p\n");
     let mnt = base.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let mnt_arg = mnt.display().to_string();
@@ -146,18 +153,7 @@ fn a_mount_without_fuse_is_served_over_9p_and_survives_a_killed_daemon() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
-    let src = base.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("motd"), "served over 9p alone\n").unwrap();
-    let home = base.join("home");
-    assert!(snapctl(&home, &["store", "init"]).status.success());
-    let daemon = Daemon::start(&home);
-    let src_arg = src.display().to_string();
-    assert!(
-        snapctl(&home, &["image", "import", &src_arg, "--name", "img"])
-            .status
-            .success()
-    );
+    let (home, daemon) = daemon_with_image(base, "served over 9p alone\n");
     // Neither a mount point nor --no-fuse: a usage error.
     let out = snapctl(&home, &["mount", "--image", "img"]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
