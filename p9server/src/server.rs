@@ -588,7 +588,7 @@ where
                         let _ = writer.send(encode(tag, &Reply::Flush {})).await;
                     });
                 }
-                // Reads, writes, listings and opens are mostly memory
+                // Reads, writes, listings, opens and removals are mostly memory
                 // work: answered inline while nothing else of this session
                 // is in flight or waiting (one thread hand-off less), else
                 // on the pool so that a pipelining client's requests run

@@ -217,13 +217,18 @@ impl Session {
     }
 
     /// Whether a slow-listed request is usually memory work all the same:
-    /// reading or writing file data (the page cache), listing a directory
-    /// or opening without truncating (what they need is loaded already or
-    /// in the chunk cache). The server answers these inline while the
-    /// session has nothing else in flight (see `server`).
+    /// reading or writing file data (the page cache), listing a directory,
+    /// opening without truncating (what they need is loaded already or in
+    /// the chunk cache), removing a name (a journal record; only a large
+    /// file's data takes the disk long to free). The server answers these
+    /// inline while the session has nothing else in flight (see `server`).
     pub fn is_usually_quick(req: &Request) -> bool {
         match req {
-            Request::Read { .. } | Request::Write { .. } | Request::Readdir { .. } => true,
+            Request::Read { .. }
+            | Request::Write { .. }
+            | Request::Readdir { .. }
+            | Request::Unlinkat { .. }
+            | Request::Remove { .. } => true,
             Request::Lopen { flags, .. } => flags & libc::O_TRUNC as u32 == 0,
             _ => false,
         }
