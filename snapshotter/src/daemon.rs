@@ -1018,7 +1018,13 @@ pub struct DaemonArgs {
     /// its next request before sleeping, in microseconds (0: never poll).
     /// Polling trades some CPU for not paying a thread wake-up per
     /// request; at most one connection per four CPUs polls at once.
-    #[arg(long = "9p-poll-us", value_name = "MICROS", default_value_t = 50)]
+    /// At most 10,000 (10 ms).
+    #[arg(
+        long = "9p-poll-us",
+        value_name = "MICROS",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u64).range(0..=10_000)
+    )]
     pub p9_poll_us: u64,
 }
 

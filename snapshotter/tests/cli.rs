@@ -147,6 +147,11 @@ fn failures_have_distinct_exit_codes_and_say_what_to_do() {
     assert_eq!(code(&out), 7, "{}", stderr(&out));
     let out = snapctl(&home, &["store", "frobnicate"]);
     assert_eq!(code(&out), 2);
+    // A poll window past 10 ms is refused before a daemon starts.
+    let out = snapctl(&home, &["daemon", "--9p-poll-us", "20000"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("9p-poll-us"), "{}", stderr(&out));
+    assert!(!home.join("snapd.sock").exists());
 }
 
 #[test]
