@@ -323,3 +323,73 @@ fn explicit_times_after_in_place_syncs_survive_recovery() {
     assert_eq!(fs.getattr(lookup(&fs, "file")).unwrap().mtime, third);
     assert_eq!(dump(&fs), before);
 }
+
+/// Files under `dir` and their sizes.
+fn data_files(dir: &Path) -> Vec<u64> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect()
+}
+
+/// A removed large file gives its quota back at once and its data file
+/// goes in the background (the remover holds no lock of the mount); a crash
+/// after the removal was journaled but before the data file went leaves no
+/// orphan once recovered.
+#[test]
+fn a_removed_large_file_is_freed_in_the_background_and_never_orphaned() {
+    let (tmp, store) = store();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("keep"), b"kept\n").unwrap();
+    let tree = common::import_dir(&store, "base", &src);
+    let upper = tmp.path().join("upper");
+    let config = |dir: &Path| MountConfig {
+        upper_dir: dir.to_path_buf(),
+        quota_bytes: 1 << 30,
+    };
+    let fs = CowFs::new(store.clone(), tree, config(&upper)).unwrap();
+    let big = fs.create(ROOT_INO, b"big", 0o644, ROOT).unwrap().ino;
+    let mib = vec![0x42u8; 1 << 20];
+    for i in 0..12u64 {
+        fs.write(big, i << 20, &mib).unwrap();
+    }
+    fs.fsync(big).unwrap();
+    fs.release(big);
+    let large = |sizes: Vec<u64>| sizes.into_iter().filter(|&s| s >= 8 << 20).count();
+    assert_eq!(large(data_files(&upper.join("data"))), 1);
+    assert!(fs.used_bytes() >= 12 << 20);
+
+    // The state a crash would leave between the journaled removal and the
+    // data file's: the data files from before, the journal from after.
+    let crashed = tmp.path().join("crashed");
+    copy_dir(&upper, &crashed);
+    fs.unlink(ROOT_INO, b"big").unwrap();
+    fs.fsyncdir(ROOT_INO).unwrap();
+    std::fs::copy(upper.join("journal"), crashed.join("journal")).unwrap();
+    assert_eq!(fs.used_bytes(), 0, "the quota is given back at once");
+    assert_eq!(
+        fs.lookup(ROOT_INO, b"big").unwrap_err(),
+        layerfs::cowfs::Errno(libc::ENOENT)
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while large(data_files(&upper.join("data"))) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed file's data file is still there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(fs);
+
+    let (recovered, report) = CowFs::recover(store, tree, config(&crashed)).unwrap();
+    assert_eq!(report.skipped, 0, "{report:?}");
+    assert!(recovered.lookup(ROOT_INO, b"big").is_err());
+    assert_eq!(
+        large(data_files(&crashed.join("data"))),
+        0,
+        "recovery swept the orphan"
+    );
+    assert_eq!(report.orphan_files, 1, "{report:?}");
+}

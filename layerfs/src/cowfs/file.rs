@@ -15,6 +15,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{SendError, Sender};
 use std::sync::{Arc, OnceLock};
 use std::time::UNIX_EPOCH;
 
@@ -904,9 +905,49 @@ impl FileData {
     /// Drops the upper data of a file that no longer exists.
     pub(crate) fn discard(&self) {
         let mut inner = self.inner.write();
+        let charged = inner.charged;
         inner.upper = None;
         inner.present.clear();
         self.apply_charge(&mut inner, 0);
-        let _ = std::fs::remove_file(self.dir.join(&inner.name));
+        remove_data_file(self.dir.join(&inner.name), charged);
     }
+}
+
+/// Data files holding at least this much are removed in the background.
+const REMOVE_IN_BACKGROUND: u64 = 8 << 20;
+
+/// Removes a deleted file's data file of `size` bytes. A large one goes to
+/// a background thread: freeing its blocks can take the disk milliseconds,
+/// and the caller holds its mount's lock (every request of the mount would
+/// wait). A crash before the thread gets to it leaves an orphan the next
+/// recovery sweeps; data-file names are never reused, so a late removal
+/// cannot hit a newer file.
+fn remove_data_file(path: PathBuf, size: u64) {
+    static REMOVER: OnceLock<Option<Sender<PathBuf>>> = OnceLock::new();
+    let path = match size >= REMOVE_IN_BACKGROUND {
+        true => match REMOVER.get_or_init(start_remover) {
+            Some(remover) => match remover.send(path) {
+                Ok(()) => return,
+                Err(SendError(path)) => path,
+            },
+            None => path,
+        },
+        false => path,
+    };
+    let _ = std::fs::remove_file(path);
+}
+
+/// The background thread of [`remove_data_file`]; `None` if none starts
+/// (then files are removed in place).
+fn start_remover() -> Option<Sender<PathBuf>> {
+    let (send, receive) = std::sync::mpsc::channel::<PathBuf>();
+    std::thread::Builder::new()
+        .name("layerfs-remove".into())
+        .spawn(move || {
+            for path in receive {
+                let _ = std::fs::remove_file(path);
+            }
+        })
+        .ok()
+        .map(|_| send)
 }
