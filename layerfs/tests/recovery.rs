@@ -43,6 +43,14 @@ fn copy_dir(from: &Path, to: &Path) {
 
 use common::{lookup, write};
 
+/// A mount of the upper directory `dir` with room to spare.
+fn config(dir: &Path) -> MountConfig {
+    MountConfig {
+        upper_dir: dir.to_path_buf(),
+        quota_bytes: 1 << 30,
+    }
+}
+
 #[test]
 fn every_kind_of_change_survives_recovery() {
     let (tmp, store) = store();
@@ -56,10 +64,6 @@ fn every_kind_of_change_survives_recovery() {
     std::fs::hard_link(src.join("etc/passwd"), src.join("etc/passwd-link")).unwrap();
     let tree = common::import_dir(&store, "base", &src);
     let upper = tmp.path().join("upper");
-    let config = |dir: &Path| MountConfig {
-        upper_dir: dir.to_path_buf(),
-        quota_bytes: 1 << 30,
-    };
     let fs = CowFs::new(store.clone(), tree, config(&upper)).unwrap();
 
     // Namespace: create, mkdir, symlink, devices, fifo, socket.
@@ -344,10 +348,6 @@ fn a_removed_large_file_is_freed_in_the_background_and_never_orphaned() {
     std::fs::write(src.join("keep"), b"kept\n").unwrap();
     let tree = common::import_dir(&store, "base", &src);
     let upper = tmp.path().join("upper");
-    let config = |dir: &Path| MountConfig {
-        upper_dir: dir.to_path_buf(),
-        quota_bytes: 1 << 30,
-    };
     let fs = CowFs::new(store.clone(), tree, config(&upper)).unwrap();
     let big = fs.create(ROOT_INO, b"big", 0o644, ROOT).unwrap().ino;
     let mib = vec![0x42u8; 1 << 20];

@@ -333,12 +333,10 @@ trait Connection: AsRawFd + std::os::fd::AsFd + Sized + Send + Sync + Unpin + 's
         async move {
             loop {
                 self.readable().await?;
-                let socket = socket2::SockRef::from(self);
                 let mut got = None;
                 let result = self.try_io(|| {
-                    let spare = buf.spare_capacity_mut();
-                    let room = spare.len();
-                    let n = socket.recv(spare)?;
+                    let room = buf.spare_capacity_mut().len();
+                    let n = recv_into(self, buf, 0)?;
                     got = Some(n);
                     if n > 0 && n < room {
                         // Drained: clear the readiness.
@@ -348,12 +346,7 @@ trait Connection: AsRawFd + std::os::fd::AsFd + Sized + Send + Sync + Unpin + 's
                     }
                 });
                 match (result, got) {
-                    (Ok(()), Some(n)) | (Err(_), Some(n)) => {
-                        // SAFETY: recv initialised the first n bytes of the
-                        // spare room it was given.
-                        unsafe { bytes::BufMut::advance_mut(buf, n) };
-                        return Ok(n);
-                    }
+                    (Ok(()), Some(n)) | (Err(_), Some(n)) => return Ok(n),
                     (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     (Err(e), None) => return Err(e),
                     (Ok(()), None) => unreachable!("recv ran and returned"),
@@ -361,6 +354,20 @@ trait Connection: AsRawFd + std::os::fd::AsFd + Sized + Send + Sync + Unpin + 's
             }
         }
     }
+}
+
+/// Receives what has arrived on `socket` into `buf`'s spare room (`flags`
+/// as for `recv(2)`); the bytes received become part of `buf`.
+fn recv_into(
+    socket: &impl std::os::fd::AsFd,
+    buf: &mut BytesMut,
+    flags: libc::c_int,
+) -> std::io::Result<usize> {
+    let n = socket2::SockRef::from(socket).recv_with_flags(buf.spare_capacity_mut(), flags)?;
+    // SAFETY: recv initialised the first n bytes of the spare room it was
+    // given.
+    unsafe { bytes::BufMut::advance_mut(buf, n) };
+    Ok(n)
 }
 
 impl Connection for tokio::net::UnixStream {
@@ -471,10 +478,9 @@ impl<S: Connection> Framer<S> {
         let polled = match turn {
             Some(_turn) => {
                 shared.counters.polls.fetch_add(1, Ordering::Relaxed);
-                let socket = socket2::SockRef::from(&self.stream);
-                let buf = &mut self.buf;
+                let (stream, buf) = (&self.stream, &mut self.buf);
                 poll_until(started + window, || {
-                    match socket.recv_with_flags(buf.spare_capacity_mut(), libc::MSG_DONTWAIT) {
+                    match recv_into(stream, buf, libc::MSG_DONTWAIT) {
                         Ok(n) => Ok(Some(n)),
                         Err(e)
                             if matches!(
@@ -493,9 +499,6 @@ impl<S: Connection> Framer<S> {
         let n = match polled {
             Some(n) => {
                 shared.counters.polls_caught.fetch_add(1, Ordering::Relaxed);
-                // SAFETY: recv initialised the first n bytes of the spare
-                // room it was given.
-                unsafe { bytes::BufMut::advance_mut(&mut self.buf, n) };
                 n
             }
             None => self.stream.read_draining(&mut self.buf).await?,
