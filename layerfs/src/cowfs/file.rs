@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::{SendError, Sender};
 use std::sync::{Arc, OnceLock};
 use std::time::UNIX_EPOCH;
@@ -321,6 +321,11 @@ pub(crate) struct FileData {
     layout_dirty: AtomicBool,
     /// The mtime this process last gave the data file.
     upper_mtime: Mutex<Option<Timestamp>>,
+    /// The errno of a failed sync of the data file: sticky, since the
+    /// bytes that sync was to make durable may be lost (Linux drops pages
+    /// whose write-back failed and reports that once), so no later sync
+    /// may report success for them.
+    sync_failure: AtomicI32,
 }
 
 impl std::fmt::Debug for FileData {
@@ -423,6 +428,7 @@ impl FileData {
             dirty: AtomicBool::new(false),
             layout_dirty: AtomicBool::new(false),
             upper_mtime: Mutex::new(None),
+            sync_failure: AtomicI32::new(0),
         }
     }
 
@@ -797,8 +803,28 @@ impl FileData {
     /// own attributes too. With `mtime` (the file's), the data file is
     /// given that mtime first unless it has it already, so the sync makes
     /// the file's mtime durable as well (recovery adopts it: see
-    /// [`FileData::upper_mtimes`]).
+    /// [`FileData::upper_mtimes`]). Once a sync failed, every later one
+    /// fails with the same error.
     pub(crate) fn sync(&self, data_only: bool, mtime: Option<Timestamp>) -> FsResult<()> {
+        match self.sync_failure.load(Ordering::SeqCst) {
+            0 => {}
+            errno => return Err(Errno(errno)),
+        }
+        let result = self.sync_upper(data_only, mtime);
+        if let Err(e) = result {
+            tracing::error!(
+                "syncing data file {} failed (errno {}): every later sync of this file fails too",
+                self.upper_name(),
+                e.0
+            );
+            let _ = self
+                .sync_failure
+                .compare_exchange(0, e.0, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn sync_upper(&self, data_only: bool, mtime: Option<Timestamp>) -> FsResult<()> {
         // Synced outside the lock: writers to the file go on meanwhile.
         let upper = self.inner.read().upper.clone();
         if let Some(file) = upper {

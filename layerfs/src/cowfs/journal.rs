@@ -13,7 +13,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -212,17 +214,32 @@ pub enum JBase {
 }
 
 /// An open journal, appended to.
+///
+/// Durability follows the chunk store's commit: every append gets a
+/// sequence number (in file order), a sync records the highest number its
+/// `fdatasync` covered, and a caller whose records are at or below that
+/// number returns at once; others take the sync lock, so a caller never
+/// returns while the sync that covers its records is still under way.
+/// A failed sync is sticky: the records it was to make durable may be
+/// lost (Linux drops pages whose write-back failed and reports the error
+/// once), so no later sync may claim they are durable.
 #[derive(Debug)]
 pub struct Journal {
     file: File,
-    /// Set when an append failed: the journal no longer matches the mount,
-    /// so `sync` reports failure rather than claiming durability.
-    broken: AtomicBool,
-    /// Records were appended since the last sync began.
-    unsynced: AtomicBool,
+    /// Why the journal no longer matches the mount (an append or a sync
+    /// failed): every sync from then on fails.
+    broken: Mutex<Option<String>>,
+    /// Records appended so far (the sequence number of the newest).
+    appended: AtomicU64,
+    /// Highest sequence number known durable.
+    durable: AtomicU64,
+    /// Held while writing a record, so numbers follow file order.
+    append_lock: Mutex<()>,
+    /// Held by the one sync under way.
+    sync_lock: Mutex<()>,
     /// A new journal's directory, whose entries (the journal's name and
-    /// the data directory) the first sync makes durable; creating a mount
-    /// costs no sync.
+    /// the data directory) the first sync makes durable, and the
+    /// directory holding it; creating a mount costs no sync.
     new_dir: Option<PathBuf>,
     dir_synced: AtomicBool,
 }
@@ -238,8 +255,9 @@ fn frame(record: &Record) -> std::io::Result<Vec<u8>> {
 }
 
 impl Journal {
-    /// Creates a new journal at `path` (which must not exist), durable
-    /// before it returns.
+    /// Creates a new journal at `path` (which must not exist). It, its
+    /// directory and that directory's name become durable with the first
+    /// sync.
     pub fn create(path: &Path) -> std::io::Result<Journal> {
         let mut file = OpenOptions::new()
             .create_new(true)
@@ -247,13 +265,7 @@ impl Journal {
             .append(true)
             .open(path)?;
         file.write_all(MAGIC)?;
-        Ok(Journal {
-            file,
-            broken: AtomicBool::new(false),
-            unsynced: AtomicBool::new(true),
-            new_dir: path.parent().map(Path::to_path_buf),
-            dir_synced: AtomicBool::new(false),
-        })
+        Ok(Journal::with_file(file, 1, path.parent().map(Path::to_path_buf)))
     }
 
     /// Opens an existing journal for appending, first cutting off a torn
@@ -264,13 +276,20 @@ impl Journal {
             file.set_len(valid_len)?;
             file.sync_all()?;
         }
-        Ok(Journal {
+        Ok(Journal::with_file(file, 0, None))
+    }
+
+    fn with_file(file: File, unsynced: u64, new_dir: Option<PathBuf>) -> Journal {
+        Journal {
             file,
-            broken: AtomicBool::new(false),
-            unsynced: AtomicBool::new(false),
-            new_dir: None,
+            broken: Mutex::new(None),
+            appended: AtomicU64::new(unsynced),
+            durable: AtomicU64::new(0),
+            append_lock: Mutex::new(()),
+            sync_lock: Mutex::new(()),
+            new_dir,
             dir_synced: AtomicBool::new(false),
-        })
+        }
     }
 
     /// Appends a record (written to the OS at once, not yet synced).
@@ -281,34 +300,63 @@ impl Journal {
     /// Appends records with one write.
     pub fn append_all(&self, records: &[Record]) {
         let mut bytes = Vec::new();
-        let result = records
+        let encoded = records
             .iter()
-            .try_for_each(|r| frame(r).map(|b| bytes.extend_from_slice(&b)))
-            .and_then(|()| (&self.file).write_all(&bytes));
+            .try_for_each(|r| frame(r).map(|b| bytes.extend_from_slice(&b)));
+        let _order = self.append_lock.lock();
+        let result = encoded.and_then(|()| (&self.file).write_all(&bytes));
+        self.appended.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = result {
             tracing::error!("appending to the upper-layer journal: {e}");
-            self.broken.store(true, Ordering::SeqCst);
+            self.break_with(format!("a journal record was not written: {e}"));
         }
-        self.unsynced.store(true, Ordering::SeqCst);
     }
 
-    /// Makes every appended record durable.
+    fn break_with(&self, reason: String) {
+        self.broken.lock().get_or_insert(reason);
+    }
+
+    fn check_broken(&self) -> std::io::Result<()> {
+        match &*self.broken.lock() {
+            Some(reason) => Err(std::io::Error::other(format!(
+                "the upper-layer journal can no longer be made durable ({reason}); \
+                 the mount must be recovered from its journal"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes every record appended before this call durable. Returns only
+    /// once they are; fails, now and from then on, if a sync ever failed.
     pub fn sync(&self) -> std::io::Result<()> {
-        if self.broken.load(Ordering::SeqCst) {
-            return Err(std::io::Error::other(
-                "the upper-layer journal missed a record after a write error",
-            ));
+        let target = self.appended.load(Ordering::SeqCst);
+        self.check_broken()?;
+        if self.durable.load(Ordering::SeqCst) >= target {
+            return Ok(());
         }
-        if !self.unsynced.swap(false, Ordering::SeqCst) {
-            return Ok(()); // nothing appended since the last sync
+        let _syncing = self.sync_lock.lock();
+        // A sync that ended while this one waited may have covered it.
+        self.check_broken()?;
+        if self.durable.load(Ordering::SeqCst) >= target {
+            return Ok(());
         }
+        // Everything appended by now is covered by this fdatasync.
+        let covered = self.appended.load(Ordering::SeqCst);
         let result = self.file.sync_data().and_then(|()| self.sync_new_dir());
-        result.inspect_err(|_| {
-            self.unsynced.store(true, Ordering::SeqCst);
-        })
+        match result {
+            Ok(()) => {
+                self.durable.fetch_max(covered, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                self.break_with(format!("a sync failed: {e}"));
+                Err(e)
+            }
+        }
     }
 
-    /// Once per new journal: makes the upper directory's entries durable.
+    /// Once per new journal: makes the upper directory's entries durable,
+    /// and its own name in the directory above it.
     fn sync_new_dir(&self) -> std::io::Result<()> {
         let Some(dir) = &self.new_dir else {
             return Ok(());
@@ -322,6 +370,9 @@ impl Journal {
             Err(e) => return Err(e),
         }
         File::open(dir)?.sync_all()?;
+        if let Some(parent) = dir.parent() {
+            File::open(parent)?.sync_all()?;
+        }
         self.dir_synced.store(true, Ordering::SeqCst);
         Ok(())
     }
