@@ -445,10 +445,11 @@ impl ActivePack {
 }
 
 /// Starts writing back `len` bytes of `file` from `offset` (0: to the end)
-/// without waiting for them. Purely an optimisation: durability still comes
-/// from the commit's `fdatasync`, so a failure here is ignored.
-pub fn start_writeback(file: &File, offset: u64, len: u64) {
-    sync_range(file, offset, len, libc::SYNC_FILE_RANGE_WRITE);
+/// without waiting for them. Durability still comes from the commit's
+/// `fdatasync`; an error here (a write-back that already failed) is
+/// returned all the same, since the commit would not see it again.
+pub fn start_writeback(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    sync_range(file, offset, len, libc::SYNC_FILE_RANGE_WRITE)
 }
 
 /// Waits until `len` bytes of `file` from `offset` (0: to the end) are
@@ -456,8 +457,12 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
 /// once and rarely read right away, so their pages are better spent on
 /// data that is read; on a VM whose freed memory goes back to the host,
 /// reusing pages also avoids faulting fresh memory in for every write.
-/// Purely an optimisation; failures are ignored.
-pub fn release_written(file: &File, offset: u64, len: u64) {
+///
+/// Waiting reports a failed write-back of the range — and, since Linux
+/// 4.14, consumes it: the commit's `fdatasync` on the same file would then
+/// succeed for bytes that never reached the disk. So the error must be
+/// returned to the caller, who fails the commit.
+pub fn release_written(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     sync_range(
         file,
@@ -466,27 +471,31 @@ pub fn release_written(file: &File, offset: u64, len: u64) {
         libc::SYNC_FILE_RANGE_WAIT_BEFORE
             | libc::SYNC_FILE_RANGE_WRITE
             | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-    );
+    )?;
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
+        return Ok(());
     };
     // SAFETY: posix_fadvise only reads its integer arguments; the fd is
-    // valid while `file` is borrowed, and no memory is passed.
+    // valid while `file` is borrowed, and no memory is passed. It is
+    // advice: its result does not matter.
     unsafe {
         libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED);
     }
+    Ok(())
 }
 
-fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) {
+fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
+        return Ok(());
     };
     // SAFETY: sync_file_range only reads its integer arguments; the fd is
     // valid while `file` is borrowed, and no memory is passed.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, flags);
+    let ret = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(())
 }
 
 /// Makes a directory's entries durable.

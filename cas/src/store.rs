@@ -120,13 +120,16 @@ struct Writeback {
 }
 
 impl Writeback {
-    fn run(self) {
+    /// Does the work; an error is a failed write-back of pack bytes, which
+    /// no later `fdatasync` would report again.
+    fn run(self) -> std::io::Result<()> {
         if let Some((offset, len)) = self.start {
-            pack::start_writeback(&self.file, offset, len);
+            pack::start_writeback(&self.file, offset, len)?;
         }
         if let Some((offset, len)) = self.release {
-            pack::release_written(&self.file, offset, len);
+            pack::release_written(&self.file, offset, len)?;
         }
+        Ok(())
     }
 }
 
@@ -607,7 +610,14 @@ impl Inner {
             )
         };
         if let Some(writeback) = writeback {
-            writeback.run();
+            if let Err(e) = writeback.run() {
+                // Bytes of a pack may not have reached the disk, and the
+                // next commit's fdatasync would not say so: nothing
+                // pending may be committed.
+                let error = Error::io("writing back a pack file", e);
+                self.fail_writes(&error);
+                return Err(error);
+            }
         }
         if pending_count >= self.options.max_pending_chunks {
             self.commit_through(outcome.seq)?;

@@ -58,6 +58,10 @@ fn a_failed_pack_write_back_is_never_acknowledged() {
     let acknowledged = put(&store, "big", &big);
     assert_eq!(power.fired(fault), 1, "the write-back failure happened");
     let later = put(&store, "later", &random_bytes(1000, 3));
+    assert!(
+        acknowledged.is_err() || later.is_err(),
+        "the failed write-back was reported to a writer"
+    );
     drop(store);
     power.clear_faults();
     // Fresh caches: what is read now is what reached the filesystem.
