@@ -199,7 +199,12 @@ impl Store {
         let text = serde_json::to_vec_pretty(&marker)
             .map_err(|e| Error::Invariant(format!("encoding the marker: {e}")))?;
         write_durably(&home.join(MARKER_FILE), &text)?;
+        pack::sync_dir(&packs_dir)?;
         pack::sync_dir(home)?;
+        // The store's own name, which may have just been made.
+        if let Some(parent) = home.parent().filter(|p| !p.as_os_str().is_empty()) {
+            pack::sync_dir(parent)?;
+        }
         Store::open(home, OpenOptions::default())
     }
 
