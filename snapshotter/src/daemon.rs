@@ -218,11 +218,6 @@ impl Daemon {
                     }
                 }
             }
-            if !info.upper.join("journal").exists() {
-                tracing::warn!(mount = id, "discarding a mount that never started");
-                self.discard(&id);
-                continue;
-            }
             match self.restore_mount(&info) {
                 Ok(mut live) => {
                     live.last_snapshot = self.catalog.latest_of_mount(&id);
@@ -277,15 +272,28 @@ impl Daemon {
             .tree
             .parse()
             .map_err(|e| anyhow!("mount record names a bad tree id: {e}"))?;
-        let (fs, report) = CowFs::recover(
-            self.store.clone(),
-            tree,
-            MountConfig {
-                upper_dir: info.upper.clone(),
-                quota_bytes: info.quota_bytes,
-            },
-        )
-        .context("replaying the upper layer's journal")?;
+        let config = MountConfig {
+            upper_dir: info.upper.clone(),
+            quota_bytes: info.quota_bytes,
+        };
+        let (fs, report) = if info.upper.join("journal").exists() {
+            CowFs::recover(self.store.clone(), tree, config)
+                .context("replaying the upper layer's journal")?
+        } else {
+            // Its record is durable but nothing inside it ever was (a new
+            // mount's journal costs no sync until its first fsync): it
+            // comes back as it began, empty.
+            match fs::remove_dir_all(&info.upper) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("clearing {}", info.upper.display()))
+                }
+            }
+            let fs = CowFs::new(self.store.clone(), tree, config)
+                .context("starting the mount's upper layer again")?;
+            (fs, layerfs::cowfs::RecoveryReport::default())
+        };
         let fs = Arc::new(fs);
         let options = FuseOptions {
             fs_name: format!("strata:{}", info.id),
@@ -351,7 +359,28 @@ impl Daemon {
         }
     }
 
+    /// Makes a mount and makes it durable: its record and its name in
+    /// `HOME/mounts` survive a power cut once this returns.
     fn mount_create(&self, args: MountCreate) -> anyhow::Result<MountInfo> {
+        let info = self.mount_start(args)?;
+        if let Err(e) = self.sync_mounts_dir() {
+            let _ = self.mount_remove(&info.id);
+            return Err(e);
+        }
+        Ok(info)
+    }
+
+    /// Makes `HOME/mounts`' entries durable (the names of new mounts).
+    fn sync_mounts_dir(&self) -> anyhow::Result<()> {
+        let dir = self.home.join("mounts");
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))
+    }
+
+    /// Makes a mount; its name in `HOME/mounts` is not yet durable (see
+    /// [`Daemon::mount_create`]).
+    fn mount_start(&self, args: MountCreate) -> anyhow::Result<MountInfo> {
         if let Some(mountpoint) = &args.mountpoint {
             if !mountpoint.is_absolute() {
                 bail!(
@@ -659,7 +688,7 @@ impl Daemon {
             let result = fs::create_dir_all(&mountpoint)
                 .with_context(|| format!("creating {}", mountpoint.display()))
                 .and_then(|()| {
-                    self.mount_create(MountCreate {
+                    self.mount_start(MountCreate {
                         image: String::new(),
                         snapshot: Some(args.id.clone()),
                         mountpoint: Some(mountpoint.clone()),
@@ -676,6 +705,13 @@ impl Daemon {
                     return Err(e).with_context(|| format!("fork {n} of {}", args.count));
                 }
             }
+        }
+        // One sync makes every new mount's name durable.
+        if let Err(e) = self.sync_mounts_dir() {
+            for info in &made {
+                let _ = self.mount_remove(&info.id);
+            }
+            return Err(e);
         }
         Ok(made)
     }
@@ -1094,6 +1130,7 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
         };
         let _ = daemon.p9.set(serve9p::Service::new(find, poll));
     }
+    crate::home::make_durable_dir(&home.join("mounts"))?;
     daemon
         .recover()
         .context("cleaning up after the previous daemon")?;

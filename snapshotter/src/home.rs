@@ -30,3 +30,28 @@ pub fn default_home() -> PathBuf {
 pub fn resolve(flag: Option<PathBuf>) -> PathBuf {
     flag.unwrap_or_else(default_home)
 }
+
+/// Creates directory `dir` (and missing parents) if absent, each new name
+/// made durable in its parent before this returns: what the daemon keeps
+/// under the data directory must survive a power cut from the moment it
+/// is acknowledged.
+pub fn make_durable_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        make_durable_dir(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", parent.display()))?;
+    }
+    Ok(())
+}

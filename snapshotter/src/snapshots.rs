@@ -114,8 +114,7 @@ impl Catalog {
     pub fn open(home: &Path, store: Store) -> anyhow::Result<Arc<Catalog>> {
         let dir = home.join("snapshots");
         for sub in ["pending", "failed"] {
-            fs::create_dir_all(dir.join(sub))
-                .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+            crate::home::make_durable_dir(&dir.join(sub))?;
         }
         let mut inflight = BTreeMap::new();
         for entry in fs::read_dir(dir.join("pending"))? {

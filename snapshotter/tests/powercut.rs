@@ -47,6 +47,15 @@ fn an_acknowledged_mount_and_its_fsynced_file_survive_a_power_cut() {
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let id = json(&out)["id"].as_str().unwrap().to_string();
+    // A second mount, acknowledged and never written to.
+    let idle = dir.path().join("idle");
+    std::fs::create_dir(&idle).unwrap();
+    let out = snapctl(
+        &home,
+        &["--json", "mount", "--image", "tiny", idle.to_str().unwrap()],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let idle_id = json(&out)["id"].as_str().unwrap().to_string();
     let mut file = std::fs::File::create(mnt.join("acknowledged")).unwrap();
     file.write_all(b"fsynced before the cut\n").unwrap();
     file.sync_all().unwrap();
@@ -65,10 +74,13 @@ fn an_acknowledged_mount_and_its_fsynced_file_survive_a_power_cut() {
         .iter()
         .filter_map(|m| m["id"].as_str())
         .collect();
-    assert!(
-        ids.contains(&id.as_str()),
-        "mount {id} was acknowledged but is gone after a power cut (mounts now: {ids:?})"
-    );
+    for id in [&id, &idle_id] {
+        assert!(
+            ids.contains(&id.as_str()),
+            "mount {id} was acknowledged but is gone after a power cut (mounts now: {ids:?})"
+        );
+    }
+    assert_eq!(std::fs::read(idle.join("etc/motd")).unwrap(), b"welcome\n");
     assert_eq!(
         std::fs::read(mnt.join("acknowledged")).unwrap(),
         b"fsynced before the cut\n"
