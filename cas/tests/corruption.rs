@@ -275,3 +275,67 @@ fn flipped_bytes_in_an_index_table_file_are_caught_and_repaired_from_packs() {
     let report = store.fsck(FsckOptions::default(), &|_, _| {}).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
 }
+
+/// The reader of [`an_absurd_length_in_the_index_is_an_error_not_an_allocation`]:
+/// runs under a 3 GiB address-space limit.
+#[test]
+fn absurd_length_reader() {
+    let (Some(home), Some(chunk)) = (
+        std::env::var_os("CAS_ABSURD_HOME"),
+        std::env::var("CAS_ABSURD_CHUNK").ok(),
+    ) else {
+        return;
+    };
+    let limit = libc::rlimit {
+        rlim_cur: 3 << 30,
+        rlim_max: 3 << 30,
+    };
+    // SAFETY: setrlimit with a valid pointer to a local struct.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+    let store = Store::open(Path::new(&home), OpenOptions::default()).unwrap();
+    let chunk: ChunkId = chunk.parse().unwrap();
+    let got = store.get(&chunk);
+    println!(
+        "GET {}",
+        got.map(|b| b.len().to_string())
+            .unwrap_or_else(|e| format!("{e:?}"))
+    );
+    let report = store.fsck(FsckOptions::default(), &|_, _| {}).unwrap();
+    println!("FSCK problems={}", report.problems.len());
+}
+
+/// Defect 9 of issue 14: a read sized its buffer by the index entry's
+/// stored length, unchecked — one damaged entry made a read (and fsck)
+/// allocate 4 GiB. A length no frame can have is index damage, reported as
+/// such without allocating it.
+#[test]
+fn an_absurd_length_in_the_index_is_an_error_not_an_allocation() {
+    let (dir, store) = new_store(StoreConfig::default());
+    let (_, chunk, _, _, _) = two_blobs(&store);
+    let there = store.locate(&chunk).unwrap().unwrap();
+    store
+        .index()
+        .put_raw_location(
+            &chunk,
+            &location_bytes(there.pack.0, there.offset, u32::MAX, u32::MAX, 0),
+        )
+        .unwrap();
+    let home = store.home().to_path_buf();
+    drop(store);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["absurd_length_reader", "--exact", "--nocapture"])
+        .env("CAS_ABSURD_HOME", &home)
+        .env("CAS_ABSURD_CHUNK", chunk.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the reader died ({:?}): {stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("GET IndexCorrupt"), "{stdout}");
+    assert!(!stdout.contains("FSCK problems=0"), "{stdout}");
+    drop(dir);
+}
