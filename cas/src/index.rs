@@ -69,11 +69,23 @@ impl ChunkLocation {
             |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
         let u32_at =
             |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
+        let (stored_len, raw_len) = (u32_at(17), u32_at(21));
+        // A frame never holds more than a chunk, nor stores more than its
+        // raw length (zstd is used only where it shrinks): a larger length
+        // is damage, and readers size buffers by it.
+        if raw_len as usize > crate::config::MAX_CHUNK_LEN || stored_len > raw_len {
+            return Err(Error::IndexCorrupt {
+                detail: format!(
+                    "index entry of chunk {id} gives impossible lengths \
+                     (stored {stored_len}, raw {raw_len})"
+                ),
+            });
+        }
         Ok(ChunkLocation {
             pack: PackId(u64_at(1)),
             offset: u64_at(9),
-            stored_len: u32_at(17),
-            raw_len: u32_at(21),
+            stored_len,
+            raw_len,
             kind: ChunkKind::from_code(bytes[25]).ok_or_else(bad)?,
         })
     }
