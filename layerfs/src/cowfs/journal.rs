@@ -265,7 +265,11 @@ impl Journal {
             .append(true)
             .open(path)?;
         file.write_all(MAGIC)?;
-        Ok(Journal::with_file(file, 1, path.parent().map(Path::to_path_buf)))
+        Ok(Journal::with_file(
+            file,
+            1,
+            path.parent().map(Path::to_path_buf),
+        ))
     }
 
     /// Opens an existing journal for appending, first cutting off a torn
