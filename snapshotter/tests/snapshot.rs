@@ -680,3 +680,31 @@ fn snapshots_of_a_mount_being_written_hold_a_consistent_prefix() {
     assert!(counts.last() > counts.first(), "{counts:?}");
     drop(node);
 }
+
+/// Defect 5 of issue 14: the daemon added `--expire` to the creation time
+/// unchecked — a debug build panicked the connection, a release build
+/// wrapped around and made a snapshot that expired before it was taken.
+/// An expiry no clock can reach is invalid input, and no snapshot is made.
+#[test]
+fn an_expiry_out_of_reach_is_refused_and_makes_no_snapshot() {
+    if !fixtures::require::fuse() {
+        return;
+    }
+    let (node, mnt, _) = node();
+    let home = node.home.clone();
+    for far in ["18446744073709551615s", "213503982334601d"] {
+        let out = snapctl(
+            &home,
+            &["snapshot", "create", mnt.to_str().unwrap(), "--expire", far],
+        );
+        assert_eq!(code(&out), 7, "--expire {far}: {}", stderr(&out));
+        assert!(stderr(&out).contains("expire"), "{}", stderr(&out));
+    }
+    let list = json(&must(snapctl(&home, &["--json", "snapshot", "list"])));
+    assert_eq!(list, serde_json::json!([]), "a refused snapshot was made");
+    // A far but reachable expiry is kept as given.
+    let kept = snapshot(&home, &mnt, &["--expire", "3650d", "--wait-durable"]);
+    let created = kept["created"].as_f64().unwrap() as u64;
+    assert_eq!(kept["expires"].as_u64().unwrap(), created + 3650 * 86400);
+    drop(node);
+}
