@@ -44,6 +44,10 @@ use crate::serve9p;
 use crate::snapshots::{now_secs, tree_bytes, Catalog, MOUNT_ROOTS_REF_PREFIX};
 use crate::store_cmd::open_with;
 
+/// The furthest a snapshot's expiry may lie ahead (100 years): anything
+/// larger is a mistake, and past `u64` seconds it would wrap around.
+const MAX_EXPIRE_SECS: u64 = 36_525 * 86_400;
+
 /// Ref name prefix of live mounts' lower trees.
 const MOUNT_REF_PREFIX: &str = "mount/";
 
@@ -601,6 +605,18 @@ impl Daemon {
             (live.fs.clone(), id, parent, live.info.image.clone())
         };
         let created = now_secs();
+        let expires = match args.expire_secs {
+            None => None,
+            Some(secs) if secs > MAX_EXPIRE_SECS => {
+                return Err(crate::exit::InvalidInput(format!(
+                    "--expire may be at most {} days (got {secs} s); leave it out to keep \
+                     the snapshot until it is removed",
+                    MAX_EXPIRE_SECS / 86400
+                ))
+                .into())
+            }
+            Some(secs) => Some(created as u64 + secs),
+        };
         let info = SnapshotInfo {
             id: self.new_id(),
             kind: if dir.is_some() {
@@ -615,7 +631,7 @@ impl Daemon {
             image,
             created,
             labels: args.labels,
-            expires: args.expire_secs.map(|s| created as u64 + s),
+            expires,
             state: SnapshotState::Converting,
             error: None,
             tree: None,

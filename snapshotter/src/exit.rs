@@ -22,6 +22,12 @@ pub const INVALID_INPUT: u8 = 7;
 /// The command needs the node daemon and none is running.
 pub const NO_DAEMON: u8 = 8;
 
+/// A request the daemon refuses as invalid (exit code 7, "invalid
+/// input"); nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
 /// Shown at the end of `snapctl --help`.
 pub const HELP: &str = "\
 Exit codes: 0 success, 1 other failure, 2 usage error, 3 not found,
@@ -39,6 +45,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
         if cause.is::<crate::client::DaemonUnavailable>() {
             return NO_DAEMON;
+        }
+        if cause.is::<InvalidInput>() {
+            return INVALID_INPUT;
         }
         let class = cause
             .downcast_ref::<cas::Error>()
