@@ -708,3 +708,58 @@ fn an_expiry_out_of_reach_is_refused_and_makes_no_snapshot() {
     assert_eq!(kept["expires"].as_u64().unwrap(), created + 3650 * 86400);
     drop(node);
 }
+
+/// Defect 3 of issue 14: a directory snapshot switched the mount's sealed
+/// files to the snapshot's blobs, but only filesystem snapshots recorded
+/// their tree among the mount's roots — so removing the directory
+/// snapshot and collecting garbage swept bytes the mount still read: its
+/// changed files gave EIO and every later snapshot of the mount failed.
+#[test]
+fn a_removed_directory_snapshot_leaves_the_mount_whole_after_gc() {
+    if !fixtures::require::fuse() {
+        return;
+    }
+    let (mut node, mnt, _) = node();
+    let home = node.home.clone();
+    std::fs::create_dir(mnt.join("project")).unwrap();
+    let mut contents = BTreeMap::new();
+    for i in 0..5u64 {
+        let mut seed = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let bytes: Vec<u8> = (0..300_000)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let path = mnt.join(format!("project/file{i}"));
+        std::fs::write(&path, &bytes).unwrap();
+        contents.insert(path, bytes);
+    }
+    let taken = snapshot(&home, &mnt, &["--dir", "/project", "--wait-durable"]);
+    let id = taken["id"].as_str().unwrap().to_string();
+    must(snapctl(&home, &["snapshot", "rm", &id]));
+    let swept = json(&must(snapctl(&home, &["--json", "store", "gc"])));
+    // A daemon that starts afresh reads the mount's files from the store,
+    // not from memory.
+    assert!(!node.daemon.take().unwrap().stop(libc::SIGKILL).success());
+    node.daemon = Some(Daemon::start(&home));
+    for (path, bytes) in &contents {
+        let back = std::fs::read(path);
+        assert!(
+            back.as_ref().is_ok_and(|b| b == bytes),
+            "{} after the directory snapshot was removed and GC swept {swept}: {:?}",
+            path.display(),
+            back.map(|b| b.len())
+        );
+    }
+    // And the mount can still be snapshotted and restored whole.
+    let full = snapshot(&home, &mnt, &["--wait-durable"]);
+    assert_eq!(full["state"], "durable", "{full}");
+    let restored = restore(&node, full["id"].as_str().unwrap(), "restored");
+    for (path, bytes) in &contents {
+        let rel = path.strip_prefix(&mnt).unwrap();
+        assert_eq!(&std::fs::read(restored.join(rel)).unwrap(), bytes);
+    }
+}
