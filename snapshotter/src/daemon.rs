@@ -674,7 +674,13 @@ impl Daemon {
         let mounts = self.mounts.lock();
         let id = Self::find_mount_or_not_found(&mounts, key)?;
         let live = &mounts[&id];
-        self.catalog.update_roots(&id, |r| r.grafts.push(tree))?;
+        if !self.catalog.add_graft(&id, tree)? {
+            return Err(crate::exit::InvalidInput(format!(
+                "mount {id} already keeps as many trees alive as it may; \
+                 take a filesystem snapshot of it first"
+            ))
+            .into());
+        }
         let (parent, _) = live.fs.graft(trimmed.as_bytes(), tree).map_err(|e| {
             anyhow!(std::io::Error::from_raw_os_error(e.0))
                 .context(format!("placing snapshot {snapshot} at /{trimmed}"))

@@ -16,10 +16,12 @@
 //! mount's layers are stored oldest first. Each holds a store lease (its
 //! writer) until its ref exists, so GC never collects a snapshot being
 //! written. A live mount's further roots — the tree of its newest stored
-//! snapshot (its files read from that tree's blobs once their layers are
+//! filesystem snapshot, the trees of the directory snapshots stored since
+//! (its files read from these trees' blobs once their layers are
 //! converted) and the trees grafted into it — are kept alive by the ref
 //! `mountroots/ID`, a `MOUNT_ROOTS` node linking them, so that they stay
-//! even if the snapshots are removed.
+//! even if the snapshots are removed. Each is recorded before the mount
+//! switches to its blobs.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -56,7 +58,31 @@ pub struct MountRoots {
     pub base: Option<ChunkId>,
     /// Trees grafted into it.
     pub grafts: Vec<ChunkId>,
+    /// Trees of the directory snapshots stored since `base`: their blobs
+    /// replaced the sealed layers of the files under those directories.
+    /// A filesystem snapshot's tree reaches every blob the mount read when
+    /// it was captured (and conversions run in capture order), so storing
+    /// one clears this list.
+    #[serde(default)]
+    pub dirs: Vec<ChunkId>,
 }
+
+impl MountRoots {
+    /// Every tree these roots keep alive.
+    fn links(&self) -> Vec<ChunkId> {
+        self.base
+            .iter()
+            .chain(self.grafts.iter())
+            .chain(self.dirs.iter())
+            .copied()
+            .collect()
+    }
+}
+
+/// Most trees one mount's roots may list; past it, a directory snapshot's
+/// blobs are not switched into the mount (its layers stay local until the
+/// mount's next filesystem snapshot).
+const MAX_MOUNT_ROOTS: usize = cas::MAX_NODE_LINKS / 2;
 
 /// A captured snapshot waiting to be stored.
 struct Job {
@@ -311,26 +337,56 @@ impl Catalog {
             record.id,
             RefExpectation::Absent,
         )?;
-        if info.path.is_none() {
-            self.update_roots(&info.mount, |r| r.base = Some(stored.tree))?;
+        let in_roots = match info.path {
+            None => self.update_roots(&info.mount, |r| {
+                r.base = Some(stored.tree);
+                r.dirs.clear();
+                true
+            })?,
+            // The mount's files under the directory will read this tree's
+            // blobs: it must stay alive with the mount, whatever becomes
+            // of the snapshot.
+            Some(_) => self.update_roots(&info.mount, |r| {
+                if r.dirs.contains(&stored.tree) {
+                    return true;
+                }
+                if r.links().len() >= MAX_MOUNT_ROOTS {
+                    return false;
+                }
+                r.dirs.push(stored.tree);
+                true
+            })?,
+        };
+        if !in_roots {
+            tracing::warn!(
+                snapshot = info.id,
+                mount = info.mount,
+                "the mount already keeps {MAX_MOUNT_ROOTS} trees alive; its sealed layers \
+                 stay local until its next filesystem snapshot"
+            );
+            return Ok(stored.keep_layers());
         }
         Ok(stored)
     }
 
     /// Changes mount `mount`'s further roots and makes the change durable.
-    pub fn update_roots(
+    /// `change` returns whether to keep its change; its answer is
+    /// returned.
+    fn update_roots(
         &self,
         mount: &str,
-        change: impl FnOnce(&mut MountRoots),
-    ) -> anyhow::Result<()> {
+        change: impl FnOnce(&mut MountRoots) -> bool,
+    ) -> anyhow::Result<bool> {
         let mut all = self.roots.lock();
         let roots = match all.get(mount) {
             Some(r) => r.clone(),
             None => self.load_roots(mount)?,
         };
         let mut new = roots;
-        change(&mut new);
-        let links: Vec<ChunkId> = new.base.iter().chain(new.grafts.iter()).copied().collect();
+        if !change(&mut new) {
+            return Ok(false);
+        }
+        let links = new.links();
         let writer = self.store.writer(&format!("roots of mount {mount}"));
         let node = writer.put_node(&Node::new(MOUNT_ROOTS, links, serde_json::to_vec(&new)?))?;
         writer.commit()?;
@@ -340,7 +396,19 @@ impl Catalog {
             RefExpectation::Any,
         )?;
         all.insert(mount.to_string(), new);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Records a tree grafted into `mount`; `false` if the mount already
+    /// keeps as many trees alive as it may.
+    pub fn add_graft(&self, mount: &str, tree: ChunkId) -> anyhow::Result<bool> {
+        self.update_roots(mount, |r| {
+            if r.links().len() >= MAX_MOUNT_ROOTS {
+                return false;
+            }
+            r.grafts.push(tree);
+            true
+        })
     }
 
     /// A mount's further roots as its ref records them.

@@ -92,6 +92,16 @@ pub struct Stored {
     layers: Vec<(Arc<Layer>, Option<ChunkId>)>,
 }
 
+impl Stored {
+    /// The same result, with no layers to switch: [`CowFs::converted`]
+    /// then leaves the mount's sealed layers local (for a caller that
+    /// cannot keep this tree alive as long as the mount lives).
+    pub fn keep_layers(mut self) -> Stored {
+        self.layers.clear();
+        self
+    }
+}
+
 fn join(path: &[u8], name: &[u8]) -> Vec<u8> {
     let mut out = path.to_vec();
     if !out.is_empty() {
