@@ -10,8 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cas::Store;
-use fixtures::powercut::{Action, Cut, Fault, Op, Options, PowerCutFs};
+use fixtures::powercut::{Action, Cut, Fault, Op};
 use layerfs::cowfs::{Caller, CowFs, MountConfig, ROOT_INO};
 
 const ROOT: Caller = Caller { uid: 0, gid: 0 };
@@ -21,22 +20,6 @@ fn config(upper: &Path) -> MountConfig {
         upper_dir: upper.to_path_buf(),
         quota_bytes: 1 << 30,
     }
-}
-
-/// A store (on ordinary disk) with a small image, and a power-cut
-/// filesystem for the upper layer.
-fn setup() -> (tempfile::TempDir, Store, cas::ChunkId, PowerCutFs) {
-    let (tmp, store) = common::store();
-    let src = tmp.path().join("src");
-    std::fs::create_dir_all(src.join("etc")).unwrap();
-    std::fs::write(src.join("etc/motd"), b"lower bytes\n").unwrap();
-    let tree = common::import_dir(&store, "img", &src);
-    let fs = PowerCutFs::mount(tmp.path(), Options::default()).unwrap();
-    // The upper directory exists durably before the mount starts (these
-    // tests are about what the mount syncs, not its directory's name).
-    std::fs::create_dir(fs.path().join("upper")).unwrap();
-    std::fs::File::open(fs.path()).unwrap().sync_all().unwrap();
-    (tmp, store, tree, fs)
 }
 
 /// Defect 1 of issue 14: the journal's sync cleared its "unsynced" mark
@@ -50,7 +33,7 @@ fn an_fsync_during_another_sync_returns_only_once_its_records_are_durable() {
     if !fixtures::require::fuse() {
         return;
     }
-    let (_tmp, store, tree, mut power) = setup();
+    let (_tmp, store, tree, mut power) = common::upper_on_powercut();
     let upper = power.path().join("upper");
     let fs = Arc::new(CowFs::new(store.clone(), tree, config(&upper)).unwrap());
     let a = fs.create(ROOT_INO, b"a", 0o644, ROOT).unwrap().ino;
@@ -98,7 +81,7 @@ fn a_failed_fsync_of_a_file_is_not_followed_by_a_false_success() {
     if !fixtures::require::fuse() {
         return;
     }
-    let (_tmp, store, tree, power) = setup();
+    let (_tmp, store, tree, power) = common::upper_on_powercut();
     let upper = power.path().join("upper");
     let fs = CowFs::new(store, tree, config(&upper)).unwrap();
     let f = fs.create(ROOT_INO, b"f", 0o644, ROOT).unwrap().ino;
@@ -125,7 +108,7 @@ fn a_failed_journal_sync_is_not_followed_by_a_false_success() {
     if !fixtures::require::fuse() {
         return;
     }
-    let (_tmp, store, tree, power) = setup();
+    let (_tmp, store, tree, power) = common::upper_on_powercut();
     let upper = power.path().join("upper");
     let fs = CowFs::new(store, tree, config(&upper)).unwrap();
     let d = fs.mkdir(ROOT_INO, b"d", 0o755, ROOT).unwrap().ino;

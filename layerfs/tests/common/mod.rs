@@ -287,3 +287,33 @@ pub fn write(fs: &CowFs, ino: u64, offset: u64, bytes: &[u8]) {
     fs.write(ino, offset, bytes).unwrap();
     fs.release(ino);
 }
+
+/// A store (on ordinary disk) with a small image (`/etc/motd` and a 1 MiB
+/// file `/big` of non-zero bytes), and a power-cut filesystem with an
+/// empty `upper` directory, durable, for a mount's upper layer.
+pub fn upper_on_powercut() -> (
+    tempfile::TempDir,
+    Store,
+    cas::ChunkId,
+    fixtures::powercut::PowerCutFs,
+) {
+    let (tmp, store) = store();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/motd"), b"lower bytes\n").unwrap();
+    std::fs::write(src.join("big"), lower_big()).unwrap();
+    let tree = import_dir(&store, "img", &src);
+    let fs =
+        fixtures::powercut::PowerCutFs::mount(tmp.path(), fixtures::powercut::Options::default())
+            .unwrap();
+    // The upper directory exists durably before the mount starts (these
+    // tests are about what the mount syncs, not its directory's name).
+    std::fs::create_dir(fs.path().join("upper")).unwrap();
+    std::fs::File::open(fs.path()).unwrap().sync_all().unwrap();
+    (tmp, store, tree, fs)
+}
+
+/// The bytes of `/big` in [`upper_on_powercut`]'s image.
+pub fn lower_big() -> Vec<u8> {
+    (0..1u32 << 20).map(|i| (i % 251) as u8 + 1).collect()
+}
