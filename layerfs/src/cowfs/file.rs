@@ -695,9 +695,12 @@ impl FileData {
         if used - inner.charged.min(used) + new_charge > quota && new_charge > inner.charged {
             return Err(Errno::ENOSPC);
         }
-        // Copy up the lower bytes of partly written blocks.
+        // Copy up the lower bytes of partly written blocks. Blocks become
+        // present only once the write has succeeded: until then a reader
+        // (and a failed write) leaves them reading the lower bytes.
         let copy_limit = inner.lower_limit.min(inner.size);
         let mut layout_changed = new_size != inner.size;
+        let mut newly_present = Vec::new();
         for block in first..=last {
             if inner.is_present(block) {
                 continue;
@@ -716,11 +719,14 @@ impl FileData {
                     .write_all_at(&buf, start)
                     .map_err(io)?;
             }
-            inner.set_present(block);
+            newly_present.push(block);
         }
         self.upper(&mut inner)?
             .write_all_at(data, offset)
             .map_err(io)?;
+        for block in newly_present {
+            inner.set_present(block);
+        }
         inner.size = new_size;
         self.apply_charge(&mut inner, new_charge);
         self.dirty.store(true, Ordering::Release);
