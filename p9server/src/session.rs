@@ -346,8 +346,11 @@ impl Session {
         match req {
             Request::Version { .. } | Request::Flush { .. } => err(libc::EINVAL),
             Request::Auth { .. } => {
-                // No authentication is configured: attach without an afid.
-                err(libc::ECONNREFUSED)
+                // No authentication is needed: attach without an afid. ENOENT
+                // is what diod answers here, and the one answer diod's
+                // client library (diodls, diodcat, mount.diod) takes as
+                // "attach without authentication".
+                err(libc::ENOENT)
             }
             Request::Attach {
                 fid,

@@ -109,7 +109,7 @@ fn every_operation(address: &Listen, fs: &CowFs) {
             aname: Vec::new(),
             n_uname: 0,
         })),
-        libc::ECONNREFUSED as u32
+        ENOENT
     );
 
     // Walk and read a lower file; a walk that fails part-way reports the
