@@ -380,3 +380,124 @@ fn one_daemon_serves_isolated_mounts_and_ends_them_cleanly() {
     );
     assert_eq!(code(&snapctl(&home, &["store", "fsck"])), 0);
 }
+
+/// Moves process `pid` into a new pids cgroup allowing `extra` more tasks
+/// than it has now; returns the cgroup's directory (removed by the caller).
+fn limit_tasks(pid: u32, extra: usize) -> Option<std::path::PathBuf> {
+    let root = Path::new("/sys/fs/cgroup/pids");
+    if !root.join("cgroup.procs").exists() {
+        return None;
+    }
+    let dir = root.join(format!("strata-test-{pid}"));
+    std::fs::create_dir(&dir).ok()?;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.count();
+    std::fs::write(dir.join("pids.max"), (tasks + extra).to_string()).ok()?;
+    std::fs::write(dir.join("cgroup.procs"), pid.to_string()).ok()?;
+    Some(dir)
+}
+
+fn release_tasks(pid: u32, dir: &Path) {
+    let _ = std::fs::write("/sys/fs/cgroup/pids/cgroup.procs", pid.to_string());
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Defect 8 of issue 14: the daemon's accept loop returned when it could
+/// not start a thread for a connection — the daemon exited and every mount
+/// with it. A connection it cannot serve is turned away; the daemon and its
+/// mounts go on.
+#[test]
+fn a_connection_the_daemon_cannot_serve_is_turned_away_and_the_daemon_lives() {
+    if !fixtures::require::root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (home, _) = init_with_source(dir.path());
+    let mut daemon = Daemon::start(&home);
+    let pid = daemon.child.id();
+    let cgroup = limit_tasks(pid, 4);
+    if !fixtures::require::facility(
+        cgroup.is_some(),
+        "no pids cgroup to limit the daemon's tasks",
+    ) {
+        return;
+    }
+    let cgroup = cgroup.unwrap();
+    // Far more connections at once than threads it may start.
+    let conns: Vec<UnixStream> = (0..32)
+        .filter_map(|_| UnixStream::connect(home.join("snapd.sock")).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let alive = matches!(daemon.child.try_wait(), Ok(None));
+    drop(conns);
+    release_tasks(pid, &cgroup);
+    assert!(alive, "the daemon exited when it could not start a thread");
+    wait_until("the daemon to answer again", || {
+        snapctl(&home, &["mounts"]).status.success()
+    });
+}
+
+/// Defect 8 of issue 14: API connections were not capped (a thread each).
+/// Past the cap a connection gets one error line and is closed, and the
+/// daemon still answers.
+#[test]
+fn api_connections_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home, _) = init_with_source(dir.path());
+    let _daemon = Daemon::start(&home);
+    let socket = home.join("snapd.sock");
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..300 {
+        let conn = UnixStream::connect(&socket).unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut line = String::new();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        if reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            refused = Some(line);
+            break;
+        }
+        held.push(conn);
+    }
+    let refused = refused.expect("300 idle connections were all accepted");
+    let answer: serde_json::Value = serde_json::from_str(&refused).unwrap();
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("connections"),
+        "{answer}"
+    );
+    assert!(held.len() >= 16, "only {} connections held", held.len());
+    drop(held);
+    wait_until("a connection to be served again", || {
+        snapctl(&home, &["mounts"]).status.success()
+    });
+}
+
+/// Defect 8 of issue 14: a mount's FUSE thread count was not validated.
+#[test]
+fn a_mount_with_an_absurd_thread_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home, src) = init_with_source(dir.path());
+    let _daemon = Daemon::start(&home);
+    let out = snapctl(
+        &home,
+        &["image", "import", src.to_str().unwrap(), "--name", "tiny"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let socket = home.join("snapd.sock");
+    let mut conn = UnixStream::connect(&socket).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    for threads in [0, 1_000_000] {
+        let line = format!(
+            r#"{{"api":1,"op":"mount.create","args":{{"image":"tiny","quota_bytes":1048576,"threads":{threads}}}}}"#
+        );
+        let answer = request(&mut conn, &mut reader, &line);
+        assert_eq!(answer["ok"], false, "threads {threads}: {answer}");
+        assert_eq!(answer["error"]["kind"], "invalid_input", "{answer}");
+    }
+    let mounts = request(&mut conn, &mut reader, r#"{"api":1,"op":"mount.list"}"#);
+    assert_eq!(mounts["result"], serde_json::json!([]));
+}
