@@ -23,7 +23,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -385,6 +385,7 @@ impl Daemon {
     /// Makes a mount; its name in `HOME/mounts` is not yet durable (see
     /// [`Daemon::mount_create`]).
     fn mount_start(&self, args: MountCreate) -> anyhow::Result<MountInfo> {
+        check_threads(args.threads)?;
         if let Some(mountpoint) = &args.mountpoint {
             if !mountpoint.is_absolute() {
                 bail!(
@@ -697,6 +698,7 @@ impl Daemon {
 
     /// Mounts `count` copies of a snapshot at `under/ID-N`; all or none.
     fn fork(&self, args: SnapshotFork) -> anyhow::Result<Vec<MountInfo>> {
+        check_threads(args.threads)?;
         if !args.under.is_absolute() {
             bail!("the fork directory must be an absolute path");
         }
@@ -1195,22 +1197,81 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
         home.display(),
         socket.display()
     ));
+    let open = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
-        let conn = match conn {
+        let mut conn = match conn {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!("accepting a connection: {e}");
                 continue;
             }
         };
-        let daemon = daemon.clone();
-        std::thread::Builder::new()
+        // A connection the daemon cannot serve is turned away with one
+        // error line; the daemon and its mounts go on.
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_API_CONNECTIONS {
+            open.fetch_sub(1, Ordering::SeqCst);
+            turn_away(
+                &mut conn,
+                &format!(
+                    "the daemon already serves {MAX_API_CONNECTIONS} API connections; try again"
+                ),
+            );
+            continue;
+        }
+        let (daemon, count) = (daemon.clone(), open.clone());
+        let refusal = conn.try_clone();
+        let spawned = std::thread::Builder::new()
             .name("conn".into())
             .spawn(move || {
                 if let Err(e) = daemon.serve(conn) {
                     tracing::debug!("connection ended: {e}");
                 }
-            })?;
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            open.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("no thread for an API connection: {e}");
+            if let Ok(mut conn) = refusal {
+                turn_away(
+                    &mut conn,
+                    &format!("the daemon cannot serve this connection now: {e}"),
+                );
+            }
+        }
     }
     Ok(exit::code(exit::OK))
+}
+
+/// Most API connections served at once (each has a thread); more are
+/// answered with an error and closed.
+pub const MAX_API_CONNECTIONS: usize = 128;
+
+/// Most FUSE request threads a mount may have.
+pub const MAX_MOUNT_THREADS: usize = 64;
+
+/// A mount's FUSE thread count, if given, is 1..=[`MAX_MOUNT_THREADS`].
+fn check_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    match threads {
+        Some(n) if n == 0 || n > MAX_MOUNT_THREADS => Err(crate::exit::InvalidInput(format!(
+            "a mount has 1 to {MAX_MOUNT_THREADS} FUSE threads, not {n}"
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// Answers a connection the daemon will not serve with one error line.
+fn turn_away(conn: &mut UnixStream, message: &str) {
+    let response = Response {
+        api: API_VERSION,
+        ok: false,
+        result: None,
+        error: Some(RemoteError {
+            kind: exit::kind_name(exit::FAILURE).into(),
+            code: exit::FAILURE,
+            message: message.to_string(),
+        }),
+    };
+    let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = api::write_line(conn, &response);
 }

@@ -196,8 +196,8 @@ pub struct MountArgs {
     #[arg(long, value_parser = parse_size, default_value = "10G")]
     quota: u64,
     /// FUSE request threads.
-    #[arg(long, default_value_t = 4)]
-    threads: usize,
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
 }
 
 /// `snapctl mount`: the daemon mounts the image and serves it; prints the
@@ -237,7 +237,7 @@ pub fn mount(args: MountArgs, home: &Path, out: &Output) -> anyhow::Result<ExitC
         snapshot: args.snapshot,
         mountpoint,
         quota_bytes: args.quota,
-        threads: Some(args.threads),
+        threads: Some(usize::from(args.threads)),
     }))?;
     out.print(&info, || info.id.clone())?;
     let what = match &info.snapshot {

@@ -83,8 +83,8 @@ pub struct ForkArgs {
     #[arg(long, value_parser = parse_size, default_value = "10G")]
     quota: u64,
     /// FUSE request threads per mount.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -291,7 +291,7 @@ pub fn fork(args: ForkArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCod
         count: args.count,
         under,
         quota_bytes: args.quota,
-        threads: Some(args.threads),
+        threads: Some(usize::from(args.threads)),
     }))?;
     out.print(&mounts, || {
         mounts

@@ -449,7 +449,7 @@ fn api_connections_are_capped() {
     let mut refused = None;
     for _ in 0..300 {
         let conn = UnixStream::connect(&socket).unwrap();
-        conn.set_read_timeout(Some(Duration::from_millis(200)))
+        conn.set_read_timeout(Some(Duration::from_millis(30)))
             .unwrap();
         let mut line = String::new();
         let mut reader = BufReader::new(conn.try_clone().unwrap());
