@@ -1,0 +1,165 @@
+//! The quota and preallocation: a successful `fallocate` charges what it
+//! allocates (or fails with ENOSPC, changing nothing), writes into a
+//! preallocated range never fail for lack of space, and punching a hole
+//! frees space instead of costing it.
+
+mod common;
+
+use layerfs::cowfs::{Caller, CowFs, MountConfig, ROOT_INO};
+
+const ROOT: Caller = Caller { uid: 0, gid: 0 };
+const MIB: u64 = 1 << 20;
+const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+
+fn mount(quota: u64) -> (tempfile::TempDir, CowFs) {
+    let (tmp, store) = common::store();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("lower"), common::lower_big()).unwrap();
+    let tree = common::import_dir(&store, "img", &src);
+    let config = MountConfig {
+        upper_dir: tmp.path().join("upper"),
+        quota_bytes: quota,
+    };
+    (tmp, CowFs::new(store, tree, config).unwrap())
+}
+
+/// Writes `len` bytes of `byte` at `offset` in chunks; the first error.
+fn fill(fs: &CowFs, ino: u64, offset: u64, len: u64, byte: u8) -> Result<(), i32> {
+    let chunk = vec![byte; MIB as usize];
+    let mut at = offset;
+    while at < offset + len {
+        let n = (offset + len - at).min(MIB);
+        fs.write(ino, at, &chunk[..n as usize]).map_err(|e| e.0)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Defect 13 of issue 14: on a mount with a 10 MiB quota `fallocate -l
+/// 50M` succeeded and charged nothing, and writing into the preallocated
+/// range then failed with ENOSPC after 10 MiB.
+#[test]
+fn an_allocation_past_the_quota_fails_and_one_within_it_is_charged_and_kept() {
+    let (_tmp, fs) = mount(10 * MIB);
+    let f = fs.create(ROOT_INO, b"f", 0o644, ROOT).unwrap().ino;
+    let err = fs.fallocate(f, 0, 50 * MIB, 0).unwrap_err();
+    assert_eq!(err.0, libc::ENOSPC, "an allocation past the quota fails");
+    assert_eq!(fs.getattr(f).unwrap().size, 0, "and changes nothing");
+    assert_eq!(fs.used_bytes(), 0);
+
+    fs.fallocate(f, 0, 6 * MIB, 0).unwrap();
+    assert_eq!(fs.getattr(f).unwrap().size, 6 * MIB);
+    assert!(
+        fs.used_bytes() >= 6 * MIB,
+        "a successful allocation is charged ({} bytes used)",
+        fs.used_bytes()
+    );
+    let statfs = fs.statfs();
+    assert!(
+        statfs.blocks - statfs.blocks_free >= 6 * MIB / 4096,
+        "df shows it"
+    );
+
+    // Another file takes what is left of the quota...
+    let g = fs.create(ROOT_INO, b"g", 0o644, ROOT).unwrap().ino;
+    assert_eq!(fill(&fs, g, 0, 10 * MIB, 2), Err(libc::ENOSPC));
+    // ...yet the preallocated range takes its writes.
+    fill(&fs, f, 0, 6 * MIB, 1).expect("writes into a preallocated range never lack space");
+    assert_eq!(fs.read(f, 6 * MIB - 4, 4).unwrap(), [1, 1, 1, 1]);
+}
+
+/// Defect 13 of issue 14: punching a hole wrote zeros, which cost quota
+/// and could itself fail with ENOSPC; it must free space instead.
+#[test]
+fn punching_a_hole_frees_space_even_when_the_quota_is_full() {
+    let (_tmp, fs) = mount(8 * MIB);
+    let f = fs.create(ROOT_INO, b"f", 0o644, ROOT).unwrap().ino;
+    assert_eq!(fill(&fs, f, 0, 16 * MIB, 3), Err(libc::ENOSPC));
+    let size = fs.getattr(f).unwrap().size;
+    let full = fs.used_bytes();
+    assert!(full > 7 * MIB, "the quota is full ({full})");
+
+    // Whole blocks in the middle: freed, and they read as zeros.
+    fs.fallocate(f, MIB, 4 * MIB, PUNCH)
+        .expect("punching a hole never needs space");
+    assert_eq!(
+        fs.getattr(f).unwrap().size,
+        size,
+        "KEEP_SIZE keeps the size"
+    );
+    assert!(
+        fs.used_bytes() <= full - 4 * MIB,
+        "punching 4 MiB freed {} bytes",
+        full - fs.used_bytes()
+    );
+    assert!(fs
+        .read(f, MIB, 4 * MIB as u32)
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0));
+    assert_eq!(fs.read(f, MIB - 1, 1).unwrap(), [3]);
+    assert_eq!(fs.read(f, 5 * MIB, 1).unwrap(), [3]);
+    // The freed space can be written again.
+    fill(&fs, f, MIB, 2 * MIB, 4).unwrap();
+
+    // A hole over lower data reads as zeros and costs nothing.
+    let lower = fs.lookup(ROOT_INO, b"lower").unwrap().ino;
+    fs.open(lower, false).unwrap();
+    let before = fs.used_bytes();
+    fs.fallocate(lower, 64 << 10, 256 << 10, PUNCH).unwrap();
+    assert_eq!(fs.used_bytes(), before, "a hole over lower data is free");
+    let back = fs.read(lower, 0, MIB as u32).unwrap();
+    let expected: Vec<u8> = common::lower_big()
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (64 << 10..320 << 10).contains(&i) {
+                0
+            } else {
+                b
+            }
+        })
+        .collect();
+    assert!(back == expected, "the punched lower range reads as zeros");
+    fs.release(lower);
+}
+
+/// Holes and preallocations survive recovery, with their charge.
+#[test]
+fn holes_and_allocations_survive_recovery_with_their_charge() {
+    let (tmp, store) = common::store();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("lower"), common::lower_big()).unwrap();
+    let tree = common::import_dir(&store, "img", &src);
+    let config = MountConfig {
+        upper_dir: tmp.path().join("upper"),
+        quota_bytes: 64 * MIB,
+    };
+    let fs = CowFs::new(store.clone(), tree, config.clone()).unwrap();
+    let f = fs.create(ROOT_INO, b"f", 0o644, ROOT).unwrap().ino;
+    fill(&fs, f, 0, 8 * MIB, 5).unwrap();
+    fs.fallocate(f, 2 * MIB, 2 * MIB, PUNCH).unwrap();
+    let g = fs.create(ROOT_INO, b"g", 0o644, ROOT).unwrap().ino;
+    fs.fallocate(g, 0, 3 * MIB, 0).unwrap();
+    let lower = fs.lookup(ROOT_INO, b"lower").unwrap().ino;
+    fs.open(lower, false).unwrap();
+    fs.fallocate(lower, 0, 128 << 10, PUNCH).unwrap();
+    fs.fsync(f).unwrap();
+    fs.fsync(g).unwrap();
+    fs.fsync(lower).unwrap();
+    let used = fs.used_bytes();
+    let f_bytes = fs.read(f, 0, 8 * MIB as u32).unwrap();
+    let lower_bytes = fs.read(lower, 0, MIB as u32).unwrap();
+    drop(fs);
+    let (back, report) = CowFs::recover(store, tree, config).unwrap();
+    assert_eq!(report.skipped, 0, "{report:?}");
+    let f = back.lookup(ROOT_INO, b"f").unwrap().ino;
+    let g = back.lookup(ROOT_INO, b"g").unwrap().ino;
+    let lower = back.lookup(ROOT_INO, b"lower").unwrap().ino;
+    assert!(back.read(f, 0, 8 * MIB as u32).unwrap() == f_bytes);
+    assert!(back.read(lower, 0, MIB as u32).unwrap() == lower_bytes);
+    assert_eq!(back.getattr(g).unwrap().size, 3 * MIB);
+    assert_eq!(back.used_bytes(), used, "the charge after recovery");
+}
