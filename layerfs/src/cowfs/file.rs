@@ -348,6 +348,9 @@ struct Inner {
     lower_limit: u64,
     /// Blocks whose bytes are in the upper file.
     present: Vec<u64>,
+    /// Present blocks that are holes in the upper file (punched, or zeros
+    /// over lower data): they read as zeros and are not charged.
+    holes: Vec<u64>,
     upper: Option<Arc<File>>,
     /// Bytes charged to the quota for this file.
     charged: u64,
@@ -363,6 +366,7 @@ impl Inner {
             size,
             lower_limit,
             present: Vec::new(),
+            holes: Vec::new(),
             upper: None,
             charged: 0,
             created: false,
@@ -373,36 +377,227 @@ impl Inner {
         is_present(&self.present, block)
     }
 
+    fn is_hole(&self, block: u64) -> bool {
+        is_present(&self.holes, block)
+    }
+
+    /// A present block whose bytes take space in the upper file.
+    fn is_charged(&self, block: u64) -> bool {
+        self.is_present(block) && !self.is_hole(block)
+    }
+
     fn set_present(&mut self, block: u64) {
-        let (word, bit) = ((block / 64) as usize, block % 64);
-        if self.present.len() <= word {
-            self.present.resize(word + 1, 0);
-        }
-        self.present[word] |= 1 << bit;
+        set_bit(&mut self.present, block);
+        clear_bit(&mut self.holes, block);
+    }
+
+    /// Marks a block present and a hole: it reads as zeros and costs
+    /// nothing.
+    fn set_hole(&mut self, block: u64) {
+        set_bit(&mut self.present, block);
+        set_bit(&mut self.holes, block);
     }
 
     /// Clears every block at or after `first`.
     fn clear_from(&mut self, first: u64) {
-        let word = (first / 64) as usize;
-        if word < self.present.len() {
-            self.present[word] &= (1u64 << (first % 64)) - 1;
-            self.present.truncate(word + 1);
+        for bits in [&mut self.present, &mut self.holes] {
+            let word = (first / 64) as usize;
+            if word < bits.len() {
+                bits[word] &= (1u64 << (first % 64)) - 1;
+                bits.truncate(word + 1);
+            }
         }
     }
 
-    /// Bytes the upper file holds for a file of `size` whose present blocks
-    /// are these plus the blocks in `extra` (a write about to happen).
+    /// Bytes the upper file holds for a file of `size` whose charged
+    /// blocks are these plus the blocks in `extra` (a write or an
+    /// allocation about to happen).
     fn charge_for(&self, size: u64, extra: std::ops::Range<u64>) -> u64 {
-        let present: u64 = self.present.iter().map(|w| u64::from(w.count_ones())).sum();
-        let added = extra.clone().filter(|b| !self.is_present(*b)).count() as u64;
-        let mut charge = (present + added) * BLOCK_SIZE;
+        let count = |bits: &[u64]| bits.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
+        let charged = count(&self.present) - count(&self.holes);
+        let added = extra.clone().filter(|b| !self.is_charged(*b)).count() as u64;
+        let mut charge = (charged + added) * BLOCK_SIZE;
         let tail = size % BLOCK_SIZE;
         let last = size / BLOCK_SIZE;
-        if tail != 0 && (self.is_present(last) || extra.contains(&last)) {
+        if tail != 0 && (self.is_charged(last) || extra.contains(&last)) {
             charge -= BLOCK_SIZE - tail;
         }
         charge
     }
+
+    /// Whether `[offset, end)` fits in the quota once every block of
+    /// `first..=last` is charged and the file is `new_size` bytes.
+    fn fits(&self, used: u64, quota: u64, new_size: u64, blocks: std::ops::Range<u64>) -> bool {
+        let new_charge = self.charge_for(new_size, blocks);
+        new_charge <= self.charged || used - self.charged.min(used) + new_charge <= quota
+    }
+}
+
+fn set_bit(bits: &mut Vec<u64>, block: u64) {
+    let (word, bit) = ((block / 64) as usize, block % 64);
+    if bits.len() <= word {
+        bits.resize(word + 1, 0);
+    }
+    bits[word] |= 1 << bit;
+}
+
+fn clear_bit(bits: &mut [u64], block: u64) {
+    let (word, bit) = ((block / 64) as usize, block % 64);
+    if let Some(w) = bits.get_mut(word) {
+        *w &= !(1 << bit);
+    }
+}
+
+/// `fallocate(2)` on an upper data file.
+fn fallocate_upper(file: &File, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is
+    // valid while `file` is borrowed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes `[offset, offset + len)` of an upper data file read as zeros,
+/// freeing its blocks where the filesystem can (else writing zeros).
+fn punch_upper(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    match fallocate_upper(file, mode, offset, len) {
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            let zeros = vec![0u8; len.min(BLOCK_SIZE) as usize];
+            let mut at = offset;
+            while at < offset + len {
+                let n = (offset + len - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// The blocks of `present` that take no space in `file` (punched holes,
+/// zeros over lower data, or past its end): what a punch left, found again
+/// after a restart. Preallocated blocks take space (they are charged).
+fn holes_in(file: &File, present: &[u64]) -> Vec<u64> {
+    let extents = allocated_extents(file, 0, u64::MAX).unwrap_or_else(|| data_extents(file));
+    let mut holes = Vec::new();
+    let mut next = extents.iter().peekable();
+    for block in 0..present.len() as u64 * 64 {
+        if !is_present(present, block) {
+            continue;
+        }
+        let (start, end) = (block * BLOCK_SIZE, (block + 1) * BLOCK_SIZE);
+        while next.peek().is_some_and(|&&(_, e)| e <= start) {
+            next.next();
+        }
+        let allocated = next.peek().is_some_and(|&&(s, _)| s < end);
+        if !allocated {
+            set_bit(&mut holes, block);
+        }
+    }
+    holes
+}
+
+/// Whether any byte of `[start, end)` of `file` takes space on disk.
+fn takes_space(file: &File, start: u64, end: u64) -> bool {
+    match allocated_extents(file, start, end) {
+        Some(extents) => extents.iter().any(|&(s, e)| s < end && e > start),
+        None => data_extents(file)
+            .iter()
+            .any(|&(s, e)| s < end && e > start),
+    }
+}
+
+/// The byte ranges of `file` within `[from, to)` that take space on disk
+/// (written, preallocated or awaiting allocation), in order, from
+/// `FS_IOC_FIEMAP`; `None` where the filesystem cannot tell.
+fn allocated_extents(file: &File, from: u64, to: u64) -> Option<Vec<(u64, u64)>> {
+    /// `struct fiemap_extent` (linux/fiemap.h).
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Extent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+    /// `struct fiemap` followed by room for its extents.
+    #[repr(C)]
+    struct Map {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped_extents: u32,
+        extent_count: u32,
+        reserved: u32,
+        extents: [Extent; 128],
+    }
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_EXTENT_LAST: u32 = 0x1;
+    let mut out = Vec::new();
+    let mut from = from;
+    while from < to {
+        let mut map = Map {
+            start: from,
+            length: to - from,
+            flags: 0,
+            mapped_extents: 0,
+            extent_count: 128,
+            reserved: 0,
+            extents: [Extent::default(); 128],
+        };
+        // SAFETY: FS_IOC_FIEMAP reads the header of `map` and writes at
+        // most `extent_count` (128) extents into `map.extents`, which has
+        // room for exactly that many; `map` lives across the call and the
+        // descriptor is valid while `file` is borrowed.
+        let ret = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, &mut map as *mut Map) };
+        if ret != 0 {
+            return None;
+        }
+        let n = (map.mapped_extents as usize).min(map.extents.len());
+        if n == 0 {
+            return Some(out);
+        }
+        for e in &map.extents[..n] {
+            out.push((e.logical, e.logical.saturating_add(e.length)));
+        }
+        let last = map.extents[n - 1];
+        if last.flags & FIEMAP_EXTENT_LAST != 0 {
+            return Some(out);
+        }
+        from = last.logical.saturating_add(last.length);
+    }
+    Some(out)
+}
+
+/// The byte ranges of `file` that hold data, by `SEEK_DATA`/`SEEK_HOLE`
+/// (where FIEMAP is not available; preallocated ranges then count as
+/// holes).
+fn data_extents(file: &File) -> Vec<(u64, u64)> {
+    let seek = |offset: u64, whence: i32| -> Option<u64> {
+        let offset = i64::try_from(offset).ok()?;
+        // SAFETY: lseek on a descriptor valid while `file` is borrowed.
+        let at = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+        u64::try_from(at).ok()
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(data) = seek(at, libc::SEEK_DATA) {
+        let hole = seek(data, libc::SEEK_HOLE).unwrap_or(u64::MAX);
+        out.push((data, hole));
+        if hole == u64::MAX || hole <= data {
+            break;
+        }
+        at = hole;
+    }
+    out
 }
 
 fn io(e: std::io::Error) -> Errno {
@@ -451,6 +646,12 @@ impl FileData {
     ) -> FileData {
         let upper = open_data_file(&dir.join(&name), false).ok();
         let mut inner = Inner::new(name, base, size, lower_limit);
+        // Present blocks without data in the data file were punched (or
+        // zeroed over lower data): holes, read as zeros, not charged.
+        inner.holes = match &upper {
+            Some(file) => holes_in(file, &present),
+            None => present.clone(),
+        };
         inner.present = present;
         inner.upper = upper.map(Arc::new);
         let charge = inner.charge_for(size, 0..0);
@@ -691,8 +892,12 @@ impl FileData {
         let last = (end - 1) / BLOCK_SIZE;
         // Quota: what the file will hold after this write.
         let new_charge = inner.charge_for(new_size, first..last + 1);
-        let used = self.used.load(Ordering::Relaxed);
-        if used - inner.charged.min(used) + new_charge > quota && new_charge > inner.charged {
+        if !inner.fits(
+            self.used.load(Ordering::Relaxed),
+            quota,
+            new_size,
+            first..last + 1,
+        ) {
             return Err(Errno::ENOSPC);
         }
         // Copy up the lower bytes of partly written blocks. Blocks become
@@ -702,10 +907,15 @@ impl FileData {
         let mut layout_changed = new_size != inner.size;
         let mut newly_present = Vec::new();
         for block in first..=last {
-            if inner.is_present(block) {
+            if inner.is_charged(block) {
                 continue;
             }
             layout_changed = true;
+            if inner.is_present(block) {
+                // A hole: zeros already, charged once written.
+                newly_present.push(block);
+                continue;
+            }
             let start = block * BLOCK_SIZE;
             let stop = (start + BLOCK_SIZE).min(copy_limit);
             let covered = offset <= start && end >= stop;
@@ -736,8 +946,9 @@ impl FileData {
         Ok(())
     }
 
-    /// Sets the size: shrinking drops data past it, growing adds zeros.
-    pub(crate) fn truncate(&self, size: u64, _quota: u64) -> FsResult<()> {
+    /// Sets the size: shrinking drops data past it, growing adds zeros
+    /// (unallocated: growing costs nothing).
+    pub(crate) fn truncate(&self, size: u64) -> FsResult<()> {
         if size > MAX_FILE_SIZE {
             return Err(Errno::EFBIG);
         }
@@ -745,8 +956,18 @@ impl FileData {
         if size < inner.size {
             inner.lower_limit = inner.lower_limit.min(size);
             inner.clear_from(size.div_ceil(BLOCK_SIZE));
-            if let Some(file) = &inner.upper {
+            if let Some(file) = inner.upper.clone() {
                 file.set_len(size).map_err(io)?;
+                // The cut may leave the new last block without a byte on
+                // disk (its data was all past the cut): a hole, as a
+                // restart would find it.
+                let last = size / BLOCK_SIZE;
+                if size % BLOCK_SIZE != 0
+                    && inner.is_charged(last)
+                    && !takes_space(&file, last * BLOCK_SIZE, size)
+                {
+                    inner.set_hole(last);
+                }
             }
         }
         inner.size = size;
@@ -757,22 +978,169 @@ impl FileData {
         Ok(())
     }
 
-    /// Zeroes `[offset, offset + len)` within the file (punching a hole).
-    pub(crate) fn zero_range(
+    /// Allocates `[offset, offset + len)` (`fallocate` mode 0): every
+    /// block of it is copied up or reserved in the upper data file and
+    /// charged, so later writes there never lack space; the size grows to
+    /// cover it. All or nothing: ENOSPC past the quota.
+    pub(crate) fn allocate(
         &self,
         store: &Store,
         offset: u64,
         len: u64,
         quota: u64,
     ) -> FsResult<()> {
-        let end = offset.saturating_add(len).min(self.size());
-        let zeros = vec![0u8; 1 << 20];
-        let mut pos = offset;
-        while pos < end {
-            let n = (end - pos).min(zeros.len() as u64);
-            self.write(store, pos, &zeros[..n as usize], quota)?;
-            pos += n;
+        if len == 0 {
+            return Err(Errno::EINVAL);
         }
+        let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;
+        if end > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let mut inner = self.inner.write();
+        let new_size = inner.size.max(end);
+        let (first, last) = (offset / BLOCK_SIZE, (end - 1) / BLOCK_SIZE);
+        if !inner.fits(
+            self.used.load(Ordering::Relaxed),
+            quota,
+            new_size,
+            first..last + 1,
+        ) {
+            return Err(Errno::ENOSPC);
+        }
+        let new_charge = inner.charge_for(new_size, first..last + 1);
+        let copy_limit = inner.lower_limit.min(inner.size);
+        let mut newly = Vec::new();
+        for block in first..=last {
+            if inner.is_charged(block) {
+                continue;
+            }
+            let start = block * BLOCK_SIZE;
+            if !inner.is_present(block) && start < copy_limit {
+                // Lower bytes: allocating them is copying them up.
+                let stop = (start + BLOCK_SIZE).min(copy_limit);
+                let mut buf = vec![0u8; (stop - start) as usize];
+                inner.base.read(store, start, &mut buf).map_err(|e| {
+                    tracing::error!("copy-up of {}: {e}", inner.name);
+                    Errno::EIO
+                })?;
+                self.upper(&mut inner)?
+                    .write_all_at(&buf, start)
+                    .map_err(io)?;
+            } else {
+                let file = self.upper(&mut inner)?;
+                let reserved = fallocate_upper(file, libc::FALLOC_FL_KEEP_SIZE, start, BLOCK_SIZE);
+                match reserved {
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                        // A filesystem that cannot reserve: zeros, written.
+                        file.write_all_at(&vec![0u8; BLOCK_SIZE as usize], start)
+                            .map_err(io)?;
+                    }
+                    other => other.map_err(io)?,
+                }
+            }
+            newly.push(block);
+        }
+        for block in newly {
+            inner.set_present(block);
+        }
+        inner.size = new_size;
+        self.apply_charge(&mut inner, new_charge);
+        self.dirty.store(true, Ordering::Release);
+        self.layout_dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Punches a hole over `[offset, offset + len)` within the file: it
+    /// reads as zeros and the blocks it covers wholly are freed (or, over
+    /// lower data, never copied up) — it costs nothing. A partly covered
+    /// block is zeroed in place; one still in the lower layer must be
+    /// copied up first, the one cost a punch can have (ENOSPC past the
+    /// quota, changing nothing).
+    pub(crate) fn punch(&self, store: &Store, offset: u64, len: u64, quota: u64) -> FsResult<()> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Step {
+            /// Freed: reads as zeros, costs nothing.
+            Hole,
+            /// Zeroed in place.
+            Zero,
+            /// Copied up from the lower layer, then zeroed in part.
+            CopyUp,
+        }
+        let mut inner = self.inner.write();
+        let size = inner.size;
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(());
+        }
+        let copy_limit = inner.lower_limit.min(size);
+        let mut steps = Vec::new();
+        for block in offset / BLOCK_SIZE..=(end - 1) / BLOCK_SIZE {
+            let start = block * BLOCK_SIZE;
+            let whole = offset <= start && end >= (start + BLOCK_SIZE).min(size);
+            // Lower bytes under the punched part of this block.
+            let in_lower = !inner.is_present(block) && offset.max(start) < copy_limit;
+            let step = match (whole, inner.is_present(block)) {
+                (true, _) if inner.is_present(block) || in_lower => Step::Hole,
+                (false, true) if inner.is_charged(block) => Step::Zero,
+                (false, false) if in_lower => Step::CopyUp,
+                _ => continue, // zeros already
+            };
+            steps.push((block, step));
+        }
+        // The charge afterwards, checked before anything changes.
+        let (mut present, mut holes) = (inner.present.clone(), inner.holes.clone());
+        for &(block, step) in &steps {
+            match step {
+                Step::Hole => {
+                    set_bit(&mut present, block);
+                    set_bit(&mut holes, block);
+                }
+                Step::CopyUp => set_bit(&mut present, block),
+                Step::Zero => {}
+            }
+        }
+        let new_charge = Inner {
+            present,
+            holes,
+            ..Inner::new(String::new(), Base::blob(None), size, 0)
+        }
+        .charge_for(size, 0..0);
+        let used = self.used.load(Ordering::Relaxed);
+        if new_charge > inner.charged && used - inner.charged.min(used) + new_charge > quota {
+            return Err(Errno::ENOSPC);
+        }
+        for (block, step) in steps {
+            let start = block * BLOCK_SIZE;
+            let (from, to) = (offset.max(start), end.min(start + BLOCK_SIZE));
+            if step == Step::CopyUp {
+                let stop = (start + BLOCK_SIZE).min(copy_limit);
+                let mut buf = vec![0u8; (stop - start) as usize];
+                inner.base.read(store, start, &mut buf).map_err(|e| {
+                    tracing::error!("copy-up of {}: {e}", inner.name);
+                    Errno::EIO
+                })?;
+                buf[(from - start) as usize..(to.min(stop) - start) as usize].fill(0);
+                debug_assert!(from < stop, "a copy-up only where lower bytes are punched");
+                self.upper(&mut inner)?
+                    .write_all_at(&buf, start)
+                    .map_err(io)?;
+                inner.set_present(block);
+                continue;
+            }
+            let file = self.upper(&mut inner)?;
+            match step {
+                Step::Hole => {
+                    punch_upper(file, start, BLOCK_SIZE).map_err(io)?;
+                    inner.set_hole(block);
+                }
+                _ => file
+                    .write_all_at(&vec![0u8; (to - from) as usize], from)
+                    .map_err(io)?,
+            }
+        }
+        self.apply_charge(&mut inner, new_charge);
+        self.dirty.store(true, Ordering::Release);
+        self.layout_dirty.store(true, Ordering::Release);
         Ok(())
     }
 

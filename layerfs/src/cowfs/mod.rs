@@ -917,7 +917,7 @@ impl CowFs {
         if let Some(size) = set.size {
             match &node.kind {
                 NodeKind::File(data) => {
-                    data.truncate(size, self.quota)?;
+                    data.truncate(size)?;
                     node.attrs.mtime = t;
                 }
                 NodeKind::Dir(_) => return Err(Errno::EISDIR),
@@ -1492,7 +1492,7 @@ impl CowFs {
         node.opens += 1;
         if truncate {
             if let NodeKind::File(data) = &node.kind {
-                if let Err(e) = data.truncate(0, self.quota) {
+                if let Err(e) = data.truncate(0) {
                     node.opens -= 1;
                     return Err(e);
                 }
@@ -1635,17 +1635,18 @@ impl CowFs {
         self.sync_journal()
     }
 
-    /// `fallocate`: mode 0 allocates (extending the size), PUNCH_HOLE
-    /// (with KEEP_SIZE) zeroes a range.
+    /// `fallocate`: mode 0 allocates (charging the quota for every block
+    /// of the range, all or nothing, and extending the size), so writes
+    /// there never lack space; PUNCH_HOLE (with KEEP_SIZE) frees a range,
+    /// which then reads as zeros. KEEP_SIZE alone reserves nothing: a
+    /// write there is charged when made.
     pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: i32) -> FsResult<()> {
         let data = self.file(ino)?;
-        let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;
+        offset.checked_add(len).ok_or(Errno::EFBIG)?;
         if mode == 0 {
-            if end > data.size() {
-                data.truncate(end, self.quota)?;
-            }
+            data.allocate(&self.store, offset, len, self.quota)?;
         } else if mode == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE {
-            data.zero_range(&self.store, offset, len, self.quota)?;
+            data.punch(&self.store, offset, len, self.quota)?;
         } else if mode == libc::FALLOC_FL_KEEP_SIZE {
             return Ok(());
         } else {
