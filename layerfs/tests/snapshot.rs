@@ -581,3 +581,82 @@ fn captures_of_a_fully_loaded_mount_follow_random_changes() {
         assert_eq!(taken, 20);
     }
 }
+
+/// Defect 10 of issue 14: the marks of changed directories were never
+/// cleared, so every capture walked every directory changed since the
+/// mount began; one hard link, or one recovery, made every later capture
+/// walk every loaded directory. After a capture is stored, the next one
+/// walks only what changed since (a full walk at most once after a hard
+/// link or a recovery), and each still holds exactly the mount's state.
+#[test]
+fn captures_after_a_stored_one_walk_only_what_changed_since() {
+    let (tmp, store) = store();
+    let src = tmp.path().join("src");
+    for d in 0..40 {
+        let dir = src.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..3 {
+            std::fs::write(dir.join(format!("f{f}")), format!("{d}.{f}")).unwrap();
+        }
+    }
+    let tree = import_dir(&store, "base", &src);
+    let upper = tmp.path().join("upper");
+    let fs = mounted(&store, tree, &upper);
+    let touch = |fs: &CowFs, d: u32, what: &str| {
+        write(fs, lookup(fs, &format!("d{d}/f0")), 0, what.as_bytes());
+    };
+    let mut restores = 0;
+    let mut capture_checked = |fs: &CowFs| {
+        let before = dump(fs);
+        let capture = fs.capture(b"").unwrap();
+        let walked = capture.walked_dirs();
+        let stored = finish(fs, &store, capture);
+        restores += 1;
+        let restored = mounted(
+            &store,
+            stored.tree,
+            &tmp.path().join(format!("r{restores}")),
+        );
+        assert_eq!(
+            dump(&restored),
+            before,
+            "capture {restores} holds the mount's state"
+        );
+        walked
+    };
+    for d in 0..40 {
+        touch(&fs, d, "first round");
+    }
+    assert!(
+        capture_checked(&fs) >= 41,
+        "the first capture walks every changed directory"
+    );
+    touch(&fs, 7, "second round");
+    let walked = capture_checked(&fs);
+    assert!(
+        walked <= 2,
+        "after a stored capture, one change walks {walked} directories"
+    );
+
+    // A hard link: the next capture may walk everything, later ones not.
+    fs.link(lookup(&fs, "d3/f1"), lookup(&fs, "d4"), b"linked")
+        .unwrap();
+    capture_checked(&fs);
+    touch(&fs, 9, "after the link");
+    let walked = capture_checked(&fs);
+    assert!(
+        walked <= 4,
+        "one hard link made a later capture walk {walked} directories"
+    );
+
+    // A recovery: the same.
+    drop(fs);
+    let (fs, _) = CowFs::recover(store.clone(), tree, config(&upper)).unwrap();
+    capture_checked(&fs);
+    touch(&fs, 11, "after recovery");
+    let walked = capture_checked(&fs);
+    assert!(
+        walked <= 4,
+        "after a recovery a capture walks {walked} directories"
+    );
+}

@@ -647,6 +647,15 @@ impl Capture {
         self.sealed.len()
     }
 
+    /// Directories the capture walked entry by entry (the others it took
+    /// whole, by the id of a stored node): the cost of the capture.
+    pub fn walked_dirs(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n, CNode::Dir { .. }))
+            .count()
+    }
+
     pub(super) fn sealed_layers(&self) -> &[Arc<Layer>] {
         &self.sealed
     }
