@@ -413,8 +413,12 @@ impl Inner {
     /// blocks are these plus the blocks in `extra` (a write or an
     /// allocation about to happen).
     fn charge_for(&self, size: u64, extra: std::ops::Range<u64>) -> u64 {
-        let count = |bits: &[u64]| bits.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
-        let charged = count(&self.present) - count(&self.holes);
+        let charged: u64 = self
+            .present
+            .iter()
+            .enumerate()
+            .map(|(i, w)| u64::from((w & !self.holes.get(i).copied().unwrap_or(0)).count_ones()))
+            .sum();
         let added = extra.clone().filter(|b| !self.is_charged(*b)).count() as u64;
         let mut charge = (charged + added) * BLOCK_SIZE;
         let tail = size % BLOCK_SIZE;
@@ -752,6 +756,8 @@ impl FileData {
         let renamed = new_name(&inner.name);
         let name = std::mem::replace(&mut inner.name, renamed);
         let present = std::mem::take(&mut inner.present);
+        // Holes read as zeros from the sealed data file too.
+        inner.holes.clear();
         let blocks = present.iter().map(|w| u64::from(w.count_ones())).sum();
         let layer = Arc::new(Layer {
             path: self.dir.join(&name),
@@ -931,9 +937,16 @@ impl FileData {
             }
             newly_present.push(block);
         }
-        self.upper(&mut inner)?
-            .write_all_at(data, offset)
-            .map_err(io)?;
+        let written = self.upper(&mut inner)?.write_all_at(data, offset);
+        if let Err(e) = written {
+            // Holes the write reached partly must read as zeros again.
+            if let Some(file) = inner.upper.clone() {
+                for &block in newly_present.iter().filter(|&&b| inner.is_hole(b)) {
+                    let _ = punch_upper(&file, block * BLOCK_SIZE, BLOCK_SIZE);
+                }
+            }
+            return Err(io(e));
+        }
         for block in newly_present {
             inner.set_present(block);
         }

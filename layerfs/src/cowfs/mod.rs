@@ -200,10 +200,13 @@ struct Node {
     kind: NodeKind,
     /// Open handles (a file whose last name is removed lives until closed).
     opens: u32,
-    /// One current name: (parent, name), or (0, empty) when unknown (its
-    /// name was removed; another hard link may remain). Journal records
-    /// name entries by path, found through this.
+    /// One current name: (parent, name), or (0, empty) when it has none
+    /// (removed while open). Journal records name entries by path, found
+    /// through this.
     link: (Ino, Vec<u8>),
+    /// Its other names in loaded directories (an inode with several
+    /// names): one takes the place of `link` when that name goes.
+    more_links: Vec<(Ino, Vec<u8>)>,
 }
 
 /// A lower directory's place in the stored tree it was read from.
@@ -229,6 +232,10 @@ struct DirState {
     origin: Option<Origin>,
     /// Decoded lower directory whose entries are not instantiated yet.
     pending: Option<Box<DirNode>>,
+    /// The node a stored capture wrote for this directory, and that
+    /// capture's number: while nothing under it changed since, the next
+    /// capture takes this node whole.
+    stored: Option<(ChunkId, u64)>,
     parent: Ino,
     by_name: BTreeMap<Vec<u8>, (Ino, u64)>,
     by_offset: BTreeMap<u64, Vec<u8>>,
@@ -284,12 +291,18 @@ struct State {
     /// The stored tree of each tree root (the mount's root, grafts).
     tree_roots: HashMap<Ino, ChunkId>,
     /// Directories whose subtree changed since the mount began (a changed
-    /// node marks its directory and every ancestor): a snapshot stores a
-    /// loaded directory outside this set by its lower id, without a walk.
-    changed: std::collections::HashSet<Ino>,
+    /// node marks its directory and every ancestor), each with the number
+    /// of captures taken before its latest change: a capture stores a
+    /// loaded directory never marked by its lower id, and one unchanged
+    /// since the capture that stored it by that stored node's id — either
+    /// way without a walk.
+    changed: HashMap<Ino, u64>,
     /// Something changed that several directories show (an inode with
-    /// several names), or the mount was recovered: snapshots walk all.
-    all_changed: bool,
+    /// several names), or the mount was recovered, after this many
+    /// captures: the next capture walks every loaded directory.
+    all_changed_at: Option<u64>,
+    /// Captures taken of this mount.
+    captures: u64,
 }
 
 /// A copy-on-write filesystem: one mount's view.
@@ -418,6 +431,7 @@ impl CowFs {
                 kind: NodeKind::Dir(dir),
                 opens: 0,
                 link: (0, Vec::new()),
+                more_links: Vec::new(),
             },
         );
         let state = State {
@@ -543,21 +557,22 @@ impl CowFs {
         };
         let reader = TreeReader::new(&self.store);
         let entries = reader.entries(&pending).map_err(|e| self.eio(e))?;
+        // A directory with no origin is a stored subtree without hard
+        // links (a capture took it whole): nothing in it is registered
+        // for hard-link resolution.
         let origin = match st.nodes.get(&ino).map(|n| &n.kind) {
             Some(NodeKind::Dir(dir)) => dir.origin.clone(),
             _ => None,
-        }
-        .unwrap_or(Origin {
-            root: ROOT_INO,
-            path: Vec::new(),
-        });
+        };
         let child_origin = |name: &[u8]| {
-            let mut path = origin.path.clone();
-            if !path.is_empty() {
-                path.push(b'/');
-            }
-            path.extend_from_slice(name);
-            path
+            origin.as_ref().map(|origin| {
+                let mut path = origin.path.clone();
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(name);
+                (origin.root, path)
+            })
         };
         for (name, entry) in entries {
             let child = match entry {
@@ -565,13 +580,10 @@ impl CowFs {
                     let mut dir = DirState::new(ino);
                     dir.unread = Some(id);
                     dir.lower_id = Some(id);
-                    let path = child_origin(&name);
-                    st.lower_dirs
-                        .insert((origin.root, path.clone()), st.next_ino);
-                    dir.origin = Some(Origin {
-                        root: origin.root,
-                        path,
-                    });
+                    if let Some((root, path)) = child_origin(&name) {
+                        st.lower_dirs.insert((root, path.clone()), st.next_ino);
+                        dir.origin = Some(Origin { root, path });
+                    }
                     let child = self.add_node(
                         st,
                         Attrs::default(),
@@ -601,20 +613,29 @@ impl CowFs {
                     let child =
                         self.add_node(st, inode.attrs, inode.nlink, kind, (ino, name.clone()));
                     if inode.nlink > 1 {
-                        st.lower_paths
-                            .insert((origin.root, child_origin(&name)), child);
+                        if let Some(key) = child_origin(&name) {
+                            st.lower_paths.insert(key, child);
+                        }
                     }
                     child
                 }
                 Entry::HardLink { target } => {
-                    match st.lower_paths.get(&(origin.root, target.clone())) {
+                    let Some(root) = origin.as_ref().map(|o| o.root) else {
+                        return Err(self.eio(format!(
+                            "hard link to {} in a directory taken whole by a capture",
+                            String::from_utf8_lossy(&target)
+                        )));
+                    };
+                    let target = match st.lower_paths.get(&(root, target.clone())) {
                         Some(&ino) => ino,
                         None => {
                             // The target's directory has not been loaded
                             // yet: walk to it.
-                            self.resolve_lower(st, origin.root, &target)?
+                            self.resolve_lower(st, root, &target)?
                         }
-                    }
+                    };
+                    self.add_name(st, target, ino, &name);
+                    target
                 }
             };
             if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(&ino).map(|n| &mut n.kind) {
@@ -694,6 +715,7 @@ impl CowFs {
                 kind,
                 opens: 0,
                 link,
+                more_links: Vec::new(),
             },
         );
         ino
@@ -719,10 +741,10 @@ impl CowFs {
         let mut steps = 0;
         while at != ROOT_INO {
             let node = st.nodes.get(&at)?;
-            let (parent, name) = if node.link.0 != 0 {
-                (node.link.0, node.link.1.as_slice())
-            } else {
-                self.find_name(st, at)?
+            let (parent, name) = match (&node.link, node.more_links.first()) {
+                ((0, _), Some((parent, name))) => (*parent, name.as_slice()),
+                ((0, _), None) => return None,
+                ((parent, name), _) => (*parent, name.as_slice()),
             };
             parts.push(name);
             at = parent;
@@ -735,19 +757,53 @@ impl CowFs {
         Some(parts.join(&b'/'))
     }
 
-    /// A name of `ino` found by searching the loaded directories (for a
-    /// hard-linked file whose remembered name was removed).
-    fn find_name<'s>(&self, st: &'s State, ino: Ino) -> Option<(Ino, &'s [u8])> {
-        st.nodes
-            .iter()
-            .find_map(|(dir_ino, node)| match &node.kind {
-                NodeKind::Dir(d) => d
-                    .by_name
-                    .iter()
-                    .find(|(_, (i, _))| *i == ino)
-                    .map(|(name, _)| (*dir_ino, name.as_slice())),
-                _ => None,
-            })
+    /// Records that `ino` has a further name, `name` in `parent`.
+    fn add_name(&self, st: &mut State, ino: Ino, parent: Ino, name: &[u8]) {
+        let Some(node) = st.nodes.get_mut(&ino) else {
+            return;
+        };
+        if node.link.0 == 0 {
+            node.link = (parent, name.to_vec());
+        } else if !(node.link.0 == parent && node.link.1 == name)
+            && !node
+                .more_links
+                .iter()
+                .any(|(p, n)| *p == parent && n == name)
+        {
+            node.more_links.push((parent, name.to_vec()));
+        }
+    }
+
+    /// Records that `ino`'s name `name` in `parent` is gone.
+    fn remove_name(&self, st: &mut State, ino: Ino, parent: Ino, name: &[u8]) {
+        let Some(node) = st.nodes.get_mut(&ino) else {
+            return;
+        };
+        if node.link.0 == parent && node.link.1 == name {
+            node.link = node.more_links.pop().unwrap_or((0, Vec::new()));
+        } else {
+            node.more_links
+                .retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+
+    /// Records that `ino`'s name `from` is now `to` (a rename).
+    fn move_name(&self, st: &mut State, ino: Ino, from: (Ino, &[u8]), to: (Ino, &[u8])) {
+        let Some(node) = st.nodes.get_mut(&ino) else {
+            return;
+        };
+        let to = (to.0, to.1.to_vec());
+        if node.link.0 == from.0 && node.link.1 == from.1 {
+            node.link = to;
+        } else if let Some(other) = node
+            .more_links
+            .iter_mut()
+            .find(|(p, n)| *p == from.0 && n == from.1)
+        {
+            *other = to;
+        } else {
+            node.link = to;
+        }
     }
 
     fn child_path(&self, st: &State, parent: Ino, name: &[u8]) -> Option<Vec<u8>> {
@@ -868,13 +924,16 @@ impl CowFs {
         let mut at = match &node.kind {
             NodeKind::Dir(_) => ino,
             _ if node.nlink > 1 || node.link.0 == 0 => {
-                st.all_changed = true;
+                st.all_changed_at = Some(st.captures);
                 return;
             }
             _ => node.link.0,
         };
+        let now = st.captures;
         for _ in 0..=MAX_PATH_LEN {
-            if !st.changed.insert(at) || at == ROOT_INO {
+            // A directory marked since the last capture has its ancestors
+            // marked too.
+            if st.changed.insert(at, now) == Some(now) || at == ROOT_INO {
                 return;
             }
             at = match st.nodes.get(&at).map(|n| &n.kind) {
@@ -1157,11 +1216,8 @@ impl CowFs {
         node.nlink += 1;
         node.attrs.ctime = t;
         // Its first name's entry shows the new count too.
-        st.all_changed = true;
-        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
-        if node.link.0 == 0 {
-            node.link = (parent, name.to_vec());
-        }
+        st.all_changed_at = Some(st.captures);
+        self.add_name(&mut st, ino, parent, name);
         self.dir_mut(&mut st, parent)?.insert(name.to_vec(), ino);
         self.touch_dir_at(&mut st, parent, t);
         if let (Some(from), Some(to)) = (from, self.child_path(&st, parent, name)) {
@@ -1183,12 +1239,11 @@ impl CowFs {
             node.attrs.ctime = t;
             if node.nlink > 0 {
                 // Its other names' entries show the new count.
-                st.all_changed = true;
+                st.all_changed_at = Some(st.captures);
             }
-            if node.link.0 == parent && node.link.1 == name {
-                node.link = (0, Vec::new());
-            }
-            if node.nlink == 0 && node.opens == 0 {
+            let gone_now = node.nlink == 0 && node.opens == 0;
+            self.remove_name(st, ino, parent, name);
+            if gone_now {
                 gone = st.nodes.remove(&ino);
             }
         }
@@ -1408,8 +1463,8 @@ impl CowFs {
             }
             self.set_parent(&mut st, ino, new_parent);
             self.set_parent(&mut st, other, parent);
-            self.set_link(&mut st, ino, new_parent, new_name);
-            self.set_link(&mut st, other, parent, name);
+            self.move_name(&mut st, ino, (parent, name), (new_parent, new_name));
+            self.move_name(&mut st, other, (new_parent, new_name), (parent, name));
             self.touch_dir_at(&mut st, parent, t);
             self.touch_dir_at(&mut st, new_parent, t);
             self.mark_changed(&mut st, ino);
@@ -1452,7 +1507,7 @@ impl CowFs {
         if let Some(node) = st.nodes.get_mut(&ino) {
             node.attrs.ctime = t;
         }
-        self.set_link(&mut st, ino, new_parent, new_name);
+        self.move_name(&mut st, ino, (parent, name), (new_parent, new_name));
         self.touch_dir_at(&mut st, parent, t);
         self.touch_dir_at(&mut st, new_parent, t);
         self.mark_changed(&mut st, ino);
@@ -1460,14 +1515,6 @@ impl CowFs {
             self.log(record);
         }
         Ok(())
-    }
-
-    /// Records that `ino` is now reached as `name` in `parent` (after the
-    /// name it was remembered by moved or went away).
-    fn set_link(&self, st: &mut State, ino: Ino, parent: Ino, name: &[u8]) {
-        if let Some(node) = st.nodes.get_mut(&ino) {
-            node.link = (parent, name.to_vec());
-        }
     }
 
     fn adjust_subdirs(&self, st: &mut State, dir: Ino, delta: i32) {

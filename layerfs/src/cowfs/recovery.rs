@@ -81,7 +81,7 @@ impl CowFs {
         fs.adopt_upper_mtimes(&upper_mtimes);
         // Replay set attributes and data directly: snapshots of a
         // recovered mount walk everything it has loaded.
-        fs.state.lock().all_changed = true;
+        fs.state.lock().all_changed_at = Some(0);
         report.orphan_files = fs.remove_orphan_data();
         let journal = Journal::reopen(&journal_path, contents.valid_len)
             .map_err(|e| crate::Error::io(format!("reopening {}", journal_path.display()), e))?;

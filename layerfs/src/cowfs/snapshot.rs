@@ -35,6 +35,11 @@ use crate::{Error, Result};
 /// A frozen view of a directory of a mount, ready to be stored.
 pub struct Capture {
     nodes: Vec<CNode>,
+    /// The directories walked (node index, inode): once stored, each is
+    /// the node written for it.
+    walked: Vec<(usize, Ino)>,
+    /// This capture's number in its mount.
+    generation: u64,
     /// The capture is of a stored tree's whole root (the mount's root or a
     /// graft), so live link counts hold; else names are counted.
     whole_tree: bool,
@@ -51,17 +56,16 @@ enum CNode {
         attrs: Attrs,
         entries: Vec<(Vec<u8>, usize)>,
     },
-    /// A lower directory whose entries the mount never instantiated
-    /// (`changed`: the same directory with new attributes). Hard links in
-    /// it name targets by path in `origin_tree`; unless it sits at its
-    /// own path in a capture of that tree's root (`in_place`), storing it
-    /// re-encodes it if it holds any.
+    /// A lower directory whose entries the mount never instantiated, or
+    /// one nothing changed under since a stored capture wrote it
+    /// (`changed`: the same directory with new attributes), taken whole
+    /// by its node id.
     LowerDir {
         id: ChunkId,
         changed: Option<DirNode>,
-        origin_tree: ChunkId,
-        origin_path: Vec<u8>,
-        in_place: bool,
+        /// Where it came from, for the hard links in it; `None` for a
+        /// subtree with no hard links (nothing in it names a path).
+        origin: Option<LowerOrigin>,
     },
     File {
         attrs: Attrs,
@@ -79,6 +83,16 @@ enum CNode {
     },
 }
 
+/// Where a lower directory came from: hard links in it name targets by
+/// path in `tree`; unless it sits at its own path in a capture of that
+/// tree's root (`in_place`), storing it re-encodes it if it holds any.
+#[derive(Clone)]
+struct LowerOrigin {
+    tree: ChunkId,
+    path: Vec<u8>,
+    in_place: bool,
+}
+
 /// What [`Capture::store`] wrote.
 pub struct Stored {
     /// The snapshot's tree.
@@ -90,6 +104,10 @@ pub struct Stored {
     /// Bytes the store did not hold yet.
     pub new_bytes: u64,
     layers: Vec<(Arc<Layer>, Option<ChunkId>)>,
+    /// The node written for each walked directory, and the capture's
+    /// number (see [`CowFs::converted`]).
+    dirs: Vec<(Ino, ChunkId)>,
+    generation: u64,
 }
 
 impl Stored {
@@ -98,6 +116,7 @@ impl Stored {
     /// cannot keep this tree alive as long as the mount lives).
     pub fn keep_layers(mut self) -> Stored {
         self.layers.clear();
+        self.dirs.clear();
         self
     }
 }
@@ -137,6 +156,8 @@ impl CowFs {
     /// replays a journaled seal with the numbers it had).
     pub(super) fn capture_as(&self, path: &[u8], epoch: u64, seq: u64) -> FsResult<Capture> {
         let mut st = self.state.lock();
+        st.captures += 1;
+        let generation = st.captures;
         let mut at = ROOT_INO;
         let mut root_path = Vec::new();
         for part in path.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
@@ -156,6 +177,8 @@ impl CowFs {
         let mut cap = Capture {
             whole_tree: st.tree_roots.contains_key(&at),
             nodes: Vec::new(),
+            walked: Vec::new(),
+            generation,
             sealed: Vec::new(),
             sealed_bytes: 0,
         };
@@ -207,37 +230,53 @@ impl CowFs {
                 let rel = path.get(walk.root_path_len..).unwrap_or_default();
                 let origin = dir.origin.as_ref().and_then(|o| {
                     let tree = st.tree_roots.get(&o.root)?;
-                    Some((*tree, o.path.clone(), o.root == walk.root && o.path == rel))
+                    Some(LowerOrigin {
+                        tree: *tree,
+                        path: o.path.clone(),
+                        in_place: o.root == walk.root && o.path == rel,
+                    })
                 });
+                let stamp = st.changed.get(&ino).copied();
                 // Loaded, but nothing under it changed since the mount
                 // began: stored by its lower id, without a walk (as a
                 // directory never read).
-                let clean = !st.all_changed && !st.changed.contains(&ino);
-                match (dir.lower_id, &dir.unread, &dir.pending, origin) {
-                    (Some(id), unread, None, Some((origin_tree, origin_path, in_place)))
-                        if unread.is_some() || clean =>
-                    {
-                        CNode::LowerDir {
-                            id,
-                            changed: None,
-                            origin_tree,
-                            origin_path,
-                            in_place,
-                        }
+                let clean = st.all_changed_at.is_none() && stamp.is_none();
+                // Nothing under it changed since a stored capture wrote
+                // it: that node, whole, unless names in it are hard links
+                // (their other names may be walked, and one inode must
+                // not be written twice).
+                let unchanged_since = |generation: u64| {
+                    stamp.is_none_or(|s| s < generation)
+                        && st.all_changed_at.is_none_or(|a| a < generation)
+                };
+                let reusable = match dir.stored {
+                    Some((id, generation)) if unchanged_since(generation) => {
+                        let linked = has_linked_names(&TreeReader::new(&self.store), id)
+                            .map_err(|e| self.eio(e))?;
+                        (!linked).then_some(id)
                     }
-                    (Some(id), None, Some(pending), Some((origin_tree, origin_path, in_place))) => {
-                        CNode::LowerDir {
-                            id,
-                            changed: (pending.attrs != node.attrs).then(|| DirNode {
-                                attrs: node.attrs.clone(),
-                                entry_count: pending.entry_count,
-                                layout: pending.layout.clone(),
-                            }),
-                            origin_tree,
-                            origin_path,
-                            in_place,
-                        }
-                    }
+                    _ => None,
+                };
+                match (dir.lower_id, &dir.unread, &dir.pending, reusable) {
+                    (Some(id), unread, None, _) if unread.is_some() || clean => CNode::LowerDir {
+                        id,
+                        changed: None,
+                        origin,
+                    },
+                    (Some(id), None, Some(pending), _) => CNode::LowerDir {
+                        id,
+                        changed: (pending.attrs != node.attrs).then(|| DirNode {
+                            attrs: node.attrs.clone(),
+                            entry_count: pending.entry_count,
+                            layout: pending.layout.clone(),
+                        }),
+                        origin,
+                    },
+                    (_, None, None, Some(id)) => CNode::LowerDir {
+                        id,
+                        changed: None,
+                        origin: None,
+                    },
                     _ => {
                         let children: Vec<(Vec<u8>, Ino)> = dir
                             .by_name
@@ -248,6 +287,7 @@ impl CowFs {
                             attrs: node.attrs.clone(),
                             entries: Vec::new(),
                         });
+                        cap.walked.push((index, ino));
                         let mut entries = Vec::with_capacity(children.len());
                         for (name, child) in children {
                             let c = self.capture_child(st, child, path, &name, seal, cap, walk)?;
@@ -331,6 +371,18 @@ impl CowFs {
     /// each sealed layer is now its blob (durably) and replaces the layers
     /// by their blobs, removing their data files.
     pub fn converted(&self, stored: &Stored) -> FsResult<()> {
+        {
+            // The directories the capture wrote are those nodes while
+            // nothing under them changes: the next capture takes them
+            // whole. (The caller keeps the stored tree alive as long as
+            // the mount lives.)
+            let mut st = self.state.lock();
+            for (ino, id) in &stored.dirs {
+                if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(ino).map(|n| &mut n.kind) {
+                    dir.stored = Some((*id, stored.generation));
+                }
+            }
+        }
         if stored.layers.is_empty() {
             return Ok(());
         }
@@ -362,10 +414,9 @@ impl Capture {
         self.whole_tree
             && self.nodes.iter().all(|n| match n {
                 CNode::LowerDir {
-                    in_place,
-                    origin_tree,
+                    origin: Some(origin),
                     ..
-                } => *in_place && Some(*origin_tree) == self.origin_tree(),
+                } => origin.in_place && Some(origin.tree) == self.origin_tree(),
                 _ => true,
             })
     }
@@ -373,7 +424,10 @@ impl Capture {
     /// The stored tree the capture's lower directories come from.
     fn origin_tree(&self) -> Option<ChunkId> {
         self.nodes.iter().find_map(|n| match n {
-            CNode::LowerDir { origin_tree, .. } => Some(*origin_tree),
+            CNode::LowerDir {
+                origin: Some(origin),
+                ..
+            } => Some(origin.tree),
             _ => None,
         })
     }
@@ -414,6 +468,7 @@ impl CowFs {
         // (capture index, its inode, parent, name, path from the root)
         type Pending = (usize, Ino, Ino, Vec<u8>, Vec<u8>);
         let mut stack: Vec<Pending> = vec![(0, ROOT_INO, 0, Vec::new(), Vec::new())];
+        let mut further: Vec<(Ino, Ino, Vec<u8>)> = Vec::new();
         while let Some((index, ino, parent, name, path)) = stack.pop() {
             let link = (parent, name);
             let dir_parent = if parent == 0 { ROOT_INO } else { parent };
@@ -427,7 +482,11 @@ impl CowFs {
                     st.lower_dirs.insert((ROOT_INO, path.clone()), ino);
                     for (child_name, child) in entries {
                         let child_ino = match ino_of.get(child) {
-                            Some(&known) => known,
+                            Some(&known) => {
+                                // A further name of an inode met before.
+                                further.push((known, ino, child_name.clone()));
+                                known
+                            }
                             None => {
                                 let child_ino = st.next_ino;
                                 st.next_ino += 1;
@@ -456,21 +515,23 @@ impl CowFs {
                         kind: NodeKind::Dir(dir),
                         opens: 0,
                         link,
+                        more_links: Vec::new(),
                     }
                 }
                 CNode::LowerDir {
                     id,
                     changed,
-                    origin_path,
-                    ..
+                    origin,
                 } => {
                     let mut dir = DirState::new(dir_parent);
                     dir.lower_id = Some(*id);
-                    dir.origin = Some(Origin {
-                        root: ROOT_INO,
-                        path: origin_path.clone(),
-                    });
-                    st.lower_dirs.insert((ROOT_INO, origin_path.clone()), ino);
+                    if let Some(origin) = origin {
+                        dir.origin = Some(Origin {
+                            root: ROOT_INO,
+                            path: origin.path.clone(),
+                        });
+                        st.lower_dirs.insert((ROOT_INO, origin.path.clone()), ino);
+                    }
                     let (attrs, nlink) = match changed {
                         Some(node) => {
                             let nlink =
@@ -496,6 +557,7 @@ impl CowFs {
                         kind: NodeKind::Dir(dir),
                         opens: 0,
                         link,
+                        more_links: Vec::new(),
                     }
                 }
                 CNode::File {
@@ -530,10 +592,16 @@ impl CowFs {
                         kind,
                         opens: 0,
                         link,
+                        more_links: Vec::new(),
                     }
                 }
             };
             st.nodes.insert(ino, node);
+        }
+        for (ino, parent, name) in further {
+            if let Some(node) = st.nodes.get_mut(&ino) {
+                node.more_links.push((parent, name));
+            }
         }
         *fs.state.lock() = st;
         fs.start_journal(&config)?;
@@ -684,6 +752,8 @@ impl Capture {
             bytes_stored: 0,
             new_bytes: 0,
             layers: Vec::new(),
+            dirs: Vec::new(),
+            generation: self.generation,
         };
         let mut blobs: HashMap<usize, Option<ChunkId>> = HashMap::with_capacity(outs.len());
         for (i, out) in outs {
@@ -697,7 +767,16 @@ impl Capture {
             stored.layers.extend(out.layers);
             blobs.insert(i, out.blob);
         }
-        stored.tree = store_dirs(nodes, self.whole_tree, writer, &blobs)?;
+        let dir_ids = store_dirs(nodes, self.whole_tree, writer, &blobs)?;
+        stored.tree = dir_ids.get(&0).copied().ok_or_else(|| Error::BadPath {
+            path: "/".into(),
+            reason: "the captured root was not stored".into(),
+        })?;
+        stored.dirs = self
+            .walked
+            .iter()
+            .filter_map(|(index, ino)| Some((*ino, *dir_ids.get(index)?)))
+            .collect();
         Ok(stored)
     }
 
@@ -712,13 +791,14 @@ impl Capture {
             let CNode::LowerDir {
                 id,
                 changed,
-                origin_tree,
-                origin_path,
-                in_place: false,
+                origin: Some(origin),
             } = &self.nodes[i]
             else {
                 continue;
             };
+            if origin.in_place {
+                continue;
+            }
             if !has_hard_links(&reader, *id)? {
                 continue;
             }
@@ -730,8 +810,8 @@ impl Capture {
                 nodes,
                 *id,
                 attrs,
-                *origin_tree,
-                origin_path,
+                origin.tree,
+                &origin.path,
                 &mut within,
             )?;
             nodes[i] = dir;
@@ -755,6 +835,35 @@ fn has_hard_links(reader: &TreeReader<'_>, id: ChunkId) -> Result<bool> {
             Entry::HardLink { .. } => true,
             Entry::Dir(child) => has_hard_links(reader, child)?,
             Entry::Inode(_) => false,
+        };
+        if answer {
+            break;
+        }
+    }
+    let mut known = known.lock();
+    if known.len() > 1 << 20 {
+        known.clear();
+    }
+    known.insert(id, answer);
+    Ok(answer)
+}
+
+/// Whether the subtree of directory `id` holds a name of an inode with
+/// several names (a hard-link entry, or an inode whose link count is over
+/// one); remembered per subtree id.
+fn has_linked_names(reader: &TreeReader<'_>, id: ChunkId) -> Result<bool> {
+    static KNOWN: OnceLock<Mutex<HashMap<ChunkId, bool>>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(&answer) = known.lock().get(&id) {
+        return Ok(answer);
+    }
+    let dir = reader.dir(id)?;
+    let mut answer = false;
+    for (_, entry) in reader.entries(&dir)? {
+        answer = match entry {
+            Entry::HardLink { .. } => true,
+            Entry::Inode(inode) => inode.nlink > 1,
+            Entry::Dir(child) => has_linked_names(reader, child)?,
         };
         if answer {
             break;
@@ -871,12 +980,14 @@ fn walk(nodes: &[CNode]) -> Vec<(Vec<u8>, usize)> {
     out
 }
 
+/// Writes the directory nodes of a capture; returns the id of each
+/// directory node by index (the root is index 0).
 fn store_dirs(
     nodes: &[CNode],
     whole_tree: bool,
     writer: &Writer,
     blobs: &HashMap<usize, Option<ChunkId>>,
-) -> Result<ChunkId> {
+) -> Result<HashMap<usize, ChunkId>> {
     let order = walk(nodes);
     let mut names: HashMap<usize, u32> = HashMap::new();
     for (_, index) in &order {
@@ -964,8 +1075,5 @@ fn store_dirs(
         };
         dir_ids.insert(*index, id);
     }
-    dir_ids.get(&0).copied().ok_or_else(|| Error::BadPath {
-        path: "/".into(),
-        reason: "the captured root was not stored".into(),
-    })
+    Ok(dir_ids)
 }
