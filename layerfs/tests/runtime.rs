@@ -147,3 +147,32 @@ fn debian_runs_in_gvisor_and_bubblewrap_on_a_strata_mount() {
         "the lower tree is unchanged"
     );
 }
+
+/// Defect 14 of issue 14: with neither bwrap nor runsc installed the
+/// runtime test above passed silently. In CI (`CI=true`) a missing
+/// prerequisite must fail the run. The test is run again here with no
+/// runtime on its `PATH` and `CI=true`: it must fail.
+#[test]
+fn under_ci_the_runtime_test_fails_when_its_runtimes_are_missing() {
+    if std::env::var_os("STRATA_META_CHILD").is_some() {
+        return;
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "debian_runs_in_gvisor_and_bubblewrap_on_a_strata_mount",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("CI", "true")
+        .env("STRATA_META_CHILD", "1")
+        // sh and the coreutils the test itself runs stay reachable.
+        .env("PATH", format!("{}:/nonexistent", empty.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the runtime test passed under CI=true with no runtime installed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
