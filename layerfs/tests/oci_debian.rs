@@ -15,14 +15,10 @@ fn a_umoci_built_debian_image_imports_to_what_umoci_unpacks() {
     let cache =
         std::env::var("STRATA_FIXTURES").unwrap_or_else(|_| "/var/cache/strata-fixtures".into());
     let layout = Path::new(&cache).join("oci-bookworm-minbase");
-    if !Path::new(&cache)
-        .join("oci-bookworm-minbase.complete")
-        .exists()
-    {
-        eprintln!(
-            "SKIP: {} is not built; run `fixtures/oci-debian.sh bookworm-minbase` (./test.sh does)",
-            layout.display()
-        );
+    if !fixtures::require::path(
+        &Path::new(&cache).join("oci-bookworm-minbase.complete"),
+        "`fixtures/oci-debian.sh bookworm-minbase` (./test.sh runs it)",
+    ) {
         return;
     }
     let (_tmp, store) = store();

@@ -23,19 +23,17 @@ fn binary() -> Option<PathBuf> {
     let cache =
         std::env::var("STRATA_FIXTURES").unwrap_or_else(|_| "/var/cache/strata-fixtures".into());
     let path = Path::new(&cache).join("pjdfstest/bin/pjdfstest");
-    if !path.exists() {
-        eprintln!(
-            "SKIP: {} is not installed; run fixtures/pjdfstest.sh (./test.sh does)",
-            path.display()
-        );
+    if !fixtures::require::path(&path, "fixtures/pjdfstest.sh (./test.sh runs it)") {
         return None;
     }
     let has_user = Command::new("id")
         .arg("tests")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !has_user {
-        eprintln!("SKIP: pjdfstest needs the user 'tests'; fixtures/pjdfstest.sh creates it");
+    if !fixtures::require::facility(
+        has_user,
+        "pjdfstest needs the user 'tests' (fixtures/pjdfstest.sh creates it)",
+    ) {
         return None;
     }
     Some(path)

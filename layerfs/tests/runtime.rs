@@ -17,26 +17,11 @@ fn fixture() -> Option<PathBuf> {
     let cache =
         std::env::var("STRATA_FIXTURES").unwrap_or_else(|_| "/var/cache/strata-fixtures".into());
     let dir = Path::new(&cache).join("bookworm-minbase");
-    if !Path::new(&cache).join("bookworm-minbase.complete").exists() {
-        eprintln!(
-            "SKIP: the Debian fixture {} is not built; run `fixtures/debian-rootfs.sh bookworm-minbase` (./test.sh does)",
-            dir.display()
-        );
-        return None;
-    }
-    Some(dir)
-}
-
-fn have(program: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIP part: {program} is not installed (./test.sh installs it)");
-    }
-    found
+    fixtures::require::path(
+        &Path::new(&cache).join("bookworm-minbase.complete"),
+        "`fixtures/debian-rootfs.sh bookworm-minbase` (./test.sh runs it)",
+    )
+    .then_some(dir)
 }
 
 fn run(program: &str, args: &[&str]) -> String {
@@ -66,7 +51,7 @@ echo sandbox-done";
 #[test]
 fn debian_runs_in_gvisor_and_bubblewrap_on_a_strata_mount() {
     let Some(debian) = fixture() else { return };
-    if !common::fuse_available() {
+    if !fixtures::require::fuse() {
         return;
     }
     let (tmp, store) = store();
@@ -74,7 +59,7 @@ fn debian_runs_in_gvisor_and_bubblewrap_on_a_strata_mount() {
     let lower_before = listing(&store, tree);
 
     for runtime in ["bwrap", "runsc"] {
-        if !have(runtime) {
+        if !fixtures::require::program(runtime) {
             continue;
         }
         let (fs, session, mnt) = common::mount_tree(&store, tree, tmp.path(), runtime, 1 << 30);

@@ -226,7 +226,6 @@ fn the_api_is_versioned_and_answers_bad_requests_without_dropping_the_connection
 #[test]
 fn one_daemon_serves_isolated_mounts_and_ends_them_cleanly() {
     if !fuse_available() {
-        eprintln!("SKIP: no /dev/fuse or not root");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

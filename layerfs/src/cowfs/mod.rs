@@ -762,14 +762,10 @@ impl CowFs {
         let Some(node) = st.nodes.get_mut(&ino) else {
             return;
         };
+        let known = |(p, n): &(Ino, Vec<u8>)| *p == parent && n == name;
         if node.link.0 == 0 {
             node.link = (parent, name.to_vec());
-        } else if !(node.link.0 == parent && node.link.1 == name)
-            && !node
-                .more_links
-                .iter()
-                .any(|(p, n)| *p == parent && n == name)
-        {
+        } else if !known(&node.link) && !node.more_links.iter().any(known) {
             node.more_links.push((parent, name.to_vec()));
         }
     }

@@ -130,17 +130,10 @@ pub fn sh(command: &str, dir: &Path) {
     );
 }
 
-/// True when FUSE mounts can run here (prints why not otherwise).
+/// True when FUSE mounts can run here; otherwise says why, and fails
+/// under CI (see `fixtures::require`).
 pub fn fuse_available() -> bool {
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIP: /dev/fuse is absent on this machine; FUSE mount tests cannot run");
-        return false;
-    }
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: FUSE mount tests need root (mount(2) without fusermount)");
-        return false;
-    }
-    true
+    fixtures::require::fuse()
 }
 
 /// Imports directory `dir` as image `name`; returns its tree.

@@ -35,10 +35,10 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Whether FUSE mounts can be made here (root and /dev/fuse).
+/// Whether FUSE mounts can be made here (root and /dev/fuse); otherwise
+/// says why, and fails under CI (see `fixtures::require`).
 pub fn fuse_available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    Path::new("/dev/fuse").exists() && unsafe { libc::geteuid() } == 0
+    fixtures::require::fuse()
 }
 
 /// A `snapctl daemon` process; stopped with SIGTERM when dropped.
