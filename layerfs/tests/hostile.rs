@@ -268,3 +268,229 @@ fn whiteouts_cannot_escape_or_remove_the_root() {
         vec![("/.wh.file".to_string(), "file x".to_string())]
     );
 }
+
+/// Writes `value` in octal into a tar header field (NUL-terminated).
+fn octal(field: &mut [u8], value: u64) {
+    let text = format!("{value:0width$o}\0", width = field.len() - 1);
+    field.copy_from_slice(text.as_bytes());
+}
+
+/// A GNU sparse entry `name`: 512 bytes of data at offset 0 in a file of
+/// `real_size` bytes (the rest a hole).
+fn sparse_entry(out: &mut Vec<u8>, name: &[u8], real_size: u64) {
+    let mut header = tar::Header::new_gnu();
+    header.as_old_mut().name[..name.len()].copy_from_slice(name);
+    header.set_entry_type(EntryType::GNUSparse);
+    header.set_mode(0o644);
+    header.set_size(512);
+    header.set_mtime(1_700_000_000);
+    let gnu = header.as_gnu_mut().unwrap();
+    octal(&mut gnu.sparse[0].offset, 0);
+    octal(&mut gnu.sparse[0].numbytes, 512);
+    octal(&mut gnu.sparse[1].offset, real_size);
+    octal(&mut gnu.sparse[1].numbytes, 0);
+    octal(&mut gnu.realsize, real_size);
+    header.set_cksum();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&[7u8; 512]);
+}
+
+/// Defect 6 of issue 14: a GNU sparse entry expands to its real size, but
+/// the byte limit counted archive bytes only (and the total of file bytes
+/// was kept and never checked): a 20 KB archive of ten 15 GiB sparse files
+/// kept the daemon busy for minutes. Expanded bytes count against the
+/// limits, before anything is expanded.
+#[test]
+fn sparse_entries_count_their_expanded_size_against_the_limits() {
+    let mut bomb = Vec::new();
+    for i in 0..3 {
+        sparse_entry(&mut bomb, format!("sparse{i}").as_bytes(), 100 << 20);
+    }
+    finish(&mut bomb);
+    assert!(bomb.len() < 8192);
+    let limits = ImportLimits {
+        max_total_bytes: 1 << 20,
+        ..ImportLimits::default()
+    };
+    let err = rejected(&bomb, limits);
+    expect(err, "limit");
+    // Within the limits, a sparse file imports with its holes as zeros.
+    let (tmp, store) = store();
+    let mut one = Vec::new();
+    sparse_entry(&mut one, b"holey", 1 << 20);
+    finish(&mut one);
+    let path = tmp.path().join("one.tar");
+    fs::write(&path, &one).unwrap();
+    let report = import_image(&store, "sparse", &path, &ImportOptions::default()).unwrap();
+    assert_eq!(report.image.file_bytes, 1 << 20);
+}
+
+/// The importer of [`a_giant_pax_header_is_refused_without_being_held_in_memory`]
+/// (under an 8 GiB address-space limit, to spare the machine); prints its
+/// peak resident memory.
+#[test]
+fn giant_pax_importer() {
+    let Some(path) = std::env::var_os("STRATA_GIANT_PAX") else {
+        return;
+    };
+    let limit = libc::rlimit {
+        rlim_cur: 8 << 30,
+        rlim_max: 8 << 30,
+    };
+    // SAFETY: setrlimit with a valid pointer to a local struct.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+    let (_tmp, store) = store();
+    let err = import_image(
+        &store,
+        "giant",
+        std::path::Path::new(&path),
+        &ImportOptions::default(),
+    )
+    .expect_err("a 3 GiB PAX header is refused");
+    println!("REFUSED {err}");
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    println!("PEAK_MIB {}", peak_kib >> 10);
+}
+
+/// Defect 6 of issue 14: PAX records (and the extended attributes in them)
+/// were read and collected without a bound; a small compressed archive
+/// whose PAX header holds 3 GiB is refused before it fills memory.
+#[test]
+fn a_giant_pax_header_is_refused_without_being_held_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("giant.tar.zst");
+    let value_len: u64 = 3 << 30;
+    let body_len =
+        |digits: usize| digits as u64 + " SCHILY.xattr.user.big=".len() as u64 + value_len + 1;
+    let mut digits = 1;
+    while body_len(digits).to_string().len() != digits {
+        digits += 1;
+    }
+    let record_len = body_len(digits);
+    {
+        let file = fs::File::create(&path).unwrap();
+        let mut out = zstd::stream::Encoder::new(file, 1).unwrap();
+        let header = common::raw_header(b"pax", EntryType::XHeader, record_len, b"");
+        out.write_all(header.as_bytes()).unwrap();
+        write!(out, "{record_len} SCHILY.xattr.user.big=").unwrap();
+        let block = vec![b'A'; 1 << 20];
+        let mut left = value_len;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            out.write_all(&block[..n]).unwrap();
+            left -= n as u64;
+        }
+        out.write_all(b"\n").unwrap();
+        let pad = (512 - record_len % 512) % 512;
+        out.write_all(&vec![0u8; pad as usize]).unwrap();
+        let mut rest = Vec::new();
+        raw_entry(&mut rest, b"file", EntryType::Regular, b"x", b"");
+        finish(&mut rest);
+        out.write_all(&rest).unwrap();
+        out.finish().unwrap();
+    }
+    assert!(
+        fs::metadata(&path).unwrap().len() < 1 << 20,
+        "the archive is small"
+    );
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["giant_pax_importer", "--exact", "--nocapture"])
+        .env("STRATA_GIANT_PAX", &path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("REFUSED"),
+        "the importer died ({:?}): {stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peak: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PEAK_MIB "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(
+        peak < 512,
+        "refusing the header took {peak} MiB of memory: it was read whole"
+    );
+}
+
+/// Defect 6 of issue 14: a directory import looked at an entry without
+/// following symlinks, then opened it by path — which follows a symlink
+/// swapped in between. Whatever is swapped in, nothing from outside the
+/// directory lands in the image.
+#[test]
+fn a_directory_import_never_follows_a_symlink_swapped_in() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    fs::write(&secret, b"SECRET OUTSIDE THE TREE").unwrap();
+    let outside_dir = tmp.path().join("outside");
+    fs::create_dir(&outside_dir).unwrap();
+    fs::write(outside_dir.join("leak"), b"SECRET OUTSIDE THE TREE").unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..50 {
+        fs::write(src.join(format!("f{i}")), b"inside").unwrap();
+    }
+    // A swapper flips src/f0 between a regular file and a symlink to the
+    // secret, and src/d between a directory and a symlink to a directory
+    // outside, as fast as it can.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, src, secret, outside_dir) = (
+            stop.clone(),
+            src.clone(),
+            secret.clone(),
+            outside_dir.clone(),
+        );
+        std::thread::spawn(move || {
+            let (file_tmp, link_tmp) = (src.join(".f0.file"), src.join(".f0.link"));
+            let (dir_tmp, dlink_tmp) = (src.join(".d.dir"), src.join(".d.link"));
+            while !stop.load(Ordering::Relaxed) {
+                let _ = fs::write(&file_tmp, b"inside");
+                let _ = fs::rename(&file_tmp, src.join("f0"));
+                let _ = std::os::unix::fs::symlink(&secret, &link_tmp);
+                let _ = fs::rename(&link_tmp, src.join("f0"));
+                let _ = fs::create_dir(&dir_tmp);
+                let _ = fs::remove_dir_all(src.join("d"));
+                let _ = fs::rename(&dir_tmp, src.join("d"));
+                let _ = std::os::unix::fs::symlink(&outside_dir, &dlink_tmp);
+                let _ = fs::remove_dir_all(src.join("d"));
+                let _ = fs::remove_file(src.join("d"));
+                let _ = fs::rename(&dlink_tmp, src.join("d"));
+            }
+        })
+    };
+    let (_store_dir, store) = store();
+    let options = ImportOptions {
+        kind: Some(layerfs::SourceKind::Directory),
+        ..ImportOptions::default()
+    };
+    let mut leaked = None;
+    for round in 0..300 {
+        let Ok(report) = import_image(&store, &format!("r{round}"), &src, &options) else {
+            continue; // an import may fail on an entry that changed: fine
+        };
+        let tree = report.image.tree.parse().unwrap();
+        if common::listing(&store, tree)
+            .iter()
+            .any(|(_, what)| what.contains("SECRET"))
+        {
+            leaked = Some(round);
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert_eq!(
+        leaked, None,
+        "bytes from outside the directory were imported"
+    );
+}

@@ -500,3 +500,74 @@ fn a_mount_with_an_absurd_thread_count_is_refused() {
     let mounts = request(&mut conn, &mut reader, r#"{"api":1,"op":"mount.list"}"#);
     assert_eq!(mounts["result"], serde_json::json!([]));
 }
+
+/// Defect 6 of issue 14: imports ran on the daemon's connection threads
+/// at the priority of everything that serves mounts, so a hostile archive
+/// (a sparse bomb) kept a core of the daemon busy for minutes. An import
+/// runs on a thread of its own at the lowest priority, and the daemon's
+/// mounts answer meanwhile.
+#[test]
+fn an_import_runs_at_low_priority_while_mounts_are_served() {
+    if !fixtures::require::fuse() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (home, src) = init_with_source(dir.path());
+    let daemon = Daemon::start(&home);
+    let out = snapctl(
+        &home,
+        &["image", "import", src.to_str().unwrap(), "--name", "tiny"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = snapctl(&home, &["mount", "--image", "tiny", mnt.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // An archive that arrives slowly, through a fifo: the import waits on
+    // it for as long as the test likes.
+    let fifo = dir.path().join("slow.tar");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let importer = {
+        let (home, fifo) = (home.clone(), fifo.clone());
+        std::thread::spawn(move || {
+            snapctl(
+                &home,
+                &["image", "import", fifo.to_str().unwrap(), "--name", "slow"],
+            )
+        })
+    };
+    let mut feed = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    feed.write_all(&[0u8; 512]).unwrap(); // part of a first header
+    let pid = daemon.child.id();
+    let mut nice = None;
+    wait_until("the import's thread", || {
+        nice = import_thread_nice(pid);
+        nice.is_some()
+    });
+    assert_eq!(nice, Some(19), "the import runs at the lowest priority");
+    // The mount answers while the import waits.
+    assert_eq!(std::fs::read(mnt.join("etc/motd")).unwrap(), b"welcome\n");
+    assert_eq!(code(&snapctl(&home, &["mounts"])), 0);
+    drop(feed);
+    let out = importer.join().unwrap();
+    assert_ne!(code(&out), 0, "a truncated archive is refused");
+}
+
+/// The nice value of the daemon's thread named `import`, if it has one.
+fn import_thread_nice(pid: u32) -> Option<i64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let task = task.ok()?.path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim() == "import" {
+            let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+            // Fields after the command name (which ends with ')'): state is
+            // field 3; nice is field 19.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            return rest.split_whitespace().nth(16)?.parse().ok();
+        }
+    }
+    None
+}
