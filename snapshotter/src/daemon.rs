@@ -847,7 +847,10 @@ impl Daemon {
                     tag: args.tag,
                     kind: args.kind,
                 };
-                let report = layerfs::import_image(&self.store, &args.name, &args.source, &options)
+                let report = import_pool()
+                    .install(|| {
+                        layerfs::import_image(&self.store, &args.name, &args.source, &options)
+                    })
                     .with_context(|| {
                         format!(
                             "importing {} as image '{}'",
@@ -1028,6 +1031,37 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// Imports read archives and directories the daemon does not control
+/// (hostile ones too): they run on two threads of their own at the lowest
+/// priority (nice 19), so the threads serving mounts come first; a third
+/// import waits its turn.
+fn import_pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .thread_name(|_| "import".into())
+            .start_handler(|_| {
+                // SAFETY: gettid has no arguments; setpriority with
+                // PRIO_PROCESS and a thread id changes only that thread's
+                // nice value and touches no memory.
+                let lowered = unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19)
+                };
+                if lowered != 0 {
+                    tracing::warn!("could not lower the priority of an import thread");
+                }
+            })
+            .build()
+            .unwrap_or_else(|e| {
+                tracing::warn!("no pool of import threads ({e}); imports share the global pool");
+                rayon::ThreadPoolBuilder::new()
+                    .build()
+                    .expect("a rayon pool with default settings")
+            })
+    })
 }
 
 /// Each changed file of a mount keeps its upper data file open (and a

@@ -5,12 +5,23 @@
 //! the nanosecond. Does not cross into other filesystems mounted below the
 //! directory (they appear as empty directories), as `tar
 //! --one-file-system` does. File contents are stored in parallel.
+//!
+//! The tree may change while it is read (it may be a sandbox's, and
+//! hostile): every directory is opened relative to its parent's open
+//! descriptor without following symlinks (`/proc/self/fd/N/NAME` with
+//! `O_NOFOLLOW`) and must still be the directory the walk saw; every file
+//! is opened without following symlinks and must still be the inode the
+//! walk saw. A swapped-in symlink gets an error, never the bytes it
+//! points at.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
+use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use cas::{Chunking, Writer};
 use rayon::prelude::*;
@@ -61,6 +72,52 @@ pub fn attrs_of(path: &Path, meta: &fs::Metadata) -> Result<Attrs> {
     })
 }
 
+/// Opens directory `name` in the directory open as `parent`, not
+/// following a symlink; it must be the directory `(dev, ino)`.
+fn open_dir_at(
+    parent: &File,
+    name: &std::ffi::OsStr,
+    shown: &Path,
+    id: (u64, u64),
+) -> Result<File> {
+    let dir = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(at(parent, name))
+        .map_err(io_err(shown, "opening the directory"))?;
+    let meta = dir
+        .metadata()
+        .map_err(io_err(shown, "reading the directory"))?;
+    if (meta.dev(), meta.ino()) != id {
+        return Err(changed(shown));
+    }
+    Ok(dir)
+}
+
+/// The path that names `name` in the directory open as `dir`, resolved
+/// through the descriptor (no symlink on the way can be swapped).
+fn at(dir: &File, name: &std::ffi::OsStr) -> PathBuf {
+    Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name)
+}
+
+fn changed(path: &Path) -> Error {
+    Error::BadPath {
+        path: path.display().to_string(),
+        reason: "changed while it was being imported (replaced, or swapped for a symlink)".into(),
+    }
+}
+
+/// A directory waiting to be read: its parent's descriptor, its name and
+/// identity there, where it goes in the tree and how deep it is.
+struct Pending {
+    shown: PathBuf,
+    parent: Arc<File>,
+    name: std::ffi::OsString,
+    id: (u64, u64),
+    index: NodeIndex,
+    depth: usize,
+}
+
 /// Reads directory `root` into a new tree. File contents are written with
 /// `writer`.
 pub fn import_dir(
@@ -68,22 +125,38 @@ pub fn import_dir(
     writer: &Writer,
     limits: &ImportLimits,
 ) -> Result<(MemTree, DirStats)> {
-    let root_meta = fs::symlink_metadata(root).map_err(io_err(root, "reading"))?;
-    if !root_meta.is_dir() {
-        return Err(Error::BadPath {
-            path: root.display().to_string(),
-            reason: "not a directory".into(),
-        });
-    }
+    let root_dir = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(root)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOTDIR) | Some(libc::ELOOP) => Error::BadPath {
+                path: root.display().to_string(),
+                reason: "not a directory".into(),
+            },
+            _ => Error::io(format!("opening {}", root.display()), e),
+        })?;
+    let root_meta = root_dir.metadata().map_err(io_err(root, "reading"))?;
     let mut tree = MemTree::new(attrs_of(root, &root_meta)?);
     let mut stats = DirStats::default();
     let mut hard_links: HashMap<(u64, u64), NodeIndex> = HashMap::new();
-    let mut files: Vec<(NodeIndex, PathBuf, u64)> = Vec::new();
-    let mut stack: Vec<(PathBuf, NodeIndex, usize)> = vec![(root.to_path_buf(), tree.root(), 0)];
+    // (node, path, identity, size) of each regular file.
+    let mut files: Vec<(NodeIndex, PathBuf, (u64, u64))> = Vec::new();
+    let mut total_bytes = 0u64;
     let device = root_meta.dev();
+    let mut stack: Vec<Pending> = Vec::new();
+    let mut current = Some((root.to_path_buf(), Arc::new(root_dir), tree.root(), 0usize));
 
-    while let Some((dir_path, dir_index, depth)) = stack.pop() {
-        let mut names: Vec<_> = fs::read_dir(&dir_path)
+    loop {
+        let (dir_path, dir, dir_index, depth) = match current.take() {
+            Some(first) => first,
+            None => {
+                let Some(next) = stack.pop() else { break };
+                let dir = open_dir_at(&next.parent, &next.name, &next.shown, next.id)?;
+                (next.shown, Arc::new(dir), next.index, next.depth)
+            }
+        };
+        let mut names: Vec<_> = fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
             .map_err(io_err(&dir_path, "listing"))?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<std::io::Result<_>>()
@@ -97,7 +170,8 @@ pub fn import_dir(
                     reason: "path too long".into(),
                 });
             }
-            let meta = fs::symlink_metadata(&path).map_err(io_err(&path, "reading"))?;
+            let here = at(&dir, &name);
+            let meta = fs::symlink_metadata(&here).map_err(io_err(&path, "reading"))?;
             stats.entries += 1;
             if stats.entries > limits.max_entries {
                 return Err(Error::LimitExceeded {
@@ -115,7 +189,7 @@ pub fn import_dir(
                     continue;
                 }
             }
-            let attrs = attrs_of(&path, &meta)?;
+            let attrs = attrs_of(&here, &meta)?;
             let kind = if file_type.is_dir() {
                 MemKind::Dir(BTreeMap::new())
             } else if file_type.is_file() {
@@ -127,12 +201,21 @@ pub fn import_dir(
                         hint: "raise --max-file-bytes",
                     });
                 }
+                total_bytes = total_bytes.saturating_add(meta.len());
+                if total_bytes > limits.max_total_bytes {
+                    return Err(Error::LimitExceeded {
+                        source_name: root.display().to_string(),
+                        what: "bytes of files in total".into(),
+                        limit: limits.max_total_bytes,
+                        hint: "raise --max-bytes",
+                    });
+                }
                 MemKind::Other(InodeKind::File {
                     size: meta.len(),
                     blob: None,
                 })
             } else if file_type.is_symlink() {
-                let target = fs::read_link(&path).map_err(io_err(&path, "reading the link"))?;
+                let target = fs::read_link(&here).map_err(io_err(&path, "reading the link"))?;
                 MemKind::Other(InodeKind::Symlink {
                     target: target.as_os_str().as_bytes().to_vec(),
                 })
@@ -162,7 +245,7 @@ pub fn import_dir(
                 hard_links.insert(key, index);
             }
             if is_file {
-                files.push((index, path.clone(), meta.len()));
+                files.push((index, path.clone(), key));
             }
             if is_dir && meta.dev() == device {
                 if depth + 1 > MAX_DEPTH {
@@ -171,18 +254,48 @@ pub fn import_dir(
                         reason: format!("deeper than {MAX_DEPTH} directories"),
                     });
                 }
-                stack.push((path, index, depth + 1));
+                stack.push(Pending {
+                    shown: path,
+                    parent: dir.clone(),
+                    name,
+                    id: key,
+                    index,
+                    depth: depth + 1,
+                });
             }
         }
     }
 
-    // Contents, in parallel; each file is one blob.
+    // Contents, in parallel; each file is one blob. A file is opened by
+    // its path without following a final symlink, and must be the inode
+    // the walk saw (a directory on its path swapped for a symlink leads
+    // elsewhere: another inode).
+    let max = limits.max_file_bytes;
     let stored: Vec<(NodeIndex, u64, Option<cas::ChunkId>, u64)> = files
         .par_iter()
-        .map(|(index, path, _)| {
-            let mut file = File::open(path).map_err(io_err(path, "opening"))?;
+        .map(|(index, path, id)| {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(path)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ELOOP) => changed(path),
+                    _ => Error::io(format!("opening {}", path.display()), e),
+                })?;
+            let meta = file.metadata().map_err(io_err(path, "reading"))?;
+            if (meta.dev(), meta.ino()) != *id || !meta.is_file() {
+                return Err(changed(path));
+            }
             let mut blob = writer.blob_writer(Chunking::ContentDefined);
-            let len = blob.read_from(&mut file)?;
+            let len = blob.read_from(&mut file.take(max + 1))?;
+            if len > max {
+                return Err(Error::LimitExceeded {
+                    source_name: path.display().to_string(),
+                    what: "file bytes (it grew while it was being imported)".into(),
+                    limit: max,
+                    hint: "raise --max-file-bytes",
+                });
+            }
             let info = blob.finish()?;
             Ok((*index, len, (len > 0).then_some(info.id), info.new_bytes))
         })

@@ -20,7 +20,10 @@ use crate::error::{Error, Result};
 /// and stop tar bombs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImportLimits {
-    /// Most uncompressed bytes of archive read, summed over all layers.
+    /// Most uncompressed bytes of archive read, summed over all layers;
+    /// also the most bytes of files in total, counted as they expand (a
+    /// sparse entry by its full size) and checked before each file is
+    /// read.
     pub max_total_bytes: u64,
     /// Largest single file.
     pub max_file_bytes: u64,

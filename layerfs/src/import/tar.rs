@@ -50,12 +50,25 @@ pub struct Guard<R> {
     state: Arc<GuardState>,
 }
 
+/// Most bytes the tar reader may consume between two entries: an entry's
+/// header blocks, its PAX records and long names, and the data of an
+/// entry it skips. The reader holds PAX records and long names in memory,
+/// so this bounds what an archive can make it allocate.
+pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+/// Most PAX records one entry may carry.
+pub const MAX_PAX_RECORDS: usize = 4096;
+
 /// Shared state of a [`Guard`].
 #[derive(Default)]
 pub struct GuardState {
     read: AtomicU64,
     limit: u64,
     over_limit: AtomicBool,
+    /// Bytes read since the reader went looking for the next entry, while
+    /// it is (`u64::MAX` otherwise): see [`MAX_HEADER_BYTES`].
+    between_entries: AtomicU64,
+    headers_over: AtomicBool,
     failure: Mutex<Option<String>>,
 }
 
@@ -64,6 +77,7 @@ impl<R: Read> Guard<R> {
     pub fn new(inner: R, limit: u64) -> (Guard<R>, Arc<GuardState>) {
         let state = Arc::new(GuardState {
             limit,
+            between_entries: AtomicU64::new(u64::MAX),
             ..GuardState::default()
         });
         (
@@ -85,6 +99,15 @@ impl<R: Read> Read for Guard<R> {
                     self.state.over_limit.store(true, Ordering::Relaxed);
                     return Err(io::Error::other("archive exceeds the size limit"));
                 }
+                let between = self.state.between_entries.load(Ordering::Relaxed);
+                if between != u64::MAX {
+                    let between = between + n as u64;
+                    self.state.between_entries.store(between, Ordering::Relaxed);
+                    if between > MAX_HEADER_BYTES {
+                        self.state.headers_over.store(true, Ordering::Relaxed);
+                        return Err(io::Error::other("an entry's headers exceed the limit"));
+                    }
+                }
                 Ok(n)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
@@ -101,6 +124,13 @@ impl GuardState {
     /// Bytes read so far.
     pub fn bytes_read(&self) -> u64 {
         self.read.load(Ordering::Relaxed)
+    }
+
+    /// The reader goes looking for the next entry (`true`) or hands out an
+    /// entry's data (`false`): see [`MAX_HEADER_BYTES`].
+    fn between_entries(&self, looking: bool) {
+        let value = if looking { 0 } else { u64::MAX };
+        self.between_entries.store(value, Ordering::Relaxed);
     }
 }
 
@@ -139,6 +169,14 @@ impl TarImporter<'_> {
                 hint: "raise --max-bytes if the archive is trusted",
             };
         }
+        if guard.headers_over.load(Ordering::Relaxed) {
+            return Error::LimitExceeded {
+                source_name: self.source_name.clone(),
+                what: "bytes of one entry's headers (PAX records, long names, skipped data)".into(),
+                limit: MAX_HEADER_BYTES,
+                hint: "no real archive needs more; this one is malformed or hostile",
+            };
+        }
         let failure = guard
             .failure
             .lock()
@@ -159,10 +197,14 @@ impl TarImporter<'_> {
         // lower layers put in its directory.
         let mut added: HashSet<Vec<u8>> = HashSet::new();
         let implicit = implicit_dir_attrs();
-        let entries = archive
+        let mut entries = archive
             .entries()
             .map_err(|e| self.stream_error(guard, b"", e))?;
-        for entry in entries {
+        loop {
+            guard.between_entries(true);
+            let next = entries.next();
+            guard.between_entries(false);
+            let Some(entry) = next else { break };
             let mut entry = entry.map_err(|e| self.stream_error(guard, b"", e))?;
             stats.entries += 1;
             if stats.entries > self.limits.max_entries {
@@ -221,6 +263,7 @@ impl TarImporter<'_> {
             let node_kind = match kind {
                 EntryType::Directory => MemKind::Dir(BTreeMap::new()),
                 EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                    // A sparse entry's size is its size expanded.
                     let declared = entry.size();
                     if declared > self.limits.max_file_bytes {
                         return Err(Error::LimitExceeded {
@@ -230,9 +273,29 @@ impl TarImporter<'_> {
                             hint: "raise --max-file-bytes if the archive is trusted",
                         });
                     }
-                    let mut blob = self.writer.blob_writer(Chunking::ContentDefined);
+                    // File bytes count against the total as they expand,
+                    // checked before any is read.
+                    if self.total_file_bytes.saturating_add(declared) > self.limits.max_total_bytes
+                    {
+                        return Err(Error::LimitExceeded {
+                            source_name: self.source_name.clone(),
+                            what: format!(
+                                "bytes of files in total (with '{}' of {declared} bytes)",
+                                show(&raw_path)
+                            ),
+                            limit: self.limits.max_total_bytes,
+                            hint: "raise --max-bytes if the archive is trusted",
+                        });
+                    }
+                    // A sparse file's holes are zeros: the fixed chunker
+                    // stores zero chunks as holes without hashing them.
+                    let chunking = match kind {
+                        EntryType::GNUSparse => Chunking::FixedSize,
+                        _ => Chunking::ContentDefined,
+                    };
+                    let mut blob = self.writer.blob_writer(chunking);
                     let read = blob
-                        .read_from(&mut entry)
+                        .read_from(&mut (&mut entry).take(declared))
                         .map_err(|e| self.stream_error(guard, &raw_path, e))?;
                     if kind != EntryType::GNUSparse && read != declared {
                         return Err(self.reject(
@@ -332,12 +395,29 @@ impl TarImporter<'_> {
         else {
             return Ok(out);
         };
+        let mut xattr_bytes = 0usize;
         for ext in extensions {
             let ext = ext.map_err(|e| self.reject(path, format!("malformed PAX header ({e})")))?;
             let key = ext
                 .key()
                 .map_err(|_| self.reject(path, "PAX key is not UTF-8"))?;
+            if key.starts_with("SCHILY.xattr.") {
+                // Bounded as they are read, not once all are in memory.
+                xattr_bytes += key.len() + ext.value_bytes().len();
+                if xattr_bytes > crate::tree::MAX_XATTR_BYTES + MAX_PAX_RECORDS * 16 {
+                    return Err(self.reject(
+                        path,
+                        format!(
+                            "extended attributes over {} bytes",
+                            crate::tree::MAX_XATTR_BYTES
+                        ),
+                    ));
+                }
+            }
             out.insert(key.to_string(), ext.value_bytes().to_vec());
+            if out.len() > MAX_PAX_RECORDS {
+                return Err(self.reject(path, format!("more than {MAX_PAX_RECORDS} PAX records")));
+            }
         }
         Ok(out)
     }
