@@ -1,4 +1,5 @@
-//! Writing replies to a connection from any thread.
+//! Writing replies to a connection from any thread, never waiting on the
+//! client.
 //!
 //! A request answered on the blocking pool writes its reply itself, on
 //! its own descriptor (a `dup` of the connection's socket), instead of
@@ -8,18 +9,26 @@
 //! benchmark machine), so one hand-off less is a large share of a small
 //! request's latency.
 //!
-//! The socket stays non-blocking (the runtime reads it): a writer that
-//! finds the client's buffer full waits for room with `poll(2)` — on the
-//! blocking pool directly, and from the runtime's threads by moving the
-//! rest of the write to the blocking pool, so a client that stops reading
-//! never stalls the runtime.
+//! The socket stays non-blocking (the runtime reads it). A reply that does
+//! not fit into the socket's buffer now, and every reply after it, waits
+//! in the connection's backlog; a drain task on the runtime writes the
+//! backlog out as the client makes room. No thread ever waits for a
+//! client: a client that stops reading costs its backlog's memory, which
+//! the server bounds by reading no further request from it
+//! ([`ReplyWriter::backlog`]), and after [`STALL_LIMIT`] without progress
+//! its connection is closed.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::Notify;
 
 /// An encoded reply: its header and fixed fields, and the payload of a
 /// read or a directory listing, sent from where it already is (no copy).
@@ -35,33 +44,36 @@ impl Encoded {
             None => vec![&self.head],
         }
     }
-}
 
-/// The bytes of `parts` after the first `at` (a partly sent reply).
-fn rest<'a>(parts: &[&'a [u8]], mut at: usize) -> Vec<&'a [u8]> {
-    let mut out = Vec::new();
-    for p in parts {
-        if at >= p.len() {
-            at -= p.len();
-        } else {
-            out.push(&p[at..]);
-            at = 0;
-        }
+    fn len(&self) -> usize {
+        self.head.len() + self.payload.as_ref().map_or(0, Bytes::len)
     }
-    out
 }
 
-/// How long a reply may wait for a client to make room before the
+/// How long a backlog may wait for a client to make room before the
 /// connection is given up.
-const STALL_LIMIT: Duration = Duration::from_secs(60);
+pub const STALL_LIMIT: Duration = Duration::from_secs(60);
 
-/// The writing side of one connection; replies are written whole, one at a
-/// time.
+/// The writing side of one connection; replies are written whole, in the
+/// order they were sent.
 pub struct ReplyWriter {
     fd: OwnedFd,
-    /// Whose turn it is to write (a guard can move to the blocking pool
-    /// with a half-written reply).
-    turn: Arc<tokio::sync::Mutex<()>>,
+    state: Mutex<Backlog>,
+    /// Wakes the drain task when the backlog gets a reply.
+    queued: Notify,
+    /// Wakes a reader waiting for the backlog to shrink.
+    drained: Notify,
+}
+
+#[derive(Default)]
+struct Backlog {
+    /// Replies not (wholly) written yet, with the bytes of the first one
+    /// already out.
+    replies: VecDeque<Encoded>,
+    first_written: usize,
+    bytes: usize,
+    /// Why the connection can take no more replies.
+    failed: Option<(io::ErrorKind, String)>,
 }
 
 enum Progress {
@@ -80,15 +92,17 @@ impl ReplyWriter {
         let fd = unsafe { BorrowedFd::borrow_raw(socket) }.try_clone_to_owned()?;
         Ok(ReplyWriter {
             fd,
-            turn: Arc::default(),
+            state: Mutex::new(Backlog::default()),
+            queued: Notify::new(),
+            drained: Notify::new(),
         })
     }
 
     /// Sends as much of `parts` (one message, in order) as the socket
-    /// takes now.
-    fn send_some(&self, parts: &[&[u8]]) -> io::Result<Progress> {
+    /// takes now, starting `at` bytes in.
+    fn send_some(&self, parts: &[&[u8]], at: usize) -> io::Result<Progress> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        let mut at = 0;
+        let mut at = at;
         while at < total {
             // The iovecs of what is left.
             let mut iov: Vec<libc::iovec> = Vec::with_capacity(parts.len());
@@ -107,12 +121,17 @@ impl ReplyWriter {
             }
             // SAFETY: a zeroed msghdr is an empty message; its iovecs point
             // into `parts`, live for this call, and sendmsg only reads them.
-            // MSG_NOSIGNAL turns a closed peer into EPIPE.
+            // MSG_NOSIGNAL turns a closed peer into EPIPE; MSG_DONTWAIT
+            // never waits.
             let n = unsafe {
                 let mut msg: libc::msghdr = std::mem::zeroed();
                 msg.msg_iov = iov.as_mut_ptr();
                 msg.msg_iovlen = iov.len() as _;
-                libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+                libc::sendmsg(
+                    self.fd.as_raw_fd(),
+                    &msg,
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
             };
             if n >= 0 {
                 at += n as usize;
@@ -128,69 +147,151 @@ impl ReplyWriter {
         Ok(Progress::Done)
     }
 
-    fn wait_writable(&self) -> io::Result<()> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
+    /// Sends a reply (whole, after every reply sent before it), from any
+    /// thread, without waiting: at once when the socket has room and
+    /// nothing waits before it, else into the backlog.
+    pub fn send(&self, reply: Encoded) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if let Some((kind, message)) = &state.failed {
+            return Err(io::Error::new(*kind, message.clone()));
+        }
+        let written = match state.replies.is_empty() {
+            true => match self.send_some(&reply.parts(), 0) {
+                Ok(Progress::Done) => return Ok(()),
+                Ok(Progress::Full { written }) => written,
+                Err(e) => {
+                    state.failed = Some((e.kind(), e.to_string()));
+                    return Err(e);
+                }
+            },
+            false => 0,
         };
-        // SAFETY: poll(2) on one pollfd that lives on the stack.
-        let n = unsafe { libc::poll(&mut pfd, 1, STALL_LIMIT.as_millis() as i32) };
-        match n {
-            0 => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client stopped reading replies",
-            )),
-            n if n < 0 => {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    Ok(())
-                } else {
-                    Err(e)
+        if state.replies.is_empty() {
+            state.first_written = written;
+        }
+        state.bytes += reply.len() - written;
+        state.replies.push_back(reply);
+        drop(state);
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    /// Bytes of replies waiting for the client to make room.
+    pub fn backlog(&self) -> usize {
+        self.state.lock().bytes
+    }
+
+    /// Waits until the backlog holds at most `limit` bytes; an error once
+    /// the connection failed.
+    pub async fn backlog_below(&self, limit: usize) -> io::Result<()> {
+        loop {
+            let drained = self.drained.notified();
+            {
+                let state = self.state.lock();
+                if let Some((kind, message)) = &state.failed {
+                    return Err(io::Error::new(*kind, message.clone()));
+                }
+                if state.bytes <= limit {
+                    return Ok(());
                 }
             }
-            _ => Ok(()),
+            drained.await;
         }
     }
 
-    /// Writes what is left of a reply after `at` bytes went out, waiting
-    /// for room.
-    fn finish(&self, parts: &[&[u8]], mut at: usize) -> io::Result<()> {
+    /// Writes as much of the backlog as the socket takes now; whether it
+    /// is empty.
+    fn drain_some(&self) -> io::Result<bool> {
+        let mut state = self.state.lock();
+        while let Some(first) = state.replies.front() {
+            let at = state.first_written;
+            let total = first.len();
+            match self.send_some(&first.parts(), at)? {
+                Progress::Done => {
+                    state.bytes -= total - at;
+                    state.replies.pop_front();
+                    state.first_written = 0;
+                }
+                Progress::Full { written } => {
+                    state.bytes -= written - at;
+                    state.first_written = written;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The connection is ending: later sends fail and the drain task
+    /// stops.
+    pub fn close(&self) {
+        self.fail(&io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the connection ended",
+        ));
+        self.queued.notify_one();
+    }
+
+    fn fail(&self, error: &io::Error) {
+        let mut state = self.state.lock();
+        state
+            .failed
+            .get_or_insert((error.kind(), error.to_string()));
+        state.replies.clear();
+        state.bytes = 0;
+        drop(state);
+        self.drained.notify_waiters();
+    }
+
+    /// Writes the backlog out as the client makes room, until the writer
+    /// is dropped or the connection fails (then every later `send` fails
+    /// and a reader waiting in [`ReplyWriter::backlog_below`] is told).
+    /// Runs on the runtime, one per connection.
+    pub async fn drain(self: Arc<Self>) {
+        let Ok(dup) = self.fd.try_clone() else {
+            self.fail(&io::Error::other("cannot watch the socket for room"));
+            return;
+        };
+        // SAFETY: `dup` is an owned descriptor moved into the AsyncFd,
+        // which owns it (and closes it) for its whole life; an OwnedFd's
+        // as_raw_fd always returns that same descriptor.
+        let registered = unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) };
+        let ready = match registered {
+            Ok(ready) => ready,
+            Err(e) => {
+                self.fail(&io::Error::other(e.to_string()));
+                return;
+            }
+        };
         loop {
-            self.wait_writable()?;
-            match self.send_some(&rest(parts, at))? {
-                Progress::Done => return Ok(()),
-                Progress::Full { written } => at += written,
+            let queued = self.queued.notified();
+            let (failed, empty) = {
+                let state = self.state.lock();
+                (state.failed.is_some(), state.replies.is_empty())
+            };
+            if failed {
+                return;
             }
-        }
-    }
-
-    /// Writes a reply (its parts in order) whole, waiting for room as long
-    /// as needed (on threads that may block: the blocking pool).
-    pub fn send_blocking(&self, reply: &Encoded) -> io::Result<()> {
-        let _turn = self.turn.blocking_lock();
-        let parts = reply.parts();
-        match self.send_some(&parts)? {
-            Progress::Done => Ok(()),
-            Progress::Full { written } => self.finish(&parts, written),
-        }
-    }
-
-    /// Writes a reply from an async task: at once when the socket has
-    /// room; a reply that does not fit is finished on the blocking pool.
-    pub async fn send(self: &Arc<Self>, reply: Encoded) -> io::Result<()> {
-        let turn = self.turn.clone().lock_owned().await;
-        match self.send_some(&reply.parts())? {
-            Progress::Done => Ok(()),
-            Progress::Full { written } => {
-                let me = self.clone();
-                tokio::task::spawn_blocking(move || {
-                    let _turn = turn;
-                    me.finish(&reply.parts(), written)
-                })
-                .await
-                .map_err(io::Error::other)?
+            if empty {
+                queued.await;
+                continue;
             }
+            let mut guard = match tokio::time::timeout(STALL_LIMIT, ready.writable()).await {
+                Ok(Ok(guard)) => guard,
+                Ok(Err(e)) => return self.fail(&e),
+                Err(_) => {
+                    return self.fail(&io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client stopped reading replies",
+                    ))
+                }
+            };
+            match self.drain_some() {
+                Ok(true) => {}
+                Ok(false) => guard.clear_ready(),
+                Err(e) => return self.fail(&e),
+            }
+            self.drained.notify_waiters();
         }
     }
 }

@@ -45,6 +45,14 @@ pub struct Limits {
     pub max_outstanding: usize,
     /// Most connections at once; further ones are closed at accept.
     pub max_sessions: usize,
+    /// Most fids all sessions together may hold (ENFILE past it).
+    pub max_total_fids: usize,
+    /// Most bytes of extended-attribute values and name lists one
+    /// session's fids may hold (ENOMEM past it).
+    pub max_xattr_bytes: usize,
+    /// Most bytes of replies a session may have waiting for its client to
+    /// read them: past it the session reads no further request.
+    pub max_reply_backlog: usize,
     /// How much connections busy-poll for their next request.
     pub poll: PollLimits,
 }
@@ -56,6 +64,9 @@ impl Default for Limits {
             max_fids: 65_536,
             max_outstanding: 64,
             max_sessions: 4096,
+            max_total_fids: 1 << 20,
+            max_xattr_bytes: 4 << 20,
+            max_reply_backlog: 4 << 20,
             poll: PollLimits::default(),
         }
     }
@@ -125,6 +136,8 @@ pub struct Counters {
 struct Shared {
     resolver: Resolver,
     limits: Limits,
+    /// Fids held by all sessions (see [`Limits::max_total_fids`]).
+    all_fids: Arc<std::sync::atomic::AtomicUsize>,
     counters: Counters,
     next_session: AtomicU64,
     pollers: Arc<Pollers>,
@@ -180,6 +193,7 @@ impl Server {
             shared: Arc::new(Shared {
                 resolver,
                 limits,
+                all_fids: Arc::default(),
                 counters: Counters::default(),
                 next_session: AtomicU64::new(1),
                 pollers,
@@ -518,17 +532,33 @@ where
     S: Connection,
 {
     let writer = Arc::new(ReplyWriter::new(stream.as_raw_fd())?);
+    tokio::spawn(writer.clone().drain());
     let mut framer = Framer {
         stream,
         buf: BytesMut::with_capacity(64 * 1024),
         window: PollWindow::new(shared.limits.poll.max_wait),
     };
-    let session = Arc::new(Session::new(shared.resolver.clone(), shared.limits, id));
+    let session = Arc::new(Session::sharing_fids(
+        shared.resolver.clone(),
+        shared.limits,
+        id,
+        shared.all_fids.clone(),
+    ));
     let outstanding = Arc::new(Semaphore::new(shared.limits.max_outstanding));
     let inflight: Arc<Mutex<HashMap<u16, Arc<InFlight>>>> = Arc::default();
 
     let result: std::io::Result<()> = async {
         loop {
+            // One request at a time per turn: a session whose client
+            // floods it lets the others' requests in between (the
+            // runtime's own budget would let it run 128 first).
+            tokio::task::yield_now().await;
+            // A client that does not read its replies gets no further
+            // request read: its backlog is all it can cost.
+            tokio::select! {
+                r = writer.backlog_below(shared.limits.max_reply_backlog) => r?,
+                _ = stopped.changed() => return Ok(()),
+            }
             let body = tokio::select! {
                 r = framer.next(
                     session.msize(),
@@ -560,7 +590,7 @@ where
                     let reply = Reply::Lerror {
                         ecode: ecode as u32,
                     };
-                    writer.send(encode(tag, &reply)).await?;
+                    writer.send(encode(tag, &reply))?;
                     continue;
                 }
             };
@@ -575,20 +605,32 @@ where
                         .map_err(std::io::Error::other)?;
                     let reply = session.version(msize, &version);
                     drop(permits);
-                    writer.send(encode(tag, &reply)).await?;
+                    writer.send(encode(tag, &reply))?;
                 }
                 Request::Flush { oldtag } => {
                     let pending = inflight.lock().get(&oldtag).cloned();
+                    let Some(old) = pending else {
+                        // Nothing to wait for: answered at once.
+                        writer.send(encode(tag, &Reply::Flush {}))?;
+                        continue;
+                    };
+                    // Waiting for a request to finish is work in flight
+                    // like any other: it takes one of the session's
+                    // places, so flushes cannot pile up.
+                    let permit = outstanding
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(std::io::Error::other)?;
                     let writer = writer.clone();
                     tokio::spawn(async move {
-                        if let Some(old) = pending {
-                            old.cancelled.store(true, Ordering::SeqCst);
-                            let notified = old.done.notified();
-                            if !old.finished.load(Ordering::SeqCst) {
-                                notified.await;
-                            }
+                        old.cancelled.store(true, Ordering::SeqCst);
+                        let notified = old.done.notified();
+                        if !old.finished.load(Ordering::SeqCst) {
+                            notified.await;
                         }
-                        let _ = writer.send(encode(tag, &Reply::Flush {})).await;
+                        let _ = writer.send(encode(tag, &Reply::Flush {}));
+                        drop(permit);
                     });
                 }
                 // Reads, writes, listings, opens and removals are mostly memory
@@ -622,7 +664,7 @@ where
                     tokio::task::spawn_blocking(move || {
                         if !entry.cancelled.load(Ordering::SeqCst) {
                             let reply = session.handle(req);
-                            let _ = writer.send_blocking(&encode(tag, &reply));
+                            let _ = writer.send(encode(tag, &reply));
                         }
                         inflight.lock().remove(&tag);
                         entry.finished.store(true, Ordering::SeqCst);
@@ -632,7 +674,7 @@ where
                 }
                 req => {
                     let reply = session.handle(req);
-                    writer.send(encode(tag, &reply)).await?;
+                    writer.send(encode(tag, &reply))?;
                 }
             }
         }
@@ -643,5 +685,6 @@ where
         .acquire_many(shared.limits.max_outstanding as u32)
         .await;
     session.end();
+    writer.close();
     result
 }

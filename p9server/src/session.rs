@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -83,6 +83,12 @@ pub struct Session {
     lockers: Mutex<HashMap<(usize, Ino, u64), Arc<CowFs>>>,
     /// Distinguishes this session's lock owners from other sessions'.
     id: u64,
+    /// Bytes of extended-attribute values and name lists held by this
+    /// session's fids (bounded by [`Limits::max_xattr_bytes`]).
+    xattr_bytes: AtomicUsize,
+    /// Fids held by every session of the server (bounded by
+    /// [`Limits::max_total_fids`]).
+    all_fids: Arc<AtomicUsize>,
 }
 
 fn err<T>(e: i32) -> FsResult<T> {
@@ -180,6 +186,16 @@ fn lock_range(start: u64, length: u64) -> (u64, u64) {
 impl Session {
     /// A new session with the server's limits; `id` tells sessions apart.
     pub fn new(resolver: Resolver, limits: Limits, id: u64) -> Session {
+        Session::sharing_fids(resolver, limits, id, Arc::default())
+    }
+
+    /// A session whose fids count against `all_fids`, the server's total.
+    pub fn sharing_fids(
+        resolver: Resolver,
+        limits: Limits,
+        id: u64,
+        all_fids: Arc<AtomicUsize>,
+    ) -> Session {
         Session {
             msize: AtomicU32::new(limits.max_msize),
             resolver,
@@ -187,7 +203,20 @@ impl Session {
             fids: Mutex::new(HashMap::new()),
             lockers: Mutex::new(HashMap::new()),
             id,
+            xattr_bytes: AtomicUsize::new(0),
+            all_fids,
         }
+    }
+
+    /// Reserves `n` bytes of extended-attribute buffers: ENOMEM past the
+    /// session's bound.
+    fn reserve_xattr(&self, n: usize) -> FsResult<()> {
+        let before = self.xattr_bytes.fetch_add(n, Ordering::SeqCst);
+        if before + n > self.limits.max_xattr_bytes {
+            self.xattr_bytes.fetch_sub(n, Ordering::SeqCst);
+            return err(libc::ENOMEM);
+        }
+        Ok(())
     }
 
     /// The negotiated message size.
@@ -265,7 +294,7 @@ impl Session {
     pub fn end(&self) {
         let fids: Vec<Fid> = self.fids.lock().drain().map(|(_, f)| f).collect();
         for fid in fids {
-            let _ = Self::close(fid);
+            let _ = self.close(fid);
         }
         let lockers: Vec<_> = self.lockers.lock().drain().collect();
         for ((_, ino, owner), fs) in lockers {
@@ -295,16 +324,36 @@ impl Session {
                 return err(libc::EMFILE);
             }
         }
+        if !fids.contains_key(&fid) {
+            // A new fid: counted against the server's total.
+            if self.all_fids.fetch_add(1, Ordering::SeqCst) >= self.limits.max_total_fids {
+                self.all_fids.fetch_sub(1, Ordering::SeqCst);
+                return err(libc::ENFILE);
+            }
+        }
         if let Some(old) = fids.insert(fid, new) {
             drop(fids);
-            let _ = Self::close(old);
+            self.all_fids.fetch_add(1, Ordering::SeqCst); // `close` counts it out
+            let _ = self.close(old);
         }
         Ok(())
     }
 
-    /// Lets go of a fid: closes what it had open and applies a pending
-    /// extended attribute.
-    fn close(fid: Fid) -> FsResult<()> {
+    /// Takes fid `fid` out of the table (to close it).
+    fn take(&self, fid: u32) -> FsResult<Fid> {
+        self.fids.lock().remove(&fid).ok_or(Errno(libc::EBADF))
+    }
+
+    /// Lets go of a fid: closes what it had open, applies a pending
+    /// extended attribute and gives back what it held of the bounds.
+    fn close(&self, fid: Fid) -> FsResult<()> {
+        self.all_fids.fetch_sub(1, Ordering::SeqCst);
+        let xattr_held = match &fid.open {
+            Open::XattrRead(value) => value.len(),
+            Open::XattrWrite { size, .. } => *size,
+            _ => 0,
+        };
+        self.xattr_bytes.fetch_sub(xattr_held, Ordering::SeqCst);
         match fid.open {
             Open::File { .. } | Open::Dir => {
                 fid.fs.release(fid.ino);
@@ -408,14 +457,14 @@ impl Session {
             Request::Read { fid, offset, count } => self.read(fid, offset, count),
             Request::Write { fid, offset, data } => self.write(fid, offset, data),
             Request::Clunk { fid } => {
-                let f = self.fids.lock().remove(&fid).ok_or(Errno(libc::EBADF))?;
-                Self::close(f)?;
+                let f = self.take(fid)?;
+                self.close(f)?;
                 Ok(Reply::Clunk {})
             }
             Request::Remove { fid } => {
-                let f = self.fids.lock().remove(&fid).ok_or(Errno(libc::EBADF))?;
+                let f = self.take(fid)?;
                 let (fs, ino, kind, at) = (f.fs.clone(), f.ino, f.kind, f.at.clone());
-                Self::close(f)?;
+                self.close(f)?;
                 let (parent, name) = at.ok_or(Errno::EINVAL)?;
                 if fs.lookup(parent, &name)?.ino != ino {
                     return err(libc::ENOENT);
@@ -612,7 +661,8 @@ impl Session {
                     f.fs.getxattr(f.ino, &name)?
                 };
                 let size = value.len() as u64;
-                self.insert(
+                self.reserve_xattr(value.len())?;
+                let inserted = self.insert(
                     newfid,
                     Fid {
                         fs: f.fs,
@@ -623,7 +673,11 @@ impl Session {
                         open: Open::XattrRead(Bytes::from(value)),
                     },
                     newfid == fid,
-                )?;
+                );
+                if inserted.is_err() {
+                    self.xattr_bytes.fetch_sub(size as usize, Ordering::SeqCst);
+                }
+                inserted?;
                 Ok(Reply::Xattrwalk { size })
             }
             Request::Xattrcreate {
@@ -649,6 +703,7 @@ impl Session {
                 if !matches!(f.open, Open::No) {
                     return err(libc::EBADF);
                 }
+                self.reserve_xattr(size as usize)?;
                 f.open = Open::XattrWrite {
                     name,
                     size: size as usize,

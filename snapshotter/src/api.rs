@@ -116,6 +116,10 @@ pub struct Serve9pInfo {
     pub listen: String,
     /// The mount it serves; absent when the attach name picks.
     pub mount: Option<String>,
+    /// For a TCP listener serving every mount: the secret an attach name
+    /// must begin with (`SECRET:MOUNT`). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
     pub sessions_open: usize,
     pub sessions_total: u64,
     pub requests: u64,

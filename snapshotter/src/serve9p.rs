@@ -2,7 +2,9 @@
 //! one mount, or every mount by its id or mount point as the attach name,
 //! through `p9server` on one async runtime shared by all listeners. A
 //! listener bound to a mount ends (closing its sessions) when the mount
-//! ends.
+//! ends. A TCP listener serving every mount has a secret (128 random bits,
+//! given in the answer and in `serve9p.list` on the daemon's owner-only
+//! socket) that an attach name must begin with: `SECRET:MOUNT`.
 
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
@@ -14,12 +16,37 @@ use parking_lot::Mutex;
 
 use crate::api::{Serve9pInfo, Serve9pStart};
 
+/// Threads the 9P runtime runs requests that may wait on the disk on.
+const BLOCKING_THREADS: usize = 16;
+
 /// Finds a live mount's filesystem by id or mount point.
 pub type FindMount = Arc<dyn Fn(&str) -> Option<(String, Arc<CowFs>)> + Send + Sync>;
 
 struct Entry {
     mount: Option<String>,
+    /// What an attach to an unbound TCP listener must carry.
+    secret: Option<String>,
     listening: Listening,
+}
+
+/// A new listener secret: 128 random bits, in hex.
+fn new_secret() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading a random secret")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Compares without stopping at the first difference (no timing clue).
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    given.len() == secret.len()
+        && given
+            .iter()
+            .zip(secret)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// Every 9P listener of the daemon.
@@ -52,6 +79,9 @@ impl Service {
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // Requests that may wait on the disk run here; clients can
+            // queue them, not threads.
+            .max_blocking_threads(BLOCKING_THREADS)
             .thread_name("9p")
             .enable_all()
             .build()
@@ -92,9 +122,26 @@ impl Service {
             }
             _ => {}
         }
+        // Over TCP anyone who reaches the port may attach: a listener not
+        // bound to one mount serves only attaches that carry its secret.
+        let secret = match (&listen, &mount) {
+            (Listen::Tcp(_), None) => Some(new_secret()?),
+            _ => None,
+        };
         let find = self.find.clone();
         let bound = mount.clone();
+        let required = secret.clone();
         let resolver: p9server::Resolver = Arc::new(move |aname: &[u8]| {
+            let aname = match &required {
+                Some(secret) => {
+                    let at = aname.iter().position(|&b| b == b':')?;
+                    if !same_secret(&aname[..at], secret.as_bytes()) {
+                        return None;
+                    }
+                    &aname[at + 1..]
+                }
+                None => aname,
+            };
             let aname = std::str::from_utf8(aname).ok()?;
             match &bound {
                 Some(id) => {
@@ -116,17 +163,23 @@ impl Service {
         let listening = server
             .listen(self.runtime()?.handle(), &listen)
             .with_context(|| format!("listening on {listen}"))?;
-        let info = Self::info(&listening, &mount);
-        self.listeners.lock().push(Entry { mount, listening });
+        let entry = Entry {
+            mount,
+            secret,
+            listening,
+        };
+        let info = Self::info(&entry);
+        self.listeners.lock().push(entry);
         Ok(info)
     }
 
-    fn info(listening: &Listening, mount: &Option<String>) -> Serve9pInfo {
+    fn info(entry: &Entry) -> Serve9pInfo {
         use std::sync::atomic::Ordering::Relaxed;
-        let c = listening.counters();
+        let c = entry.listening.counters();
         Serve9pInfo {
-            listen: listening.address.to_string(),
-            mount: mount.clone(),
+            listen: entry.listening.address.to_string(),
+            mount: entry.mount.clone(),
+            secret: entry.secret.clone(),
             sessions_open: c.sessions_open.load(Relaxed),
             sessions_total: c.sessions_total.load(Relaxed),
             requests: c.requests.load(Relaxed),
@@ -135,11 +188,7 @@ impl Service {
 
     /// Every listener.
     pub fn list(&self) -> Vec<Serve9pInfo> {
-        self.listeners
-            .lock()
-            .iter()
-            .map(|e| Self::info(&e.listening, &e.mount))
-            .collect()
+        self.listeners.lock().iter().map(Self::info).collect()
     }
 
     /// Stops the listener on `listen`.
@@ -155,7 +204,7 @@ impl Service {
                 ))
             })?;
         let entry = listeners.remove(at);
-        Ok(Self::info(&entry.listening, &entry.mount))
+        Ok(Self::info(&entry))
     }
 
     /// Stops the listeners bound to mount `id` (it has ended).

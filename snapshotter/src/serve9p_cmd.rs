@@ -17,7 +17,8 @@ use crate::output::Output;
 pub struct Serve9pArgs {
     /// The mount to serve (mount point or id). Without it the listener
     /// serves every mount, the attach name (`aname`) picking one by id or
-    /// mount point.
+    /// mount point — over TCP only with the listener's secret, printed
+    /// here, in front: `aname=SECRET:MOUNT`.
     mount: Option<String>,
     /// Where to listen: `unix:PATH`, `tcp:HOST:PORT` (loopback unless you
     /// name another address; port 0 picks one), or `fd:N` — a connected
@@ -35,10 +36,14 @@ pub struct Serve9pArgs {
 }
 
 fn line(info: &Serve9pInfo) -> String {
+    let by_name = match &info.secret {
+        Some(secret) => format!("(by attach name SECRET:MOUNT, secret {secret})"),
+        None => "(by attach name)".into(),
+    };
     format!(
         "{}\t{}\t{} open, {} total sessions\t{} requests",
         info.listen,
-        info.mount.as_deref().unwrap_or("(by attach name)"),
+        info.mount.clone().unwrap_or(by_name),
         info.sessions_open,
         info.sessions_total,
         info.requests
@@ -86,6 +91,11 @@ pub fn run(args: Serve9pArgs, home: &Path, out: &Output) -> anyhow::Result<ExitC
         None => client.call(op)?,
     };
     out.print(&info, || info.listen.clone())?;
+    if let Some(secret) = &info.secret {
+        out.note(&format!(
+            "attach names must carry the listener's secret: aname={secret}:MOUNT"
+        ));
+    }
     out.note(&format!(
         "serving {} over 9P2000.L on {}; `snapctl serve9p --stop {}` ends it",
         info.mount

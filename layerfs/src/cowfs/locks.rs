@@ -60,10 +60,20 @@ struct InodeLocks {
     flock: HashMap<u64, bool>,
 }
 
+/// Most byte-range locks held on one inode; a request that would hold
+/// more fails with ENOLCK (as when the kernel runs out of lock records).
+/// It bounds the memory of the table and the cost of a request, linear in
+/// the locks of its inode.
+pub const MAX_LOCKS_PER_INODE: usize = 4096;
+/// Most byte-range and flock locks held on one mount.
+pub const MAX_LOCKS: usize = 65_536;
+
 /// All locks of one mount.
 #[derive(Debug, Default)]
 pub struct LockTable {
     inodes: HashMap<Ino, InodeLocks>,
+    /// Locks held over all inodes.
+    held: usize,
 }
 
 impl LockTable {
@@ -93,7 +103,7 @@ impl LockTable {
         let entry = self.inodes.entry(ino).or_default();
         // Cut the owner's existing locks out of the new range.
         let mut kept = Vec::with_capacity(entry.posix.len() + 2);
-        for held in entry.posix.drain(..) {
+        for &held in &entry.posix {
             if held.owner != lock.owner || !held.overlaps(&lock) {
                 kept.push(held);
                 continue;
@@ -127,6 +137,15 @@ impl LockTable {
             });
             kept.push(merged);
         }
+        let before = entry.posix.len();
+        let others = self.held - before;
+        if kept.len() > before
+            && (kept.len() > MAX_LOCKS_PER_INODE || others + kept.len() > MAX_LOCKS)
+        {
+            self.forget_if_empty(ino);
+            return Err(Errno(libc::ENOLCK));
+        }
+        self.held = others + kept.len();
         entry.posix = kept;
         self.forget_if_empty(ino);
         Ok(())
@@ -138,7 +157,9 @@ impl LockTable {
         let entry = self.inodes.entry(ino).or_default();
         match typ {
             LockType::Unlock => {
-                entry.flock.remove(&owner);
+                if entry.flock.remove(&owner).is_some() {
+                    self.held -= 1;
+                }
             }
             LockType::Read | LockType::Write => {
                 let exclusive = typ == LockType::Write;
@@ -149,6 +170,13 @@ impl LockTable {
                 if blocked {
                     self.forget_if_empty(ino);
                     return Err(Errno::EAGAIN);
+                }
+                if !entry.flock.contains_key(&owner) {
+                    if self.held >= MAX_LOCKS {
+                        self.forget_if_empty(ino);
+                        return Err(Errno(libc::ENOLCK));
+                    }
+                    self.held += 1;
                 }
                 entry.flock.insert(owner, exclusive);
             }
@@ -161,15 +189,19 @@ impl LockTable {
     /// of a 9P session's fid).
     pub fn release_owner(&mut self, ino: Ino, owner: u64) {
         if let Some(entry) = self.inodes.get_mut(&ino) {
+            let before = entry.posix.len() + entry.flock.len();
             entry.posix.retain(|held| held.owner != owner);
             entry.flock.remove(&owner);
+            self.held -= before - (entry.posix.len() + entry.flock.len());
         }
         self.forget_if_empty(ino);
     }
 
     /// Drops all locks on `ino` (the inode is gone).
     pub fn forget(&mut self, ino: Ino) {
-        self.inodes.remove(&ino);
+        if let Some(entry) = self.inodes.remove(&ino) {
+            self.held -= entry.posix.len() + entry.flock.len();
+        }
     }
 
     /// The byte-range locks held on `ino`, sorted by owner then start.
@@ -195,6 +227,35 @@ impl LockTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_locks_of_an_inode_and_a_mount_are_bounded() {
+        let mut table = LockTable::default();
+        let at = |i: u64| lock(LockType::Write, 2 * i, 2 * i, 1);
+        for i in 0..MAX_LOCKS_PER_INODE as u64 {
+            table.set(1, at(i)).unwrap();
+        }
+        let over = table.set(1, at(MAX_LOCKS_PER_INODE as u64));
+        assert_eq!(over, Err(Errno(libc::ENOLCK)));
+        assert_eq!(table.held(1).len(), MAX_LOCKS_PER_INODE);
+        // Releasing, and locks that do not add a range, still work.
+        table.set(1, lock(LockType::Unlock, 0, 0, 1)).unwrap();
+        table.set(1, at(0)).unwrap();
+        table.release_owner(1, 1);
+        assert_eq!(table.held, 0);
+        for ino in 0..(MAX_LOCKS / MAX_LOCKS_PER_INODE) as u64 {
+            for i in 0..MAX_LOCKS_PER_INODE as u64 {
+                table.set(ino, at(i)).unwrap();
+            }
+        }
+        assert_eq!(table.set(999, at(0)), Err(Errno(libc::ENOLCK)));
+        assert_eq!(
+            table.flock(999, 5, LockType::Read),
+            Err(Errno(libc::ENOLCK))
+        );
+        table.forget(0);
+        table.flock(999, 5, LockType::Read).unwrap();
+    }
 
     fn lock(typ: LockType, start: u64, end: u64, owner: u64) -> PosixLock {
         PosixLock {

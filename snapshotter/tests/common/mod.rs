@@ -55,10 +55,20 @@ impl Daemon {
 
     /// Starts the daemon with extra environment variables.
     pub fn start_with_env(home: &Path, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(home, env, &[])
+    }
+
+    /// Starts the daemon with extra `snapctl daemon` arguments.
+    pub fn start_with_args(home: &Path, args: &[&str]) -> Daemon {
+        Daemon::start_with(home, &[], args)
+    }
+
+    fn start_with(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_snapctl"))
             .arg("--home")
             .arg(home)
             .arg("daemon")
+            .args(args)
             .env_remove("STRATA_HOME")
             .envs(env.iter().copied())
             .spawn()
