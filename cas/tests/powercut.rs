@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use cas::{Chunking, FsckOptions, OpenOptions, RefExpectation, Store, StoreConfig};
 use common::*;
-use fixtures::powercut::{Cut, Options, PowerCutFs};
+use fixtures::powercut::{Options, PowerCutFs};
 use fixtures::workload::{self, Rng, Workload};
 
 fn content(seed: u64) -> Vec<u8> {
@@ -169,21 +169,16 @@ fn run(options: Options, label: &str) {
         let mut cmd = workload::this_test("powercut_writer");
         cmd.env("CAS_POWERCUT_HOME", &home)
             .env("CAS_POWERCUT_ROUND", round.to_string());
-        let mut child = Workload::start(cmd).unwrap();
-        // Let it get going, then cut at a random moment.
-        child.wait_for("ACK", 1, Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(rng.below(400)));
-        let how = if round % 2 == 0 {
-            Cut::DiscardUnsynced
-        } else {
-            Cut::KeepPrefix {
-                seed: rng.next_u64(),
-                tear: true,
-            }
-        };
-        let report = fs.power_off(how);
-        let lines = child.kill();
-        fs.power_on().unwrap();
+        let child = Workload::start(cmd).unwrap();
+        let (report, lines) = workload::cut_under(
+            &mut fs,
+            child,
+            "ACK",
+            Duration::from_millis(400),
+            round,
+            &mut rng,
+        )
+        .unwrap();
         kept += report.kept;
         torn += report.torn;
         lost += report.unsynced - report.kept;
