@@ -280,24 +280,28 @@ impl Catalog {
     fn convert(&self, job: Job) {
         let id = job.info.id.clone();
         let result = self.store_job(&job);
+        if let Ok(stored) = &result {
+            // Before anyone is told the snapshot is durable: the mount's
+            // journal is synced with it, so after a power cut the mount
+            // never comes back older than a snapshot taken of it.
+            if let Err(e) = job.fs.converted(stored) {
+                // The layers stay local (still correct); the mount's next
+                // snapshot stores them again.
+                tracing::warn!(
+                    snapshot = id,
+                    "recording the stored layers in mount {}'s journal failed (errno {})",
+                    job.info.mount,
+                    e.0
+                );
+            }
+        }
         self.captures.lock().remove(&id);
         let mut inflight = self.inflight.lock();
         match result {
-            Ok(stored) => {
+            Ok(_) => {
                 inflight.remove(&id);
                 let _ = fs::remove_file(self.pending_path(&id));
                 self.settled.notify_all();
-                drop(inflight);
-                if let Err(e) = job.fs.converted(&stored) {
-                    // The layers stay local (still correct); the mount's
-                    // next snapshot stores them again.
-                    tracing::warn!(
-                        snapshot = id,
-                        "recording the stored layers in mount {}'s journal failed (errno {})",
-                        job.info.mount,
-                        e.0
-                    );
-                }
                 return;
             }
             Err(e) => {

@@ -507,6 +507,30 @@ fn holes_in(file: &File, present: &[u64]) -> Vec<u64> {
     holes
 }
 
+/// Cuts `file` to `size` bytes if it is longer and punches every block
+/// that holds data but is not in `present`.
+/// The changes are synced: a second power cut must not bring back what
+/// the first recovery removed.
+fn scrub(file: &File, size: u64, present: &[u64]) -> std::io::Result<()> {
+    let mut changed = false;
+    if file.metadata()?.len() > size {
+        file.set_len(size)?;
+        changed = true;
+    }
+    let extents = allocated_extents(file, 0, u64::MAX).unwrap_or_else(|| data_extents(file));
+    for (start, end) in extents {
+        let (first, stop) = (start / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+        for block in (first..stop).filter(|&b| !is_present(present, b)) {
+            punch_upper(file, block * BLOCK_SIZE, BLOCK_SIZE)?;
+            changed = true;
+        }
+    }
+    if changed {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
 /// Whether any byte of `[start, end)` of `file` takes space on disk.
 fn takes_space(file: &File, start: u64, end: u64) -> bool {
     match allocated_extents(file, start, end) {
@@ -960,12 +984,17 @@ impl FileData {
     }
 
     /// Sets the size: shrinking drops data past it, growing adds zeros
-    /// (unallocated: growing costs nothing).
-    pub(crate) fn truncate(&self, size: u64) -> FsResult<()> {
+    /// (unallocated: growing costs nothing). Returns the upper data file
+    /// when it was cut shorter: that cut must be durable before a journal
+    /// record of the new size is (see [`super::journal::Journal::sync_first`]),
+    /// or a power cut could leave the old bytes past the recorded size,
+    /// where a later extension of the file would bring them back.
+    pub(crate) fn truncate(&self, size: u64) -> FsResult<Option<Arc<File>>> {
         if size > MAX_FILE_SIZE {
             return Err(Errno::EFBIG);
         }
         let mut inner = self.inner.write();
+        let mut shrunk = None;
         if size < inner.size {
             inner.lower_limit = inner.lower_limit.min(size);
             inner.clear_from(size.div_ceil(BLOCK_SIZE));
@@ -981,6 +1010,7 @@ impl FileData {
                 {
                     inner.set_hole(last);
                 }
+                shrunk = Some(file);
             }
         }
         inner.size = size;
@@ -988,7 +1018,21 @@ impl FileData {
         self.apply_charge(&mut inner, charge);
         self.dirty.store(true, Ordering::Release);
         self.layout_dirty.store(true, Ordering::Release);
-        Ok(())
+        Ok(shrunk)
+    }
+
+    /// After a recovery: removes from the upper data file what the
+    /// recovered layout does not account for — bytes past the file's size
+    /// (a shrink that never reached the disk) and blocks that are not
+    /// present (writes whose journal record was lost). Neither is read
+    /// today, but a later write that extends the file, or fills part of
+    /// such a block, would make them visible again.
+    pub(crate) fn scrub_unrecorded(&self) -> std::io::Result<()> {
+        let inner = self.inner.read();
+        match &inner.upper {
+            Some(file) => scrub(file, inner.size, &inner.present),
+            None => Ok(()),
+        }
     }
 
     /// Allocates `[offset, offset + len)` (`fallocate` mode 0): every

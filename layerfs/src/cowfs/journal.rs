@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -242,6 +243,10 @@ pub struct Journal {
     /// directory holding it; creating a mount costs no sync.
     new_dir: Option<PathBuf>,
     dir_synced: AtomicBool,
+    /// Data files to sync before the journal's next sync: files cut
+    /// shorter, whose new size the journal must not record durably
+    /// before the cut itself is durable.
+    sync_first: Mutex<Vec<Arc<File>>>,
 }
 
 fn frame(record: &Record) -> std::io::Result<Vec<u8>> {
@@ -293,6 +298,18 @@ impl Journal {
             sync_lock: Mutex::new(()),
             new_dir,
             dir_synced: AtomicBool::new(false),
+            sync_first: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Makes the next sync `fdatasync` `file` before the journal itself:
+    /// for a data file cut shorter, whose new size is (or is about to be)
+    /// in a record. Were the record durable and the cut not, a power cut
+    /// would leave old bytes past the recorded size.
+    pub fn sync_first(&self, file: Arc<File>) {
+        let mut files = self.sync_first.lock();
+        if !files.iter().any(|f| Arc::ptr_eq(f, &file)) {
+            files.push(file);
         }
     }
 
@@ -346,7 +363,14 @@ impl Journal {
         }
         // Everything appended by now is covered by this fdatasync.
         let covered = self.appended.load(Ordering::SeqCst);
-        let result = self.file.sync_data().and_then(|()| self.sync_new_dir());
+        // Files registered before those records were appended are synced
+        // first (a file registered later is kept for the next sync).
+        let first = std::mem::take(&mut *self.sync_first.lock());
+        let result = first
+            .iter()
+            .try_for_each(|f| f.sync_data())
+            .and_then(|()| self.file.sync_data())
+            .and_then(|()| self.sync_new_dir());
         match result {
             Ok(()) => {
                 self.durable.fetch_max(covered, Ordering::SeqCst);

@@ -852,6 +852,14 @@ impl CowFs {
     }
 
     /// Makes everything journaled so far durable.
+    /// Registers a data file cut shorter, to be synced before the journal
+    /// records its new size durably.
+    fn sync_before_journal(&self, file: Arc<std::fs::File>) {
+        if let Some(journal) = self.journal.get() {
+            journal.sync_first(file);
+        }
+    }
+
     fn sync_journal(&self) -> FsResult<()> {
         match self.journal.get() {
             Some(journal) => journal.sync().map_err(|e| self.eio(e)),
@@ -972,7 +980,9 @@ impl CowFs {
         if let Some(size) = set.size {
             match &node.kind {
                 NodeKind::File(data) => {
-                    data.truncate(size)?;
+                    if let Some(shrunk) = data.truncate(size)? {
+                        self.sync_before_journal(shrunk);
+                    }
                     node.attrs.mtime = t;
                 }
                 NodeKind::Dir(_) => return Err(Errno::EISDIR),
@@ -1535,9 +1545,13 @@ impl CowFs {
         node.opens += 1;
         if truncate {
             if let NodeKind::File(data) = &node.kind {
-                if let Err(e) = data.truncate(0) {
-                    node.opens -= 1;
-                    return Err(e);
+                match data.truncate(0) {
+                    Ok(Some(shrunk)) => self.sync_before_journal(shrunk),
+                    Ok(None) => {}
+                    Err(e) => {
+                        node.opens -= 1;
+                        return Err(e);
+                    }
                 }
                 let t = now();
                 node.attrs.mtime = t;

@@ -78,6 +78,7 @@ impl CowFs {
                 );
             }
         }
+        fs.scrub_upper_files()?;
         fs.adopt_upper_mtimes(&upper_mtimes);
         // Replay set attributes and data directly: snapshots of a
         // recovered mount walk everything it has loaded.
@@ -424,6 +425,20 @@ impl CowFs {
     /// fsynced, or flushed by the kernel) carries its newer mtime as its
     /// data file's (see `FileData::sync`): where that, as found
     /// before the replay, is newer than what the journal says, it wins.
+    /// Removes from every upper data file the bytes its recovered layout
+    /// does not account for (see [`FileData::scrub_unrecorded`]).
+    fn scrub_upper_files(&self) -> crate::Result<()> {
+        let st = self.state.lock();
+        for node in st.nodes.values() {
+            if let NodeKind::File(data) = &node.kind {
+                data.scrub_unrecorded().map_err(|e| {
+                    crate::Error::io(format!("cleaning up data file {}", data.upper_name()), e)
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     fn adopt_upper_mtimes(&self, found: &HashMap<String, Timestamp>) {
         let mut st = self.state.lock();
         for node in st.nodes.values_mut() {

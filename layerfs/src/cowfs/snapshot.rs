@@ -384,7 +384,10 @@ impl CowFs {
             }
         }
         if stored.layers.is_empty() {
-            return Ok(());
+            // Still synced: the capture's own records (seals, renames)
+            // become durable, so the mount never recovers to a state older
+            // than a snapshot the caller was told is durable.
+            return self.sync_journal();
         }
         let records: Vec<Record> = stored
             .layers
