@@ -50,6 +50,8 @@ mod config;
 mod error;
 mod frame;
 mod fsck;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gc;
 mod id;
 mod index;

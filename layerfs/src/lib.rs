@@ -28,6 +28,8 @@ pub mod diff;
 pub mod error;
 pub mod export;
 pub mod fuse;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod import;
 pub mod memtree;

@@ -36,6 +36,14 @@ pub use file::BLOCK_SIZE;
 use journal::{JAttrs, Journal, NewKind, Record};
 pub use locks::{LockTable, LockType, PosixLock};
 pub use recovery::RecoveryReport;
+
+/// Reads the upper-layer journal at `path` as recovery does and returns
+/// (length of its intact prefix, bytes of torn tail after it). For
+/// fuzzing and tools; recovery itself is [`CowFs::recover`].
+#[doc(hidden)]
+pub fn read_journal(path: &Path) -> std::io::Result<(u64, u64)> {
+    journal::read(path).map(|c| (c.valid_len, c.torn_bytes))
+}
 pub use snapshot::{Capture, Stored};
 
 /// An inode number. The root is [`ROOT_INO`].

@@ -310,3 +310,13 @@ pub fn upper_on_powercut() -> (
 pub fn lower_big() -> Vec<u8> {
     (0..1u32 << 20).map(|i| (i % 251) as u8 + 1).collect()
 }
+
+/// A new copy-on-write mount of `tree` with its upper layer in `upper`
+/// (1 GiB quota).
+pub fn cow_mount(store: &Store, tree: cas::ChunkId, upper: &Path) -> CowFs {
+    let config = layerfs::cowfs::MountConfig {
+        upper_dir: upper.to_path_buf(),
+        quota_bytes: 1 << 30,
+    };
+    CowFs::new(store.clone(), tree, config).unwrap()
+}
