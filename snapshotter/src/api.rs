@@ -329,6 +329,20 @@ pub struct Response {
 
 /// Reads one line of at most [`MAX_LINE`] bytes; `None` at end of stream.
 pub fn read_line(reader: &mut impl BufRead) -> io::Result<Option<String>> {
+    match read_line_bytes(reader)? {
+        None => Ok(None),
+        Some(line) => String::from_utf8(line)
+            .map(Some)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "line is not UTF-8")),
+    }
+}
+
+/// Reads one line as bytes, without its newline: `None` at the end of
+/// the stream; an `InvalidData` error for a line longer than [`MAX_LINE`]
+/// or cut off by the end of the stream. Whether the bytes are UTF-8 (and
+/// JSON) is for the caller to judge: the daemon answers a request that is
+/// not with an error instead of dropping the connection.
+pub fn read_line_bytes(reader: &mut impl BufRead) -> io::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
     let read = reader
         .by_ref()
@@ -348,9 +362,7 @@ pub fn read_line(reader: &mut impl BufRead) -> io::Result<Option<String>> {
         ));
     }
     line.pop();
-    String::from_utf8(line)
-        .map(Some)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "line is not UTF-8"))
+    Ok(Some(line))
 }
 
 /// Writes `value` as one JSON line.

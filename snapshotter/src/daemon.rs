@@ -1011,8 +1011,19 @@ impl Daemon {
     fn serve(&self, stream: UnixStream) -> std::io::Result<()> {
         let mut reader = BufReader::new(stream.try_clone()?);
         let mut conn = stream;
-        while let Some(line) = api::read_line(&mut reader)? {
-            let response = match serde_json::from_str::<serde_json::Value>(&line) {
+        loop {
+            let line = match api::read_line_bytes(&mut reader) {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    // Too long (the rest of it is not read) or cut off:
+                    // say why, then close.
+                    let _ = api::write_line(&mut conn, &invalid(format!("bad request line: {e}")));
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            let response = match serde_json::from_slice::<serde_json::Value>(&line) {
                 Err(e) => invalid(format!("the request is not JSON: {e}")),
                 Ok(value) => match value.get("api").and_then(|v| v.as_u64()) {
                     Some(v) if v == u64::from(API_VERSION) => {
