@@ -119,6 +119,9 @@ impl CowFs {
             }
             node.attrs.ctime = ctime;
         }
+        // What the replay changes is marked as the mount marked it: a seal
+        // replayed later must walk to it, as the original capture did.
+        self.mark_changed(&mut st, ino);
     }
 
     fn set_attrs(&self, ino: Ino, attrs: &JAttrs) {
@@ -126,6 +129,7 @@ impl CowFs {
         if let Some(node) = st.nodes.get_mut(&ino) {
             attrs.apply(&mut node.attrs);
         }
+        self.mark_changed(&mut st, ino);
     }
 
     /// Replaces `ino`'s file data.
@@ -149,6 +153,7 @@ impl CowFs {
             old.discard();
         }
         node.kind = NodeKind::File(Arc::new(new));
+        self.mark_changed(&mut st, ino);
         Ok(())
     }
 
@@ -421,10 +426,6 @@ impl CowFs {
         }
     }
 
-    /// A file overwritten in place after its last journal record (and
-    /// fsynced, or flushed by the kernel) carries its newer mtime as its
-    /// data file's (see `FileData::sync`): where that, as found
-    /// before the replay, is newer than what the journal says, it wins.
     /// Removes from every upper data file the bytes its recovered layout
     /// does not account for (see [`FileData::scrub_unrecorded`]).
     fn scrub_upper_files(&self) -> crate::Result<()> {
@@ -439,6 +440,10 @@ impl CowFs {
         Ok(())
     }
 
+    /// A file overwritten in place after its last journal record (and
+    /// fsynced, or flushed by the kernel) carries its newer mtime as its
+    /// data file's (see `FileData::sync`): where that, as found
+    /// before the replay, is newer than what the journal says, it wins.
     fn adopt_upper_mtimes(&self, found: &HashMap<String, Timestamp>) {
         let mut st = self.state.lock();
         for node in st.nodes.values_mut() {
