@@ -42,12 +42,15 @@ pub fn node(bytes: &[u8]) {
 }
 
 /// A whole pack file: its header, footer, trailer and a scan of its
-/// frames are read as recovery and fsck read them; every frame the scan
-/// reports lies inside the file, in order.
+/// frames are read as recovery and fsck read them (they scan only a pack
+/// whose header checks); every frame the scan reports lies inside the
+/// file, in order.
 pub fn pack(file: &File) {
     let id = PackId(1);
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = pack::check_header(file, id);
+    if pack::check_header(file, id).is_err() {
+        return;
+    }
     if let Ok(Some(footer)) = pack::read_footer(file, id) {
         let _ = pack::read_trailer(file, id, &footer);
     }
