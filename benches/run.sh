@@ -5,6 +5,9 @@
 #   benches/run.sh layerfs [--runs N] [--fio-seconds S]
 #   benches/run.sh snapshot [--runs N] [--call-runs N] [--forks 100,1000] [--quick]
 #   benches/run.sh p9 [--runs N] [--seconds S] [--sessions N] [--many N]
+#   benches/run.sh reliability [CUTS]   # power cuts per suite (default 350;
+#                                       # three suites: 1,050 cuts in all),
+#                                       # then 10 min of load on 200 mounts
 # Installs casync, zstd, b3sum and debootstrap, and builds the Debian root
 # filesystem fixtures once (cached under $STRATA_FIXTURES). Needs root (to
 # drop the page cache for cold reads and to run debootstrap).
@@ -38,8 +41,27 @@ case "$bench" in
         cargo build --release --locked -p strata-benches -p snapshotter
         exec target/release/strata-bench p9 --guest "$guest" "$@"
         ;;
+    reliability)
+        cuts=${1:-350}
+        log=$(mktemp)
+        trap 'rm -f "$log"' EXIT
+        start=$(date +%s)
+        # The power-cut suites, long: the chunk store with and without the
+        # kernel's writeback cache, and a mount with its snapshots.
+        for suite in "cas acknowledged_blobs_and_refs_survive_power_cuts" \
+                     "layerfs a_mount_and_its_snapshots_keep_what_was_acknowledged"; do
+            set -- $suite
+            STRATA_POWER_CUTS=$cuts cargo test --release --locked -p "$1" --test powercut \
+                -- "$2" --nocapture --test-threads=1 2>&1 | tee -a "$log"
+        done
+        # Ten minutes of mixed load on 200 mounts of one daemon.
+        STRATA_LOAD_SECS=${STRATA_LOAD_SECS:-600} cargo test --release --locked -p snapshotter \
+            --test load -- --nocapture 2>&1 | tee -a "$log"
+        cargo build --release --locked -p strata-benches
+        target/release/strata-bench reliability --log "$log" --seconds $(( $(date +%s) - start ))
+        ;;
     *)
-        echo "unknown benchmark '$bench' (known: cas, layerfs, snapshot, p9)" >&2
+        echo "unknown benchmark '$bench' (known: cas, layerfs, snapshot, p9, reliability)" >&2
         exit 2
         ;;
 esac

@@ -10,6 +10,7 @@ mod demo;
 mod layerfs_bench;
 mod machine;
 mod p9_bench;
+mod reliability;
 mod report;
 mod snapshot_bench;
 mod tools;
@@ -47,6 +48,9 @@ enum Command {
     /// The 9P benchmark: Strata's 9P2000.L server vs diod, driven by a
     /// load client over a Unix socket and loopback TCP.
     P9(p9_bench::Args),
+    /// The report of the long power-cut run (`benches/run.sh
+    /// reliability` runs the suites and calls this with their output).
+    Reliability(reliability::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,5 +67,6 @@ fn main() -> anyhow::Result<()> {
         Command::Layerfs(args) => layerfs_bench::run(args),
         Command::Snapshot(args) => snapshot_bench::run(args),
         Command::P9(args) => p9_bench::run(args),
+        Command::Reliability(args) => reliability::run(args),
     }
 }
