@@ -201,11 +201,7 @@ fn run(options: Options, label: &str) {
         acked.absorb(&lines);
         let store = Store::open(&fs.path().join("store"), OpenOptions::default())
             .unwrap_or_else(|e| panic!("round {round}: the store does not open: {e}"));
-        // Everything is checked every 25th round and after the last; in
-        // between, what the round acknowledged (a long run's store grows,
-        // and checking it all after every cut would cost the square of
-        // the rounds).
-        let full = round % 25 == 24 || round + 1 == cuts || cuts <= 25;
+        let full = workload::full_check(round, cuts);
         if full {
             let fsck = store.fsck(FsckOptions::default(), &|_, _| {}).unwrap();
             assert!(fsck.is_clean(), "round {round}: fsck: {:?}", fsck.problems);

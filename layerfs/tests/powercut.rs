@@ -711,7 +711,7 @@ fn a_mount_and_its_snapshots_keep_what_was_acknowledged_across_power_cuts() {
             recovery.skipped, 0,
             "round {round}: journal records did not apply on recovery"
         );
-        let full = round % 25 == 24 || round + 1 == cuts || cuts <= 25;
+        let full = workload::full_check(round, cuts);
         exact += model.check(&fs, &store, round, full);
     }
     let stats = power.stats();
