@@ -167,6 +167,7 @@ fn mount_system(
                 MountConfig {
                     upper_dir: base.join("strata-upper"),
                     quota_bytes: 64 << 30,
+                    inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
                 },
             )?);
             let session = mount(fs_, &mnt, &FuseOptions::default())?;

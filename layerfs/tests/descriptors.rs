@@ -55,7 +55,7 @@ fn open_data_files_stay_bounded_through_writes_syncs_snapshots_and_recovery() {
     std::fs::create_dir_all(&src).unwrap();
     let tree = common::import_dir(&store, "img", &src);
     let upper = tmp.path().join("upper");
-    let bound = 256 + 64;
+    let bound = layerfs::cowfs::OPEN_DATA_FILES + 64;
     let before = open_descriptors();
 
     let fs = cow_mount(&store, tree, &upper);
@@ -63,7 +63,10 @@ fn open_data_files_stay_bounded_through_writes_syncs_snapshots_and_recovery() {
     let closed = fs.mkdir(ROOT_INO, b"closed", 0o755, ROOT).unwrap().ino;
     write_files(&fs, closed, false);
     let held = open_descriptors() - before;
-    assert!(held <= bound, "{held} descriptors held for {FILES} closed files");
+    assert!(
+        held <= bound,
+        "{held} descriptors held for {FILES} closed files"
+    );
     check_files(&fs, closed);
 
     // Held open by the sandbox, then each synced: every sync reaches its
@@ -71,7 +74,10 @@ fn open_data_files_stay_bounded_through_writes_syncs_snapshots_and_recovery() {
     let open = fs.mkdir(ROOT_INO, b"open", 0o755, ROOT).unwrap().ino;
     let inos = write_files(&fs, open, true);
     let held = open_descriptors() - before;
-    assert!(held <= bound, "{held} descriptors held for {FILES} open files");
+    assert!(
+        held <= bound,
+        "{held} descriptors held for {FILES} open files"
+    );
     for &ino in &inos {
         fs.fsync(ino).unwrap();
     }
@@ -97,11 +103,15 @@ fn open_data_files_stay_bounded_through_writes_syncs_snapshots_and_recovery() {
     fs.fsyncdir(ROOT_INO).unwrap();
     drop(fs);
     let leaked = open_descriptors().saturating_sub(before);
-    assert!(leaked <= 64, "{leaked} descriptors left after the mount ended");
+    assert!(
+        leaked <= 64,
+        "{leaked} descriptors left after the mount ended"
+    );
 
     let config = layerfs::cowfs::MountConfig {
         upper_dir: upper.clone(),
         quota_bytes: 1 << 30,
+        inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
     };
     let (fs, report) = CowFs::recover(store.clone(), tree, config).unwrap();
     assert_eq!(report.skipped, 0);

@@ -11,6 +11,7 @@ fn mount(upper: &std::path::Path, store: &cas::Store, tree: cas::ChunkId) -> Cow
     let config = MountConfig {
         upper_dir: upper.to_path_buf(),
         quota_bytes: 1 << 30,
+        inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
     };
     CowFs::new(store.clone(), tree, config).unwrap()
 }
@@ -261,5 +262,6 @@ fn config_of(upper: &std::path::Path) -> MountConfig {
     MountConfig {
         upper_dir: upper.to_path_buf(),
         quota_bytes: 1 << 30,
+        inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
     }
 }

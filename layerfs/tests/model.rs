@@ -97,6 +97,7 @@ fn random_operations_agree_with_a_model() {
             MountConfig {
                 upper_dir: upper.clone(),
                 quota_bytes: 1 << 30,
+                inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
             },
         )
         .unwrap();
@@ -228,6 +229,7 @@ fn random_operations_agree_with_a_model() {
             MountConfig {
                 upper_dir: upper,
                 quota_bytes: 1 << 30,
+                inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
             },
         )
         .unwrap();

@@ -33,6 +33,7 @@ fn config(upper: &Path) -> MountConfig {
     MountConfig {
         upper_dir: upper.to_path_buf(),
         quota_bytes: 1 << 30,
+        inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
     }
 }
 

@@ -20,6 +20,7 @@ fn mount(quota: u64) -> (tempfile::TempDir, CowFs) {
     let config = MountConfig {
         upper_dir: tmp.path().join("upper"),
         quota_bytes: quota,
+        inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
     };
     (tmp, CowFs::new(store, tree, config).unwrap())
 }
@@ -136,6 +137,7 @@ fn holes_and_allocations_survive_recovery_with_their_charge() {
     let config = MountConfig {
         upper_dir: tmp.path().join("upper"),
         quota_bytes: 64 * MIB,
+        inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
     };
     let fs = CowFs::new(store.clone(), tree, config.clone()).unwrap();
     let f = fs.create(ROOT_INO, b"f", 0o644, ROOT).unwrap().ino;
@@ -162,4 +164,107 @@ fn holes_and_allocations_survive_recovery_with_their_charge() {
     assert!(back.read(lower, 0, MIB as u32).unwrap() == lower_bytes);
     assert_eq!(back.getattr(g).unwrap().size, 3 * MIB);
     assert_eq!(back.used_bytes(), used, "the charge after recovery");
+}
+
+/// The inode quota: a sandbox that creates files, directories, symlinks
+/// and device nodes past it gets ENOSPC (as from a filesystem out of
+/// inodes) and the daemon holds no more inodes for it; hard links cost
+/// none; removing what it made gives them back; the image's own inodes
+/// are not counted; `statfs` shows the count; recovery counts again.
+#[test]
+fn creating_past_the_inode_quota_fails_with_enospc_and_removals_give_inodes_back() {
+    const INODES: u64 = 1_000;
+    let (tmp, store) = common::store();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("lower"), b"image bytes").unwrap();
+    let tree = common::import_dir(&store, "img", &src);
+    let config = MountConfig {
+        upper_dir: tmp.path().join("upper"),
+        quota_bytes: 64 * MIB,
+        inode_quota: INODES,
+    };
+    let fs = CowFs::new(store.clone(), tree, config.clone()).unwrap();
+    assert_eq!(
+        (fs.statfs().files, fs.statfs().files_free),
+        (INODES, INODES)
+    );
+    let dir = fs.mkdir(ROOT_INO, b"d", 0o755, ROOT).unwrap().ino;
+    for i in 1..INODES {
+        let name = format!("n{i}");
+        match i % 4 {
+            0 => {
+                let ino = fs.create(dir, name.as_bytes(), 0o644, ROOT).unwrap().ino;
+                fs.release(ino);
+            }
+            1 => drop(fs.mkdir(dir, name.as_bytes(), 0o755, ROOT).unwrap()),
+            2 => drop(fs.symlink(dir, name.as_bytes(), b"target", ROOT).unwrap()),
+            _ => drop(
+                fs.mknod(
+                    dir,
+                    name.as_bytes(),
+                    layerfs::cowfs::FileKind::Fifo,
+                    0o644,
+                    0,
+                    ROOT,
+                )
+                .unwrap(),
+            ),
+        }
+    }
+    assert_eq!(fs.statfs().files_free, 0);
+    out_of_inodes(&fs, b"x");
+    // A hard link is a name, not an inode.
+    let n4 = fs.lookup(dir, b"n4").unwrap().ino;
+    fs.link(n4, ROOT_INO, b"link").unwrap();
+    // The image's inodes are not the sandbox's: removing one frees none.
+    fs.unlink(ROOT_INO, b"lower").unwrap();
+    out_of_inodes(&fs, b"x");
+    // Removing the last name of what it made gives an inode back; a file
+    // removed while open keeps its inode until closed.
+    fs.unlink(ROOT_INO, b"link").unwrap();
+    out_of_inodes(&fs, b"x");
+    fs.open(n4, false).unwrap();
+    fs.unlink(dir, b"n4").unwrap();
+    out_of_inodes(&fs, b"x");
+    fs.release(n4);
+    assert_eq!(fs.statfs().files_free, 1);
+    let x = fs.create(ROOT_INO, b"x", 0o644, ROOT).unwrap().ino;
+    fs.release(x);
+    out_of_inodes(&fs, b"w");
+    // Renaming over a name frees the inode it named.
+    fs.rename(dir, b"n8", dir, b"n12", Default::default())
+        .unwrap();
+    assert_eq!(fs.statfs().files_free, 1);
+    fs.rmdir(dir, b"n5").unwrap();
+    assert_eq!(fs.statfs().files_free, 2);
+    fs.fsyncdir(ROOT_INO).unwrap();
+    drop(fs);
+
+    let (back, report) = CowFs::recover(store, tree, config).unwrap();
+    assert_eq!(report.skipped, 0, "{report:?}");
+    assert_eq!(back.statfs().files_free, 2, "counted again by recovery");
+    back.mkdir(ROOT_INO, b"y", 0o755, ROOT).unwrap();
+    back.mkdir(ROOT_INO, b"z", 0o755, ROOT).unwrap();
+    out_of_inodes(&back, b"w");
+}
+
+/// Making `name` in the root fails with ENOSPC, whatever is made, and
+/// nothing is made.
+fn out_of_inodes(fs: &CowFs, name: &[u8]) {
+    let fifo = layerfs::cowfs::FileKind::Fifo;
+    let errors = [
+        fs.create(ROOT_INO, name, 0o644, ROOT).map(drop),
+        fs.mkdir(ROOT_INO, name, 0o755, ROOT).map(drop),
+        fs.symlink(ROOT_INO, name, b"t", ROOT).map(drop),
+        fs.mknod(ROOT_INO, name, fifo, 0o644, 0, ROOT).map(drop),
+    ];
+    for (i, result) in errors.into_iter().enumerate() {
+        assert_eq!(result.unwrap_err().0, libc::ENOSPC, "creation {i}");
+    }
+    assert_eq!(
+        fs.lookup(ROOT_INO, name).unwrap_err().0,
+        libc::ENOENT,
+        "nothing made"
+    );
 }

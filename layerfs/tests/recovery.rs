@@ -48,6 +48,7 @@ fn config(dir: &Path) -> MountConfig {
     MountConfig {
         upper_dir: dir.to_path_buf(),
         quota_bytes: 1 << 30,
+        inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
     }
 }
 
@@ -282,6 +283,7 @@ fn explicit_times_after_in_place_syncs_survive_recovery() {
     let config = MountConfig {
         upper_dir: upper.clone(),
         quota_bytes: 1 << 30,
+        inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
     };
     let fs = CowFs::new(store.clone(), tree, config.clone()).unwrap();
     let ino = lookup(&fs, "file");

@@ -22,6 +22,7 @@ fn config(dir: &Path) -> MountConfig {
     MountConfig {
         upper_dir: dir.to_path_buf(),
         quota_bytes: 1 << 30,
+        inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
     }
 }
 

@@ -37,6 +37,7 @@ fn diods_client_tools_list_and_read_a_strata_mount() {
     let config = MountConfig {
         upper_dir: dir.path().join("upper"),
         quota_bytes: 1 << 30,
+        inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
     };
     let fs = Arc::new(CowFs::new(store, tree, config).unwrap());
     let runtime = tokio::runtime::Builder::new_multi_thread()

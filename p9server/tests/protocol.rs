@@ -46,6 +46,7 @@ fn fixture() -> Fixture {
         MountConfig {
             upper_dir: dir.path().join("upper"),
             quota_bytes: 1 << 30,
+            inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
         },
     )
     .unwrap();

@@ -22,6 +22,8 @@ use std::time::UNIX_EPOCH;
 use cas::{Blob, ChunkId, Store};
 use parking_lot::{Mutex, RwLock};
 
+use super::datafile::{DataFile, MountFiles};
+
 use super::{Errno, FsResult};
 use crate::tree::Timestamp;
 
@@ -38,7 +40,7 @@ const MAX_FILE_SIZE: u64 = 16 << 40;
 /// without it the file is opened plainly (and recovery may then miss an
 /// in-place overwrite's mtime, never take a wrong one: a read sets the
 /// atime to the time of the read, which differs from the mtime).
-fn open_data_file(path: &Path, create: bool) -> std::io::Result<File> {
+pub(crate) fn open_data_file(path: &Path, create: bool) -> std::io::Result<File> {
     let open = |flags| {
         OpenOptions::new()
             .read(true)
@@ -144,7 +146,7 @@ enum LayerState {
     /// Blocks in `present` come from the data file, bytes below
     /// `lower_limit` otherwise from `base`, the rest are zeros.
     Local {
-        file: Option<Arc<File>>,
+        file: Option<Arc<DataFile>>,
         present: Vec<u64>,
         lower_limit: u64,
         base: Base,
@@ -164,15 +166,22 @@ pub(crate) struct LayerLayout {
 
 impl Layer {
     /// A layer as journaled (its data file is opened if it exists).
-    pub(crate) fn restored(dir: &std::path::Path, layout: LayerLayout) -> Arc<Layer> {
+    pub(crate) fn restored(
+        dir: &std::path::Path,
+        files: &Arc<MountFiles>,
+        layout: LayerLayout,
+    ) -> Arc<Layer> {
         let path = dir.join(&layout.name);
-        let file = File::open(&path).ok();
+        let file = path
+            .symlink_metadata()
+            .is_ok()
+            .then(|| DataFile::closed(path.clone(), files));
         Arc::new(Layer {
             name: layout.name,
             path,
             size: layout.size,
             state: RwLock::new(LayerState::Local {
-                file: file.map(Arc::new),
+                file,
                 present: layout.present,
                 lower_limit: layout.lower_limit,
                 base: layout.base,
@@ -274,7 +283,7 @@ fn is_present(present: &[u64], block: u64) -> bool {
 /// `file`, `base` below `lower_limit`, and zeros elsewhere.
 fn read_blocks(
     store: &Store,
-    file: Option<&File>,
+    file: Option<&DataFile>,
     present: &[u64],
     lower_limit: u64,
     base: &Base,
@@ -289,7 +298,12 @@ fn read_blocks(
         let slice = &mut out[(pos - offset) as usize..(block_end - offset) as usize];
         if is_present(present, block) {
             match file {
-                Some(file) => FileData::read_upper(file, pos, slice)?,
+                Some(file) => {
+                    let fd = file.fd().map_err(|e| {
+                        format!("opening upper data {}: {e}", file.path().display())
+                    })?;
+                    FileData::read_upper(&fd, pos, slice)?
+                }
                 None => slice.fill(0),
             }
         } else if pos < lower_limit {
@@ -306,7 +320,7 @@ fn read_blocks(
 }
 
 pub(crate) struct FileData {
-    used: Arc<AtomicU64>,
+    files: Arc<MountFiles>,
     /// The data directory (upper data files live there).
     dir: PathBuf,
     inner: RwLock<Inner>,
@@ -351,7 +365,7 @@ struct Inner {
     /// Present blocks that are holes in the upper file (punched, or zeros
     /// over lower data): they read as zeros and are not charged.
     holes: Vec<u64>,
-    upper: Option<Arc<File>>,
+    upper: Option<Arc<DataFile>>,
     /// Bytes charged to the quota for this file.
     charged: u64,
     /// The upper file was created and its directory entry not yet synced.
@@ -641,9 +655,9 @@ pub(crate) struct FrozenFile {
 }
 
 impl FileData {
-    fn with_inner(dir: PathBuf, used: Arc<AtomicU64>, inner: Inner) -> FileData {
+    fn with_inner(dir: PathBuf, files: Arc<MountFiles>, inner: Inner) -> FileData {
         FileData {
-            used,
+            files,
             dir,
             inner: RwLock::new(inner),
             next_read: AtomicU64::new(0),
@@ -656,8 +670,8 @@ impl FileData {
     }
 
     /// A new, empty file whose upper data would be `dir/name`.
-    pub(crate) fn empty(dir: PathBuf, name: String, used: Arc<AtomicU64>) -> FileData {
-        FileData::with_inner(dir, used, Inner::new(name, Base::blob(None), 0, 0))
+    pub(crate) fn empty(dir: PathBuf, name: String, files: Arc<MountFiles>) -> FileData {
+        FileData::with_inner(dir, files, Inner::new(name, Base::blob(None), 0, 0))
     }
 
     /// A file as a journal's `Data` record describes it: `size` bytes,
@@ -666,26 +680,31 @@ impl FileData {
     pub(crate) fn restored(
         dir: PathBuf,
         name: String,
-        used: Arc<AtomicU64>,
+        files: Arc<MountFiles>,
         base: Base,
         size: u64,
         lower_limit: u64,
         present: Vec<u64>,
     ) -> FileData {
-        let upper = open_data_file(&dir.join(&name), false).ok();
+        let upper = DataFile::open(dir.join(&name), &files, false).ok();
         let mut inner = Inner::new(name, base, size, lower_limit);
         // Present blocks without data in the data file were punched (or
         // zeroed over lower data): holes, read as zeros, not charged.
-        inner.holes = match &upper {
-            Some(file) => holes_in(file, &present),
-            None => present.clone(),
+        inner.holes = match upper.as_ref().map(|file| file.fd()) {
+            Some(Ok(fd)) => holes_in(&fd, &present),
+            _ => present.clone(),
         };
         inner.present = present;
-        inner.upper = upper.map(Arc::new);
+        // Recovery opens every file it restores: the bound closes the
+        // oldest as it goes; none is held open for the sandbox yet.
+        if let Some(file) = &upper {
+            file.close_idle();
+        }
+        inner.upper = upper;
         let charge = inner.charge_for(size, 0..0);
         inner.charged = charge;
-        used.fetch_add(charge, Ordering::Relaxed);
-        FileData::with_inner(dir, used, inner)
+        files.used.fetch_add(charge, Ordering::Relaxed);
+        FileData::with_inner(dir, files, inner)
     }
 
     /// A file whose bytes are all `size` bytes of blob `blob` (`None`:
@@ -695,10 +714,10 @@ impl FileData {
         blob: Option<ChunkId>,
         dir: PathBuf,
         name: String,
-        used: Arc<AtomicU64>,
+        files: Arc<MountFiles>,
     ) -> FileData {
         let limit = if blob.is_some() { size } else { 0 };
-        FileData::with_inner(dir, used, Inner::new(name, Base::blob(blob), size, limit))
+        FileData::with_inner(dir, files, Inner::new(name, Base::blob(blob), size, limit))
     }
 
     /// A file whose bytes are `size` bytes of `base` (a file restored from
@@ -708,9 +727,9 @@ impl FileData {
         base: Base,
         dir: PathBuf,
         name: String,
-        used: Arc<AtomicU64>,
+        files: Arc<MountFiles>,
     ) -> FileData {
-        FileData::with_inner(dir, used, Inner::new(name, base, size, size))
+        FileData::with_inner(dir, files, Inner::new(name, base, size, size))
     }
 
     /// The file's base.
@@ -788,7 +807,7 @@ impl FileData {
             name,
             size: inner.size,
             state: RwLock::new(LayerState::Local {
-                file: inner.upper.take(),
+                file: inner.upper.take().inspect(|file| file.close_idle()),
                 present,
                 lower_limit: inner.lower_limit,
                 base: inner.base.clone(),
@@ -877,13 +896,13 @@ impl FileData {
         Ok(out)
     }
 
-    fn upper<'i>(&self, inner: &'i mut Inner) -> FsResult<&'i File> {
+    fn upper<'i>(&self, inner: &'i mut Inner) -> FsResult<&'i DataFile> {
         if inner.upper.is_none() {
-            let file = open_data_file(&self.dir.join(&inner.name), true).map_err(io)?;
+            let file = DataFile::open(self.dir.join(&inner.name), &self.files, true).map_err(io)?;
             // A new file's atime equals its mtime: clear the mark.
-            file.set_times(FileTimes::new().set_accessed(UNIX_EPOCH))
+            file.write(|f| f.set_times(FileTimes::new().set_accessed(UNIX_EPOCH)))
                 .map_err(io)?;
-            inner.upper = Some(Arc::new(file));
+            inner.upper = Some(file);
             inner.created = true;
             *self.upper_mtime.lock() = None;
         }
@@ -892,10 +911,12 @@ impl FileData {
 
     fn apply_charge(&self, inner: &mut Inner, new_charge: u64) {
         if new_charge >= inner.charged {
-            self.used
+            self.files
+                .used
                 .fetch_add(new_charge - inner.charged, Ordering::Relaxed);
         } else {
-            self.used
+            self.files
+                .used
                 .fetch_sub(inner.charged - new_charge, Ordering::Relaxed);
         }
         inner.charged = new_charge;
@@ -923,7 +944,7 @@ impl FileData {
         // Quota: what the file will hold after this write.
         let new_charge = inner.charge_for(new_size, first..last + 1);
         if !inner.fits(
-            self.used.load(Ordering::Relaxed),
+            self.files.used.load(Ordering::Relaxed),
             quota,
             new_size,
             first..last + 1,
@@ -956,17 +977,19 @@ impl FileData {
                     Errno::EIO
                 })?;
                 self.upper(&mut inner)?
-                    .write_all_at(&buf, start)
+                    .write(|f| f.write_all_at(&buf, start))
                     .map_err(io)?;
             }
             newly_present.push(block);
         }
-        let written = self.upper(&mut inner)?.write_all_at(data, offset);
+        let written = self
+            .upper(&mut inner)?
+            .write(|f| f.write_all_at(data, offset));
         if let Err(e) = written {
             // Holes the write reached partly must read as zeros again.
             if let Some(file) = inner.upper.clone() {
                 for &block in newly_present.iter().filter(|&&b| inner.is_hole(b)) {
-                    let _ = punch_upper(&file, block * BLOCK_SIZE, BLOCK_SIZE);
+                    let _ = file.write(|f| punch_upper(f, block * BLOCK_SIZE, BLOCK_SIZE));
                 }
             }
             return Err(io(e));
@@ -989,7 +1012,7 @@ impl FileData {
     /// record of the new size is (see [`super::journal::Journal::sync_first`]),
     /// or a power cut could leave the old bytes past the recorded size,
     /// where a later extension of the file would bring them back.
-    pub(crate) fn truncate(&self, size: u64) -> FsResult<Option<Arc<File>>> {
+    pub(crate) fn truncate(&self, size: u64) -> FsResult<Option<Arc<DataFile>>> {
         if size > MAX_FILE_SIZE {
             return Err(Errno::EFBIG);
         }
@@ -999,14 +1022,14 @@ impl FileData {
             inner.lower_limit = inner.lower_limit.min(size);
             inner.clear_from(size.div_ceil(BLOCK_SIZE));
             if let Some(file) = inner.upper.clone() {
-                file.set_len(size).map_err(io)?;
+                file.write(|f| f.set_len(size)).map_err(io)?;
                 // The cut may leave the new last block without a byte on
                 // disk (its data was all past the cut): a hole, as a
                 // restart would find it.
                 let last = size / BLOCK_SIZE;
                 if size % BLOCK_SIZE != 0
                     && inner.is_charged(last)
-                    && !takes_space(&file, last * BLOCK_SIZE, size)
+                    && !takes_space(&*file.fd().map_err(io)?, last * BLOCK_SIZE, size)
                 {
                     inner.set_hole(last);
                 }
@@ -1030,7 +1053,7 @@ impl FileData {
     pub(crate) fn scrub_unrecorded(&self) -> std::io::Result<()> {
         let inner = self.inner.read();
         match &inner.upper {
-            Some(file) => scrub(file, inner.size, &inner.present),
+            Some(file) => file.write(|f| scrub(f, inner.size, &inner.present)),
             None => Ok(()),
         }
     }
@@ -1057,7 +1080,7 @@ impl FileData {
         let new_size = inner.size.max(end);
         let (first, last) = (offset / BLOCK_SIZE, (end - 1) / BLOCK_SIZE);
         if !inner.fits(
-            self.used.load(Ordering::Relaxed),
+            self.files.used.load(Ordering::Relaxed),
             quota,
             new_size,
             first..last + 1,
@@ -1081,15 +1104,16 @@ impl FileData {
                     Errno::EIO
                 })?;
                 self.upper(&mut inner)?
-                    .write_all_at(&buf, start)
+                    .write(|f| f.write_all_at(&buf, start))
                     .map_err(io)?;
             } else {
                 let file = self.upper(&mut inner)?;
-                let reserved = fallocate_upper(file, libc::FALLOC_FL_KEEP_SIZE, start, BLOCK_SIZE);
+                let reserved = file
+                    .write(|f| fallocate_upper(f, libc::FALLOC_FL_KEEP_SIZE, start, BLOCK_SIZE));
                 match reserved {
                     Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                         // A filesystem that cannot reserve: zeros, written.
-                        file.write_all_at(&vec![0u8; BLOCK_SIZE as usize], start)
+                        file.write(|f| f.write_all_at(&vec![0u8; BLOCK_SIZE as usize], start))
                             .map_err(io)?;
                     }
                     other => other.map_err(io)?,
@@ -1162,7 +1186,7 @@ impl FileData {
             ..Inner::new(String::new(), Base::blob(None), size, 0)
         }
         .charge_for(size, 0..0);
-        let used = self.used.load(Ordering::Relaxed);
+        let used = self.files.used.load(Ordering::Relaxed);
         if new_charge > inner.charged && used - inner.charged.min(used) + new_charge > quota {
             return Err(Errno::ENOSPC);
         }
@@ -1179,7 +1203,7 @@ impl FileData {
                 buf[(from - start) as usize..(to.min(stop) - start) as usize].fill(0);
                 debug_assert!(from < stop, "a copy-up only where lower bytes are punched");
                 self.upper(&mut inner)?
-                    .write_all_at(&buf, start)
+                    .write(|f| f.write_all_at(&buf, start))
                     .map_err(io)?;
                 inner.set_present(block);
                 continue;
@@ -1187,11 +1211,12 @@ impl FileData {
             let file = self.upper(&mut inner)?;
             match step {
                 Step::Hole => {
-                    punch_upper(file, start, BLOCK_SIZE).map_err(io)?;
+                    file.write(|f| punch_upper(f, start, BLOCK_SIZE))
+                        .map_err(io)?;
                     inner.set_hole(block);
                 }
                 _ => file
-                    .write_all_at(&vec![0u8; (to - from) as usize], from)
+                    .write(|f| f.write_all_at(&vec![0u8; (to - from) as usize], from))
                     .map_err(io)?,
             }
         }
@@ -1215,7 +1240,7 @@ impl FileData {
             }
             return Ok(if hole { inner.size } else { offset });
         }
-        let file = inner.upper.as_ref().ok_or(Errno::EIO)?;
+        let file = inner.upper.as_ref().ok_or(Errno::EIO)?.fd().map_err(io)?;
         let whence = if hole {
             libc::SEEK_HOLE
         } else {
@@ -1259,14 +1284,12 @@ impl FileData {
         // Synced outside the lock: writers to the file go on meanwhile.
         let upper = self.inner.read().upper.clone();
         if let Some(file) = upper {
-            if data_only {
-                file.sync_data().map_err(io)?;
-            } else {
+            if !data_only {
                 if let Some(mtime) = mtime {
-                    self.give_upper_mtime(&file, mtime)?;
+                    self.give_upper_mtime(&*file.fd().map_err(io)?, mtime)?;
                 }
-                file.sync_all().map_err(io)?;
             }
+            file.sync(data_only).map_err(io)?;
         }
         self.sync_new_name()
     }
@@ -1312,7 +1335,11 @@ impl FileData {
     pub(crate) fn set_upper_mtime(&self, mtime: Timestamp) {
         let upper = self.inner.read().upper.clone();
         if let Some(file) = upper {
-            if let Err(e) = self.give_upper_mtime(&file, mtime) {
+            let given = file
+                .fd()
+                .map_err(io)
+                .and_then(|fd| self.give_upper_mtime(&fd, mtime));
+            if let Err(e) = given {
                 tracing::warn!(
                     "setting the mtime of data file {}: errno {}",
                     self.upper_name(),
@@ -1357,6 +1384,14 @@ impl FileData {
     pub(crate) fn release_charge(&self) {
         let mut inner = self.inner.write();
         self.apply_charge(&mut inner, 0);
+    }
+
+    /// Closes the data file's descriptor, if it is not in use (the
+    /// sandbox closed the file).
+    pub(crate) fn close_idle(&self) {
+        if let Some(file) = &self.inner.read().upper {
+            file.close_idle();
+        }
     }
 
     /// Drops the upper data of a file that no longer exists.

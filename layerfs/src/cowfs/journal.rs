@@ -246,7 +246,7 @@ pub struct Journal {
     /// Data files to sync before the journal's next sync: files cut
     /// shorter, whose new size the journal must not record durably
     /// before the cut itself is durable.
-    sync_first: Mutex<Vec<Arc<File>>>,
+    sync_first: Mutex<Vec<Arc<super::datafile::DataFile>>>,
 }
 
 fn frame(record: &Record) -> std::io::Result<Vec<u8>> {
@@ -306,7 +306,7 @@ impl Journal {
     /// for a data file cut shorter, whose new size is (or is about to be)
     /// in a record. Were the record durable and the cut not, a power cut
     /// would leave old bytes past the recorded size.
-    pub fn sync_first(&self, file: Arc<File>) {
+    pub fn sync_first(&self, file: Arc<super::datafile::DataFile>) {
         let mut files = self.sync_first.lock();
         if !files.iter().any(|f| Arc::ptr_eq(f, &file)) {
             files.push(file);
@@ -368,7 +368,7 @@ impl Journal {
         let first = std::mem::take(&mut *self.sync_first.lock());
         let result = first
             .iter()
-            .try_for_each(|f| f.sync_data())
+            .try_for_each(|f| f.sync(true))
             .and_then(|()| self.file.sync_data())
             .and_then(|()| self.sync_new_dir());
         match result {

@@ -13,6 +13,7 @@
 //! - A quota bounds the bytes the upper layer holds; a write past it fails
 //!   with ENOSPC before anything is written.
 
+mod datafile;
 mod file;
 mod journal;
 pub mod locks;
@@ -31,6 +32,7 @@ use parking_lot::Mutex;
 
 use crate::memtree::TreeReader;
 use crate::tree::{validate_name, Attrs, DirNode, Entry, InodeKind, Timestamp, MAX_PATH_LEN};
+pub use datafile::OPEN_DATA_FILES;
 use file::FileData;
 pub use file::BLOCK_SIZE;
 use journal::{JAttrs, Journal, NewKind, Record};
@@ -181,7 +183,16 @@ pub struct MountConfig {
     pub upper_dir: PathBuf,
     /// Most bytes the upper layer may hold.
     pub quota_bytes: u64,
+    /// Most inodes the sandbox may make (files, directories, symlinks,
+    /// device nodes; the image's own are not counted): past it, making
+    /// one fails with ENOSPC, as on a filesystem out of inodes. It bounds
+    /// the inodes the daemon holds for the mount, with the image's.
+    pub inode_quota: u64,
 }
+
+/// The inode quota a mount gets unless told otherwise (ext4 on a 16 GiB
+/// disk has as many).
+pub const DEFAULT_INODE_QUOTA: u64 = 1 << 20;
 
 /// `setxattr` flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,6 +301,9 @@ impl DirState {
 struct State {
     nodes: HashMap<Ino, Node>,
     next_ino: Ino,
+    /// The inodes the sandbox made that exist (counted against the inode
+    /// quota).
+    made: std::collections::HashSet<Ino>,
     /// Inode of each lower inode with several names, by its tree's root
     /// and its first path there, once instantiated.
     lower_paths: HashMap<(Ino, Vec<u8>), Ino>,
@@ -313,13 +327,22 @@ struct State {
     captures: u64,
 }
 
+impl State {
+    /// Removes an inode that is gone (no name, not open).
+    fn remove_node(&mut self, ino: Ino) -> Option<Node> {
+        self.made.remove(&ino);
+        self.nodes.remove(&ino)
+    }
+}
+
 /// A copy-on-write filesystem: one mount's view.
 pub struct CowFs {
     store: Store,
     lower: ChunkId,
     data_dir: PathBuf,
     quota: u64,
-    used: Arc<AtomicU64>,
+    inode_quota: u64,
+    files: Arc<datafile::MountFiles>,
     state: Mutex<State>,
     locks: Mutex<LockTable>,
     /// This session's number: data files it creates are `EPOCH-INO`.
@@ -465,7 +488,8 @@ impl CowFs {
             lower,
             data_dir: config.upper_dir.join("data"),
             quota: config.quota_bytes,
-            used: Arc::new(AtomicU64::new(0)),
+            inode_quota: config.inode_quota,
+            files: Arc::default(),
             state: Mutex::new(state),
             locks: Mutex::new(LockTable::default()),
             epoch,
@@ -481,7 +505,19 @@ impl CowFs {
 
     /// Bytes the upper layer holds.
     pub fn used_bytes(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
+        self.files.used.load(Ordering::Relaxed)
+    }
+
+    /// Inodes the sandbox made that exist (counted against the inode
+    /// quota).
+    pub fn inodes_made(&self) -> u64 {
+        self.state.lock().made.len() as u64
+    }
+
+    /// Upper data files this mount holds open now (at most about
+    /// [`OPEN_DATA_FILES`]).
+    pub fn open_data_files(&self) -> usize {
+        self.files.open_descriptors()
     }
 
     fn eio(&self, err: impl std::fmt::Display) -> Errno {
@@ -613,7 +649,7 @@ impl CowFs {
                                 blob,
                                 self.data_dir.clone(),
                                 self.data_name_for(st.next_ino),
-                                self.used.clone(),
+                                self.files.clone(),
                             )))
                         }
                         other => NodeKind::Other(other),
@@ -862,7 +898,7 @@ impl CowFs {
     /// Makes everything journaled so far durable.
     /// Registers a data file cut shorter, to be synced before the journal
     /// records its new size durably.
-    fn sync_before_journal(&self, file: Arc<std::fs::File>) {
+    fn sync_before_journal(&self, file: Arc<datafile::DataFile>) {
         if let Some(journal) = self.journal.get() {
             journal.sync_first(file);
         }
@@ -1094,6 +1130,10 @@ impl CowFs {
         if self.child(&mut st, parent, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
+        // A recovery replays what was made within the quota then.
+        if self.journaling() && st.made.len() as u64 >= self.inode_quota {
+            return Err(Errno::ENOSPC);
+        }
         let ino = st.next_ino;
         let kind = make(self, ino);
         let is_dir = matches!(kind, NodeKind::Dir(_));
@@ -1127,6 +1167,7 @@ impl CowFs {
             (parent, name.to_vec()),
         );
         debug_assert_eq!(new, ino);
+        st.made.insert(ino);
         let dir = self.dir_mut(&mut st, parent)?;
         dir.insert(name.to_vec(), ino);
         if is_dir {
@@ -1148,7 +1189,7 @@ impl CowFs {
             NodeKind::File(Arc::new(FileData::empty(
                 fs.data_dir.clone(),
                 fs.data_name_for(ino),
-                fs.used.clone(),
+                fs.files.clone(),
             )))
         })?;
         self.open(stat.ino, false)?;
@@ -1182,7 +1223,7 @@ impl CowFs {
                     NodeKind::File(Arc::new(FileData::empty(
                         fs.data_dir.clone(),
                         fs.data_name_for(ino),
-                        fs.used.clone(),
+                        fs.files.clone(),
                     )))
                 })
             }
@@ -1258,7 +1299,7 @@ impl CowFs {
             let gone_now = node.nlink == 0 && node.opens == 0;
             self.remove_name(st, ino, parent, name);
             if gone_now {
-                gone = st.nodes.remove(&ino);
+                gone = st.remove_node(ino);
             }
         }
         if let Some(node) = gone {
@@ -1391,7 +1432,7 @@ impl CowFs {
             p.nlink = p.nlink.saturating_sub(1);
         }
         self.touch_dir_at(&mut st, parent, t);
-        st.nodes.remove(&ino);
+        st.remove_node(ino);
         if let Some(path) = path {
             self.log(Record::Remove {
                 path,
@@ -1502,7 +1543,7 @@ impl CowFs {
                     }
                     self.dir_mut(&mut st, new_parent)?.remove(new_name);
                     self.adjust_subdirs(&mut st, new_parent, -1);
-                    st.nodes.remove(&existing);
+                    st.remove_node(existing);
                 }
                 (false, false) => {
                     self.dir_mut(&mut st, new_parent)?.remove(new_name);
@@ -1589,7 +1630,11 @@ impl CowFs {
         if let Some(node) = st.nodes.get_mut(&ino) {
             node.opens = node.opens.saturating_sub(1);
             if node.opens == 0 && node.nlink == 0 {
-                gone = st.nodes.remove(&ino);
+                gone = st.remove_node(ino);
+            } else if let (0, NodeKind::File(data)) = (node.opens, &node.kind) {
+                // Closed by the sandbox: the mount keeps no descriptor for
+                // it (see `datafile`).
+                data.close_idle();
             }
         }
         if let Some(node) = gone {
@@ -1818,8 +1863,8 @@ impl CowFs {
             block_size: block as u32,
             blocks,
             blocks_free: blocks.saturating_sub(used),
-            files: 1 << 32,
-            files_free: (1u64 << 32).saturating_sub(st.nodes.len() as u64),
+            files: self.inode_quota,
+            files_free: self.inode_quota.saturating_sub(st.made.len() as u64),
             name_max: 255,
         }
     }

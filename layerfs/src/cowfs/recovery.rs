@@ -182,13 +182,13 @@ impl CowFs {
     ) -> FsResult<()> {
         let ino = self.resolve(path)?;
         let dir = self.data_dir.clone();
-        let used = self.used.clone();
+        let files = self.files.clone();
         let (size, lower_limit, present) = layout;
         self.set_file_data(
             ino,
             |current| {
                 let base = base.unwrap_or(current);
-                FileData::restored(dir, file, used, base, size, lower_limit, present)
+                FileData::restored(dir, file, files, base, size, lower_limit, present)
             },
             layers,
         )?;
@@ -211,8 +211,8 @@ impl CowFs {
                         let ino = self.create(parent, name, mode, caller)?.ino;
                         self.release(ino);
                         let dir = self.data_dir.clone();
-                        let used = self.used.clone();
-                        self.set_file_data(ino, |_| FileData::empty(dir, file, used), layers)?;
+                        let files = self.files.clone();
+                        self.set_file_data(ino, |_| FileData::empty(dir, file, files), layers)?;
                         ino
                     }
                     NewKind::Dir => self.mkdir(parent, name, mode, caller)?.ino,
@@ -351,6 +351,7 @@ impl CowFs {
                 let base = self.base_of(base, layers)?;
                 let layer = Layer::restored(
                     &self.data_dir,
+                    &self.files,
                     LayerLayout {
                         name: name.clone(),
                         size,
@@ -377,6 +378,7 @@ impl CowFs {
                 };
                 let sealed = Layer::restored(
                     &self.data_dir,
+                    &self.files,
                     LayerLayout {
                         name: layer.clone(),
                         size,
@@ -388,14 +390,14 @@ impl CowFs {
                 layers.insert(layer, sealed.clone());
                 let ino = self.resolve(&path)?;
                 let dir = self.data_dir.clone();
-                let used = self.used.clone();
+                let files = self.files.clone();
                 self.set_file_data(
                     ino,
                     |_| {
                         FileData::restored(
                             dir,
                             file,
-                            used,
+                            files,
                             Base::Layer(sealed),
                             size,
                             size,

@@ -584,7 +584,7 @@ impl CowFs {
                             file.base.clone(),
                             fs.data_dir.clone(),
                             fs.data_name_for(ino),
-                            fs.used.clone(),
+                            fs.files.clone(),
                         ))),
                         CNode::Other { kind, .. } => NodeKind::Other(kind.clone()),
                         _ => unreachable!("matched as a file or other inode above"),

@@ -168,6 +168,7 @@ pub fn mount_tree(
     let config = layerfs::cowfs::MountConfig {
         upper_dir: base.join(format!("{name}-upper")),
         quota_bytes: quota,
+        inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
     };
     let fs = std::sync::Arc::new(layerfs::cowfs::CowFs::new(store.clone(), tree, config).unwrap());
     let session =
@@ -317,6 +318,7 @@ pub fn cow_mount(store: &Store, tree: cas::ChunkId, upper: &Path) -> CowFs {
     let config = layerfs::cowfs::MountConfig {
         upper_dir: upper.to_path_buf(),
         quota_bytes: 1 << 30,
+        inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
     };
     CowFs::new(store.clone(), tree, config).unwrap()
 }

@@ -1,0 +1,252 @@
+//! Upper data files, and the bound on how many a mount holds open.
+//!
+//! The node daemon serves every mount from one process: a sandbox that
+//! writes a hundred thousand small files must not exhaust that process's
+//! descriptors for everyone. A [`DataFile`] is a data file that exists on
+//! disk; its descriptor is a cache, opened on use and closed when its file
+//! is released by the sandbox (as a local filesystem keeps no descriptor
+//! for a closed file) or when the mount holds more than
+//! [`OPEN_DATA_FILES`] (the oldest opened goes first).
+//!
+//! Write-back errors: Linux reports a failed write-back of a file's pages
+//! to the descriptors open on it (and to one opened later, while the
+//! inode stays in memory). Closing a descriptor with writes not yet synced
+//! could let the inode go, and with it an error that a later `fsync` of
+//! the still-open file must report; so a descriptor closed for the bound
+//! is first synced, and a failure of that sync is kept and reported by
+//! every later sync of the file. A descriptor closed because the sandbox
+//! released the file is not synced: the sandbox then has ext4's promise,
+//! no more (an error after the last close may be lost with the inode).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Most data files one mount holds open at once (beyond the few in use
+/// by requests at that instant). Sandboxes keep files open past it at the
+/// cost of a reopen, and of a sync for a file written since its last one.
+pub const OPEN_DATA_FILES: usize = 256;
+
+/// What the files of one mount share: the bytes charged to its quota, and
+/// its open data files.
+#[derive(Debug, Default)]
+pub(crate) struct MountFiles {
+    /// Bytes the upper layer holds, as charged to the quota.
+    pub used: AtomicU64,
+    /// Data files with an open descriptor, oldest opened first (entries
+    /// of files closed since are dropped when met).
+    open: Mutex<VecDeque<Weak<DataFile>>>,
+    /// Descriptors open.
+    open_count: AtomicUsize,
+}
+
+impl MountFiles {
+    /// Data file descriptors this mount holds open now.
+    pub(crate) fn open_descriptors(&self) -> usize {
+        self.open_count.load(Ordering::Relaxed)
+    }
+
+    /// `file` opened its descriptor: queue it, and close the oldest others
+    /// while more than [`OPEN_DATA_FILES`] are open.
+    fn opened(&self, file: &Arc<DataFile>) {
+        let count = self.open_count.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut queue = self.open.lock();
+        if !file.queued.swap(true, Ordering::AcqRel) {
+            queue.push_back(Arc::downgrade(file));
+        }
+        if count <= OPEN_DATA_FILES && queue.len() <= 4 * OPEN_DATA_FILES {
+            return;
+        }
+        // Each entry is looked at once: a file in use right now (its
+        // descriptor lock taken) goes to the back, and is tried again at
+        // the next opening.
+        for _ in 0..queue.len() {
+            if self.open_count.load(Ordering::Acquire) <= OPEN_DATA_FILES
+                && queue.len() <= 2 * OPEN_DATA_FILES
+            {
+                break;
+            }
+            let Some(entry) = queue.pop_front() else {
+                break;
+            };
+            let Some(other) = entry.upgrade() else {
+                continue;
+            };
+            if Arc::ptr_eq(&other, file) {
+                queue.push_back(entry);
+                continue;
+            }
+            let Some(mut fd) = other.fd.try_write() else {
+                queue.push_back(entry);
+                continue;
+            };
+            if fd.is_some() {
+                if self.open_count.load(Ordering::Acquire) <= OPEN_DATA_FILES {
+                    // Still open, and no need to close it yet.
+                    drop(fd);
+                    queue.push_back(entry);
+                    continue;
+                }
+                other.close_locked(&mut fd, true);
+            }
+            drop(fd);
+            other.queued.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// An upper data file that exists on disk, with its descriptor opened on
+/// demand (see the module's doc).
+#[derive(Debug)]
+pub(crate) struct DataFile {
+    path: PathBuf,
+    files: Arc<MountFiles>,
+    me: Weak<DataFile>,
+    fd: RwLock<Option<File>>,
+    /// In the mount's queue of open files.
+    queued: AtomicBool,
+    /// Writes done through this file; and as many as the last successful
+    /// sync covered.
+    writes: AtomicU64,
+    synced: AtomicU64,
+    /// The errno of a failed sync made to close the descriptor: every
+    /// later sync of the file reports it.
+    failure: AtomicI32,
+}
+
+/// A descriptor of a data file, held while it is used.
+pub(crate) type Fd<'a> = MappedRwLockReadGuard<'a, File>;
+
+impl DataFile {
+    /// A data file at `path`, opened now (made if `create`).
+    pub(crate) fn open(
+        path: PathBuf,
+        files: &Arc<MountFiles>,
+        create: bool,
+    ) -> std::io::Result<Arc<DataFile>> {
+        let file = super::file::open_data_file(&path, create)?;
+        let data = DataFile::closed(path, files);
+        *data.fd.write() = Some(file);
+        files.opened(&data);
+        Ok(data)
+    }
+
+    /// A data file at `path` that exists, not opened until used.
+    pub(crate) fn closed(path: PathBuf, files: &Arc<MountFiles>) -> Arc<DataFile> {
+        Arc::new_cyclic(|me| DataFile {
+            path,
+            files: files.clone(),
+            me: me.clone(),
+            fd: RwLock::new(None),
+            queued: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            failure: AtomicI32::new(0),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its descriptor, for reading (opened again if it was closed).
+    pub(crate) fn fd(&self) -> std::io::Result<Fd<'_>> {
+        loop {
+            if let Ok(fd) = RwLockReadGuard::try_map(self.fd.read(), Option::as_ref) {
+                return Ok(fd);
+            }
+            let mut slot = self.fd.write();
+            if slot.is_none() {
+                *slot = Some(super::file::open_data_file(&self.path, false)?);
+                if let Some(me) = self.me.upgrade() {
+                    self.files.opened(&me);
+                }
+            }
+            if let Ok(fd) =
+                RwLockReadGuard::try_map(RwLockWriteGuard::downgrade(slot), Option::as_ref)
+            {
+                return Ok(fd);
+            }
+        }
+    }
+
+    /// Runs `write` on its descriptor and counts it as a write that a
+    /// later sync must cover.
+    pub(crate) fn write<R>(
+        &self,
+        write: impl FnOnce(&File) -> std::io::Result<R>,
+    ) -> std::io::Result<R> {
+        let fd = self.fd()?;
+        let result = write(&fd);
+        self.writes.fetch_add(1, Ordering::AcqRel);
+        result
+    }
+
+    /// `fdatasync` (or `fsync` without `data_only`) of the data file.
+    pub(crate) fn sync(&self, data_only: bool) -> std::io::Result<()> {
+        match self.failure.load(Ordering::Acquire) {
+            0 => {}
+            errno => return Err(std::io::Error::from_raw_os_error(errno)),
+        }
+        let covered = self.writes.load(Ordering::Acquire);
+        let fd = self.fd()?;
+        if data_only {
+            fd.sync_data()?;
+        } else {
+            fd.sync_all()?;
+        }
+        self.synced.fetch_max(covered, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Closes the descriptor if it is open and not in use, without a sync
+    /// (the sandbox released the file, or a snapshot sealed it).
+    pub(crate) fn close_idle(&self) {
+        if let Some(mut fd) = self.fd.try_write() {
+            self.close_locked(&mut fd, false);
+        }
+    }
+
+    /// Closes the held descriptor; with `sync_first`, syncs writes not yet
+    /// synced before (keeping a failure for every later sync to report).
+    fn close_locked(&self, fd: &mut Option<File>, sync_first: bool) {
+        let Some(file) = fd.take() else {
+            return;
+        };
+        let writes = self.writes.load(Ordering::Acquire);
+        if sync_first && writes != self.synced.load(Ordering::Acquire) {
+            match file.sync_data() {
+                Ok(()) => {
+                    self.synced.fetch_max(writes, Ordering::AcqRel);
+                }
+                Err(e) => {
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    tracing::error!(
+                        "syncing data file {} to close it failed (errno {errno}): every later sync of it fails too",
+                        self.path.display()
+                    );
+                    let _ = self.failure.compare_exchange(
+                        0,
+                        errno,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
+            }
+        }
+        drop(file);
+        self.files.open_count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for DataFile {
+    fn drop(&mut self) {
+        if self.fd.get_mut().take().is_some() {
+            self.files.open_count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
