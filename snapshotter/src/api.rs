@@ -163,6 +163,9 @@ pub struct SnapshotFork {
     /// Directory (absolute) under which the mount points `ID-N` are made.
     pub under: PathBuf,
     pub quota_bytes: u64,
+    /// Inodes each mount may make (absent: the default, 1,048,576).
+    #[serde(default)]
+    pub inode_quota: Option<u64>,
     #[serde(default)]
     pub threads: Option<usize>,
 }
@@ -261,6 +264,9 @@ pub struct MountCreate {
     #[serde(default)]
     pub mountpoint: Option<PathBuf>,
     pub quota_bytes: u64,
+    /// Inodes the sandbox may make (absent: the default, 1,048,576).
+    #[serde(default)]
+    pub inode_quota: Option<u64>,
     #[serde(default)]
     pub threads: Option<usize>,
 }
@@ -278,11 +284,21 @@ pub struct MountInfo {
     pub upper: PathBuf,
     pub quota_bytes: u64,
     pub used_bytes: u64,
+    /// Inodes the sandbox may make, and has made (records written before
+    /// the inode quota existed read as the default).
+    #[serde(default = "default_inode_quota")]
+    pub inode_quota: u64,
+    #[serde(default)]
+    pub inodes_made: u64,
     /// Seconds since the Unix epoch.
     pub created: u64,
     /// The snapshot it was made from, if any.
     #[serde(default)]
     pub snapshot: Option<String>,
+}
+
+fn default_inode_quota() -> u64 {
+    layerfs::cowfs::DEFAULT_INODE_QUOTA
 }
 
 impl MountInfo {

@@ -279,6 +279,7 @@ impl Daemon {
         let config = MountConfig {
             upper_dir: info.upper.clone(),
             quota_bytes: info.quota_bytes,
+            inode_quota: info.inode_quota,
         };
         let (fs, report) = if info.upper.join("journal").exists() {
             CowFs::recover(self.store.clone(), tree, config)
@@ -440,6 +441,10 @@ impl Daemon {
             upper: dir.join("upper"),
             quota_bytes: args.quota_bytes,
             used_bytes: 0,
+            inode_quota: args
+                .inode_quota
+                .unwrap_or(layerfs::cowfs::DEFAULT_INODE_QUOTA),
+            inodes_made: 0,
             created: unix_now(),
             snapshot: args.snapshot.clone(),
         };
@@ -544,6 +549,7 @@ impl Daemon {
         let config = MountConfig {
             upper_dir: info.upper.clone(),
             quota_bytes: info.quota_bytes,
+            inode_quota: info.inode_quota,
         };
         let fs = match source {
             MountSource::Tree(tree) => {
@@ -692,6 +698,7 @@ impl Daemon {
         }
         Ok(MountInfo {
             used_bytes: live.fs.used_bytes(),
+            inodes_made: live.fs.inodes_made(),
             ..live.info.clone()
         })
     }
@@ -717,6 +724,7 @@ impl Daemon {
                         snapshot: Some(args.id.clone()),
                         mountpoint: Some(mountpoint.clone()),
                         quota_bytes: args.quota_bytes,
+                        inode_quota: args.inode_quota,
                         threads: args.threads,
                     })
                 });
@@ -746,6 +754,7 @@ impl Daemon {
             .values()
             .map(|m| MountInfo {
                 used_bytes: m.fs.used_bytes(),
+                inodes_made: m.fs.inodes_made(),
                 ..m.info.clone()
             })
             .collect()
@@ -809,6 +818,7 @@ impl Daemon {
         }
         let info = MountInfo {
             used_bytes: mount.fs.used_bytes(),
+            inodes_made: mount.fs.inodes_made(),
             ..mount.info.clone()
         };
         drop(mount);
@@ -1075,8 +1085,9 @@ fn import_pool() -> &'static rayon::ThreadPool {
     })
 }
 
-/// Each changed file of a mount keeps its upper data file open (and a
-/// sealed one until its snapshot is stored): the daemon takes all the
+/// Each mount holds up to `layerfs::cowfs::OPEN_DATA_FILES` upper data
+/// files open (those its sandbox keeps open, beyond that reopened on
+/// use), besides its journal and FUSE channel: the daemon takes all the
 /// open-file allowance it may.
 fn raise_open_file_limit() {
     let mut limit = libc::rlimit {
@@ -1119,6 +1130,10 @@ pub struct DaemonArgs {
     /// memory, between 128 MiB and 2 GiB.
     #[arg(long, value_parser = crate::output::parse_size, value_name = "SIZE")]
     pub chunk_cache: Option<u64>,
+    /// Memory for the index's block cache (RocksDB's; it bounds what the
+    /// index keeps in memory besides its two 16 MiB memtables).
+    #[arg(long, value_parser = crate::output::parse_size, value_name = "SIZE", default_value = "64M")]
+    pub index_cache: u64,
     /// Longest a 9P connection whose client comes back quickly polls for
     /// its next request before sleeping, in microseconds (0: never poll).
     /// Polling trades some CPU for not paying a thread wake-up per
@@ -1166,6 +1181,7 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
         home,
         cas::OpenOptions {
             chunk_cache_bytes: args.chunk_cache.unwrap_or_else(default_chunk_cache),
+            index_cache_bytes: args.index_cache,
             ..cas::OpenOptions::default()
         },
     )?;

@@ -195,6 +195,11 @@ pub struct MountArgs {
     /// Size quota of the upper layer (e.g. 10G).
     #[arg(long, value_parser = parse_size, default_value = "10G")]
     quota: u64,
+    /// Most inodes the sandbox may make (files, directories, links…);
+    /// past it, ENOSPC.
+    #[arg(long, default_value_t = layerfs::cowfs::DEFAULT_INODE_QUOTA,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    inodes: u64,
     /// FUSE request threads.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: u16,
@@ -237,6 +242,7 @@ pub fn mount(args: MountArgs, home: &Path, out: &Output) -> anyhow::Result<ExitC
         snapshot: args.snapshot,
         mountpoint,
         quota_bytes: args.quota,
+        inode_quota: Some(args.inodes),
         threads: Some(usize::from(args.threads)),
     }))?;
     out.print(&info, || info.id.clone())?;

@@ -82,6 +82,10 @@ pub struct ForkArgs {
     /// Size quota of each mount's upper layer.
     #[arg(long, value_parser = parse_size, default_value = "10G")]
     quota: u64,
+    /// Most inodes each mount's sandbox may make; past it, ENOSPC.
+    #[arg(long, default_value_t = layerfs::cowfs::DEFAULT_INODE_QUOTA,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    inodes: u64,
     /// FUSE request threads per mount.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: u16,
@@ -291,6 +295,7 @@ pub fn fork(args: ForkArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCod
         count: args.count,
         under,
         quota_bytes: args.quota,
+        inode_quota: Some(args.inodes),
         threads: Some(usize::from(args.threads)),
     }))?;
     out.print(&mounts, || {

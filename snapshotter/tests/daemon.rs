@@ -20,6 +20,19 @@ fn init_with_source(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (home, src)
 }
 
+/// A store in `dir` with the image `tiny` (its `/etc/motd` says
+/// "welcome"), and its daemon.
+fn daemon_with_tiny(dir: &Path) -> (std::path::PathBuf, Daemon) {
+    let (home, src) = init_with_source(dir);
+    let daemon = Daemon::start(&home);
+    let out = snapctl(
+        &home,
+        &["image", "import", src.to_str().unwrap(), "--name", "tiny"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    (home, daemon)
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
@@ -229,13 +242,7 @@ fn one_daemon_serves_isolated_mounts_and_ends_them_cleanly() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (home, src) = init_with_source(dir.path());
-    let daemon = Daemon::start(&home);
-    let out = snapctl(
-        &home,
-        &["image", "import", src.to_str().unwrap(), "--name", "tiny"],
-    );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let (home, daemon) = daemon_with_tiny(dir.path());
 
     let a = dir.path().join("a");
     let b = dir.path().join("b");
@@ -512,13 +519,7 @@ fn an_import_runs_at_low_priority_while_mounts_are_served() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (home, src) = init_with_source(dir.path());
-    let daemon = Daemon::start(&home);
-    let out = snapctl(
-        &home,
-        &["image", "import", src.to_str().unwrap(), "--name", "tiny"],
-    );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let (home, daemon) = daemon_with_tiny(dir.path());
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let out = snapctl(&home, &["mount", "--image", "tiny", mnt.to_str().unwrap()]);
@@ -680,4 +681,109 @@ fn mutated_request_lines_each_get_an_answer_and_the_daemon_lives_on() {
     let info = request(&mut conn, &mut reader, r#"{"api":1,"op":"daemon.info"}"#);
     assert_eq!(info["ok"], true, "{info}");
     println!("{lines} mutated request lines: {answered} succeeded, {refused} refused");
+}
+
+fn daemon_descriptors(daemon: &Daemon) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", daemon.child.id()))
+        .unwrap()
+        .count()
+}
+
+fn mount_with(home: &Path, dir: &Path, extra: &[&str]) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut args = vec!["--json", "mount", "--image", "tiny"];
+    args.extend_from_slice(extra);
+    args.push(dir.to_str().unwrap());
+    let out = snapctl(home, &args);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    json(&out)["id"].as_str().unwrap().to_string()
+}
+
+/// One sandbox writing more small files than the daemon may hold
+/// descriptors (20,000 on this machine) must not stop the daemon for the
+/// others: a mount keeps a bounded number of data files open. And a
+/// sandbox cannot make inodes past its inode quota: ENOSPC, as from a
+/// filesystem out of inodes, with `statvfs` and `snapctl mounts` showing
+/// the count.
+#[test]
+fn a_sandbox_making_many_files_holds_neither_descriptors_nor_inodes_past_its_bounds() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (home, daemon) = daemon_with_tiny(dir.path());
+    let busy = dir.path().join("busy");
+    let other = dir.path().join("other");
+    let small = dir.path().join("small");
+    mount_with(&home, &busy, &[]);
+    mount_with(&home, &other, &[]);
+    let small_id = mount_with(&home, &small, &["--inodes", "100"]);
+    let idle = daemon_descriptors(&daemon);
+
+    const FILES: usize = 25_000;
+    for i in 0..FILES {
+        let sub = busy.join(format!("d{}", i / 1000));
+        if i % 1000 == 0 {
+            std::fs::create_dir(&sub).unwrap();
+        }
+        std::fs::write(sub.join(format!("f{i}")), format!("{i}\n"))
+            .unwrap_or_else(|e| panic!("file {i}: {e}"));
+    }
+    let held = daemon_descriptors(&daemon) - idle;
+    let bound = layerfs::cowfs::OPEN_DATA_FILES + 64;
+    assert!(
+        held <= bound,
+        "{held} descriptors held for {FILES} files written (bound {bound})"
+    );
+    // Every file reads back, and the other mount works on.
+    for i in (0..FILES).step_by(997) {
+        let path = busy.join(format!("d{}/f{i}", i / 1000));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{i}\n"));
+    }
+    std::fs::write(other.join("still"), b"served").unwrap();
+    assert_eq!(std::fs::read(other.join("still")).unwrap(), b"served");
+
+    // The inode quota: 100 made (a directory and files), then ENOSPC.
+    std::fs::create_dir(small.join("d")).unwrap();
+    let mut made = 1;
+    let refused = loop {
+        match std::fs::write(small.join(format!("d/f{made}")), b"x") {
+            Ok(()) => made += 1,
+            Err(e) => break e,
+        }
+        assert!(made <= 100, "the 101st inode was made");
+    };
+    assert_eq!(made, 100);
+    assert_eq!(refused.raw_os_error(), Some(libc::ENOSPC), "{refused}");
+    assert_eq!(
+        std::os::unix::fs::symlink("t", small.join("link"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOSPC)
+    );
+    let vfs = nix_statvfs(&small);
+    assert_eq!((vfs.0, vfs.1), (100, 0), "statvfs files, files free");
+    // Removing one gives it back.
+    std::fs::remove_file(small.join("d/f1")).unwrap();
+    std::fs::write(small.join("again"), b"y").unwrap();
+    let mounts = json(&snapctl(&home, &["--json", "mounts"]));
+    let entry = mounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == small_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["inode_quota"], 100);
+    assert_eq!(entry["inodes_made"], 100);
+    drop(daemon);
+}
+
+/// (files, files free) of the filesystem at `path`.
+fn nix_statvfs(path: &Path) -> (u64, u64) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statvfs with a valid C string and a zeroed out-struct.
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut vfs) }, 0);
+    (vfs.f_files, vfs.f_ffree)
 }
