@@ -381,6 +381,22 @@ pub fn read_line_bytes(reader: &mut impl BufRead) -> io::Result<Option<Vec<u8>>>
     Ok(Some(line))
 }
 
+/// Decodes one request line (without its newline), as the daemon does:
+/// JSON, naming this API's version, an operation this version knows with
+/// its arguments. The error says which of those failed, for the answer.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let value = serde_json::from_slice::<serde_json::Value>(line)
+        .map_err(|e| format!("the request is not JSON: {e}"))?;
+    match value.get("api").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(API_VERSION) => serde_json::from_value::<Request>(value)
+            .map_err(|e| format!("unknown operation or bad arguments: {e}")),
+        other => Err(format!(
+            "this daemon speaks API version {API_VERSION}; the request asked for {}",
+            other.map_or("none".to_string(), |v| v.to_string())
+        )),
+    }
+}
+
 /// Writes `value` as one JSON line.
 pub fn write_line(writer: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
     let mut bytes = serde_json::to_vec(value)?;

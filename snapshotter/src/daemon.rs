@@ -35,8 +35,8 @@ use layerfs::ImportOptions;
 use parking_lot::Mutex;
 
 use crate::api::{
-    self, DaemonInfo, ExportTarget, FrameWriter, MountCreate, MountInfo, Op, RemoteError, Request,
-    Response, SnapshotCreate, SnapshotFork, SnapshotInfo, SnapshotState, API_VERSION,
+    self, DaemonInfo, ExportTarget, FrameWriter, MountCreate, MountInfo, Op, RemoteError, Response,
+    SnapshotCreate, SnapshotFork, SnapshotInfo, SnapshotState, API_VERSION,
 };
 use crate::exit;
 use crate::output::Output;
@@ -1033,20 +1033,9 @@ impl Daemon {
                 }
                 Err(e) => return Err(e),
             };
-            let response = match serde_json::from_slice::<serde_json::Value>(&line) {
-                Err(e) => invalid(format!("the request is not JSON: {e}")),
-                Ok(value) => match value.get("api").and_then(|v| v.as_u64()) {
-                    Some(v) if v == u64::from(API_VERSION) => {
-                        match serde_json::from_value::<Request>(value) {
-                            Ok(request) => self.handle(request.op, &mut conn),
-                            Err(e) => invalid(format!("unknown operation or bad arguments: {e}")),
-                        }
-                    }
-                    other => invalid(format!(
-                        "this daemon speaks API version {API_VERSION}; the request asked for {}",
-                        other.map_or("none".to_string(), |v| v.to_string())
-                    )),
-                },
+            let response = match api::parse_request(&line) {
+                Ok(request) => self.handle(request.op, &mut conn),
+                Err(message) => invalid(message),
             };
             api::write_line(&mut conn, &response)?;
         }

@@ -5,29 +5,18 @@
 //! `store`, `blob` and `ref` open the store themselves and so work only
 //! while no daemon runs. Results are printed for people or, with `--json`,
 //! for programs. Exit codes tell failure kinds apart (see [`exit`]).
-
-mod api;
-mod blob_cmd;
-mod client;
-mod daemon;
-mod exit;
-mod fdpass;
-mod home;
-mod image_cmd;
-mod output;
-mod ref_cmd;
-mod serve9p;
-mod serve9p_cmd;
-mod snapshot_cmd;
-mod snapshots;
-mod store_cmd;
+//! The commands, the daemon and its API live in the `snapshotter`
+//! library; this is its thin front.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::output::Output;
+use snapshotter::output::Output;
+use snapshotter::{
+    blob_cmd, daemon, exit, home, image_cmd, ref_cmd, serve9p_cmd, snapshot_cmd, store_cmd,
+};
 
 /// Strata's node tool: manage the chunk store, blobs, refs and images, and
 /// mount images.

@@ -603,27 +603,10 @@ fn mutated_request_lines_each_get_an_answer_and_the_daemon_lives_on() {
     let _daemon = Daemon::start(&home);
     let mut conn = UnixStream::connect(home.join("snapd.sock")).unwrap();
     let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let seeds: Vec<Vec<u8>> = [
-        r#"{"api":1,"op":"daemon.info"}"#,
-        r#"{"api":1,"op":"image.list"}"#,
-        r#"{"api":1,"op":"image.show","args":{"name":"nope"}}"#,
-        r#"{"api":1,"op":"image.remove","args":{"name":"nope"}}"#,
-        r#"{"api":1,"op":"mount.list"}"#,
-        r#"{"api":1,"op":"mount.remove","args":{"mount":"m-nope"}}"#,
-        r#"{"api":1,"op":"snapshot.create","args":{"mount":"m-nope","dir":"x","labels":{"k":"v"},"expire_secs":18446744073709551615,"wait":true}}"#,
-        r#"{"api":1,"op":"snapshot.list","args":{"mount":"m-nope","labels":{"a":"b"}}}"#,
-        r#"{"api":1,"op":"snapshot.show","args":{"id":"s-nope"}}"#,
-        r#"{"api":1,"op":"snapshot.wait","args":{"id":"s-nope"}}"#,
-        r#"{"api":1,"op":"snapshot.diff","args":{"a":"s-1","b":"s-2"}}"#,
-        r#"{"api":1,"op":"snapshot.remove","args":{"id":"s-nope"}}"#,
-        r#"{"api":1,"op":"store.gc"}"#,
-        r#"{"api":1,"op":"mount.graft","args":{"mount":"m-nope","snapshot":"s-nope","path":"a/b"}}"#,
-        r#"{"api":1,"op":"serve9p.list"}"#,
-        r#"{"api":1,"op":"serve9p.stop","args":{"listen":"unix:/nonexistent/9p.sock"}}"#,
-    ]
-    .iter()
-    .map(|s| s.as_bytes().to_vec())
-    .collect();
+    let seeds: Vec<Vec<u8>> = snapshotter::fuzzing::SEED_LINES
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
     let lines = std::env::var("STRATA_MUTATIONS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
