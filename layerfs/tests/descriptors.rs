@@ -124,3 +124,39 @@ fn open_data_files_stay_bounded_through_writes_syncs_snapshots_and_recovery() {
     let held = open_descriptors() - before;
     assert!(held <= bound, "{held} descriptors held after reading back");
 }
+
+/// A file cut shorter must have its cut synced before the journal records
+/// it; when the file is removed before that sync and its descriptor was
+/// closed (the sandbox had released it), there is nothing left to sync:
+/// the journal syncs on, and the mount's later syncs succeed.
+#[test]
+fn a_file_cut_shorter_then_removed_before_the_next_sync_leaves_the_journal_working() {
+    let (tmp, store) = store();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let tree = common::import_dir(&store, "img", &src);
+    let fs = cow_mount(&store, tree, &tmp.path().join("upper"));
+    for name in [&b"gone"[..], b"kept"] {
+        let ino = fs.create(ROOT_INO, name, 0o644, ROOT).unwrap().ino;
+        fs.write(ino, 0, &vec![5u8; 200_000]).unwrap();
+        fs.release(ino);
+    }
+    let gone = fs.lookup(ROOT_INO, b"gone").unwrap().ino;
+    let cut = layerfs::cowfs::SetAttr {
+        size: Some(10),
+        ..Default::default()
+    };
+    // `ftruncate` on an open file, then close: the release closes the
+    // descriptor the cut used.
+    fs.open(gone, false).unwrap();
+    fs.setattr(gone, cut).unwrap();
+    fs.release(gone);
+    fs.unlink(ROOT_INO, b"gone").unwrap();
+    fs.fsyncdir(ROOT_INO)
+        .expect("the journal syncs after a cut file was removed");
+    let kept = fs.lookup(ROOT_INO, b"kept").unwrap().ino;
+    fs.open(kept, false).unwrap();
+    fs.write(kept, 0, b"after").unwrap();
+    fs.fsync(kept).expect("later syncs succeed");
+    fs.release(kept);
+}
