@@ -193,7 +193,15 @@ impl DataFile {
             errno => return Err(std::io::Error::from_raw_os_error(errno)),
         }
         let covered = self.writes.load(Ordering::Acquire);
-        let fd = self.fd()?;
+        let fd = match self.fd() {
+            Ok(fd) => fd,
+            // Removed since (its file is gone, and recovery never reads
+            // it): nothing of it is left to make durable. The journal
+            // keeps a file cut shorter to sync; when the file was removed
+            // before that sync with its descriptor closed, this is it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
         if data_only {
             fd.sync_data()?;
         } else {
