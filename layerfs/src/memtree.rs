@@ -474,6 +474,16 @@ impl StoreCtx<'_> {
     }
 }
 
+/// `path/name` (`name` alone under the root's empty path).
+pub(crate) fn join(path: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = path.to_vec();
+    if !out.is_empty() {
+        out.push(b'/');
+    }
+    out.extend_from_slice(name);
+    out
+}
+
 /// Stores a directory with these entries (sorted by name), in pages when
 /// large; returns its id.
 pub(crate) fn store_entries(

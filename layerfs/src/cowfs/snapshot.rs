@@ -28,7 +28,7 @@ use super::journal::{JAttrs, Record};
 use super::{
     CowFs, DirState, Errno, FsResult, Ino, MountConfig, Node, NodeKind, Origin, State, ROOT_INO,
 };
-use crate::memtree::{show, store_entries, TreeReader};
+use crate::memtree::{join, show, store_entries, TreeReader};
 use crate::tree::{encode_dir, Attrs, DirNode, Entry, Inode, InodeKind};
 use crate::{Error, Result};
 
@@ -119,15 +119,6 @@ impl Stored {
         self.dirs.clear();
         self
     }
-}
-
-fn join(path: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut out = path.to_vec();
-    if !out.is_empty() {
-        out.push(b'/');
-    }
-    out.extend_from_slice(name);
-    out
 }
 
 #[derive(Clone)]

@@ -1,0 +1,217 @@
+//! File I/O: opening and releasing files, reading and writing their data,
+//! syncing, preallocation, seeking, locks and the filesystem's figures.
+
+use super::*;
+
+impl CowFs {
+    /// Opens `ino`; `truncate` empties a file first (O_TRUNC).
+    pub fn open(&self, ino: Ino, truncate: bool) -> FsResult<()> {
+        let mut st = self.state.lock();
+        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        node.opens += 1;
+        if truncate {
+            if let NodeKind::File(data) = &node.kind {
+                match data.truncate(0) {
+                    Ok(Some(shrunk)) => self.sync_before_journal(shrunk),
+                    Ok(None) => {}
+                    Err(e) => {
+                        node.opens -= 1;
+                        return Err(e);
+                    }
+                }
+                let t = now();
+                node.attrs.mtime = t;
+                node.attrs.ctime = t;
+                data.set_upper_mtime(t);
+                self.mark_changed(&mut st, ino);
+                self.log_data(&st, ino);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes a handle opened by [`CowFs::open`] or [`CowFs::create`].
+    pub fn release(&self, ino: Ino) {
+        let mut st = self.state.lock();
+        if let Some(Node {
+            kind: NodeKind::File(data),
+            nlink: 1..,
+            ..
+        }) = st.nodes.get(&ino)
+        {
+            if data.is_dirty() {
+                self.log_data(&st, ino);
+            }
+        }
+        let mut gone = None;
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            node.opens = node.opens.saturating_sub(1);
+            if node.opens == 0 && node.nlink == 0 {
+                gone = st.remove_node(ino);
+            } else if let (0, NodeKind::File(data)) = (node.opens, &node.kind) {
+                // Closed by the sandbox: the mount keeps no descriptor for
+                // it (see `datafile`).
+                data.close_idle();
+            }
+        }
+        if let Some(node) = gone {
+            self.locks.lock().forget(ino);
+            if let NodeKind::File(data) = node.kind {
+                data.discard();
+            }
+        }
+    }
+
+    /// The lock that would block `probe` on `ino`, if any (`F_GETLK`,
+    /// `Tgetlock`).
+    pub fn getlk(&self, ino: Ino, probe: &PosixLock) -> FsResult<Option<PosixLock>> {
+        self.node(&self.state.lock(), ino)?;
+        Ok(self.locks.lock().test(ino, probe))
+    }
+
+    /// Sets or releases a POSIX byte-range lock on `ino` without waiting
+    /// (`F_SETLK`, `Tlock`); `EAGAIN` when another owner holds a
+    /// conflicting one. See [`locks`].
+    pub fn setlk(&self, ino: Ino, lock: PosixLock) -> FsResult<()> {
+        self.node(&self.state.lock(), ino)?;
+        self.locks.lock().set(ino, lock)
+    }
+
+    /// Sets, converts or releases a whole-file `flock` lock of `owner`
+    /// without waiting.
+    pub fn flock(&self, ino: Ino, owner: u64, typ: LockType) -> FsResult<()> {
+        self.node(&self.state.lock(), ino)?;
+        self.locks.lock().flock(ino, owner, typ)
+    }
+
+    /// Drops every lock `owner` holds on `ino` (on close).
+    pub fn release_locks(&self, ino: Ino, owner: u64) {
+        self.locks.lock().release_owner(ino, owner);
+    }
+
+    pub(super) fn file(&self, ino: Ino) -> FsResult<Arc<FileData>> {
+        let st = self.state.lock();
+        match &self.node(&st, ino)?.kind {
+            NodeKind::File(data) => Ok(data.clone()),
+            NodeKind::Dir(_) => Err(Errno::EISDIR),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let data = self.file(ino)?;
+        data.read(&self.store, offset, size as usize)
+            .map_err(|e| self.eio(e))
+    }
+
+    /// Writes `bytes` at `offset`; all or nothing (ENOSPC past the quota).
+    pub fn write(&self, ino: Ino, offset: u64, bytes: &[u8]) -> FsResult<usize> {
+        let data = self.file(ino)?;
+        if bytes.is_empty() {
+            return Ok(0); // as Linux: no effect, times unchanged
+        }
+        data.write(&self.store, offset, bytes, self.quota)?;
+        let mut st = self.state.lock();
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            let t = now();
+            node.attrs.mtime = t;
+            node.attrs.ctime = t;
+        }
+        self.mark_changed(&mut st, ino);
+        Ok(bytes.len())
+    }
+
+    /// Makes `ino`'s data durable in the upper layer.
+    /// Its attributes and name, and everything journaled before, are
+    /// durable too (as ext4's ordered mode gives).
+    pub fn fsync(&self, ino: Ino) -> FsResult<()> {
+        self.sync_file(ino, false)
+    }
+
+    /// `fdatasync`: `ino`'s bytes and what is needed to read them back
+    /// (size, block layout) are durable; a changed mtime alone is not
+    /// journaled, so overwriting in place costs one sync of the data.
+    pub fn fdatasync(&self, ino: Ino) -> FsResult<()> {
+        self.sync_file(ino, true)
+    }
+
+    pub(super) fn sync_file(&self, ino: Ino, data_only: bool) -> FsResult<()> {
+        if let Ok(data) = self.file(ino) {
+            // Size or blocks changed: the journal must say so, once the
+            // bytes are durable. An overwrite in place needs no record:
+            // its mtime rides as the data file's own, made durable with
+            // the bytes by one fsync of the data file.
+            let layout_changed = data.layout_dirty();
+            let mtime = (!data_only && !layout_changed)
+                .then(|| self.node(&self.state.lock(), ino).map(|n| n.attrs.mtime))
+                .transpose()?;
+            data.sync(data_only, mtime)?;
+            if layout_changed {
+                let st = self.state.lock();
+                self.log_data(&st, ino);
+            }
+        }
+        self.sync_journal()
+    }
+
+    /// Makes directory `ino`'s entries durable (and everything journaled
+    /// before).
+    pub fn fsyncdir(&self, ino: Ino) -> FsResult<()> {
+        self.node(&self.state.lock(), ino)?;
+        self.sync_journal()
+    }
+
+    /// `fallocate`: mode 0 allocates (charging the quota for every block
+    /// of the range, all or nothing, and extending the size), so writes
+    /// there never lack space; PUNCH_HOLE (with KEEP_SIZE) frees a range,
+    /// which then reads as zeros. KEEP_SIZE alone reserves nothing: a
+    /// write there is charged when made.
+    pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let data = self.file(ino)?;
+        offset.checked_add(len).ok_or(Errno::EFBIG)?;
+        if mode == 0 {
+            data.allocate(&self.store, offset, len, self.quota)?;
+        } else if mode == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE {
+            data.punch(&self.store, offset, len, self.quota)?;
+        } else if mode == libc::FALLOC_FL_KEEP_SIZE {
+            return Ok(());
+        } else {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        // As ext4: a successful allocation or punch changes mtime and ctime.
+        let mut st = self.state.lock();
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            let t = now();
+            node.attrs.mtime = t;
+            node.attrs.ctime = t;
+            data.set_upper_mtime(t);
+        }
+        self.mark_changed(&mut st, ino);
+        self.log_data(&st, ino);
+        Ok(())
+    }
+
+    /// `lseek` with SEEK_DATA / SEEK_HOLE.
+    pub fn lseek(&self, ino: Ino, offset: u64, whence: i32) -> FsResult<u64> {
+        let data = self.file(ino)?;
+        data.seek_data_hole(&self.store, offset, whence == libc::SEEK_HOLE)
+            .map_err(|e| if e == Errno::ENXIO { e } else { self.eio(e.0) })
+    }
+
+    /// Filesystem figures; the quota is the size.
+    pub fn statfs(&self) -> StatFs {
+        let block = 4096u64;
+        let used = self.used_bytes().div_ceil(block);
+        let blocks = self.quota / block;
+        let st = self.state.lock();
+        StatFs {
+            block_size: block as u32,
+            blocks,
+            blocks_free: blocks.saturating_sub(used),
+            files: self.inode_quota,
+            files_free: self.inode_quota.saturating_sub(st.made.len() as u64),
+            name_max: 255,
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Extended attributes of every kind of inode.
+
+use super::*;
+
+impl CowFs {
+    /// Extended attribute `name` of `ino`.
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        let mut st = self.state.lock();
+        self.ready(&mut st, ino)?;
+        self.node(&st, ino)?
+            .attrs
+            .xattrs
+            .get(name)
+            .cloned()
+            .ok_or(Errno::ENODATA)
+    }
+
+    /// Names of `ino`'s extended attributes.
+    pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+        let mut st = self.state.lock();
+        self.ready(&mut st, ino)?;
+        Ok(self.node(&st, ino)?.attrs.xattrs.keys().cloned().collect())
+    }
+
+    /// Sets an extended attribute.
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> FsResult<()> {
+        if name.is_empty() || name.len() > 255 || name.contains(&0) {
+            return Err(Errno::ERANGE);
+        }
+        if value.len() > crate::tree::MAX_XATTR_VALUE {
+            return Err(Errno::Errno2BIG);
+        }
+        let mut st = self.state.lock();
+        self.ready(&mut st, ino)?;
+        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        let exists = node.attrs.xattrs.contains_key(name);
+        match (mode, exists) {
+            (XattrMode::Create, true) => return Err(Errno::EEXIST),
+            (XattrMode::Replace, false) => return Err(Errno::ENODATA),
+            _ => {}
+        }
+        let mut next = node.attrs.xattrs.clone();
+        next.insert(name.to_vec(), value.to_vec());
+        if crate::tree::validate_xattrs(&next).is_err() {
+            return Err(Errno::ENOSPC);
+        }
+        node.attrs.xattrs = next;
+        node.attrs.ctime = now();
+        self.mark_changed(&mut st, ino);
+        if let Some(path) = self.journaling().then(|| self.path_of(&st, ino)).flatten() {
+            self.log(Record::Xattr {
+                path,
+                name: name.to_vec(),
+                value: Some(value.to_vec()),
+            });
+            self.log_attrs(&st, ino);
+        }
+        Ok(())
+    }
+
+    /// Removes an extended attribute.
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        let mut st = self.state.lock();
+        self.ready(&mut st, ino)?;
+        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        node.attrs.xattrs.remove(name).ok_or(Errno::ENODATA)?;
+        node.attrs.ctime = now();
+        self.mark_changed(&mut st, ino);
+        if let Some(path) = self.journaling().then(|| self.path_of(&st, ino)).flatten() {
+            self.log(Record::Xattr {
+                path,
+                name: name.to_vec(),
+                value: None,
+            });
+            self.log_attrs(&st, ino);
+        }
+        Ok(())
+    }
+}
