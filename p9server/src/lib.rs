@@ -13,11 +13,15 @@
 //!   `Tflush`, per-session limits.
 //! - [`poll`]: adaptive busy-polling of a connection between a reply and
 //!   the client's next request.
+//! - [`priority`]: a pipelining client's work at a lower CPU priority than
+//!   an interactive client's.
 
 #[cfg(feature = "server")]
 pub mod client;
 #[cfg(feature = "server")]
 pub mod poll;
+#[cfg(feature = "server")]
+pub mod priority;
 pub mod proto;
 #[cfg(feature = "server")]
 pub mod reply;

@@ -29,6 +29,7 @@ use tokio::io::Interest;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::poll::{poll_until, PollLimits, PollWindow, Pollers};
+use crate::priority::Lowered;
 use crate::proto::{self, Reply, Request};
 use crate::reply::{Encoded, ReplyWriter};
 use crate::session::{Resolver, Session};
@@ -55,6 +56,12 @@ pub struct Limits {
     pub max_reply_backlog: usize,
     /// How much connections busy-poll for their next request.
     pub poll: PollLimits,
+    /// How many nice steps lower a session's requests are worked on while
+    /// it has others queued behind them (a pipelining client), so that an
+    /// interactive client's go first when the cores are all busy; 0 works
+    /// on every request at the server's own priority (see
+    /// [`crate::priority`]).
+    pub queued_nice: i32,
 }
 
 impl Default for Limits {
@@ -68,6 +75,7 @@ impl Default for Limits {
             max_xattr_bytes: 4 << 20,
             max_reply_backlog: 4 << 20,
             poll: PollLimits::default(),
+            queued_nice: 10,
         }
     }
 }
@@ -595,6 +603,15 @@ where
                 }
             };
             tracing::trace!(session = id, tag, request = req.name(), "9p request");
+            // Requests already waiting behind this one (or still being
+            // worked on): this client pipelines, and its work yields the
+            // CPU to interactive clients' (`priority`).
+            let nice = match !framer.buf.is_empty()
+                || outstanding.available_permits() < shared.limits.max_outstanding
+            {
+                true => shared.limits.queued_nice,
+                false => 0,
+            };
             match req {
                 Request::Version { msize, version } => {
                     // Let everything in flight finish, then start over.
@@ -611,6 +628,7 @@ where
                     let pending = inflight.lock().get(&oldtag).cloned();
                     let Some(old) = pending else {
                         // Nothing to wait for: answered at once.
+                        let _lowered = Lowered::enter(nice);
                         writer.send(encode(tag, &Reply::Flush {}))?;
                         continue;
                     };
@@ -663,6 +681,7 @@ where
                     // itself (see `reply`).
                     tokio::task::spawn_blocking(move || {
                         if !entry.cancelled.load(Ordering::SeqCst) {
+                            let _lowered = Lowered::enter(nice);
                             let reply = session.handle(req);
                             let _ = writer.send(encode(tag, &reply));
                         }
@@ -673,6 +692,9 @@ where
                     });
                 }
                 req => {
+                    // Nothing awaited while lowered: the thread is back to
+                    // its own priority before it runs another task.
+                    let _lowered = Lowered::enter(nice);
                     let reply = session.handle(req);
                     writer.send(encode(tag, &reply))?;
                 }

@@ -55,6 +55,8 @@ pub struct Service {
     listeners: Mutex<Vec<Entry>>,
     find: FindMount,
     poll: PollLimits,
+    /// Nice steps lower for a pipelining session's work (`Limits::queued_nice`).
+    queued_nice: i32,
     /// Connections polling, counted across every listener (they share
     /// the runtime's threads).
     pollers: Arc<Pollers>,
@@ -62,13 +64,15 @@ pub struct Service {
 
 impl Service {
     /// A service resolving mounts with `find`, its connections polling
-    /// for their next requests as `poll` allows.
-    pub fn new(find: FindMount, poll: PollLimits) -> Service {
+    /// for their next requests as `poll` allows, the work of sessions that
+    /// pipeline `queued_nice` steps lower in priority.
+    pub fn new(find: FindMount, poll: PollLimits, queued_nice: i32) -> Service {
         Service {
             runtime: OnceLock::new(),
             listeners: Mutex::new(Vec::new()),
             find,
             poll,
+            queued_nice,
             pollers: Arc::default(),
         }
     }
@@ -157,6 +161,7 @@ impl Service {
         });
         let limits = Limits {
             poll: self.poll,
+            queued_nice: self.queued_nice,
             ..Limits::default()
         };
         let server = Server::sharing_pollers(resolver, limits, self.pollers.clone());

@@ -1,0 +1,379 @@
+//! The node daemon (`snapctl daemon`): owns the store and every mount of
+//! one data directory and answers the local API (see [`crate::api`] and
+//! `API.md`) on `HOME/snapd.sock`.
+//!
+//! Threads: one accepts connections, one per connection answers requests,
+//! FUSE sessions have their own, one reaps mounts that were unmounted from
+//! outside, and one waits for SIGTERM/SIGINT to shut down (unmounting
+//! everything).
+//!
+//! Each mount has a directory `HOME/mounts/ID` holding `mount.json` (its
+//! record, written before the mount exists) and `upper/` (its writable
+//! layer), and a ref `mount/ID` on its lower tree so that nothing it reads
+//! can be collected while it lives. A mount ends with `mount.remove`, with
+//! an unmount from outside, or with the daemon; its upper layer is then
+//! discarded. A daemon that starts after one that died (SIGKILL, crash)
+//! recovers every mount the dead one served from its upper layer's journal
+//! and mounts it again where it was; half-made mounts are discarded.
+//!
+//! The parts: [`mounts`] (the mount table and each mount's life),
+//! [`snapshot_ops`] (snapshots, grafts and forks of live mounts), [`rpc`]
+//! (the API connection loop and its errors), [`process`] (the process's
+//! limits and pools); this module holds the shared state and `run`.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use cas::{ChunkId, RefExpectation, Store};
+use layerfs::cowfs::{CowFs, MountConfig};
+use layerfs::fuse::{mount, BackgroundSession, FuseOptions};
+use layerfs::ImportOptions;
+use parking_lot::Mutex;
+
+use crate::api::{
+    self, DaemonInfo, ExportTarget, FrameWriter, MountCreate, MountInfo, Op, RemoteError, Response,
+    SnapshotCreate, SnapshotFork, SnapshotInfo, SnapshotState, API_VERSION,
+};
+use crate::exit;
+use crate::output::Output;
+use crate::serve9p;
+use crate::snapshots::{now_secs, tree_bytes, Catalog, MOUNT_ROOTS_REF_PREFIX};
+use crate::store_cmd::open_with;
+
+mod mounts;
+mod process;
+mod rpc;
+mod snapshot_ops;
+
+use mounts::umount;
+use process::{check_threads, import_pool, keep_large_buffers_lazy, raise_open_file_limit};
+use rpc::turn_away;
+
+/// The furthest a snapshot's expiry may lie ahead (100 years): anything
+/// larger is a mistake, and past `u64` seconds it would wrap around.
+const MAX_EXPIRE_SECS: u64 = 36_525 * 86_400;
+
+/// Ref name prefix of live mounts' lower trees.
+const MOUNT_REF_PREFIX: &str = "mount/";
+
+/// A mount the daemon serves.
+struct LiveMount {
+    info: MountInfo,
+    fs: Arc<CowFs>,
+    session: Option<BackgroundSession>,
+    /// Its newest filesystem snapshot (the next one's parent).
+    last_snapshot: Option<String>,
+}
+
+/// The daemon's shared state.
+struct Daemon {
+    home: PathBuf,
+    store: Store,
+    mounts: Mutex<BTreeMap<String, LiveMount>>,
+    next_serial: AtomicU64,
+    catalog: Arc<Catalog>,
+    /// Serializes snapshot calls (so layers are sealed in order).
+    snapshot_lock: Mutex<()>,
+    /// The daemon itself, for threads that outlive a request.
+    me: std::sync::OnceLock<std::sync::Weak<Daemon>>,
+    /// 9P listeners (set right after start: they find mounts through `me`).
+    p9: std::sync::OnceLock<serve9p::Service>,
+}
+
+/// What a new mount shows.
+enum MountSource {
+    /// A stored tree (an image, a durable snapshot).
+    Tree(ChunkId),
+    /// A snapshot still being stored, mounted from its capture.
+    Capture(String, Arc<layerfs::cowfs::Capture>),
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Daemon {
+    fn mount_dir(&self, id: &str) -> PathBuf {
+        self.home.join("mounts").join(id)
+    }
+
+    fn new_id(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&std::process::id().to_le_bytes());
+        hasher.update(
+            &self
+                .next_serial
+                .fetch_add(1, Ordering::Relaxed)
+                .to_le_bytes(),
+        );
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        hasher.update(&nanos.to_le_bytes());
+        hasher.finalize().to_hex()[..12].to_string()
+    }
+
+    /// Removes what a mount left behind: its refs and its directory. Its
+    /// snapshots still being stored read its lower trees: they finish first.
+    fn discard(&self, id: &str) {
+        self.catalog.wait_for_mount(id);
+        let name = format!("{MOUNT_REF_PREFIX}{id}");
+        if matches!(self.store.get_ref(&name), Ok(Some(_))) {
+            if let Err(e) = self.store.delete_ref(&name, RefExpectation::Any) {
+                tracing::warn!(mount = id, "removing the mount's ref: {e}");
+            }
+        }
+        self.catalog.forget_mount(id);
+        let dir = self.mount_dir(id);
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(mount = id, "removing {}: {e}", dir.display());
+            }
+        }
+    }
+
+    fn info(&self) -> DaemonInfo {
+        DaemonInfo {
+            api: vec![API_VERSION],
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            home: self.home.clone(),
+            mounts: self.mounts.lock().len(),
+        }
+    }
+
+    fn p9(&self) -> &serve9p::Service {
+        self.p9.get().expect("set at start")
+    }
+
+    /// Unmounts everything (lazily: shutting down must not hang on a busy
+    /// mount) and discards the upper layers: a stopped daemon ends its
+    /// sandboxes' mounts. (A daemon that dies instead keeps them: the next
+    /// one restores them.)
+    fn shutdown(&self) {
+        self.p9().stop_all();
+        let mounts = std::mem::take(&mut *self.mounts.lock());
+        for (id, mut mount) in mounts {
+            if let Some(mountpoint) = &mount.info.mountpoint {
+                let _ = umount(mountpoint, libc::MNT_DETACH);
+            }
+            drop(mount.session.take());
+            self.discard(&id);
+        }
+    }
+}
+
+/// `snapctl daemon` options.
+#[derive(clap::Args, Debug)]
+pub struct DaemonArgs {
+    /// Memory for decompressed, verified chunks kept for repeated reads
+    /// (what serves a 9P client's re-reads of image files, which have no
+    /// kernel page cache on this side). Default: 1/16 of the machine's
+    /// memory, between 128 MiB and 2 GiB.
+    #[arg(long, value_parser = crate::output::parse_size, value_name = "SIZE")]
+    pub chunk_cache: Option<u64>,
+    /// Memory for the index's block cache (RocksDB's; it bounds what the
+    /// index keeps in memory besides its two 16 MiB memtables).
+    #[arg(long, value_parser = crate::output::parse_size, value_name = "SIZE", default_value = "64M")]
+    pub index_cache: u64,
+    /// Longest a 9P connection whose client comes back quickly polls for
+    /// its next request before sleeping, in microseconds (0: never poll).
+    /// Polling trades some CPU for not paying a thread wake-up per
+    /// request; at most one connection per four CPUs polls at once.
+    /// At most 10,000 (10 ms).
+    #[arg(
+        long = "9p-poll-us",
+        value_name = "MICROS",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u64).range(0..=10_000)
+    )]
+    pub p9_poll_us: u64,
+    /// How many nice steps lower the daemon works on a 9P session's
+    /// requests while that client has others queued (it pipelines), so
+    /// that interactive clients are served first when every CPU is busy
+    /// (0..=19; 0: everyone at the daemon's priority).
+    #[arg(
+        long = "9p-queued-nice",
+        value_name = "STEPS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(i32).range(0..=19)
+    )]
+    pub p9_queued_nice: i32,
+}
+
+/// The default chunk cache: 1/16 of physical memory, within 128 MiB..2 GiB.
+fn default_chunk_cache() -> u64 {
+    // SAFETY: sysconf only reads system constants.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let memory = if pages > 0 && page > 0 {
+        pages as u64 * page as u64
+    } else {
+        0
+    };
+    (memory / 16).clamp(128 << 20, 2 << 30)
+}
+
+/// `snapctl daemon`: runs the node daemon of `home` in the foreground.
+pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
+    raise_open_file_limit();
+    keep_large_buffers_lazy();
+    let socket = api::socket_path(home);
+    if UnixStream::connect(&socket).is_ok() {
+        bail!(
+            "a node daemon already serves {} (socket {})",
+            home.display(),
+            socket.display()
+        );
+    }
+    let store = open_with(
+        home,
+        cas::OpenOptions {
+            chunk_cache_bytes: args.chunk_cache.unwrap_or_else(default_chunk_cache),
+            index_cache_bytes: args.index_cache,
+            ..cas::OpenOptions::default()
+        },
+    )?;
+    match fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale {}", socket.display())),
+    }
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", socket.display()))?;
+    let catalog = Catalog::open(home, store.clone()).context("opening the snapshot catalog")?;
+    let daemon = Arc::new(Daemon {
+        home: home.to_path_buf(),
+        store,
+        mounts: Mutex::new(BTreeMap::new()),
+        next_serial: AtomicU64::new(0),
+        catalog,
+        snapshot_lock: Mutex::new(()),
+        me: std::sync::OnceLock::new(),
+        p9: std::sync::OnceLock::new(),
+    });
+    let _ = daemon.me.set(Arc::downgrade(&daemon));
+    {
+        let me = Arc::downgrade(&daemon);
+        let find: serve9p::FindMount = Arc::new(move |key| me.upgrade()?.find_fs(key));
+        let poll = p9server::PollLimits {
+            max_wait: std::time::Duration::from_micros(args.p9_poll_us),
+            max_pollers: std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).max(1)),
+        };
+        let _ = daemon
+            .p9
+            .set(serve9p::Service::new(find, poll, args.p9_queued_nice));
+    }
+    crate::home::make_durable_dir(&home.join("mounts"))?;
+    daemon
+        .recover()
+        .context("cleaning up after the previous daemon")?;
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+    {
+        let daemon = daemon.clone();
+        let socket = socket.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    tracing::info!(signal, "shutting down");
+                    let _ = fs::remove_file(&socket);
+                    daemon.shutdown();
+                    std::process::exit(0);
+                }
+            })?;
+    }
+    {
+        let daemon = daemon.clone();
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || {
+                for round in 0u64.. {
+                    std::thread::sleep(Duration::from_millis(500));
+                    daemon.reap();
+                    if round % 4 == 0 {
+                        daemon.catalog.expire();
+                    }
+                }
+            })?;
+    }
+    out.note(&format!(
+        "node daemon for {} listening on {} (API version {API_VERSION})",
+        home.display(),
+        socket.display()
+    ));
+    let open = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        let mut conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!("accepting a connection: {e}");
+                continue;
+            }
+        };
+        // A connection the daemon cannot serve is turned away with one
+        // error line; the daemon and its mounts go on.
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_API_CONNECTIONS {
+            open.fetch_sub(1, Ordering::SeqCst);
+            turn_away(
+                &mut conn,
+                &format!(
+                    "the daemon already serves {MAX_API_CONNECTIONS} API connections; try again"
+                ),
+            );
+            continue;
+        }
+        let (daemon, count) = (daemon.clone(), open.clone());
+        let refusal = conn.try_clone();
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || {
+                if let Err(e) = daemon.serve(conn) {
+                    tracing::debug!("connection ended: {e}");
+                }
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            open.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("no thread for an API connection: {e}");
+            if let Ok(mut conn) = refusal {
+                turn_away(
+                    &mut conn,
+                    &format!("the daemon cannot serve this connection now: {e}"),
+                );
+            }
+        }
+    }
+    Ok(exit::code(exit::OK))
+}
+
+/// Most API connections served at once (each has a thread); more are
+/// answered with an error and closed.
+pub const MAX_API_CONNECTIONS: usize = 128;
+
+/// Most FUSE request threads a mount may have.
+pub const MAX_MOUNT_THREADS: usize = 64;

@@ -1,0 +1,261 @@
+//! The API connection loop: reading requests, answering each, and the
+//! shape of errors on the wire.
+
+use super::*;
+
+fn remote_error(error: &anyhow::Error) -> RemoteError {
+    let code = exit::code_for(error);
+    RemoteError {
+        kind: exit::kind_name(code).into(),
+        code,
+        message: format!("{error:#}"),
+    }
+}
+
+fn answer(result: anyhow::Result<serde_json::Value>) -> Response {
+    match result {
+        Ok(value) => Response {
+            api: API_VERSION,
+            ok: true,
+            result: Some(value),
+            error: None,
+        },
+        Err(error) => Response {
+            api: API_VERSION,
+            ok: false,
+            result: None,
+            error: Some(remote_error(&error)),
+        },
+    }
+}
+
+/// An invalid request: exit code class "invalid input".
+fn invalid(message: String) -> Response {
+    Response {
+        api: API_VERSION,
+        ok: false,
+        result: None,
+        error: Some(RemoteError {
+            kind: exit::kind_name(exit::INVALID_INPUT).into(),
+            code: exit::INVALID_INPUT,
+            message,
+        }),
+    }
+}
+
+/// Answers a connection the daemon will not serve with one error line.
+pub(super) fn turn_away(conn: &mut UnixStream, message: &str) {
+    let response = Response {
+        api: API_VERSION,
+        ok: false,
+        result: None,
+        error: Some(RemoteError {
+            kind: exit::kind_name(exit::FAILURE).into(),
+            code: exit::FAILURE,
+            message: message.to_string(),
+        }),
+    };
+    let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = api::write_line(conn, &response);
+}
+
+impl Daemon {
+    /// Answers one request. `conn` is only written to by a streamed export.
+    pub(super) fn handle(&self, op: Op, conn: &mut UnixStream) -> Response {
+        let json = |v: anyhow::Result<serde_json::Value>| answer(v);
+        match op {
+            Op::Info => json(Ok(serde_json::to_value(self.info()).unwrap_or_default())),
+            Op::ImageImport(args) => json((|| {
+                if !args.source.is_absolute() {
+                    bail!("the import source must be an absolute path");
+                }
+                let options = ImportOptions {
+                    limits: args.limits.unwrap_or_default(),
+                    tag: args.tag,
+                    kind: args.kind,
+                };
+                let report = import_pool()
+                    .install(|| {
+                        layerfs::import_image(&self.store, &args.name, &args.source, &options)
+                    })
+                    .with_context(|| {
+                        format!(
+                            "importing {} as image '{}'",
+                            args.source.display(),
+                            args.name
+                        )
+                    })?;
+                Ok(serde_json::to_value(report)?)
+            })()),
+            Op::ImageList => json((|| {
+                Ok(serde_json::to_value(layerfs::list_images(&self.store)?)?)
+            })()),
+            Op::ImageShow { name } => json((|| {
+                Ok(serde_json::to_value(layerfs::get_image(
+                    &self.store,
+                    &name,
+                )?)?)
+            })()),
+            Op::ImageRemove { name } => json((|| {
+                layerfs::remove_image(&self.store, &name)?;
+                Ok(serde_json::json!({ "removed": name }))
+            })()),
+            Op::ImageExport {
+                name,
+                to: ExportTarget::File(path),
+            } => json((|| {
+                if !path.is_absolute() {
+                    bail!("the export target must be an absolute path");
+                }
+                let tree = layerfs::image_tree(&self.store, &name)?;
+                let file =
+                    File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                let mut writer = BufWriter::new(file);
+                let stats = layerfs::export_tar(&self.store, tree, &mut writer)?;
+                writer
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .and_then(|f| f.sync_all())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Ok(serde_json::to_value(stats)?)
+            })()),
+            Op::ImageExport {
+                name,
+                to: ExportTarget::Stream,
+            } => {
+                let tree = match layerfs::image_tree(&self.store, &name) {
+                    Ok(tree) => tree,
+                    Err(e) => return answer(Err(e.into())),
+                };
+                let header = answer(Ok(serde_json::json!({ "stream": true })));
+                if api::write_line(conn, &header).is_err() {
+                    return answer(Err(anyhow!("the client went away")));
+                }
+                let frames = FrameWriter::new(&mut *conn);
+                let mut writer = BufWriter::with_capacity(api::FRAME_MAX, frames);
+                let result = layerfs::export_tar(&self.store, tree, &mut writer)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|stats| {
+                        writer.flush()?;
+                        Ok(stats)
+                    });
+                let end = writer
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .and_then(|frames| frames.finish().map(|_| ()));
+                json(result.and_then(|stats| {
+                    end?;
+                    Ok(serde_json::to_value(stats)?)
+                }))
+            }
+            Op::MountCreate(args) => json(
+                self.mount_create(args)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::MountList => json(serde_json::to_value(self.mount_list()).map_err(Into::into)),
+            Op::MountRemove { mount } => json(
+                self.mount_remove(&mount)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::SnapshotCreate(args) => json(
+                self.snapshot_create(args)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::SnapshotList(filter) => json(
+                self.catalog
+                    .list(&filter)
+                    .and_then(|list| Ok(serde_json::to_value(list)?)),
+            ),
+            Op::SnapshotShow { id } => json((|| {
+                let mut info = self.catalog.get(&id)?;
+                if let Some(tree) = &info.tree {
+                    let tree: ChunkId = tree.parse().map_err(|e| anyhow!("bad tree id: {e}"))?;
+                    info.total_bytes = Some(tree_bytes(&self.store, tree)?);
+                }
+                Ok(serde_json::to_value(info)?)
+            })()),
+            Op::SnapshotWait { id } => json(
+                self.catalog
+                    .wait(&id)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::SnapshotDiff { a, b } => json((|| {
+                let (ta, _) = self.catalog.tree_of(&a)?;
+                let (tb, _) = self.catalog.tree_of(&b)?;
+                Ok(serde_json::to_value(layerfs::diff_trees(
+                    &self.store,
+                    ta,
+                    tb,
+                )?)?)
+            })()),
+            Op::SnapshotRemove { id } => json(
+                self.catalog
+                    .remove(&id)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::StoreGc => json((|| Ok(serde_json::to_value(self.store.gc()?)?))()),
+            Op::MountGraft {
+                mount,
+                snapshot,
+                path,
+            } => json(
+                self.graft(&mount, &snapshot, &path)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::SnapshotFork(args) => json(
+                self.fork(args)
+                    .and_then(|mounts| Ok(serde_json::to_value(mounts)?)),
+            ),
+            Op::Serve9pStart(args) => {
+                let fd = if serve9p::Service::wants_fd(&args) {
+                    let ask = answer(Ok(serde_json::json!({ "send_fd": true })));
+                    if api::write_line(conn, &ask).is_err() {
+                        return answer(Err(anyhow!("the client went away")));
+                    }
+                    match crate::fdpass::recv_fd(conn) {
+                        Ok(fd) => Some(fd),
+                        Err(e) => return answer(Err(anyhow!(e).context("receiving the socket"))),
+                    }
+                } else {
+                    None
+                };
+                json(
+                    self.p9()
+                        .start(args, fd)
+                        .and_then(|info| Ok(serde_json::to_value(info)?)),
+                )
+            }
+            Op::Serve9pList => json(serde_json::to_value(self.p9().list()).map_err(Into::into)),
+            Op::Serve9pStop { listen } => json(
+                self.p9()
+                    .stop(&listen)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+        }
+    }
+
+    /// Serves one connection until the client closes it.
+    pub(super) fn serve(&self, stream: UnixStream) -> std::io::Result<()> {
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut conn = stream;
+        loop {
+            let line = match api::read_line_bytes(&mut reader) {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    // Too long (the rest of it is not read) or cut off:
+                    // say why, then close.
+                    let _ = api::write_line(&mut conn, &invalid(format!("bad request line: {e}")));
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            let response = match api::parse_request(&line) {
+                Ok(request) => self.handle(request.op, &mut conn),
+                Err(message) => invalid(message),
+            };
+            api::write_line(&mut conn, &response)?;
+        }
+        Ok(())
+    }
+}
