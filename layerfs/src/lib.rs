@@ -22,6 +22,8 @@
 //!   and a writable upper layer, with chunk-granular copy-up and a quota.
 //! - [`fuse`]: the FUSE frontend over [`cowfs`].
 //! - [`diff`]: what differs between two trees, by comparing ids.
+//! - [`merge`]: three-way merge of trees, with conflict copies (volumes
+//!   commit with it).
 
 pub mod cowfs;
 pub mod diff;
@@ -33,6 +35,7 @@ pub mod fuzzing;
 pub mod image;
 pub mod import;
 pub mod memtree;
+pub mod merge;
 pub mod tree;
 
 pub use diff::{diff_trees, Change, DiffEntry};
@@ -44,3 +47,4 @@ pub use image::{
 };
 pub use import::{ImportLimits, SourceKind};
 pub use memtree::{MemTree, TreeReader};
+pub use merge::{merge_trees, Conflict, ConflictKind, Merged};
