@@ -1,0 +1,394 @@
+//! Volumes in the store: each a chain of commits, its head moved only by
+//! compare-and-swap, its recent history kept alive by a retention ref.
+//!
+//! - `volume/NAME` names the head commit: a [`VOLUME_COMMIT`] node whose
+//!   link 0 is the commit's tree and whose body is its [`CommitRecord`]
+//!   (JSON). The ref's generation is the head's version: a commit is
+//!   written only if the head is still the one it merged into, else it
+//!   merges again with the newer head ([`Volumes::commit`]).
+//! - A record names its parent commit by id in its body, not by link, so
+//!   that old commits can be let go: `volkeep/NAME` names a
+//!   [`VOLUME_HISTORY`] node linking the newest [`KEEP_COMMITS`] commits
+//!   (the retention rule); what neither ref reaches is reclaimed by the
+//!   store's GC. The history ref is moved after the head; a crash between
+//!   the two leaves it one commit behind until the next commit.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cas::{ChunkId, Node, NodeType, RefExpectation, RefValue, Store};
+use layerfs::memtree::{implicit_dir_attrs, MemTree};
+use layerfs::{merge_trees, Conflict};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Node type of a commit (link 0: its tree; body: [`CommitRecord`]).
+pub const VOLUME_COMMIT: NodeType = NodeType(7);
+/// Node type of a volume's retained history (links: commits, newest first).
+pub const VOLUME_HISTORY: NodeType = NodeType(8);
+/// Ref prefix of volume heads.
+pub const VOLUME_REF_PREFIX: &str = "volume/";
+/// Ref prefix of volumes' retained histories.
+pub const HISTORY_REF_PREFIX: &str = "volkeep/";
+/// Commits a volume keeps (its head and the 999 before it); older ones
+/// are reclaimed by GC unless something else names their trees.
+pub const KEEP_COMMITS: usize = 1000;
+/// Longest volume name.
+pub const MAX_NAME_LEN: usize = 128;
+/// How many times a commit merges again after losing a race before it
+/// gives up (each loss means another commit landed in between).
+const MAX_RETRIES: usize = 1000;
+
+/// Why a commit was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommitKind {
+    /// The volume was created (an empty tree).
+    Create,
+    /// A session's changes were merged in.
+    Commit,
+    /// An older commit's tree was made the head again.
+    Restore,
+    /// A file was written or removed from outside the sandboxes.
+    Edit,
+}
+
+/// What a commit records (the body of its node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    pub volume: String,
+    /// 1 for the volume's first commit, then one more each commit.
+    pub seq: u64,
+    pub kind: CommitKind,
+    /// The commit before it (absent for the first).
+    pub parent: Option<ChunkId>,
+    /// When it was made, nanoseconds since the Unix epoch.
+    pub time_unix_nanos: u64,
+    /// Who made it (a session id, `snapctl`, …).
+    pub author: String,
+    /// Paths whose entries differ from the parent's tree.
+    pub paths_changed: u64,
+    /// The merge's conflicts (empty when there was nothing to merge).
+    pub conflicts: Vec<Conflict>,
+    /// The volume's quota in bytes (0: none), carried from commit to
+    /// commit.
+    pub quota_bytes: u64,
+}
+
+/// A commit as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    pub id: ChunkId,
+    pub tree: ChunkId,
+    pub record: CommitRecord,
+}
+
+/// A volume's head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub commit: Commit,
+    /// The head ref's generation: the volume's version.
+    pub version: u64,
+}
+
+/// What [`Volumes::commit`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The new head (or the old one when there was nothing to commit).
+    pub head: Head,
+    /// Whether a commit was written (false: the session changed nothing).
+    pub wrote: bool,
+    /// Times the head moved under the merge and it merged again.
+    pub retries: usize,
+}
+
+/// The volumes of one store.
+pub struct Volumes {
+    store: Store,
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Checks a volume name: 1–128 letters, digits, `-`, `_` and `.`, not
+/// starting with `.`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    match ok {
+        true => Ok(()),
+        false => Err(Error::BadName(name.into())),
+    }
+}
+
+impl Volumes {
+    /// The volumes kept in `store`.
+    pub fn new(store: Store) -> Volumes {
+        Volumes { store }
+    }
+
+    /// The store they live in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Creates volume `name`, empty; an error if it exists.
+    pub fn create(&self, name: &str, quota_bytes: u64) -> Result<Head> {
+        validate_name(name)?;
+        let writer = self.store.writer("volume create");
+        let mut attrs = implicit_dir_attrs();
+        attrs.mode = 0o755;
+        let tree = MemTree::new(attrs).store(&writer)?;
+        let record = CommitRecord {
+            volume: name.into(),
+            seq: 1,
+            kind: CommitKind::Create,
+            parent: None,
+            time_unix_nanos: now_nanos(),
+            author: "create".into(),
+            paths_changed: 0,
+            conflicts: Vec::new(),
+            quota_bytes,
+        };
+        let id = self.put_commit(&writer, tree, &record)?;
+        let value = match writer.set_ref(&head_ref(name), id, RefExpectation::Absent) {
+            Ok(v) => v,
+            Err(cas::Error::RefConflict { .. }) => return Err(Error::Exists(name.into())),
+            Err(e) => return Err(e.into()),
+        };
+        self.keep_history(&writer, name, id)?;
+        Ok(Head {
+            commit: Commit { id, tree, record },
+            version: value.generation,
+        })
+    }
+
+    /// Every volume's head, by name.
+    pub fn list(&self) -> Result<Vec<Head>> {
+        let mut out = Vec::new();
+        for (name, value) in self.store.list_refs(VOLUME_REF_PREFIX)? {
+            let Some(_) = name.strip_prefix(VOLUME_REF_PREFIX) else {
+                continue;
+            };
+            out.push(self.head_at(&value)?);
+        }
+        Ok(out)
+    }
+
+    /// Volume `name`'s head.
+    pub fn head(&self, name: &str) -> Result<Head> {
+        validate_name(name)?;
+        match self.store.get_ref(&head_ref(name))? {
+            Some(value) => self.head_at(&value),
+            None => Err(Error::NotFound(name.into())),
+        }
+    }
+
+    fn head_at(&self, value: &RefValue) -> Result<Head> {
+        Ok(Head {
+            commit: self.commit_at(value.root)?,
+            version: value.generation,
+        })
+    }
+
+    /// Commit `id`, read back.
+    pub fn commit_at(&self, id: ChunkId) -> Result<Commit> {
+        let node = self.store.get_node(&id)?;
+        if node.node_type != VOLUME_COMMIT || node.links.len() != 1 {
+            return Err(Error::Corrupt(format!("{id} is not a volume commit")));
+        }
+        let record: CommitRecord = serde_json::from_slice(&node.body)
+            .map_err(|e| Error::Corrupt(format!("commit {id}: {e}")))?;
+        Ok(Commit {
+            id,
+            tree: node.links[0],
+            record,
+        })
+    }
+
+    /// Removes volume `name` (its trees are reclaimed by the next GC
+    /// unless something else names them).
+    pub fn remove(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        match self.store.delete_ref(&head_ref(name), RefExpectation::Any) {
+            Ok(_) => {}
+            Err(cas::Error::RefNotFound { .. }) => return Err(Error::NotFound(name.into())),
+            Err(e) => return Err(e.into()),
+        }
+        match self
+            .store
+            .delete_ref(&history_ref(name), RefExpectation::Any)
+        {
+            Ok(_) | Err(cas::Error::RefNotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Merges the change a session made — from tree `base` (the head it
+    /// started from or last committed or reloaded to) to tree `ours` —
+    /// into volume `name`'s head, and moves the head to the result. A
+    /// head that moves meanwhile is merged with again. Conflicts name
+    /// their copies with `tag`.
+    pub fn commit(
+        &self,
+        name: &str,
+        base: ChunkId,
+        ours: ChunkId,
+        author: &str,
+        tag: &str,
+    ) -> Result<Committed> {
+        let writer = self.store.writer("volume commit");
+        let mut retries = 0;
+        loop {
+            let head = self.head(name)?;
+            if ours == base {
+                return Ok(Committed {
+                    head,
+                    wrote: false,
+                    retries,
+                });
+            }
+            let merged = merge_trees(&self.store, &writer, base, ours, head.commit.tree, tag)?;
+            let paths_changed =
+                layerfs::diff_trees(&self.store, head.commit.tree, merged.tree)?.len() as u64;
+            let record = CommitRecord {
+                volume: name.into(),
+                seq: head.commit.record.seq + 1,
+                kind: CommitKind::Commit,
+                parent: Some(head.commit.id),
+                time_unix_nanos: now_nanos(),
+                author: author.into(),
+                paths_changed,
+                conflicts: merged.conflicts,
+                quota_bytes: head.commit.record.quota_bytes,
+            };
+            match self.advance(&writer, name, &head, merged.tree, record)? {
+                Some(head) => {
+                    return Ok(Committed {
+                        head,
+                        wrote: true,
+                        retries,
+                    })
+                }
+                None if retries < MAX_RETRIES => retries += 1,
+                None => return Err(Error::Contended(name.into())),
+            }
+        }
+    }
+
+    /// Makes `tree` the head of volume `name` as a new commit of `kind`,
+    /// whatever the head is now (a restore, an edit from outside already
+    /// merged by the caller against `expected`).
+    pub fn replace(
+        &self,
+        name: &str,
+        expected: &Head,
+        tree: ChunkId,
+        kind: CommitKind,
+        author: &str,
+    ) -> Result<Option<Head>> {
+        let writer = self.store.writer("volume replace");
+        let paths_changed =
+            layerfs::diff_trees(&self.store, expected.commit.tree, tree)?.len() as u64;
+        let record = CommitRecord {
+            volume: name.into(),
+            seq: expected.commit.record.seq + 1,
+            kind,
+            parent: Some(expected.commit.id),
+            time_unix_nanos: now_nanos(),
+            author: author.into(),
+            paths_changed,
+            conflicts: Vec::new(),
+            quota_bytes: expected.commit.record.quota_bytes,
+        };
+        self.advance(&writer, name, expected, tree, record)
+    }
+
+    /// Writes a commit on top of `head` and moves the head ref to it if it
+    /// is still at `head`'s version (`None`: it moved).
+    fn advance(
+        &self,
+        writer: &cas::Writer,
+        name: &str,
+        head: &Head,
+        tree: ChunkId,
+        record: CommitRecord,
+    ) -> Result<Option<Head>> {
+        let id = self.put_commit(writer, tree, &record)?;
+        let set = writer.set_ref(
+            &head_ref(name),
+            id,
+            RefExpectation::Generation(head.version),
+        );
+        let value = match set {
+            Ok(value) => value,
+            Err(cas::Error::RefConflict { .. }) => return Ok(None),
+            Err(cas::Error::RefNotFound { .. }) => return Err(Error::NotFound(name.into())),
+            Err(e) => return Err(e.into()),
+        };
+        self.keep_history(writer, name, id)?;
+        Ok(Some(Head {
+            commit: Commit { id, tree, record },
+            version: value.generation,
+        }))
+    }
+
+    fn put_commit(
+        &self,
+        writer: &cas::Writer,
+        tree: ChunkId,
+        record: &CommitRecord,
+    ) -> Result<ChunkId> {
+        let body = serde_json::to_vec(record).map_err(|e| Error::Corrupt(e.to_string()))?;
+        Ok(writer
+            .put_node(&Node::new(VOLUME_COMMIT, vec![tree], body))?
+            .id)
+    }
+
+    /// Points the retention ref at the newest [`KEEP_COMMITS`] commits
+    /// ending at `head`.
+    fn keep_history(&self, writer: &cas::Writer, name: &str, head: ChunkId) -> Result<()> {
+        let mut keep = vec![head];
+        if let Some(value) = self.store.get_ref(&history_ref(name))? {
+            let node = self.store.get_node(&value.root)?;
+            keep.extend(node.links.into_iter().filter(|&c| c != head));
+        }
+        keep.truncate(KEEP_COMMITS);
+        let node = Node::new(VOLUME_HISTORY, keep, Vec::new());
+        let id = writer.put_node(&node)?.id;
+        writer.set_ref(&history_ref(name), id, RefExpectation::Any)?;
+        Ok(())
+    }
+
+    /// Volume `name`'s commits, newest first, at most `limit` (those still
+    /// kept).
+    pub fn history(&self, name: &str, limit: usize) -> Result<Vec<Commit>> {
+        let mut out = Vec::new();
+        let mut next = Some(self.head(name)?.commit.id);
+        while let Some(id) = next {
+            if out.len() >= limit || self.store.locate(&id)?.is_none() {
+                break;
+            }
+            let commit = self.commit_at(id)?;
+            next = commit.record.parent;
+            out.push(commit);
+        }
+        Ok(out)
+    }
+}
+
+fn head_ref(name: &str) -> String {
+    format!("{VOLUME_REF_PREFIX}{name}")
+}
+
+fn history_ref(name: &str) -> String {
+    format!("{HISTORY_REF_PREFIX}{name}")
+}

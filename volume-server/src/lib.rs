@@ -1,0 +1,40 @@
+//! `volume-server`: named persistent volumes that sandboxes share.
+//!
+//! A volume is a chain of commits in the chunk store; its head is a tree.
+//! A sandbox works in a session — a copy-on-write mount over the head it
+//! started from — and a commit merges the session's changes into whatever
+//! the head is by then ([`layerfs::merge_trees`]: changes to different
+//! paths all land, a conflict keeps both versions and is listed), moving
+//! the head by compare-and-swap so that no concurrent commit is lost.
+//!
+//! - [`catalog`]: volumes, their heads, commits, history and retention.
+
+pub mod catalog;
+
+pub use catalog::{
+    validate_name, Commit, CommitKind, CommitRecord, Committed, Head, Volumes, KEEP_COMMITS,
+};
+
+/// What can go wrong with volumes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no volume named '{0}'")]
+    NotFound(String),
+    #[error("a volume named '{0}' exists already")]
+    Exists(String),
+    #[error(
+        "bad volume name '{0}': 1-128 letters, digits, '-', '_' or '.', not starting with '.'"
+    )]
+    BadName(String),
+    #[error("volume '{0}': its head kept moving; the commit gave up after 1,000 merges")]
+    Contended(String),
+    #[error("volume store is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Store(#[from] cas::Error),
+    #[error(transparent)]
+    Tree(#[from] layerfs::Error),
+}
+
+/// A volume operation's result.
+pub type Result<T> = std::result::Result<T, Error>;
