@@ -8,8 +8,13 @@
 //! the head by compare-and-swap so that no concurrent commit is lost.
 //!
 //! - [`catalog`]: volumes, their heads, commits, history and retention.
+//! - [`session`]: one sandbox's copy-on-write view of a volume and its
+//!   commits.
 
 pub mod catalog;
+pub mod session;
+
+pub use session::Session;
 
 pub use catalog::{
     validate_name, Commit, CommitKind, CommitRecord, Committed, Head, Volumes, KEEP_COMMITS,
@@ -28,6 +33,10 @@ pub enum Error {
     BadName(String),
     #[error("volume '{0}': its head kept moving; the commit gave up after 1,000 merges")]
     Contended(String),
+    #[error("bad session id '{0}'")]
+    BadSession(String),
+    #[error("session: {0}")]
+    Session(String),
     #[error("volume store is corrupt: {0}")]
     Corrupt(String),
     #[error(transparent)]
