@@ -58,13 +58,47 @@ impl Session {
         store.set_ref(&lower_ref(id), base, RefExpectation::Any)?;
         store.set_ref(&session_ref(id), base, RefExpectation::Any)?;
         let fs = CowFs::new(store, base, config)?;
-        Ok(Session {
+        Ok(Session::running(volumes, volume, id, fs, base))
+    }
+
+    /// Reopens session `id` of volume `volume` after the server stopped
+    /// without closing it (a crash, a kill): its upper layer in
+    /// `config.upper_dir` is recovered from its journal — everything the
+    /// sandbox fsync'd is there — over the tree the session started on,
+    /// and its base is the one its last commit left. Commit or close it to
+    /// bring what it holds into the volume.
+    pub fn recover(
+        volumes: Arc<Volumes>,
+        volume: &str,
+        id: &str,
+        config: MountConfig,
+    ) -> Result<Session> {
+        validate_name(id).map_err(|_| Error::BadSession(id.into()))?;
+        volumes.head(volume)?;
+        let store = volumes.store().clone();
+        let found = |name: String| -> Result<ChunkId> {
+            match store.get_ref(&name)? {
+                Some(value) => Ok(value.root),
+                None => Err(Error::Session(format!(
+                    "no session '{id}' to recover ({name} is missing)"
+                ))),
+            }
+        };
+        let lower = found(lower_ref(id))?;
+        let base = found(session_ref(id))?;
+        let (fs, report) = CowFs::recover(store, lower, config)?;
+        tracing::info!(session = id, volume, ?report, "volume session recovered");
+        Ok(Session::running(volumes, volume, id, fs, base))
+    }
+
+    fn running(volumes: Arc<Volumes>, volume: &str, id: &str, fs: CowFs, base: ChunkId) -> Session {
+        Session {
             volumes,
             volume: volume.into(),
             id: id.into(),
             fs: Arc::new(fs),
             base: Mutex::new(base),
-        })
+        }
     }
 
     /// The mount the sandbox works in.

@@ -127,3 +127,42 @@ fn concurrent_sessions_merge_and_later_commits_carry_only_changes() {
     assert_eq!(get(fs, "both.txt"), b"version a");
     assert_eq!(get(fs, copy.trim_start_matches('/')), b"version b");
 }
+
+/// A server that stops without closing its sessions (a crash): each
+/// session's upper layer is recovered from its journal, with everything
+/// fsync'd, and its commit brings that into the volume — on top of what it
+/// had committed before, without applying that twice.
+#[test]
+fn a_session_left_open_by_a_crash_is_recovered_and_committed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("store");
+    {
+        let store = Store::init(&home, StoreConfig::default()).unwrap();
+        let volumes = Arc::new(Volumes::new(store));
+        volumes.create("v", 0).unwrap();
+        let s = Session::open(volumes.clone(), "v", "s1", config(tmp.path(), "s1")).unwrap();
+        put(s.fs(), "committed", b"first");
+        s.commit().unwrap();
+        put(s.fs(), "synced", b"fsync'd");
+        let ino = s.fs().lookup(ROOT_INO, b"synced").unwrap().ino;
+        s.fs().fsync(ino).unwrap();
+        // The session, its mount and the store go without a close.
+        drop(s);
+    }
+    let store = Store::open(&home, OpenOptions::default()).unwrap();
+    let volumes = Arc::new(Volumes::new(store));
+    // Nothing of the second write is in the volume yet.
+    assert_eq!(volumes.history("v", 10).unwrap().len(), 2);
+    let s = Session::recover(volumes.clone(), "v", "s1", config(tmp.path(), "s1")).unwrap();
+    assert_eq!(get(s.fs(), "synced"), b"fsync'd");
+    let closed = s.close().unwrap();
+    assert!(closed.wrote);
+    assert_eq!(closed.head.commit.record.paths_changed, 1);
+    assert!(closed.head.commit.record.conflicts.is_empty());
+    let c = Session::open(volumes.clone(), "v", "c", config(tmp.path(), "c")).unwrap();
+    assert_eq!(get(c.fs(), "committed"), b"first");
+    assert_eq!(get(c.fs(), "synced"), b"fsync'd");
+    // A session that is not there is a clear error.
+    let missing = Session::recover(volumes, "v", "nobody", config(tmp.path(), "n"));
+    assert!(matches!(missing, Err(volume_server::Error::Session(_))));
+}
