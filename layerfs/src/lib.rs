@@ -22,11 +22,13 @@
 //!   and a writable upper layer, with chunk-granular copy-up and a quota.
 //! - [`fuse`]: the FUSE frontend over [`cowfs`].
 //! - [`diff`]: what differs between two trees, by comparing ids.
+//! - [`edit`]: reading and changing one path of a stored tree.
 //! - [`merge`]: three-way merge of trees, with conflict copies (volumes
 //!   commit with it).
 
 pub mod cowfs;
 pub mod diff;
+pub mod edit;
 pub mod error;
 pub mod export;
 pub mod fuse;

@@ -54,6 +54,17 @@ impl Timestamp {
         (nanos < 1_000_000_000).then_some(Timestamp { secs, nanos })
     }
 
+    /// Now, by the system clock (the epoch if the clock is before it).
+    pub fn now() -> Timestamp {
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        }
+    }
+
     /// The same instant as a [`SystemTime`] (saturating at the limits of
     /// what the platform represents).
     pub fn to_system_time(self) -> SystemTime {

@@ -296,25 +296,36 @@ impl Volumes {
         author: &str,
     ) -> Result<Option<Head>> {
         let writer = self.store.writer("volume replace");
-        let paths_changed =
-            layerfs::diff_trees(&self.store, expected.commit.tree, tree)?.len() as u64;
-        let record = CommitRecord {
+        let record = self.record_for(name, expected, tree, kind, author)?;
+        self.advance(&writer, name, expected, tree, record)
+    }
+
+    /// The record of a commit of `tree` on top of `head` (no conflicts).
+    pub(crate) fn record_for(
+        &self,
+        name: &str,
+        head: &Head,
+        tree: ChunkId,
+        kind: CommitKind,
+        author: &str,
+    ) -> Result<CommitRecord> {
+        let paths_changed = layerfs::diff_trees(&self.store, head.commit.tree, tree)?.len() as u64;
+        Ok(CommitRecord {
             volume: name.into(),
-            seq: expected.commit.record.seq + 1,
+            seq: head.commit.record.seq + 1,
             kind,
-            parent: Some(expected.commit.id),
+            parent: Some(head.commit.id),
             time_unix_nanos: now_nanos(),
             author: author.into(),
             paths_changed,
             conflicts: Vec::new(),
-            quota_bytes: expected.commit.record.quota_bytes,
-        };
-        self.advance(&writer, name, expected, tree, record)
+            quota_bytes: head.commit.record.quota_bytes,
+        })
     }
 
     /// Writes a commit on top of `head` and moves the head ref to it if it
     /// is still at `head`'s version (`None`: it moved).
-    fn advance(
+    pub(crate) fn advance(
         &self,
         writer: &cas::Writer,
         name: &str,

@@ -7,13 +7,17 @@
 //! paths all land, a conflict keeps both versions and is listed), moving
 //! the head by compare-and-swap so that no concurrent commit is lost.
 //!
+//! - [`access`]: reading and changing paths from outside the sandboxes,
+//!   each change a commit of its own.
 //! - [`catalog`]: volumes, their heads, commits, history and retention.
 //! - [`session`]: one sandbox's copy-on-write view of a volume and its
 //!   commits.
 
+pub mod access;
 pub mod catalog;
 pub mod session;
 
+pub use access::FileEntry;
 pub use session::Session;
 
 pub use catalog::{
@@ -33,6 +37,10 @@ pub enum Error {
     BadName(String),
     #[error("volume '{0}': its head kept moving; the commit gave up after 1,000 merges")]
     Contended(String),
+    #[error("no such path in the volume: '{0}'")]
+    NoSuchPath(String),
+    #[error("not a file: '{0}'")]
+    NotAFile(String),
     #[error("bad session id '{0}'")]
     BadSession(String),
     #[error("session: {0}")]

@@ -38,7 +38,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use cas::{ChunkId, Store};
 use parking_lot::Mutex;
@@ -226,15 +225,7 @@ fn now() -> Timestamp {
     let coarse = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0;
     match coarse.then(|| Timestamp::new(ts.tv_sec, ts.tv_nsec as u32)) {
         Some(Some(t)) => t,
-        _ => {
-            let d = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            Timestamp {
-                secs: d.as_secs() as i64,
-                nanos: d.subsec_nanos(),
-            }
-        }
+        _ => Timestamp::now(),
     }
 }
 
