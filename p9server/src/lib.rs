@@ -36,4 +36,4 @@ pub use poll::{PollLimits, Pollers};
 #[cfg(feature = "server")]
 pub use server::{Limits, Listen, Listening, Server};
 #[cfg(feature = "server")]
-pub use session::Resolver;
+pub use session::{Resolver, ResolverFactory};

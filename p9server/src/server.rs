@@ -32,7 +32,7 @@ use crate::poll::{poll_until, PollLimits, PollWindow, Pollers};
 use crate::priority::Lowered;
 use crate::proto::{self, Reply, Request};
 use crate::reply::{Encoded, ReplyWriter};
-use crate::session::{Resolver, Session};
+use crate::session::{Resolver, ResolverFactory, Session};
 use crate::wire::DecodeError;
 
 /// Limits that keep one client from exhausting the server.
@@ -142,7 +142,8 @@ pub struct Counters {
 
 /// What every connection of a server shares.
 struct Shared {
-    resolver: Resolver,
+    /// Makes each connection's resolver.
+    resolvers: ResolverFactory,
     limits: Limits,
     /// Fids held by all sessions (see [`Limits::max_total_fids`]).
     all_fids: Arc<std::sync::atomic::AtomicUsize>,
@@ -197,9 +198,22 @@ impl Server {
     /// servers on one runtime, so that [`PollLimits::max_pollers`] holds
     /// across them).
     pub fn sharing_pollers(resolver: Resolver, limits: Limits, pollers: Arc<Pollers>) -> Server {
+        Server::per_connection(Arc::new(move |_, _| resolver.clone()), limits, pollers)
+    }
+
+    /// A server that makes each connection a resolver of its own with
+    /// `resolvers` (given the connection's number): what the resolver
+    /// holds lives exactly as long as the connection's session — a
+    /// volume session per 9P connection, committed when its last request
+    /// is done after the client went away.
+    pub fn per_connection(
+        resolvers: ResolverFactory,
+        limits: Limits,
+        pollers: Arc<Pollers>,
+    ) -> Server {
         Server {
             shared: Arc::new(Shared {
-                resolver,
+                resolvers,
                 limits,
                 all_fids: Arc::default(),
                 counters: Counters::default(),
@@ -547,7 +561,7 @@ where
         window: PollWindow::new(shared.limits.poll.max_wait),
     };
     let session = Arc::new(Session::sharing_fids(
-        shared.resolver.clone(),
+        (shared.resolvers)(id, std::os::fd::AsFd::as_fd(&framer.stream)),
         shared.limits,
         id,
         shared.all_fids.clone(),

@@ -29,6 +29,11 @@ use crate::Limits;
 /// Finds the mount an attach names by its `aname`.
 pub type Resolver = Arc<dyn Fn(&[u8]) -> Option<Arc<CowFs>> + Send + Sync>;
 
+/// Makes the resolver of a new connection, given its session number and
+/// its socket (to duplicate, for instance, to learn later whether the
+/// peer hung up).
+pub type ResolverFactory = Arc<dyn Fn(u64, std::os::fd::BorrowedFd<'_>) -> Resolver + Send + Sync>;
+
 /// What a fid is open for.
 #[derive(Debug)]
 enum Open {
@@ -234,7 +239,10 @@ impl Session {
     pub fn is_slow(req: &Request) -> bool {
         matches!(
             req,
-            Request::Read { .. }
+            // An attach may start a session (a volume's: refs and a
+            // journal written) or wait for one to end.
+            Request::Attach { .. }
+                | Request::Read { .. }
                 | Request::Write { .. }
                 | Request::Fsync { .. }
                 | Request::Lopen { .. }
