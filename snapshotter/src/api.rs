@@ -25,12 +25,14 @@ pub fn socket_path(home: &Path) -> PathBuf {
     home.join("snapd.sock")
 }
 
-/// One request: the API version the client speaks and the operation.
+/// One request: the API version the client speaks and the operation
+/// (the node daemon's [`Op`], or another daemon's operations in the same
+/// framing).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Request {
+pub struct Request<O = Op> {
     pub api: u32,
     #[serde(flatten)]
-    pub op: Op,
+    pub op: O,
 }
 
 /// The operations of API version 1.
@@ -385,13 +387,22 @@ pub fn read_line_bytes(reader: &mut impl BufRead) -> io::Result<Option<Vec<u8>>>
 /// JSON, naming this API's version, an operation this version knows with
 /// its arguments. The error says which of those failed, for the answer.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    parse_request_as(line, API_VERSION)
+}
+
+/// [`parse_request`] for a daemon whose operations are `O`, speaking API
+/// version `version`.
+pub fn parse_request_as<O: serde::de::DeserializeOwned>(
+    line: &[u8],
+    version: u32,
+) -> Result<Request<O>, String> {
     let value = serde_json::from_slice::<serde_json::Value>(line)
         .map_err(|e| format!("the request is not JSON: {e}"))?;
     match value.get("api").and_then(|v| v.as_u64()) {
-        Some(v) if v == u64::from(API_VERSION) => serde_json::from_value::<Request>(value)
+        Some(v) if v == u64::from(version) => serde_json::from_value::<Request<O>>(value)
             .map_err(|e| format!("unknown operation or bad arguments: {e}")),
         other => Err(format!(
-            "this daemon speaks API version {API_VERSION}; the request asked for {}",
+            "this daemon speaks API version {version}; the request asked for {}",
             other.map_or("none".to_string(), |v| v.to_string())
         )),
     }

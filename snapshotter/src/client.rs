@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context};
 use serde::de::DeserializeOwned;
 
-use crate::api::{self, Op, Request, Response, API_VERSION};
+use serde::Serialize;
+
+use crate::api::{self, Request, Response, API_VERSION};
 
 /// Nothing answers on the daemon's socket.
 #[derive(Debug, thiserror::Error)]
@@ -22,10 +24,15 @@ pub struct DaemonUnavailable {
     pub reason: std::io::Error,
 }
 
-/// A connection to the node daemon.
+/// A connection to the node daemon (or another daemon speaking the same
+/// framing: the volume server).
 pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// Who answers, for messages ("the node daemon").
+    peer: &'static str,
+    /// The API version requests name.
+    version: u32,
 }
 
 impl Client {
@@ -37,69 +44,119 @@ impl Client {
             socket: socket.display().to_string(),
             reason,
         })?;
+        Client::over(stream, "the node daemon", API_VERSION)
+    }
+
+    /// A client over a connected `stream` to `peer` (named in messages),
+    /// naming API version `version` in its requests.
+    pub fn over(stream: UnixStream, peer: &'static str, version: u32) -> anyhow::Result<Client> {
         Ok(Client {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
+            peer,
+            version,
         })
     }
 
-    fn send(&mut self, op: Op) -> anyhow::Result<()> {
+    fn send<O: Serialize>(&mut self, op: O) -> anyhow::Result<()> {
         api::write_line(
             &mut self.writer,
             &Request {
-                api: API_VERSION,
+                api: self.version,
                 op,
             },
         )
-        .context("sending a request to the node daemon")
+        .with_context(|| format!("sending a request to {}", self.peer))
+    }
+
+    /// The connection, for operations that stream bytes after their
+    /// request line.
+    pub fn stream(&mut self) -> &mut UnixStream {
+        &mut self.writer
     }
 
     fn receive(&mut self) -> anyhow::Result<serde_json::Value> {
+        let peer = self.peer;
         let line = api::read_line(&mut self.reader)
-            .context("reading the node daemon's answer")?
-            .ok_or_else(|| anyhow!("the node daemon closed the connection without answering"))?;
-        let response: Response =
-            serde_json::from_str(&line).context("the node daemon's answer is not understood")?;
+            .with_context(|| format!("reading {peer}'s answer"))?
+            .ok_or_else(|| anyhow!("{peer} closed the connection without answering"))?;
+        let response: Response = serde_json::from_str(&line)
+            .with_context(|| format!("{peer}'s answer is not understood"))?;
         if response.ok {
             Ok(response.result.unwrap_or(serde_json::Value::Null))
         } else {
             match response.error {
                 Some(error) => Err(error.into()),
-                None => bail!("the node daemon reported a failure without saying which"),
+                None => bail!("{peer} reported a failure without saying which"),
             }
         }
     }
 
+    fn result<T: DeserializeOwned>(&self, value: serde_json::Value) -> anyhow::Result<T> {
+        serde_json::from_value(value)
+            .with_context(|| format!("{}'s result is not understood", self.peer))
+    }
+
     /// Sends one request and returns its result.
-    pub fn call<T: DeserializeOwned>(&mut self, op: Op) -> anyhow::Result<T> {
+    pub fn call<T: DeserializeOwned>(&mut self, op: impl Serialize) -> anyhow::Result<T> {
         self.send(op)?;
         let value = self.receive()?;
-        serde_json::from_value(value).context("the node daemon's result is not understood")
+        self.result(value)
+    }
+
+    /// Sends a request whose bytes follow it in frames (see
+    /// [`api::write_frame`]), read from `input` until its end, once the
+    /// daemon answered `{send: true}` (it may refuse first), and returns
+    /// the result.
+    pub fn call_sending<T: DeserializeOwned>(
+        &mut self,
+        op: impl Serialize,
+        input: &mut impl std::io::Read,
+    ) -> anyhow::Result<T> {
+        self.send(op)?;
+        let ask = self.receive()?;
+        let peer = self.peer;
+        if ask.get("send").and_then(|v| v.as_bool()) != Some(true) {
+            bail!("{peer} did not ask for the bytes");
+        }
+        let mut frames = std::io::BufWriter::with_capacity(
+            api::FRAME_MAX,
+            api::FrameWriter::new(&mut self.writer),
+        );
+        std::io::copy(input, &mut frames)
+            .with_context(|| format!("sending the bytes to {peer}"))?;
+        frames
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|frames| frames.finish())
+            .with_context(|| format!("sending the bytes to {peer}"))?;
+        let value = self.receive()?;
+        self.result(value)
     }
 
     /// Sends a request that hands the daemon descriptor `fd` (it answers
     /// `{send_fd: true}` first) and returns the final result.
     pub fn call_passing_fd<T: DeserializeOwned>(
         &mut self,
-        op: Op,
+        op: impl Serialize,
         fd: std::os::fd::RawFd,
     ) -> anyhow::Result<T> {
         self.send(op)?;
         let ask = self.receive()?;
         if ask.get("send_fd").and_then(|v| v.as_bool()) != Some(true) {
-            bail!("the node daemon did not ask for the descriptor");
+            bail!("{} did not ask for the descriptor", self.peer);
         }
         crate::fdpass::send_fd(&self.writer, fd)
-            .with_context(|| format!("passing descriptor {fd} to the node daemon"))?;
+            .with_context(|| format!("passing descriptor {fd} to {}", self.peer))?;
         let value = self.receive()?;
-        serde_json::from_value(value).context("the node daemon's result is not understood")
+        self.result(value)
     }
 
     /// Sends a request whose answer streams bytes (a streamed export),
     /// copies them to `out` and returns the final result.
     pub fn call_streaming<T: DeserializeOwned>(
         &mut self,
-        op: Op,
+        op: impl Serialize,
         out: &mut impl Write,
     ) -> anyhow::Result<T> {
         self.send(op)?;
@@ -107,7 +164,7 @@ impl Client {
         let mut frame = Vec::new();
         loop {
             api::read_frame(&mut self.reader, &mut frame)
-                .context("reading the exported stream from the node daemon")?;
+                .with_context(|| format!("reading the stream from {}", self.peer))?;
             if frame.is_empty() {
                 break;
             }
@@ -116,7 +173,7 @@ impl Client {
         }
         out.flush().context("writing the exported stream")?;
         let value = self.receive()?;
-        serde_json::from_value(value).context("the node daemon's result is not understood")
+        self.result(value)
     }
 }
 

@@ -19,7 +19,8 @@ pub const CORRUPTION: u8 = 5;
 pub const IO_ERROR: u8 = 6;
 /// The input was invalid (malformed id, bad ref name, ref conflict).
 pub const INVALID_INPUT: u8 = 7;
-/// The command needs the node daemon and none is running.
+/// The command needs the node daemon (or, for `snapctl volume`, the
+/// volume server) and none is running.
 pub const NO_DAEMON: u8 = 8;
 
 /// A request the daemon refuses as invalid (exit code 7, "invalid
@@ -32,7 +33,8 @@ pub struct InvalidInput(pub String);
 pub const HELP: &str = "\
 Exit codes: 0 success, 1 other failure, 2 usage error, 3 not found,
 4 store missing/in use/wrong version, 5 corruption found, 6 I/O error,
-7 invalid input, 8 no node daemon running (start one: snapctl daemon).
+7 invalid input, 8 no node daemon running (start one: snapctl daemon) or,
+for `snapctl volume`, no volume server (start one: volume-server).
 The data directory is --home, else $STRATA_HOME, else /var/lib/strata (root)
 or ~/.local/share/strata. Set STRATA_LOG=info (or debug) for logs on stderr.";
 
@@ -43,7 +45,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if let Some(remote) = cause.downcast_ref::<crate::api::RemoteError>() {
             return remote.code;
         }
-        if cause.is::<crate::client::DaemonUnavailable>() {
+        if cause.is::<crate::client::DaemonUnavailable>()
+            || cause.is::<crate::volume_cmd::VolumeServerUnavailable>()
+        {
             return NO_DAEMON;
         }
         if cause.is::<InvalidInput>() {

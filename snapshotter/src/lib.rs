@@ -5,16 +5,20 @@
 //! on.
 //!
 //! - [`api`]: the API's framing and messages (`snapshotter/API.md`);
+//! - [`api_server`]: serving such an API (connections, lines, errors);
 //! - [`client`]: a connection to a daemon;
 //! - [`daemon`]: the daemon itself (mount table, snapshot lifecycle, RPC loop);
 //! - [`snapshots`]: the snapshot catalog;
 //! - [`serve9p`]: the daemon's 9P listeners;
+//! - [`volume_api`] and [`volume_cmd`]: the volume server's API and
+//!   `snapctl volume`, its client;
 //! - [`home`]: where a node keeps its data and how it is found;
 //! - [`exit`]: exit codes by kind of failure;
 //! - [`output`]: printing for people and for programs;
 //! - the `*_cmd` modules: `snapctl`'s commands.
 
 pub mod api;
+pub mod api_server;
 pub mod blob_cmd;
 pub mod client;
 pub mod daemon;
@@ -29,6 +33,8 @@ pub mod serve9p_cmd;
 pub mod snapshot_cmd;
 pub mod snapshots;
 pub mod store_cmd;
+pub mod volume_api;
+pub mod volume_cmd;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 use snapshotter::output::Output;
 use snapshotter::{
     blob_cmd, daemon, exit, home, image_cmd, ref_cmd, serve9p_cmd, snapshot_cmd, store_cmd,
+    volume_cmd,
 };
 
 /// Strata's node tool: manage the chunk store, blobs, refs and images, and
@@ -69,6 +70,10 @@ enum Command {
     /// Run the node daemon in the foreground; it owns the store and every
     /// mount, and answers on HOME/snapd.sock (see snapshotter/API.md).
     Daemon(daemon::DaemonArgs),
+    /// Persistent volumes shared between sandboxes: create, mount, serve
+    /// over 9P, commit, history, restore, and files from outside (the
+    /// volume server answers; see volume-server/API.md).
+    Volume(volume_cmd::VolumeArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
         Command::Fork(args) => snapshot_cmd::fork(args, &home, &out),
         Command::Serve9p(args) => serve9p_cmd::run(args, &home, &out),
         Command::Daemon(args) => daemon::run(args, &home, &out),
+        Command::Volume(args) => volume_cmd::run(args, &out),
     };
     match result {
         Ok(code) => code,

@@ -23,12 +23,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::{BufWriter, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,7 +39,7 @@ use layerfs::ImportOptions;
 use parking_lot::Mutex;
 
 use crate::api::{
-    self, DaemonInfo, ExportTarget, FrameWriter, MountCreate, MountInfo, Op, RemoteError, Response,
+    self, DaemonInfo, ExportTarget, FrameWriter, MountCreate, MountInfo, Op, Response,
     SnapshotCreate, SnapshotFork, SnapshotInfo, SnapshotState, API_VERSION,
 };
 use crate::exit;
@@ -54,9 +53,8 @@ mod process;
 mod rpc;
 mod snapshot_ops;
 
-use mounts::umount;
+pub use mounts::umount;
 use process::{check_threads, import_pool, keep_large_buffers_lazy, raise_open_file_limit};
-use rpc::turn_away;
 
 /// The furthest a snapshot's expiry may lie ahead (100 years): anything
 /// larger is a mistake, and past `u64` seconds it would wrap around.
@@ -215,7 +213,7 @@ pub struct DaemonArgs {
 }
 
 /// The default chunk cache: 1/16 of physical memory, within 128 MiB..2 GiB.
-fn default_chunk_cache() -> u64 {
+pub fn default_chunk_cache() -> u64 {
     // SAFETY: sysconf only reads system constants.
     let (pages, page) = unsafe {
         (
@@ -251,15 +249,7 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
             ..cas::OpenOptions::default()
         },
     )?;
-    match fs::remove_file(&socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing stale {}", socket.display())),
-    }
-    let listener = UnixListener::bind(&socket)
-        .with_context(|| format!("listening on {}", socket.display()))?;
-    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {}", socket.display()))?;
+    let listener = crate::api_server::bind_socket(&socket, "node daemon")?;
     let catalog = Catalog::open(home, store.clone()).context("opening the snapshot catalog")?;
     let daemon = Arc::new(Daemon {
         home: home.to_path_buf(),
@@ -288,24 +278,11 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
         .recover()
         .context("cleaning up after the previous daemon")?;
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .context("installing signal handlers")?;
     {
         let daemon = daemon.clone();
-        let socket = socket.clone();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                if let Some(signal) = signals.forever().next() {
-                    tracing::info!(signal, "shutting down");
-                    let _ = fs::remove_file(&socket);
-                    daemon.shutdown();
-                    std::process::exit(0);
-                }
-            })?;
+        crate::api_server::stop_on_signal(socket.clone(), "shutting down", move || {
+            daemon.shutdown()
+        })?;
     }
     {
         let daemon = daemon.clone();
@@ -326,48 +303,7 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
         home.display(),
         socket.display()
     ));
-    let open = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        let mut conn = match conn {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!("accepting a connection: {e}");
-                continue;
-            }
-        };
-        // A connection the daemon cannot serve is turned away with one
-        // error line; the daemon and its mounts go on.
-        if open.fetch_add(1, Ordering::SeqCst) >= MAX_API_CONNECTIONS {
-            open.fetch_sub(1, Ordering::SeqCst);
-            turn_away(
-                &mut conn,
-                &format!(
-                    "the daemon already serves {MAX_API_CONNECTIONS} API connections; try again"
-                ),
-            );
-            continue;
-        }
-        let (daemon, count) = (daemon.clone(), open.clone());
-        let refusal = conn.try_clone();
-        let spawned = std::thread::Builder::new()
-            .name("conn".into())
-            .spawn(move || {
-                if let Err(e) = daemon.serve(conn) {
-                    tracing::debug!("connection ended: {e}");
-                }
-                count.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            open.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!("no thread for an API connection: {e}");
-            if let Ok(mut conn) = refusal {
-                turn_away(
-                    &mut conn,
-                    &format!("the daemon cannot serve this connection now: {e}"),
-                );
-            }
-        }
-    }
+    crate::api_server::accept_connections(listener, daemon, MAX_API_CONNECTIONS);
     Ok(exit::code(exit::OK))
 }
 

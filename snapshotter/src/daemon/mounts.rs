@@ -4,7 +4,7 @@
 use super::*;
 
 /// `umount2(path, flags)`.
-pub(super) fn umount(path: &Path, flags: i32) -> std::io::Result<()> {
+pub fn umount(path: &Path, flags: i32) -> std::io::Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: `c` is a valid NUL-terminated path; umount2 touches no memory of ours.

@@ -1,67 +1,23 @@
-//! The API connection loop: reading requests, answering each, and the
-//! shape of errors on the wire.
+//! Answering each operation of the node daemon's API (the connection
+//! loop and the errors' shape are [`crate::api_server`]'s).
 
 use super::*;
 
-fn remote_error(error: &anyhow::Error) -> RemoteError {
-    let code = exit::code_for(error);
-    RemoteError {
-        kind: exit::kind_name(code).into(),
-        code,
-        message: format!("{error:#}"),
-    }
-}
-
 fn answer(result: anyhow::Result<serde_json::Value>) -> Response {
-    match result {
-        Ok(value) => Response {
-            api: API_VERSION,
-            ok: true,
-            result: Some(value),
-            error: None,
-        },
-        Err(error) => Response {
-            api: API_VERSION,
-            ok: false,
-            result: None,
-            error: Some(remote_error(&error)),
-        },
-    }
+    crate::api_server::answer_with(API_VERSION, result, exit::code_for)
 }
 
-/// An invalid request: exit code class "invalid input".
-fn invalid(message: String) -> Response {
-    Response {
-        api: API_VERSION,
-        ok: false,
-        result: None,
-        error: Some(RemoteError {
-            kind: exit::kind_name(exit::INVALID_INPUT).into(),
-            code: exit::INVALID_INPUT,
-            message,
-        }),
+impl crate::api_server::Handler for Daemon {
+    type Op = Op;
+    const VERSION: u32 = API_VERSION;
+    fn handle(&self, op: Op, conn: &mut UnixStream) -> Response {
+        self.answer_op(op, conn)
     }
-}
-
-/// Answers a connection the daemon will not serve with one error line.
-pub(super) fn turn_away(conn: &mut UnixStream, message: &str) {
-    let response = Response {
-        api: API_VERSION,
-        ok: false,
-        result: None,
-        error: Some(RemoteError {
-            kind: exit::kind_name(exit::FAILURE).into(),
-            code: exit::FAILURE,
-            message: message.to_string(),
-        }),
-    };
-    let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
-    let _ = api::write_line(conn, &response);
 }
 
 impl Daemon {
     /// Answers one request. `conn` is only written to by a streamed export.
-    pub(super) fn handle(&self, op: Op, conn: &mut UnixStream) -> Response {
+    pub(super) fn answer_op(&self, op: Op, conn: &mut UnixStream) -> Response {
         let json = |v: anyhow::Result<serde_json::Value>| answer(v);
         match op {
             Op::Info => json(Ok(serde_json::to_value(self.info()).unwrap_or_default())),
@@ -232,30 +188,5 @@ impl Daemon {
                     .and_then(|info| Ok(serde_json::to_value(info)?)),
             ),
         }
-    }
-
-    /// Serves one connection until the client closes it.
-    pub(super) fn serve(&self, stream: UnixStream) -> std::io::Result<()> {
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut conn = stream;
-        loop {
-            let line = match api::read_line_bytes(&mut reader) {
-                Ok(Some(line)) => line,
-                Ok(None) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    // Too long (the rest of it is not read) or cut off:
-                    // say why, then close.
-                    let _ = api::write_line(&mut conn, &invalid(format!("bad request line: {e}")));
-                    break;
-                }
-                Err(e) => return Err(e),
-            };
-            let response = match api::parse_request(&line) {
-                Ok(request) => self.handle(request.op, &mut conn),
-                Err(message) => invalid(message),
-            };
-            api::write_line(&mut conn, &response)?;
-        }
-        Ok(())
     }
 }
