@@ -27,33 +27,62 @@ pub struct FileEntry {
     pub size: u64,
 }
 
+/// A file of a volume's head, found by [`Volumes::resolve_file`].
+#[derive(Clone, Debug)]
+pub struct ResolvedFile {
+    path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    blob: Option<cas::ChunkId>,
+}
+
 const RETRIES: usize = 1000;
 
 impl Volumes {
     /// Writes the file at `path` of volume `name`'s head to `out`; returns
     /// its size.
     pub fn read_file(&self, name: &str, path: &str, out: &mut dyn Write) -> Result<u64> {
+        let file = self.resolve_file(name, path)?;
+        self.copy_file(&file, out)
+    }
+
+    /// Finds the file at `path` of volume `name`'s head without reading
+    /// it: a missing path, a directory or a bad path is an error here,
+    /// before any byte is sent.
+    pub fn resolve_file(&self, name: &str, path: &str) -> Result<ResolvedFile> {
         let head = self.head(name)?;
-        match lookup_path(self.store(), head.commit.tree, path.as_bytes())? {
-            Some(Entry::Inode(inode)) => match inode.kind {
-                InodeKind::File { size, blob } => {
-                    if let Some(id) = blob {
-                        self.store()
-                            .blob(&id)?
-                            .copy_to(out)
-                            .map_err(|e| Error::Session(format!("writing {path}: {e}")))?;
+        let mut at = path.as_bytes().to_vec();
+        // A hard link names its target's path; a chain of them ends at a
+        // file in a well-formed tree, and a loop is refused.
+        for _ in 0..64 {
+            match lookup_path(self.store(), head.commit.tree, &at)? {
+                Some(Entry::Inode(inode)) => match inode.kind {
+                    InodeKind::File { size, blob } => {
+                        return Ok(ResolvedFile {
+                            path: path.into(),
+                            size,
+                            blob,
+                        })
                     }
-                    Ok(size)
-                }
-                _ => Err(Error::NotAFile(path.into())),
-            },
-            Some(Entry::HardLink { target }) => {
-                let target = String::from_utf8_lossy(&target).into_owned();
-                self.read_file(name, &target, out)
+                    _ => return Err(Error::NotAFile(path.into())),
+                },
+                Some(Entry::HardLink { target }) => at = target,
+                Some(Entry::Dir(_)) => return Err(Error::NotAFile(path.into())),
+                None => return Err(Error::NoSuchPath(path.into())),
             }
-            Some(Entry::Dir(_)) => Err(Error::NotAFile(path.into())),
-            None => Err(Error::NoSuchPath(path.into())),
         }
+        Err(Error::NotAFile(path.into()))
+    }
+
+    /// Writes a resolved file's bytes to `out`; returns its size.
+    pub fn copy_file(&self, file: &ResolvedFile, out: &mut dyn Write) -> Result<u64> {
+        if let Some(id) = file.blob {
+            self.store()
+                .blob(&id)?
+                .copy_to(out)
+                .map_err(|e| Error::Session(format!("writing {}: {e}", file.path)))?;
+        }
+        Ok(file.size)
     }
 
     /// The entries of directory `path` (empty: the root) of volume

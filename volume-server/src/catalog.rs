@@ -73,6 +73,11 @@ pub struct CommitRecord {
     /// The volume's quota in bytes (0: none), carried from commit to
     /// commit.
     pub quota_bytes: u64,
+    /// A session's commit: the session's capture that was merged (named,
+    /// not linked). A session recovered after a crash in the middle of a
+    /// commit learns from it whether that commit landed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<ChunkId>,
 }
 
 /// A commit as read back.
@@ -157,6 +162,7 @@ impl Volumes {
             paths_changed: 0,
             conflicts: Vec::new(),
             quota_bytes,
+            capture: None,
         };
         let id = self.put_commit(&writer, tree, &record)?;
         let value = match writer.set_ref(&head_ref(name), id, RefExpectation::Absent) {
@@ -269,6 +275,7 @@ impl Volumes {
                 paths_changed,
                 conflicts: merged.conflicts,
                 quota_bytes: head.commit.record.quota_bytes,
+                capture: Some(ours),
             };
             match self.advance(&writer, name, &head, merged.tree, record)? {
                 Some(head) => {
@@ -320,6 +327,7 @@ impl Volumes {
             paths_changed,
             conflicts: Vec::new(),
             quota_bytes: head.commit.record.quota_bytes,
+            capture: None,
         })
     }
 
@@ -377,6 +385,29 @@ impl Volumes {
         let id = writer.put_node(&node)?.id;
         writer.set_ref(&history_ref(name), id, RefExpectation::Any)?;
         Ok(())
+    }
+
+    /// Makes the tree of commit `seq` of volume `name` (one still kept)
+    /// its head again, as a new commit of kind `restore` on top of
+    /// whatever the head is (the commits between stay in the history).
+    pub fn restore(&self, name: &str, seq: u64, author: &str) -> Result<Head> {
+        let mut found = None;
+        for commit in self.history(name, KEEP_COMMITS)? {
+            if commit.record.seq == seq {
+                found = Some(commit);
+                break;
+            }
+        }
+        let Some(old) = found else {
+            return Err(Error::NoSuchCommit(name.into(), seq));
+        };
+        for _ in 0..MAX_RETRIES {
+            let head = self.head(name)?;
+            if let Some(head) = self.replace(name, &head, old.tree, CommitKind::Restore, author)? {
+                return Ok(head);
+            }
+        }
+        Err(Error::Contended(name.into()))
     }
 
     /// Volume `name`'s commits, newest first, at most `limit` (those still

@@ -12,9 +12,12 @@
 //! - [`catalog`]: volumes, their heads, commits, history and retention.
 //! - [`session`]: one sandbox's copy-on-write view of a volume and its
 //!   commits.
+//! - [`server`]: the `volume-server` daemon: sessions over FUSE and 9P,
+//!   committed in the background and at teardown, and its API.
 
 pub mod access;
 pub mod catalog;
+pub mod server;
 pub mod session;
 
 pub use access::FileEntry;
@@ -37,6 +40,8 @@ pub enum Error {
     BadName(String),
     #[error("volume '{0}': its head kept moving; the commit gave up after 1,000 merges")]
     Contended(String),
+    #[error("volume '{0}' has no commit {1} (or it is no longer kept)")]
+    NoSuchCommit(String, u64),
     #[error("no such path in the volume: '{0}'")]
     NoSuchPath(String),
     #[error("not a file: '{0}'")]

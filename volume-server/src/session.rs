@@ -29,6 +29,8 @@ use crate::{Error, Result};
 pub const SESSION_REF_PREFIX: &str = "volsession/";
 /// Ref prefix of live sessions' lower trees (the head each started on).
 pub const LOWER_REF_PREFIX: &str = "vollower/";
+/// Ref prefix of a session's capture while its commit is under way.
+pub const PENDING_REF_PREFIX: &str = "volpending/";
 
 /// One sandbox's view of a volume.
 pub struct Session {
@@ -85,7 +87,22 @@ impl Session {
             }
         };
         let lower = found(lower_ref(id))?;
-        let base = found(session_ref(id))?;
+        let mut base = found(session_ref(id))?;
+        // A crash in the middle of a commit: whether the head moved with
+        // the pending capture is in the newest commit of this session.
+        if let Some(pending) = store.get_ref(&pending_ref(id))? {
+            let landed = volumes
+                .history(volume, usize::MAX)?
+                .into_iter()
+                .find(|c| c.record.author == id)
+                .is_some_and(|c| c.record.capture == Some(pending.root));
+            if landed {
+                store.set_ref(&session_ref(id), pending.root, RefExpectation::Any)?;
+                base = pending.root;
+            }
+            delete_ref(&store, &pending_ref(id))?;
+            tracing::info!(session = id, landed, "a commit was under way at the crash");
+        }
         let (fs, report) = CowFs::recover(store, lower, config)?;
         tracing::info!(session = id, volume, ?report, "volume session recovered");
         Ok(Session::running(volumes, volume, id, fs, base))
@@ -111,6 +128,20 @@ impl Session {
         &self.id
     }
 
+    /// The volume it is a session of.
+    pub fn volume(&self) -> &str {
+        &self.volume
+    }
+
+    /// Removes what session `id` keeps in `store` (its refs), for a
+    /// session that never held anything durable.
+    pub fn forget(store: &cas::Store, id: &str) -> Result<()> {
+        for name in [pending_ref(id), session_ref(id), lower_ref(id)] {
+            delete_ref(store, &name)?;
+        }
+        Ok(())
+    }
+
     /// The tree the session's uncommitted changes are relative to.
     pub fn base(&self) -> ChunkId {
         *self.base.lock()
@@ -118,6 +149,14 @@ impl Session {
 
     /// Merges everything the session changed since its last commit into
     /// the volume's head; returns once the new head is durable.
+    ///
+    /// The order makes a crash at any point recoverable: the capture is
+    /// stored and kept by `volpending/ID`; the session's journal is made
+    /// durable through the capture (so that a recovered session holds at
+    /// least what the head may be given); the head moves, recording the
+    /// capture; only then does the capture become the base
+    /// (`volsession/ID`). A session recovered with a pending capture finds
+    /// in the history whether the head moved with it ([`Session::recover`]).
     pub fn commit(&self) -> Result<Committed> {
         let mut base = self.base.lock();
         let store = self.volumes.store();
@@ -129,19 +168,20 @@ impl Session {
         let stored = capture.store(store, &writer)?;
         writer.commit()?;
         let ours = stored.tree;
-        // The stored capture is the next base: keep it before anything
-        // can collect it.
-        writer.set_ref(&session_ref(&self.id), ours, RefExpectation::Any)?;
+        writer.set_ref(&pending_ref(&self.id), ours, RefExpectation::Any)?;
+        // The sealed layers switch to their blobs (kept by the pending
+        // ref, then by the base) and the directories are recorded as
+        // stored (the next capture takes unchanged ones whole); the
+        // journal is synced through the capture.
+        self.fs
+            .converted(&stored)
+            .map_err(|e| Error::Session(format!("after storing the capture: errno {}", e.0)))?;
         let tag = conflict_tag(&self.id);
         let committed = self
             .volumes
             .commit(&self.volume, *base, ours, &self.id, &tag)?;
-        // The sealed layers switch to their blobs and the directories are
-        // recorded as stored (the next capture takes unchanged ones whole):
-        // all of it is in `ours`, which the session's ref keeps.
-        self.fs
-            .converted(&stored)
-            .map_err(|e| Error::Session(format!("after the commit: errno {}", e.0)))?;
+        writer.set_ref(&session_ref(&self.id), ours, RefExpectation::Any)?;
+        delete_ref(store, &pending_ref(&self.id))?;
         *base = ours;
         Ok(committed)
     }
@@ -149,17 +189,24 @@ impl Session {
     /// Ends the session: commits, then lets its base go. On error the
     /// session is left as it was (its upper layer and its ref kept) for a
     /// later attempt.
-    pub fn close(self) -> Result<Committed> {
+    /// The session is not to be used after this succeeds.
+    pub fn close(&self) -> Result<Committed> {
         let committed = self.commit()?;
-        let store = self.volumes.store();
-        for name in [session_ref(&self.id), lower_ref(&self.id)] {
-            match store.delete_ref(&name, RefExpectation::Any) {
-                Ok(_) | Err(cas::Error::RefNotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Self::forget(self.volumes.store(), &self.id)?;
         Ok(committed)
     }
+}
+
+/// Removes ref `name` if it exists.
+fn delete_ref(store: &cas::Store, name: &str) -> Result<()> {
+    match store.delete_ref(name, RefExpectation::Any) {
+        Ok(_) | Err(cas::Error::RefNotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn pending_ref(id: &str) -> String {
+    format!("{PENDING_REF_PREFIX}{id}")
 }
 
 fn session_ref(id: &str) -> String {
@@ -172,38 +219,22 @@ fn lower_ref(id: &str) -> String {
 
 /// The tag conflict copies get: when (UTC, to the second) and who.
 fn conflict_tag(session: &str) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
+    // "2026-12-04T04:30:10Z" -> "20261204-043010".
+    let when: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .chars()
+        .filter_map(|c| match c {
+            'T' => Some('-'),
+            c if c.is_ascii_digit() => Some(c),
+            _ => None,
+        })
+        .collect();
     let id: String = session
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .take(40)
         .collect();
-    format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{id}",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
-/// Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    format!("{when}-{id}")
 }
 
 #[cfg(test)]
@@ -211,17 +242,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn days_become_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(20_790), (2026, 12, 3));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-    }
-
-    #[test]
     fn conflict_tags_are_valid_names() {
         let tag = conflict_tag("s/1 weird");
         assert!(tag.ends_with("-s1weird"), "{tag}");
         assert!(tag.len() <= 64);
+        // YYYYMMDD-HHMMSS-ID
+        let (date, rest) = tag.split_once('-').unwrap();
+        assert_eq!(date.len(), 8, "{tag}");
+        assert!(date.starts_with("20"), "{tag}");
+        assert_eq!(rest.split_once('-').unwrap().0.len(), 6, "{tag}");
     }
 }

@@ -1,0 +1,88 @@
+//! Helpers of the volume server's tests: run a `volume-server` process
+//! for the length of a test and call its API.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use snapshotter::volume_api::VolumeOp;
+
+/// A `volume-server` process; stopped with SIGTERM when dropped.
+pub struct Server {
+    pub child: Child,
+    pub home: PathBuf,
+}
+
+impl Server {
+    /// Starts the server of `home` (background commits every
+    /// `autocommit_secs`) and waits until it answers.
+    pub fn start(home: &Path, autocommit_secs: u64) -> Server {
+        let child = Command::new(env!("CARGO_BIN_EXE_volume-server"))
+            .arg("--home")
+            .arg(home)
+            .arg("--autocommit-secs")
+            .arg(autocommit_secs.to_string())
+            .env_remove("STRATA_VOLUME_HOME")
+            .spawn()
+            .expect("start volume-server");
+        let server = Server {
+            child,
+            home: home.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while snapshotter::volume_cmd::connect(home).is_err() {
+            assert!(Instant::now() < deadline, "volume-server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// Calls the API; panics on failure.
+    pub fn call<T: DeserializeOwned>(&self, op: VolumeOp) -> T {
+        self.try_call(op).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Calls the API.
+    pub fn try_call<T: DeserializeOwned>(&self, op: VolumeOp) -> anyhow::Result<T> {
+        snapshotter::volume_cmd::connect(&self.home)?.call(op)
+    }
+
+    /// Sends `signal` and waits for the process to end; its exit status.
+    pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
+        // SAFETY: kill with the pid of our own child process.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.child.wait().expect("wait for volume-server")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop_with(libc::SIGTERM);
+        }
+    }
+}
+
+/// `n` pseudo-random bytes from `seed`.
+pub fn random_bytes(seed: &str, n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+/// Lazily unmounts `dir` if something is mounted there (cleanup).
+pub fn detach(dir: &Path) {
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
+}
+
+/// A BLAKE3 checksum of a file, in hex.
+pub fn checksum(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    blake3::hash(&bytes).to_hex().to_string()
+}
