@@ -46,6 +46,12 @@ pub fn invalidate_entry(session: &BackgroundSession, parent: u64, name: &[u8]) {
     let _ = notifier.inval_inode(INodeNo(parent), 0, 0);
 }
 
+/// Tells the kernel that inode `ino`'s attributes (and, for a file, its
+/// cached data) changed behind its back (a rebase).
+pub fn invalidate_inode(session: &BackgroundSession, ino: u64) {
+    let _ = session.notifier().inval_inode(INodeNo(ino), 0, 0);
+}
+
 /// How long the kernel may cache attributes and entries.
 pub const ATTR_TTL: Duration = Duration::from_secs(60);
 
@@ -58,6 +64,8 @@ pub struct FuseOptions {
     pub allow_other: bool,
     /// Name shown in /proc/mounts.
     pub fs_name: String,
+    /// Mount read-only (the kernel refuses every change with EROFS).
+    pub read_only: bool,
 }
 
 impl Default for FuseOptions {
@@ -66,6 +74,7 @@ impl Default for FuseOptions {
             threads: 4,
             allow_other: true,
             fs_name: "strata".into(),
+            read_only: false,
         }
     }
 }
@@ -85,7 +94,11 @@ pub fn mount(
         MountOption::Dev,
         MountOption::Suid,
         MountOption::Exec,
-        MountOption::RW,
+        if options.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
     ];
     config.acl = if options.allow_other {
         SessionACL::All

@@ -769,6 +769,16 @@ impl FileData {
         self.inner.read().size
     }
 
+    /// Whether every byte of the file is in the store: no upper bytes,
+    /// over a blob (or a layer converted to one).
+    pub(crate) fn is_in_store(&self) -> bool {
+        let over_blob = match self.base() {
+            Base::Blob(_) => true,
+            Base::Layer(layer) => layer.converted().is_some(),
+        };
+        over_blob && !self.has_upper_state()
+    }
+
     /// Whether [`FileData::freeze`] would seal a layer (the file has
     /// upper bytes or a changed size).
     pub(crate) fn has_upper_state(&self) -> bool {

@@ -201,6 +201,15 @@ pub enum Record {
     /// the empty data file `STEM-sEPOCH.SEQ` (`STEM`: the old name without
     /// an earlier `-s…` suffix).
     SealAll { path: Vec<u8>, epoch: u64, seq: u64 },
+    /// The mount was moved onto stored tree `tree` ([`super::CowFs::rebase`]):
+    /// from here on the namespace is that tree plus the records after
+    /// this one, and nothing before it is needed (every file's data was
+    /// in the store at that point). `note` is an id the caller keeps with
+    /// the move (the volume server: the head the tree was merged onto).
+    Rebase {
+        tree: ChunkId,
+        note: Option<ChunkId>,
+    },
 }
 
 /// What a file's or layer's lower bytes come from.

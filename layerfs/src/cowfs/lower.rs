@@ -119,18 +119,7 @@ impl CowFs {
                     child
                 }
                 Entry::Inode(inode) => {
-                    let kind = match inode.kind {
-                        InodeKind::File { size, blob } => {
-                            NodeKind::File(Arc::new(FileData::lower(
-                                size,
-                                blob,
-                                self.data_dir.clone(),
-                                self.data_name_for(st.next_ino),
-                                self.files.clone(),
-                            )))
-                        }
-                        other => NodeKind::Other(other),
-                    };
+                    let kind = self.lower_kind(st, inode.kind);
                     let child =
                         self.add_node(st, inode.attrs, inode.nlink, kind, (ino, name.clone()));
                     if inode.nlink > 1 {
@@ -170,6 +159,21 @@ impl CowFs {
             };
         }
         Ok(())
+    }
+
+    /// The node kind of a stored inode about to be added as inode
+    /// `st.next_ino`.
+    pub(super) fn lower_kind(&self, st: &State, kind: InodeKind) -> NodeKind {
+        match kind {
+            InodeKind::File { size, blob } => NodeKind::File(Arc::new(FileData::lower(
+                size,
+                blob,
+                self.data_dir.clone(),
+                self.data_name_for(st.next_ino),
+                self.files.clone(),
+            ))),
+            other => NodeKind::Other(other),
+        }
     }
 
     /// Finds a lower hard-link target by its path in the tree rooted at

@@ -28,6 +28,7 @@ pub mod locks;
 mod lower;
 mod names;
 mod namespace;
+mod rebase;
 mod recovery;
 mod snapshot;
 mod types;
@@ -49,6 +50,7 @@ use file::FileData;
 pub use file::BLOCK_SIZE;
 use journal::{JAttrs, Journal, NewKind, Record};
 pub use locks::{LockTable, LockType, PosixLock};
+pub use rebase::{Frozen, Rebased};
 pub use recovery::RecoveryReport;
 
 /// Reads the upper-layer journal at `path` as recovery does and returns
@@ -197,7 +199,9 @@ impl State {
 /// A copy-on-write filesystem: one mount's view.
 pub struct CowFs {
     store: Store,
-    lower: ChunkId,
+    /// The tree the mount shows under its upper layer (moved by
+    /// [`CowFs::rebase`]).
+    lower: Mutex<ChunkId>,
     data_dir: PathBuf,
     quota: u64,
     inode_quota: u64,
@@ -336,7 +340,7 @@ impl CowFs {
     ) -> CowFs {
         CowFs {
             store,
-            lower,
+            lower: Mutex::new(lower),
             data_dir: config.upper_dir.join("data"),
             quota: config.quota_bytes,
             inode_quota: config.inode_quota,
@@ -351,7 +355,7 @@ impl CowFs {
 
     /// The lower tree.
     pub fn lower(&self) -> ChunkId {
-        self.lower
+        *self.lower.lock()
     }
 
     /// Bytes the upper layer holds.
@@ -372,7 +376,7 @@ impl CowFs {
     }
 
     fn eio(&self, err: impl std::fmt::Display) -> Errno {
-        tracing::error!(lower = %self.lower, "{err}");
+        tracing::error!(lower = %self.lower(), "{err}");
         Errno::EIO
     }
 

@@ -28,6 +28,10 @@ pub struct RecoveryReport {
     pub orphan_files: usize,
     /// The new session's epoch.
     pub epoch: u64,
+    /// The journal's last rebase, if it has one: the tree the recovery
+    /// started from instead of the mount's first lower tree (records
+    /// before it were not replayed), and the note journaled with it.
+    pub rebased: Option<(ChunkId, Option<ChunkId>)>,
 }
 
 fn split(path: &[u8]) -> (&[u8], &[u8]) {
@@ -57,6 +61,17 @@ impl CowFs {
             })
             .max()
             .unwrap_or(0);
+        // A rebase starts the namespace again from its tree: only what
+        // came after it is replayed.
+        let rebase = contents
+            .records
+            .iter()
+            .rposition(|r| matches!(r, Record::Rebase { .. }));
+        let rebased = rebase.and_then(|at| match contents.records[at] {
+            Record::Rebase { tree, note } => Some((tree, note)),
+            _ => None,
+        });
+        let lower = rebased.map_or(lower, |(tree, _)| tree);
         let fs = CowFs::unjournaled(store, lower, &config, last_epoch + 1)?;
         // Before the replay touches them.
         let upper_mtimes = FileData::upper_mtimes(&fs.data_dir);
@@ -64,10 +79,15 @@ impl CowFs {
             records: contents.records.len(),
             torn_bytes: contents.torn_bytes,
             epoch: fs.epoch,
+            rebased,
             ..RecoveryReport::default()
         };
         let mut layers = HashMap::new();
-        for record in contents.records {
+        for record in contents
+            .records
+            .into_iter()
+            .skip(rebase.map_or(0, |at| at + 1))
+        {
             let what = format!("{record:?}");
             if let Err(e) = fs.replay(record, &mut layers) {
                 report.skipped += 1;
@@ -420,6 +440,8 @@ impl CowFs {
                 self.set_times(parent, Some(t), t);
                 Ok(())
             }
+            // Only the last one is in the replay, and it starts it.
+            Record::Rebase { .. } => Ok(()),
             Record::Converted { name, blob } => {
                 let layer = layers.get(&name).ok_or(Errno::ENOENT)?;
                 layer.convert(blob);

@@ -147,16 +147,27 @@ impl CowFs {
     /// replays a journaled seal with the numbers it had).
     pub(super) fn capture_as(&self, path: &[u8], epoch: u64, seq: u64) -> FsResult<Capture> {
         let mut st = self.state.lock();
+        self.capture_locked(&mut st, path, epoch, seq)
+    }
+
+    /// [`CowFs::capture_as`] with the mount's state already locked.
+    pub(super) fn capture_locked(
+        &self,
+        st: &mut State,
+        path: &[u8],
+        epoch: u64,
+        seq: u64,
+    ) -> FsResult<Capture> {
         st.captures += 1;
         let generation = st.captures;
         let mut at = ROOT_INO;
         let mut root_path = Vec::new();
         for part in path.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
-            at = self.child(&mut st, at, part)?.ok_or(Errno::ENOENT)?;
+            at = self.child(st, at, part)?.ok_or(Errno::ENOENT)?;
             root_path = join(&root_path, part);
         }
-        self.ready(&mut st, at)?;
-        if !matches!(self.node(&st, at)?.kind, NodeKind::Dir(_)) {
+        self.ready(st, at)?;
+        if !matches!(self.node(st, at)?.kind, NodeKind::Dir(_)) {
             return Err(Errno::ENOTDIR);
         }
         let lower_paths = st
@@ -184,7 +195,7 @@ impl CowFs {
                 root_path.len() + 1
             },
         };
-        self.capture_node(&mut st, at, &root_path, (epoch, seq), &mut cap, &mut walk)?;
+        self.capture_node(st, at, &root_path, (epoch, seq), &mut cap, &mut walk)?;
         if let Some(journal) = self.journal.get() {
             // Files changed but not journaled yet get their state first, so
             // that replaying the seal seals exactly what this one did.
@@ -362,16 +373,18 @@ impl CowFs {
     /// each sealed layer is now its blob (durably) and replaces the layers
     /// by their blobs, removing their data files.
     pub fn converted(&self, stored: &Stored) -> FsResult<()> {
-        {
-            // The directories the capture wrote are those nodes while
-            // nothing under them changes: the next capture takes them
-            // whole. (The caller keeps the stored tree alive as long as
-            // the mount lives.)
-            let mut st = self.state.lock();
-            for (ino, id) in &stored.dirs {
-                if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(ino).map(|n| &mut n.kind) {
-                    dir.stored = Some((*id, stored.generation));
-                }
+        let mut st = self.state.lock();
+        self.converted_locked(&mut st, stored)
+    }
+
+    /// [`CowFs::converted`] with the mount's state locked.
+    pub(super) fn converted_locked(&self, st: &mut State, stored: &Stored) -> FsResult<()> {
+        // The directories the capture wrote are those nodes while nothing
+        // under them changes: the next capture takes them whole. (The
+        // caller keeps the stored tree alive as long as the mount lives.)
+        for (ino, id) in &stored.dirs {
+            if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(ino).map(|n| &mut n.kind) {
+                dir.stored = Some((*id, stored.generation));
             }
         }
         if stored.layers.is_empty() {
@@ -816,7 +829,7 @@ impl Capture {
 
 /// Whether the subtree of directory `id` holds hard-link entries
 /// (remembered per subtree id: unchanged subtrees are asked once).
-fn has_hard_links(reader: &TreeReader<'_>, id: ChunkId) -> Result<bool> {
+pub(super) fn has_hard_links(reader: &TreeReader<'_>, id: ChunkId) -> Result<bool> {
     static KNOWN: OnceLock<Mutex<HashMap<ChunkId, bool>>> = OnceLock::new();
     let known = KNOWN.get_or_init(|| Mutex::new(HashMap::new()));
     if let Some(&answer) = known.lock().get(&id) {

@@ -32,6 +32,7 @@ impl Errno {
     pub const ENXIO: Errno = Errno(libc::ENXIO);
     pub const EMLINK: Errno = Errno(libc::EMLINK);
     pub const EAGAIN: Errno = Errno(libc::EAGAIN);
+    pub const EBUSY: Errno = Errno(libc::EBUSY);
 }
 
 /// Result of an inode operation.
