@@ -58,9 +58,16 @@ pub enum VolumeOp {
     #[serde(rename = "volume.remove")]
     Remove { name: String },
     /// Starts a session over the volume's head, FUSE-mounted at
-    /// `mountpoint` (an existing directory, absolute path).
+    /// `mountpoint` (an existing directory, absolute path); given
+    /// `commit`, a read-only view of that commit instead (never
+    /// committed).
     #[serde(rename = "volume.mount")]
-    Mount { name: String, mountpoint: PathBuf },
+    Mount {
+        name: String,
+        mountpoint: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<u64>,
+    },
     /// Ends a session (a session id or a mount point): unmounts it,
     /// commits, and answers once the commit is durable.
     #[serde(rename = "volume.umount")]
@@ -72,6 +79,11 @@ pub enum VolumeOp {
     /// name, every session of that volume.
     #[serde(rename = "volume.commit")]
     Commit { target: String },
+    /// Moves sessions onto their volume's newest head, keeping their
+    /// uncommitted changes (nothing is committed): one session (id or
+    /// mount point), or, given a volume name, every session of it.
+    #[serde(rename = "volume.reload")]
+    Reload { target: String },
     /// Lists a volume's commits, newest first.
     #[serde(rename = "volume.history")]
     History {
@@ -195,6 +207,23 @@ pub struct CommitResult {
     pub retries: u32,
 }
 
+/// The result of a reload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReloadResult {
+    /// The session reloaded.
+    pub session: String,
+    pub volume: String,
+    /// The head it now works over.
+    pub head: CommitInfo,
+    /// Where its uncommitted changes met the head's: resolved in the
+    /// session's view as a commit resolves them (both versions kept).
+    pub conflicts: Vec<ConflictInfo>,
+    /// Names added, removed or replaced in the session's view.
+    pub entries_changed: u64,
+    /// Directories of the session compared on the way.
+    pub dirs_compared: u64,
+}
+
 /// One live session.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SessionInfo {
@@ -216,6 +245,9 @@ pub struct SessionInfo {
     /// changes and tries again).
     #[serde(default)]
     pub commit_error: Option<String>,
+    /// A read-only view of this commit (absent: a session over the head).
+    #[serde(default)]
+    pub commit: Option<u64>,
 }
 
 /// One entry of `file.list`.

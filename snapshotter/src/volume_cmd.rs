@@ -13,8 +13,8 @@ use crate::client::{absolute, Client};
 use crate::exit;
 use crate::output::{human_bytes, Output};
 use crate::volume_api::{
-    self, CommitInfo, CommitResult, FileInfo, ServerInfo, SessionInfo, VolumeInfo,
-    VolumeListenerInfo, VolumeOp, VOLUME_API_VERSION,
+    self, CommitInfo, CommitResult, ConflictInfo, FileInfo, ReloadResult, ServerInfo, SessionInfo,
+    VolumeInfo, VolumeListenerInfo, VolumeOp, VOLUME_API_VERSION,
 };
 
 /// Nothing answers on the volume server's socket.
@@ -59,7 +59,14 @@ pub enum VolumeCommand {
     Rm { name: String },
     /// Mount a volume at DIR (FUSE): a session of its own, committed in
     /// the background and when it is unmounted.
-    Mount { name: String, dir: PathBuf },
+    Mount {
+        name: String,
+        dir: PathBuf,
+        /// Mount commit SEQ read-only instead (see `history`); nothing is
+        /// committed.
+        #[arg(long, value_name = "SEQ")]
+        commit: Option<u64>,
+    },
     /// End a session (its mount point or id): unmount, commit, and return
     /// once the commit is durable.
     Umount { session: String },
@@ -85,6 +92,9 @@ pub enum VolumeCommand {
     /// Commit now: a session (mount point or id), or every session of a
     /// volume.
     Commit { target: String },
+    /// Move a session (mount point or id), or every session of a volume,
+    /// onto the volume's newest head, keeping its uncommitted changes.
+    Reload { target: String },
     /// List a volume's commits, newest first.
     History {
         name: String,
@@ -158,18 +168,7 @@ fn commit_line(c: &CommitInfo) -> String {
         c.author,
         c.paths_changed
     );
-    for conflict in &c.conflicts {
-        line.push_str(&format!(
-            "\n       conflict ({}): {}{}",
-            conflict.kind,
-            conflict.path,
-            conflict
-                .copy
-                .as_ref()
-                .map(|copy| format!(" — this session's version is {copy}"))
-                .unwrap_or_default()
-        ));
-    }
+    push_conflicts(&mut line, &c.conflicts);
     line
 }
 
@@ -188,6 +187,49 @@ fn committed_line(r: &CommitResult) -> String {
             "session {}: nothing to commit (volume {} is at commit {})",
             r.session, r.volume, r.head.seq
         )
+    }
+}
+
+fn reloaded_line(r: &ReloadResult) -> String {
+    let mut line = format!(
+        "session {} now works over commit {} of volume {} ({} names changed)",
+        r.session, r.head.seq, r.volume, r.entries_changed
+    );
+    push_conflicts(&mut line, &r.conflicts);
+    line
+}
+
+/// A session's mount point as the server knows it (absolute), or an id
+/// or volume name as given.
+fn session_target(target: String) -> String {
+    match std::fs::canonicalize(&target) {
+        Ok(path) if target.contains('/') => path.display().to_string(),
+        _ => target,
+    }
+}
+
+/// One line per result, or `none` when there are none.
+fn lines_or<T>(results: &[T], line: fn(&T) -> String, none: &str) -> String {
+    if results.is_empty() {
+        none.into()
+    } else {
+        results.iter().map(line).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Appends a line per conflict to `line`.
+fn push_conflicts(line: &mut String, conflicts: &[ConflictInfo]) {
+    for conflict in conflicts {
+        line.push_str(&format!(
+            "\n       conflict ({}): {}{}",
+            conflict.kind,
+            conflict.path,
+            conflict
+                .copy
+                .as_ref()
+                .map(|copy| format!(" — this session's version is {copy}"))
+                .unwrap_or_default()
+        ));
     }
 }
 
@@ -246,12 +288,23 @@ pub fn run(args: VolumeArgs, out: &Output) -> anyhow::Result<ExitCode> {
             let value: serde_json::Value = client.call(VolumeOp::Remove { name: name.clone() })?;
             out.print(&value, || format!("removed volume {name}"))?;
         }
-        VolumeCommand::Mount { name, dir } => {
+        VolumeCommand::Mount { name, dir, commit } => {
             let mountpoint = std::fs::canonicalize(&dir)
                 .with_context(|| format!("mount point {}", dir.display()))?;
-            let info: SessionInfo = client.call(VolumeOp::Mount { name, mountpoint })?;
+            let info: SessionInfo = client.call(VolumeOp::Mount {
+                name,
+                mountpoint,
+                commit,
+            })?;
             out.print(&info, || info.id.clone())?;
-            if let Some(path) = &info.mountpoint {
+            if let (Some(path), Some(seq)) = (&info.mountpoint, info.commit) {
+                out.note(&format!(
+                    "mounted commit {seq} of volume {} on {}, read-only; `snapctl volume umount {}` ends it",
+                    info.volume,
+                    path.display(),
+                    path.display()
+                ));
+            } else if let Some(path) = &info.mountpoint {
                 out.note(&format!(
                     "mounted volume {} on {} (session {}); `snapctl volume umount {}` commits and ends it",
                     info.volume,
@@ -338,21 +391,19 @@ pub fn run(args: VolumeArgs, out: &Output) -> anyhow::Result<ExitCode> {
             }
         }
         VolumeCommand::Commit { target } => {
-            let target = match std::fs::canonicalize(&target) {
-                Ok(path) if target.contains('/') => path.display().to_string(),
-                _ => target,
-            };
-            let results: Vec<CommitResult> = client.call(VolumeOp::Commit { target })?;
+            let results: Vec<CommitResult> = client.call(VolumeOp::Commit {
+                target: session_target(target),
+            })?;
             out.print(&results, || {
-                if results.is_empty() {
-                    "no sessions to commit".into()
-                } else {
-                    results
-                        .iter()
-                        .map(committed_line)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                }
+                lines_or(&results, committed_line, "no sessions to commit")
+            })?;
+        }
+        VolumeCommand::Reload { target } => {
+            let results: Vec<ReloadResult> = client.call(VolumeOp::Reload {
+                target: session_target(target),
+            })?;
+            out.print(&results, || {
+                lines_or(&results, reloaded_line, "no sessions to reload")
             })?;
         }
         VolumeCommand::History { name, limit } => {

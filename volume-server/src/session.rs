@@ -19,7 +19,7 @@
 use std::sync::Arc;
 
 use cas::{ChunkId, RefExpectation};
-use layerfs::cowfs::{CowFs, MountConfig};
+use layerfs::cowfs::{CowFs, Errno, MountConfig};
 use parking_lot::Mutex;
 
 use crate::catalog::{validate_name, Committed, Volumes};
@@ -31,6 +31,23 @@ pub const SESSION_REF_PREFIX: &str = "volsession/";
 pub const LOWER_REF_PREFIX: &str = "vollower/";
 /// Ref prefix of a session's capture while its commit is under way.
 pub const PENDING_REF_PREFIX: &str = "volpending/";
+/// Ref prefix of the tree a reload moves a session onto, while it does.
+pub const NEXT_REF_PREFIX: &str = "volnext/";
+/// Ref prefix of the head a reload merged onto (the session's next base),
+/// while it does.
+pub const NEXT_BASE_REF_PREFIX: &str = "volnextbase/";
+
+/// What a reload did.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// The head the session now works over.
+    pub head: crate::Head,
+    /// Conflicts between the session's uncommitted changes and the head,
+    /// each resolved in the session's view as a commit would resolve it.
+    pub conflicts: Vec<layerfs::Conflict>,
+    /// What changed in the mount.
+    pub rebased: layerfs::cowfs::Rebased,
+}
 
 /// One sandbox's view of a volume.
 pub struct Session {
@@ -41,6 +58,8 @@ pub struct Session {
     /// The tree the session's changes are relative to; held while a
     /// commit runs, so that commits of one session go one at a time.
     base: Mutex<ChunkId>,
+    /// A read-only view of an old commit: never committed or reloaded.
+    read_only: bool,
 }
 
 impl Session {
@@ -52,9 +71,20 @@ impl Session {
         id: &str,
         config: MountConfig,
     ) -> Result<Session> {
-        validate_name(id).map_err(|_| Error::BadSession(id.into()))?;
         let head = volumes.head(volume)?;
-        let base = head.commit.tree;
+        Self::open_at(volumes, volume, id, config, head.commit.tree)
+    }
+
+    /// Starts session `id` of volume `volume` over tree `base` (the head's,
+    /// or an old commit's for a read-only view).
+    pub fn open_at(
+        volumes: Arc<Volumes>,
+        volume: &str,
+        id: &str,
+        config: MountConfig,
+        base: ChunkId,
+    ) -> Result<Session> {
+        validate_name(id).map_err(|_| Error::BadSession(id.into()))?;
         let store = volumes.store().clone();
         // The mount reads its lower tree for its whole life; its base moves.
         store.set_ref(&lower_ref(id), base, RefExpectation::Any)?;
@@ -103,7 +133,21 @@ impl Session {
             delete_ref(&store, &pending_ref(id))?;
             tracing::info!(session = id, landed, "a commit was under way at the crash");
         }
-        let (fs, report) = CowFs::recover(store, lower, config)?;
+        let (fs, report) = CowFs::recover(store.clone(), lower, config)?;
+        // A reload the crash interrupted (its tree is not the session's
+        // lower tree yet): the session's base is the head it merged onto.
+        if let Some((tree, note)) = report.rebased {
+            if tree != lower {
+                if let Some(head) = note {
+                    store.set_ref(&session_ref(id), head, RefExpectation::Any)?;
+                    base = head;
+                }
+                store.set_ref(&lower_ref(id), tree, RefExpectation::Any)?;
+            }
+        }
+        for name in [next_ref(id), next_base_ref(id)] {
+            delete_ref(&store, &name)?;
+        }
         tracing::info!(session = id, volume, ?report, "volume session recovered");
         Ok(Session::running(volumes, volume, id, fs, base))
     }
@@ -115,7 +159,20 @@ impl Session {
             id: id.into(),
             fs: Arc::new(fs),
             base: Mutex::new(base),
+            read_only: false,
         }
+    }
+
+    /// The same session as a read-only view: its commits and reloads do
+    /// nothing (its mount must refuse changes).
+    pub fn into_read_only(mut self) -> Session {
+        self.read_only = true;
+        self
+    }
+
+    /// Whether this is a read-only view.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The mount the sandbox works in.
@@ -136,7 +193,13 @@ impl Session {
     /// Removes what session `id` keeps in `store` (its refs), for a
     /// session that never held anything durable.
     pub fn forget(store: &cas::Store, id: &str) -> Result<()> {
-        for name in [pending_ref(id), session_ref(id), lower_ref(id)] {
+        for name in [
+            pending_ref(id),
+            session_ref(id),
+            lower_ref(id),
+            next_ref(id),
+            next_base_ref(id),
+        ] {
             delete_ref(store, &name)?;
         }
         Ok(())
@@ -158,6 +221,13 @@ impl Session {
     /// (`volsession/ID`). A session recovered with a pending capture finds
     /// in the history whether the head moved with it ([`Session::recover`]).
     pub fn commit(&self) -> Result<Committed> {
+        if self.read_only {
+            return Ok(Committed {
+                head: self.volumes.head(&self.volume)?,
+                wrote: false,
+                retries: 0,
+            });
+        }
         let mut base = self.base.lock();
         let store = self.volumes.store();
         let capture = self
@@ -186,6 +256,94 @@ impl Session {
         Ok(committed)
     }
 
+    /// Moves the session onto the volume's newest head, keeping its
+    /// uncommitted changes (nothing is committed): the head's changes
+    /// since the session's base are merged into the session's view as a
+    /// commit would merge them, conflicts included (both versions kept,
+    /// listed in the result), and the mount is rebased in place
+    /// ([`layerfs::cowfs::Frozen::rebase`]): open files keep reading what
+    /// they opened, directories keep their inodes.
+    ///
+    /// The sandbox is held still from the final capture to the move;
+    /// most of its changes are stored before that, so the pause follows
+    /// what changed meanwhile and what the head changed.
+    ///
+    /// Crash safety: the merged tree is kept by `volnext/ID` and the head
+    /// by `volnextbase/ID` before the mount's journal records the move;
+    /// recovery finds the move in the journal ([`Session::recover`]).
+    pub fn reload(&self) -> Result<Reloaded> {
+        if self.read_only {
+            return Err(Error::Session(
+                "a read-only view of an old commit does not reload".into(),
+            ));
+        }
+        let mut base = self.base.lock();
+        let store = self.volumes.store();
+        let failed = |what: &str, e: Errno| {
+            Error::Session(match e {
+                Errno::EOPNOTSUPP => format!(
+                    "{what}: the session or the head has hard links in changed paths, \
+                     which a reload cannot move; commit and mount again instead"
+                ),
+                Errno::EBUSY => {
+                    format!("{what}: the session holds data whose commit failed; commit it first")
+                }
+                e => format!("{what}: errno {}", e.0),
+            })
+        };
+        // Most of what the session wrote is stored before it is held
+        // still.
+        let early = self
+            .fs
+            .capture(b"")
+            .map_err(|e| failed("capturing the session", e))?;
+        let writer = store.writer("volume reload");
+        let stored = early.store(store, &writer)?;
+        writer.commit()?;
+        writer.set_ref(&pending_ref(&self.id), stored.tree, RefExpectation::Any)?;
+        self.fs
+            .converted(&stored)
+            .map_err(|e| failed("after storing the capture", e))?;
+
+        let mut frozen = self.fs.freeze();
+        let capture = frozen
+            .capture()
+            .map_err(|e| failed("capturing the session", e))?;
+        let stored = capture.store(store, &writer)?;
+        writer.commit()?;
+        let ours = stored.tree;
+        writer.set_ref(&pending_ref(&self.id), ours, RefExpectation::Any)?;
+        frozen
+            .converted(&stored)
+            .map_err(|e| failed("after storing the capture", e))?;
+        let head = self.volumes.head(&self.volume)?;
+        let theirs = head.commit.tree;
+        let merged =
+            layerfs::merge_trees(store, &writer, *base, ours, theirs, &conflict_tag(&self.id))?;
+        writer.commit()?;
+        writer.set_ref(&next_ref(&self.id), merged.tree, RefExpectation::Any)?;
+        writer.set_ref(&next_base_ref(&self.id), theirs, RefExpectation::Any)?;
+        let rebased = frozen
+            .rebase(ours, merged.tree, Some(theirs))
+            .map_err(|e| failed("moving the session", e))?;
+        drop(frozen);
+        writer.set_ref(&lower_ref(&self.id), merged.tree, RefExpectation::Any)?;
+        writer.set_ref(&session_ref(&self.id), theirs, RefExpectation::Any)?;
+        for name in [
+            next_ref(&self.id),
+            next_base_ref(&self.id),
+            pending_ref(&self.id),
+        ] {
+            delete_ref(store, &name)?;
+        }
+        *base = theirs;
+        Ok(Reloaded {
+            head,
+            conflicts: merged.conflicts,
+            rebased,
+        })
+    }
+
     /// Ends the session: commits, then lets its base go. On error the
     /// session is left as it was (its upper layer and its ref kept) for a
     /// later attempt.
@@ -211,6 +369,14 @@ fn pending_ref(id: &str) -> String {
 
 fn session_ref(id: &str) -> String {
     format!("{SESSION_REF_PREFIX}{id}")
+}
+
+fn next_ref(id: &str) -> String {
+    format!("{NEXT_REF_PREFIX}{id}")
+}
+
+fn next_base_ref(id: &str) -> String {
+    format!("{NEXT_BASE_REF_PREFIX}{id}")
 }
 
 fn lower_ref(id: &str) -> String {

@@ -1,5 +1,5 @@
 //! Crash trials: a seeded workload writes, truncates, renames, deletes,
-//! fsyncs and commits through a FUSE session of a real `volume-server`
+//! fsyncs, commits and reloads through a FUSE session of a real `volume-server`
 //! while the server is stopped at a random moment — SIGKILL, or SIGTERM
 //! (the teardown path) — then started again. After each restart every
 //! fsync and every commit the workload saw acknowledged is in the
@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use common::{detach, Server};
 use fixtures::workload::{self, Rng, Workload};
-use snapshotter::volume_api::{CommitInfo, CommitResult, SessionInfo, VolumeInfo, VolumeOp};
+use snapshotter::volume_api::{
+    CommitInfo, CommitResult, ReloadResult, SessionInfo, VolumeInfo, VolumeOp,
+};
 
 /// The paths the workload works on: six files at the root and six in
 /// each of two directories.
@@ -206,6 +208,20 @@ fn crash_workload() {
                     say(state_of(path, &shadow));
                 }
             }
+            // Reload through the API: the mount moves onto the head (its
+            // own last commit) and goes on; a recovery then starts from
+            // the reload's tree.
+            93..=96 => {
+                let reloaded: anyhow::Result<Vec<ReloadResult>> =
+                    snapshotter::volume_cmd::connect(Path::new(&home)).and_then(|mut c| {
+                        c.call(VolumeOp::Reload {
+                            target: session.clone(),
+                        })
+                    });
+                if let Err(e) = reloaded {
+                    fail(format!("reload: {e:#}"));
+                }
+            }
             _ => {}
         }
     }
@@ -334,6 +350,7 @@ fn what_was_acknowledged_survives_the_server_killed_at_random_moments() {
         let session: SessionInfo = server.call(VolumeOp::Mount {
             name: "data".into(),
             mountpoint: mnt.clone(),
+            commit: None,
         });
         let mut cmd = workload::this_test("crash_workload");
         cmd.env("STRATA_VOLUME_CRASH_MNT", &mnt)

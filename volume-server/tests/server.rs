@@ -40,6 +40,7 @@ fn mount(server: &Server, name: &str, dir: &Path) -> SessionInfo {
     server.call(VolumeOp::Mount {
         name: name.into(),
         mountpoint: dir.to_path_buf(),
+        commit: None,
     })
 }
 
@@ -422,12 +423,14 @@ fn bad_requests_are_refused_and_change_nothing() {
     .contains("no volume"));
     assert!(err(VolumeOp::Mount {
         name: "v".into(),
-        mountpoint: "relative/dir".into()
+        mountpoint: "relative/dir".into(),
+        commit: None,
     })
     .contains("absolute"));
     assert!(err(VolumeOp::Mount {
         name: "v".into(),
-        mountpoint: tmp.path().join("missing")
+        mountpoint: tmp.path().join("missing"),
+        commit: None,
     })
     .contains("mount point"));
     assert!(err(VolumeOp::Umount {

@@ -82,7 +82,7 @@ impl Connection {
             return Some(fs.clone());
         }
         let server = self.server.upgrade()?;
-        match server.open_session(&volume, None, Some(self.listen.clone())) {
+        match server.open_session(&volume, None, Some(self.listen.clone()), None) {
             Ok((record, session)) => {
                 let fs = session.fs().clone();
                 self.opened

@@ -66,18 +66,19 @@ pub(super) fn commit_info(commit: &Commit) -> CommitInfo {
         time_unix_nanos: r.time_unix_nanos,
         author: r.author.clone(),
         paths_changed: r.paths_changed,
-        conflicts: r
-            .conflicts
-            .iter()
-            .map(|c| ConflictInfo {
-                path: c.path.clone(),
-                kind: serde_json::to_value(c.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default(),
-                copy: c.copy.clone(),
-            })
-            .collect(),
+        conflicts: r.conflicts.iter().map(conflict_info).collect(),
+    }
+}
+
+/// A conflict as the API shows it.
+pub(super) fn conflict_info(c: &layerfs::Conflict) -> ConflictInfo {
+    ConflictInfo {
+        path: c.path.clone(),
+        kind: serde_json::to_value(c.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        copy: c.copy.clone(),
     }
 }
 
@@ -156,9 +157,13 @@ impl snapshotter::api_server::Handler for VolumeServer {
                 self.volumes.remove(&name)?;
                 Ok(serde_json::json!({ "removed": name }))
             })()),
-            VolumeOp::Mount { name, mountpoint } => json((|| {
+            VolumeOp::Mount {
+                name,
+                mountpoint,
+                commit,
+            } => json((|| {
                 Ok(serde_json::to_value(
-                    self.mount_session(&name, mountpoint)?,
+                    self.mount_session(&name, mountpoint, commit)?,
                 )?)
             })()),
             VolumeOp::Umount { session } => json((|| {
@@ -171,22 +176,19 @@ impl snapshotter::api_server::Handler for VolumeServer {
                 json(serde_json::to_value(self.list_sessions()).map_err(Into::into))
             }
             VolumeOp::Commit { target } => json((|| {
-                let ids = match self.find(&target) {
-                    Some(id) => vec![id],
-                    None => {
-                        self.settle(&target);
-                        self.volumes.head(&target).map_err(|_| {
-                            sessions::not_found(format!(
-                                "no session, mount point or volume '{target}'"
-                            ))
-                        })?;
-                        self.sessions_of(&target)
-                    }
-                };
-                let mut results = Vec::new();
-                for id in ids {
-                    results.push(self.commit_session(&id)?);
-                }
+                let results = self
+                    .targets(&target, true)?
+                    .iter()
+                    .map(|id| self.commit_session(id))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Ok(serde_json::to_value(results)?)
+            })()),
+            VolumeOp::Reload { target } => json((|| {
+                let results = self
+                    .targets(&target, false)?
+                    .iter()
+                    .map(|id| self.reload_session(id))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
                 Ok(serde_json::to_value(results)?)
             })()),
             VolumeOp::History { name, limit } => json((|| {
@@ -284,6 +286,21 @@ impl snapshotter::api_server::Handler for VolumeServer {
 }
 
 impl VolumeServer {
+    /// The sessions `target` names: a session id or mount point, or a
+    /// volume (all its sessions; `settle`: after those already ending).
+    fn targets(&self, target: &str, settle: bool) -> anyhow::Result<Vec<String>> {
+        if let Some(id) = self.find(target) {
+            return Ok(vec![id]);
+        }
+        if settle {
+            self.settle(target);
+        }
+        self.volumes.head(target).map_err(|_| {
+            sessions::not_found(format!("no session, mount point or volume '{target}'"))
+        })?;
+        Ok(self.sessions_of(target))
+    }
+
     fn volume_info(&self, name: &str, head: &crate::Head) -> VolumeInfo {
         VolumeInfo {
             name: name.to_string(),

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use layerfs::cowfs::{CowFs, MountConfig};
 use layerfs::fuse::{mount, BackgroundSession, FuseOptions};
 use serde::{Deserialize, Serialize};
-use snapshotter::volume_api::{CommitResult, SessionInfo};
+use snapshotter::volume_api::{CommitResult, ReloadResult, SessionInfo};
 
 use super::*;
 use crate::session::Session;
@@ -26,6 +26,10 @@ pub struct SessionRecord {
     pub listen: Option<String>,
     /// Seconds since the Unix epoch.
     pub created: u64,
+    /// A read-only view of this commit (by sequence number) rather than
+    /// a session over the head.
+    #[serde(default)]
+    pub commit: Option<u64>,
 }
 
 /// A session the server holds.
@@ -62,12 +66,24 @@ impl VolumeServer {
         volume: &str,
         mountpoint: Option<PathBuf>,
         listen: Option<String>,
+        commit: Option<u64>,
     ) -> anyhow::Result<(SessionRecord, Arc<Session>)> {
         if self.stopping.load(Ordering::SeqCst) {
             bail!("the volume server is stopping");
         }
         self.volumes.head(volume)?;
         self.settle(volume);
+        let view = match commit {
+            Some(seq) => Some(
+                self.volumes
+                    .history(volume, usize::MAX)?
+                    .into_iter()
+                    .find(|c| c.record.seq == seq)
+                    .ok_or(crate::Error::NoSuchCommit(volume.into(), seq))?
+                    .tree,
+            ),
+            None => None,
+        };
         let id = self.new_id();
         let record = SessionRecord {
             id: id.clone(),
@@ -75,6 +91,7 @@ impl VolumeServer {
             mountpoint,
             listen,
             created: unix_now(),
+            commit,
         };
         let dir = self.session_dir(&id);
         let started = (|| {
@@ -84,7 +101,11 @@ impl VolumeServer {
                 &serde_json::to_vec_pretty(&record)?,
             )?;
             let config = self.mount_config(&id, volume)?;
-            Ok::<_, anyhow::Error>(Session::open(self.volumes.clone(), volume, &id, config)?)
+            Ok::<_, anyhow::Error>(match view {
+                Some(tree) => Session::open_at(self.volumes.clone(), volume, &id, config, tree)?
+                    .into_read_only(),
+                None => Session::open(self.volumes.clone(), volume, &id, config)?,
+            })
         })();
         match started {
             Ok(session) => Ok((record, Arc::new(session))),
@@ -114,6 +135,7 @@ impl VolumeServer {
         &self,
         volume: &str,
         mountpoint: PathBuf,
+        commit: Option<u64>,
     ) -> anyhow::Result<SessionInfo> {
         if !mountpoint.is_absolute() {
             return Err(snapshotter::exit::InvalidInput(format!(
@@ -138,9 +160,11 @@ impl VolumeServer {
             ))
             .into());
         }
-        let (record, session) = self.open_session(volume, Some(mountpoint.clone()), None)?;
+        let (record, session) =
+            self.open_session(volume, Some(mountpoint.clone()), None, commit)?;
         let options = FuseOptions {
             fs_name: format!("strata-volume:{volume}"),
+            read_only: commit.is_some(),
             ..FuseOptions::default()
         };
         let fuse = match mount(session.fs().clone(), &mountpoint, &options) {
@@ -193,6 +217,7 @@ impl VolumeServer {
             used_bytes: live.session.fs().used_bytes(),
             created: live.record.created,
             commit_error: live.commit_error.clone(),
+            commit: live.record.commit,
         }
     }
 
@@ -217,14 +242,18 @@ impl VolumeServer {
             .map(|l| l.record.id.clone())
     }
 
-    /// Commits session `id` now.
-    pub(super) fn commit_session(&self, id: &str) -> anyhow::Result<CommitResult> {
-        let session = self
-            .sessions
+    /// Live session `id`.
+    fn live_session(&self, id: &str) -> anyhow::Result<Arc<Session>> {
+        self.sessions
             .lock()
             .get(id)
             .map(|l| l.session.clone())
-            .ok_or_else(|| not_found(format!("no session '{id}'")))?;
+            .ok_or_else(|| not_found(format!("no session '{id}'")))
+    }
+
+    /// Commits session `id` now.
+    pub(super) fn commit_session(&self, id: &str) -> anyhow::Result<CommitResult> {
+        let session = self.live_session(id)?;
         let result = session.commit();
         let error = result.as_ref().err().map(|e| e.to_string());
         if let Some(live) = self.sessions.lock().get_mut(id) {
@@ -232,6 +261,35 @@ impl VolumeServer {
         }
         let committed = result.with_context(|| format!("committing session {id}"))?;
         Ok(rpc::commit_result(&session, &committed))
+    }
+
+    /// Moves session `id` onto its volume's newest head
+    /// ([`Session::reload`]); a FUSE mount's kernel caches of what
+    /// changed are dropped.
+    pub(super) fn reload_session(&self, id: &str) -> anyhow::Result<ReloadResult> {
+        let session = self.live_session(id)?;
+        let reloaded = session
+            .reload()
+            .with_context(|| format!("reloading session {id}"))?;
+        // After the mount is running again: the kernel may have to call
+        // into it to drop an entry.
+        if let Some(fuse) = self.sessions.lock().get(id).and_then(|l| l.fuse.as_ref()) {
+            let rebased = &reloaded.rebased;
+            for (parent, name) in &rebased.invalidate_entries {
+                layerfs::fuse::invalidate_entry(fuse, *parent, name);
+            }
+            for ino in &rebased.invalidate_inodes {
+                layerfs::fuse::invalidate_inode(fuse, *ino);
+            }
+        }
+        Ok(ReloadResult {
+            session: id.into(),
+            volume: session.volume().into(),
+            head: rpc::commit_info(&reloaded.head.commit),
+            conflicts: reloaded.conflicts.iter().map(rpc::conflict_info).collect(),
+            entries_changed: reloaded.rebased.entries_changed,
+            dirs_compared: reloaded.rebased.dirs_compared,
+        })
     }
 
     /// Commits every session (the background commit); failures are kept
@@ -443,6 +501,7 @@ impl VolumeServer {
                 )?)
             });
             let session = match recovered {
+                Ok(session) if record.commit.is_some() => Arc::new(session.into_read_only()),
                 Ok(session) => Arc::new(session),
                 Err(e) => {
                     tracing::error!(

@@ -78,7 +78,11 @@ pub fn random_bytes(seed: &str, n: usize) -> Vec<u8> {
 
 /// Lazily unmounts `dir` if something is mounted there (cleanup).
 pub fn detach(dir: &Path) {
-    let _ = Command::new("umount").arg("-l").arg(dir).status();
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 /// A BLAKE3 checksum of a file, in hex.
