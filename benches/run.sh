@@ -5,6 +5,7 @@
 #   benches/run.sh layerfs [--runs N] [--fio-seconds S]
 #   benches/run.sh snapshot [--runs N] [--call-runs N] [--forks 100,1000] [--quick]
 #   benches/run.sh p9 [--runs N] [--seconds S] [--sessions N] [--many N]
+#   benches/run.sh volume [--runs N] [--sizes 10000,100000,1000000] [--baseline-max N]
 #   benches/run.sh reliability [CUTS]   # power cuts per suite (default 350;
 #                                       # three suites: 1,050 cuts in all),
 #                                       # then 10 min of load on 200 mounts
@@ -41,6 +42,11 @@ case "$bench" in
         cargo build --release --locked -p strata-benches -p snapshotter
         exec target/release/strata-bench p9 --guest "$guest" "$@"
         ;;
+    volume)
+        scripts/install-deps.sh restic git
+        cargo build --release --locked -p strata-benches
+        exec target/release/strata-bench volume "$@"
+        ;;
     reliability)
         cuts=${1:-350}
         log=$(mktemp)
@@ -65,7 +71,7 @@ case "$bench" in
         target/release/strata-bench reliability --log "$log" --seconds $(( $(date +%s) - start ))
         ;;
     *)
-        echo "unknown benchmark '$bench' (known: cas, layerfs, snapshot, p9, reliability)" >&2
+        echo "unknown benchmark '$bench' (known: cas, layerfs, snapshot, p9, volume, reliability)" >&2
         exit 2
         ;;
 esac

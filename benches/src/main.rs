@@ -15,6 +15,7 @@ mod report;
 mod snapshot_bench;
 mod tools;
 mod tree;
+mod volume_bench;
 
 use std::path::PathBuf;
 
@@ -51,6 +52,10 @@ enum Command {
     /// The report of the long power-cut run (`benches/run.sh
     /// reliability` runs the suites and calls this with their output).
     Reliability(reliability::Args),
+    /// The volume benchmark: commit, reload and mount latency of volumes
+    /// of 10k/100k/1M files vs `git commit` and `restic backup`, and a
+    /// volume's FUSE small-file and sequential rates vs ext4.
+    Volume(volume_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,5 +73,6 @@ fn main() -> anyhow::Result<()> {
         Command::Snapshot(args) => snapshot_bench::run(args),
         Command::P9(args) => p9_bench::run(args),
         Command::Reliability(args) => reliability::run(args),
+        Command::Volume(args) => volume_bench::run(args),
     }
 }
