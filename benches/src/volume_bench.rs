@@ -406,7 +406,17 @@ fn report(args: &Args, rows: &[SizeRow], io: &IoFigures, work: &Path) -> String 
          restic; written out up to {} files).\n",
         args.changed, args.runs, args.baseline_max
     );
-    let _ = writeln!(s, "{}\n", machine::describe(work));
+    let _ = writeln!(s, "{}", machine::describe(work));
+    let _ = writeln!(
+        s,
+        "- Build: {}\n",
+        if cfg!(debug_assertions) {
+            "the dev profile (Strata's crates at opt-level 1, dependencies at 3; \
+             `benches/run.sh volume` builds release)"
+        } else {
+            "release"
+        }
+    );
     let _ = writeln!(
         s,
         "| files | Strata commit | Strata reload | Strata mount | git commit | restic backup |"

@@ -37,6 +37,11 @@ pub const NEXT_REF_PREFIX: &str = "volnext/";
 /// while it does.
 pub const NEXT_BASE_REF_PREFIX: &str = "volnextbase/";
 
+/// Upper-layer bytes past which a reload stores the session's changes
+/// before holding it still (so that the pause follows what changed in
+/// between, not everything uncommitted).
+const EARLY_STORE_BYTES: u64 = 8 << 20;
+
 /// What a reload did.
 #[derive(Debug)]
 pub struct Reloaded {
@@ -264,9 +269,10 @@ impl Session {
     /// ([`layerfs::cowfs::Frozen::rebase`]): open files keep reading what
     /// they opened, directories keep their inodes.
     ///
-    /// The sandbox is held still from the final capture to the move;
-    /// most of its changes are stored before that, so the pause follows
-    /// what changed meanwhile and what the head changed.
+    /// The sandbox is held still from the final capture to the move; a
+    /// session holding more than 8 MiB has its changes stored before
+    /// that, so the pause follows what changed meanwhile and what the
+    /// head changed.
     ///
     /// Crash safety: the merged tree is kept by `volnext/ID` and the head
     /// by `volnextbase/ID` before the mount's journal records the move;
@@ -291,19 +297,21 @@ impl Session {
                 e => format!("{what}: errno {}", e.0),
             })
         };
-        // Most of what the session wrote is stored before it is held
-        // still.
-        let early = self
-            .fs
-            .capture(b"")
-            .map_err(|e| failed("capturing the session", e))?;
         let writer = store.writer("volume reload");
-        let stored = early.store(store, &writer)?;
-        writer.commit()?;
-        writer.set_ref(&pending_ref(&self.id), stored.tree, RefExpectation::Any)?;
-        self.fs
-            .converted(&stored)
-            .map_err(|e| failed("after storing the capture", e))?;
+        // When the session holds much, most of it is stored before the
+        // sandbox is held still.
+        if self.fs.used_bytes() > EARLY_STORE_BYTES {
+            let early = self
+                .fs
+                .capture(b"")
+                .map_err(|e| failed("capturing the session", e))?;
+            let stored = early.store(store, &writer)?;
+            writer.commit()?;
+            writer.set_ref(&pending_ref(&self.id), stored.tree, RefExpectation::Any)?;
+            self.fs
+                .converted(&stored)
+                .map_err(|e| failed("after storing the capture", e))?;
+        }
 
         let mut frozen = self.fs.freeze();
         let capture = frozen
@@ -329,13 +337,10 @@ impl Session {
         drop(frozen);
         writer.set_ref(&lower_ref(&self.id), merged.tree, RefExpectation::Any)?;
         writer.set_ref(&session_ref(&self.id), theirs, RefExpectation::Any)?;
-        for name in [
-            next_ref(&self.id),
-            next_base_ref(&self.id),
-            pending_ref(&self.id),
-        ] {
-            delete_ref(store, &name)?;
-        }
+        // `volnext`, `volnextbase` and `volpending` now name what
+        // `vollower` and `volsession` name, or trees inside it: they stay
+        // until the next commit or reload, or the session's end (each
+        // removal would cost a sync).
         *base = theirs;
         Ok(Reloaded {
             head,
