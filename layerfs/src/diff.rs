@@ -2,8 +2,6 @@
 //! subtrees are skipped without being read, so the cost follows the
 //! difference, not the size of the trees.
 
-use std::collections::BTreeMap;
-
 use cas::{ChunkId, Store};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +29,11 @@ pub struct DiffEntry {
     pub kind: String,
     /// A file's size (its new size when modified); 0 for others.
     pub size: u64,
+}
+
+/// The kind of an entry as a diff names it.
+pub(crate) fn kind_of(entry: &Entry) -> &'static str {
+    describe(entry).0
 }
 
 fn describe(entry: &Entry) -> (&'static str, u64) {
@@ -76,12 +79,21 @@ fn diff_dir(
             size: 0,
         });
     }
-    let ea: BTreeMap<Vec<u8>, Entry> = reader.entries(&da)?.into_iter().collect();
-    let eb: BTreeMap<Vec<u8>, Entry> = reader.entries(&db)?.into_iter().collect();
-    let mut names: Vec<&Vec<u8>> = ea.keys().chain(eb.keys()).collect();
-    names.sort();
-    names.dedup();
-    for name in names {
+    // Pages the two share hold the same entries: only the others are read.
+    let (ea, eb) = reader.entries_differing(&da, &db)?;
+    let (mut ia, mut ib) = (ea.iter().peekable(), eb.iter().peekable());
+    loop {
+        let (x, y) = match (ia.peek(), ib.peek()) {
+            (None, None) => break,
+            (Some((na, _)), Some((nb, _))) if na == nb => (ia.next(), ib.next()),
+            (Some((na, _)), Some((nb, _))) if na < nb => (ia.next(), None),
+            (Some(_), None) => (ia.next(), None),
+            _ => (None, ib.next()),
+        };
+        let name = match (x, y) {
+            (Some((n, _)), _) | (None, Some((n, _))) => n,
+            (None, None) => break,
+        };
         let child = format!("{path}/{}", String::from_utf8_lossy(name));
         let mut push = |change, entry: &Entry| {
             let (kind, size) = describe(entry);
@@ -92,7 +104,7 @@ fn diff_dir(
                 size,
             });
         };
-        match (ea.get(name), eb.get(name)) {
+        match (x.map(|(_, e)| e), y.map(|(_, e)| e)) {
             (Some(x), None) => push(Change::Deleted, x),
             (None, Some(y)) => push(Change::Added, y),
             (Some(Entry::Dir(x)), Some(Entry::Dir(y))) => diff_dir(reader, &child, *x, *y, out)?,

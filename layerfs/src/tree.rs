@@ -354,6 +354,19 @@ pub fn encode_dir(dir: &DirNode) -> Node {
 /// entries), or when it reaches 2,048 entries or 512 KiB. Returns one
 /// range when the directory fits in one page.
 pub fn page_ranges(entries: &[(Vec<u8>, Entry)]) -> Vec<std::ops::Range<usize>> {
+    let (mut ranges, tail) = complete_pages(entries);
+    if tail < entries.len() || ranges.is_empty() {
+        ranges.push(tail..entries.len());
+    }
+    ranges
+}
+
+/// The pages that end at a boundary when a page starts at `entries[0]`,
+/// and where the rest (a page that ends only because the directory does)
+/// starts. A boundary depends on the entries since the page's start
+/// alone, so a directory changed in a few places keeps every page before
+/// the first change, and the pages after it fall in step again.
+pub(crate) fn complete_pages(entries: &[(Vec<u8>, Entry)]) -> (Vec<std::ops::Range<usize>>, usize) {
     let mut ranges = Vec::new();
     let mut start = 0;
     let mut bytes = 0usize;
@@ -376,10 +389,7 @@ pub fn page_ranges(entries: &[(Vec<u8>, Entry)]) -> Vec<std::ops::Range<usize>> 
             bytes = 0;
         }
     }
-    if start < entries.len() || ranges.is_empty() {
-        ranges.push(start..entries.len());
-    }
-    ranges
+    (ranges, start)
 }
 
 fn approximate_entry_len(entry: &Entry) -> usize {

@@ -251,6 +251,21 @@ impl Volumes {
         author: &str,
         tag: &str,
     ) -> Result<Committed> {
+        self.commit_counted(name, base, ours, None, author, tag)
+    }
+
+    /// [`Volumes::commit`] given the number of paths that differ from
+    /// `base` to `ours` (as [`layerfs::diff_trees`] counts them), when the
+    /// caller knows it: a head still at `base` then needs no diff.
+    pub fn commit_counted(
+        &self,
+        name: &str,
+        base: ChunkId,
+        ours: ChunkId,
+        ours_changed: Option<u64>,
+        author: &str,
+        tag: &str,
+    ) -> Result<Committed> {
         let writer = self.store.writer("volume commit");
         let mut retries = 0;
         loop {
@@ -263,8 +278,11 @@ impl Volumes {
                 });
             }
             let merged = merge_trees(&self.store, &writer, base, ours, head.commit.tree, tag)?;
-            let paths_changed =
-                layerfs::diff_trees(&self.store, head.commit.tree, merged.tree)?.len() as u64;
+            let paths_changed = match ours_changed {
+                // The head is the base: the merge is `ours`.
+                Some(n) if head.commit.tree == base && merged.tree == ours => n,
+                _ => layerfs::diff_trees(&self.store, head.commit.tree, merged.tree)?.len() as u64,
+            };
             let record = CommitRecord {
                 volume: name.into(),
                 seq: head.commit.record.seq + 1,

@@ -63,6 +63,12 @@ pub struct Session {
     /// The tree the session's changes are relative to; held while a
     /// commit runs, so that commits of one session go one at a time.
     base: Mutex<ChunkId>,
+    /// The tree whose directory nodes the mount's directories were last
+    /// recorded as (its last converted capture, or the tree it was
+    /// opened or rebased on; `None`: not known, after a recovery). When
+    /// it is the base, a commit's capture counts the paths it changed and
+    /// no diff is needed (taken with `base` held).
+    patched_from: Mutex<Option<ChunkId>>,
     /// A read-only view of an old commit: never committed or reloaded.
     read_only: bool,
 }
@@ -95,7 +101,7 @@ impl Session {
         store.set_ref(&lower_ref(id), base, RefExpectation::Any)?;
         store.set_ref(&session_ref(id), base, RefExpectation::Any)?;
         let fs = CowFs::new(store, base, config)?;
-        Ok(Session::running(volumes, volume, id, fs, base))
+        Ok(Session::running(volumes, volume, id, fs, base, Some(base)))
     }
 
     /// Reopens session `id` of volume `volume` after the server stopped
@@ -154,16 +160,24 @@ impl Session {
             delete_ref(&store, &name)?;
         }
         tracing::info!(session = id, volume, ?report, "volume session recovered");
-        Ok(Session::running(volumes, volume, id, fs, base))
+        Ok(Session::running(volumes, volume, id, fs, base, None))
     }
 
-    fn running(volumes: Arc<Volumes>, volume: &str, id: &str, fs: CowFs, base: ChunkId) -> Session {
+    fn running(
+        volumes: Arc<Volumes>,
+        volume: &str,
+        id: &str,
+        fs: CowFs,
+        base: ChunkId,
+        patched_from: Option<ChunkId>,
+    ) -> Session {
         Session {
             volumes,
             volume: volume.into(),
             id: id.into(),
             fs: Arc::new(fs),
             base: Mutex::new(base),
+            patched_from: Mutex::new(patched_from),
             read_only: false,
         }
     }
@@ -237,12 +251,18 @@ impl Session {
         let store = self.volumes.store();
         let capture = self
             .fs
-            .capture(b"")
+            .capture_incremental(b"")
             .map_err(|e| Error::Session(format!("capturing the session: errno {}", e.0)))?;
         let writer = store.writer("volume session");
         let stored = capture.store(store, &writer)?;
         writer.commit()?;
         let ours = stored.tree;
+        // Counted against the tree the patched directories came from:
+        // the paths changed since the base when that is the base.
+        let mut patched_from = self.patched_from.lock();
+        let paths_changed = stored
+            .paths_changed
+            .filter(|_| *patched_from == Some(*base));
         writer.set_ref(&pending_ref(&self.id), ours, RefExpectation::Any)?;
         // The sealed layers switch to their blobs (kept by the pending
         // ref, then by the base) and the directories are recorded as
@@ -251,10 +271,17 @@ impl Session {
         self.fs
             .converted(&stored)
             .map_err(|e| Error::Session(format!("after storing the capture: errno {}", e.0)))?;
+        *patched_from = Some(ours);
+        drop(patched_from);
         let tag = conflict_tag(&self.id);
-        let committed = self
-            .volumes
-            .commit(&self.volume, *base, ours, &self.id, &tag)?;
+        let committed = self.volumes.commit_counted(
+            &self.volume,
+            *base,
+            ours,
+            paths_changed,
+            &self.id,
+            &tag,
+        )?;
         writer.set_ref(&session_ref(&self.id), ours, RefExpectation::Any)?;
         delete_ref(store, &pending_ref(&self.id))?;
         *base = ours;
@@ -303,7 +330,7 @@ impl Session {
         if self.fs.used_bytes() > EARLY_STORE_BYTES {
             let early = self
                 .fs
-                .capture(b"")
+                .capture_incremental(b"")
                 .map_err(|e| failed("capturing the session", e))?;
             let stored = early.store(store, &writer)?;
             writer.commit()?;
@@ -311,11 +338,12 @@ impl Session {
             self.fs
                 .converted(&stored)
                 .map_err(|e| failed("after storing the capture", e))?;
+            *self.patched_from.lock() = Some(stored.tree);
         }
 
         let mut frozen = self.fs.freeze();
         let capture = frozen
-            .capture()
+            .capture_incremental()
             .map_err(|e| failed("capturing the session", e))?;
         let stored = capture.store(store, &writer)?;
         writer.commit()?;
@@ -331,9 +359,11 @@ impl Session {
         writer.commit()?;
         writer.set_ref(&next_ref(&self.id), merged.tree, RefExpectation::Any)?;
         writer.set_ref(&next_base_ref(&self.id), theirs, RefExpectation::Any)?;
+        *self.patched_from.lock() = Some(ours);
         let rebased = frozen
             .rebase(ours, merged.tree, Some(theirs))
             .map_err(|e| failed("moving the session", e))?;
+        *self.patched_from.lock() = Some(merged.tree);
         drop(frozen);
         writer.set_ref(&lower_ref(&self.id), merged.tree, RefExpectation::Any)?;
         writer.set_ref(&session_ref(&self.id), theirs, RefExpectation::Any)?;

@@ -166,3 +166,49 @@ fn a_session_left_open_by_a_crash_is_recovered_and_committed() {
     let missing = Session::recover(volumes, "v", "nobody", config(tmp.path(), "n"));
     assert!(matches!(missing, Err(volume_server::Error::Session(_))));
 }
+
+/// A commit's count of paths changed is what a diff of the head before
+/// and after finds, whether the session's capture counted it (its
+/// directories patched over the base) or the commit diffed (after a
+/// reload, after another session's commit): checked over rounds that
+/// create, rewrite and remove files of a directory large enough to be
+/// paged.
+#[test]
+fn commits_count_the_paths_they_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::init(&tmp.path().join("store"), StoreConfig::default()).unwrap();
+    let volumes = Arc::new(Volumes::new(store.clone()));
+    volumes.create("data", 0).unwrap();
+    let a = Session::open(volumes.clone(), "data", "a", config(tmp.path(), "a")).unwrap();
+    for i in 0..1200 {
+        put(a.fs(), &format!("f{i:04}"), format!("{i}").as_bytes());
+    }
+    a.commit().unwrap();
+    let b = Session::open(volumes.clone(), "data", "b", config(tmp.path(), "b")).unwrap();
+    let mut rng = Rng::new(7);
+    for round in 0..12 {
+        let session = if round % 4 == 3 { &b } else { &a };
+        for _ in 0..1 + rng.below(20) {
+            let name = format!("f{:04}", rng.below(1300));
+            if rng.below(5) == 0 {
+                let _ = session.fs().unlink(ROOT_INO, name.as_bytes());
+            } else {
+                put(session.fs(), &name, format!("round {round}").as_bytes());
+            }
+        }
+        let before = volumes.head("data").unwrap();
+        let committed = session.commit().unwrap();
+        let after = committed.head.commit;
+        if committed.wrote {
+            let diffed = layerfs::diff_trees(&store, before.commit.tree, after.tree)
+                .unwrap()
+                .len() as u64;
+            assert_eq!(after.record.paths_changed, diffed, "round {round}");
+        }
+        if round % 3 == 2 {
+            a.reload().unwrap();
+        }
+    }
+    a.close().unwrap();
+    b.close().unwrap();
+}

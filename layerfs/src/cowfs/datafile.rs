@@ -113,6 +113,12 @@ pub(crate) struct DataFile {
     /// sync covered.
     writes: AtomicU64,
     synced: AtomicU64,
+    /// As many writes as were done when the descriptor was last closed
+    /// without a sync (the sandbox released the file, or a snapshot
+    /// sealed it): those have ext4's promise, no more, and a descriptor
+    /// opened again only to read them (a capture storing the file) is
+    /// closed with no sync.
+    given_up: AtomicU64,
     /// The errno of a failed sync made to close the descriptor: every
     /// later sync of the file reports it.
     failure: AtomicI32,
@@ -145,6 +151,7 @@ impl DataFile {
             queued: AtomicBool::new(false),
             writes: AtomicU64::new(0),
             synced: AtomicU64::new(0),
+            given_up: AtomicU64::new(0),
             failure: AtomicI32::new(0),
         })
     }
@@ -226,7 +233,13 @@ impl DataFile {
             return;
         };
         let writes = self.writes.load(Ordering::Acquire);
-        if sync_first && writes != self.synced.load(Ordering::Acquire) {
+        let covered = self
+            .synced
+            .load(Ordering::Acquire)
+            .max(self.given_up.load(Ordering::Acquire));
+        if !sync_first {
+            self.given_up.fetch_max(writes, Ordering::AcqRel);
+        } else if writes > covered {
             match file.sync_data() {
                 Ok(()) => {
                     self.synced.fetch_max(writes, Ordering::AcqRel);

@@ -111,6 +111,7 @@ impl CowFs {
         if bytes.is_empty() {
             return Ok(0); // as Linux: no effect, times unchanged
         }
+        self.premark(ino);
         data.write(&self.store, offset, bytes, self.quota)?;
         let mut st = self.state.lock();
         if let Some(node) = st.nodes.get_mut(&ino) {
@@ -170,6 +171,7 @@ impl CowFs {
     pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: i32) -> FsResult<()> {
         let data = self.file(ino)?;
         offset.checked_add(len).ok_or(Errno::EFBIG)?;
+        self.premark(ino);
         if mode == 0 {
             data.allocate(&self.store, offset, len, self.quota)?;
         } else if mode == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE {
@@ -212,6 +214,14 @@ impl CowFs {
             files: self.inode_quota,
             files_free: self.inode_quota.saturating_sub(st.made.len() as u64),
             name_max: 255,
+        }
+    }
+
+    /// Marks `ino` changed before its data changes, when incremental
+    /// captures are taken (see `CowFs::incremental`).
+    fn premark(&self, ino: Ino) {
+        if self.incremental.load(std::sync::atomic::Ordering::Relaxed) {
+            self.mark_changed(&mut self.state.lock(), ino);
         }
     }
 }

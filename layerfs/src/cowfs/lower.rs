@@ -95,7 +95,13 @@ impl CowFs {
                 (origin.root, path)
             })
         };
+        let mut linked = false;
         for (name, entry) in entries {
+            linked |= match &entry {
+                Entry::HardLink { .. } => true,
+                Entry::Inode(inode) => inode.nlink > 1,
+                Entry::Dir(_) => false,
+            };
             let child = match entry {
                 Entry::Dir(id) => {
                     let mut dir = DirState::new(ino);
@@ -157,6 +163,11 @@ impl CowFs {
                 NodeKind::Dir(d) => d.subdirs,
                 _ => 0,
             };
+            if let NodeKind::Dir(d) = &mut node.kind {
+                // The entries are the lower node's: none is an edit.
+                d.edits = None;
+                d.lower_linked = linked;
+            }
         }
         Ok(())
     }

@@ -116,11 +116,31 @@ struct DirState {
     /// capture's number: while nothing under it changed since, the next
     /// capture takes this node whole.
     stored: Option<(ChunkId, u64)>,
+    /// Whether names of the stored node above are hard links (or
+    /// inodes with several names).
+    stored_linked: bool,
+    /// Whether names of the lower node (`lower_id`) are hard links.
+    lower_linked: bool,
+    /// Names edited here (boxed: most directories have none).
+    edits: Option<Box<Edits>>,
     parent: Ino,
     by_name: BTreeMap<Vec<u8>, (Ino, u64)>,
     by_offset: BTreeMap<u64, Vec<u8>>,
     next_offset: u64,
     subdirs: u32,
+}
+
+/// The names of a directory whose entries may differ from its stored
+/// node (or, never stored, from its lower node): an incremental capture
+/// writes those names alone over that node
+/// ([`CowFs::capture_incremental`]).
+#[derive(Debug, Default)]
+struct Edits {
+    /// Each with the number of captures taken before its latest change.
+    stamped: BTreeMap<Vec<u8>, u64>,
+    /// Names added or removed and not yet stamped (the next mark of the
+    /// directory, or capture of it, stamps them).
+    unstamped: Vec<Vec<u8>>,
 }
 
 /// Readdir offsets 1 and 2 are `.` and `..`.
@@ -144,13 +164,62 @@ impl DirState {
         if let Some((_, old)) = self.by_name.insert(name.clone(), (ino, offset)) {
             self.by_offset.remove(&old);
         }
+        self.edits().unstamped.push(name.clone());
         self.by_offset.insert(offset, name);
     }
 
     fn remove(&mut self, name: &[u8]) -> Option<Ino> {
         let (ino, offset) = self.by_name.remove(name)?;
         self.by_offset.remove(&offset);
+        self.edits().unstamped.push(name.to_vec());
         Some(ino)
+    }
+
+    fn edits(&mut self) -> &mut Edits {
+        self.edits.get_or_insert_with(Box::default)
+    }
+
+    /// Stamps the names changed here since the last stamp with `now`.
+    fn stamp(&mut self, now: u64) {
+        if let Some(edits) = &mut self.edits {
+            for name in edits.unstamped.drain(..) {
+                edits.stamped.insert(name, now);
+            }
+        }
+    }
+
+    /// Records that entry `name` changed at `now`.
+    fn edited(&mut self, name: &[u8], now: u64) {
+        let edits = self.edits();
+        match edits.stamped.get_mut(name) {
+            Some(at) => *at = (*at).max(now),
+            None => {
+                edits.stamped.insert(name.to_vec(), now);
+            }
+        }
+    }
+
+    /// The names edited at or after `since`, in name order.
+    fn edited_since(&self, since: u64) -> Vec<Vec<u8>> {
+        self.edits.as_ref().map_or_else(Vec::new, |edits| {
+            edits
+                .stamped
+                .iter()
+                .filter(|(_, at)| **at >= since)
+                .map(|(name, _)| name.clone())
+                .collect()
+        })
+    }
+
+    /// Forgets the edits stamped before `generation` (a capture of that
+    /// number wrote them).
+    fn forget_edits_before(&mut self, generation: u64) {
+        if let Some(edits) = &mut self.edits {
+            edits.stamped.retain(|_, at| *at >= generation);
+            if edits.stamped.is_empty() && edits.unstamped.is_empty() {
+                self.edits = None;
+            }
+        }
     }
 
     fn get(&self, name: &[u8]) -> Option<Ino> {
@@ -212,6 +281,11 @@ pub struct CowFs {
     epoch: u64,
     /// Numbers the further data files of this session (after seals).
     file_seq: AtomicU64,
+    /// Incremental captures are taken of this mount: a write marks its
+    /// file changed before it changes the data too, so that a capture
+    /// racing the write finds the file among the edited names (and seals
+    /// what a whole capture, replayed by recovery, would).
+    incremental: std::sync::atomic::AtomicBool,
     /// The metadata journal (absent while a recovery replays it).
     journal: OnceLock<Journal>,
 }
@@ -349,6 +423,7 @@ impl CowFs {
             locks: Mutex::new(LockTable::default()),
             epoch,
             file_seq: AtomicU64::new(1),
+            incremental: std::sync::atomic::AtomicBool::new(false),
             journal: OnceLock::new(),
         }
     }

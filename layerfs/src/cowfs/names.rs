@@ -229,31 +229,49 @@ impl CowFs {
     }
 
     /// Records that `ino` changed: its directory (itself, for a directory)
-    /// and every ancestor are marked. An inode with several names marks
-    /// the whole mount (its other directories are not known here).
+    /// and every ancestor are marked, and its name in its directory (and
+    /// each directory's name in its parent) recorded as an edit. An inode
+    /// with several names marks the whole mount (its other directories
+    /// are not known here).
     pub(super) fn mark_changed(&self, st: &mut State, ino: Ino) {
         let Some(node) = st.nodes.get(&ino) else {
             return;
         };
+        let now = st.captures;
         let mut at = match &node.kind {
             NodeKind::Dir(_) => ino,
             _ if node.nlink > 1 || node.link.0 == 0 => {
                 st.all_changed_at = Some(st.captures);
                 return;
             }
-            _ => node.link.0,
+            _ => {
+                let (parent, name) = node.link.clone();
+                if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(&parent).map(|n| &mut n.kind) {
+                    dir.edited(&name, now);
+                }
+                parent
+            }
         };
-        let now = st.captures;
         for _ in 0..=MAX_PATH_LEN {
+            if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(&at).map(|n| &mut n.kind) {
+                dir.stamp(now);
+            }
             // A directory marked since the last capture has its ancestors
-            // marked too.
+            // marked too (and its name recorded in its parent).
             if st.changed.insert(at, now) == Some(now) || at == ROOT_INO {
                 return;
             }
-            at = match st.nodes.get(&at).map(|n| &n.kind) {
-                Some(NodeKind::Dir(dir)) => dir.parent,
+            let Some(node) = st.nodes.get(&at) else {
+                return;
+            };
+            let (parent, name) = match &node.kind {
+                NodeKind::Dir(dir) => (dir.parent, node.link.1.clone()),
                 _ => return,
             };
+            if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(&parent).map(|n| &mut n.kind) {
+                dir.edited(&name, now);
+            }
+            at = parent;
         }
     }
 }

@@ -58,7 +58,13 @@ enum Step {
     Unloaded { ino: Ino, to: ChunkId },
     /// A loaded directory is node `to` (its entries are brought level by
     /// `Name` steps).
-    Loaded { ino: Ino, to: ChunkId, attrs: Attrs },
+    Loaded {
+        ino: Ino,
+        to: ChunkId,
+        attrs: Attrs,
+        /// Whether names of `to` are hard links.
+        linked: bool,
+    },
     /// Name `name` of directory `parent` goes from `old` to `new`.
     Name {
         parent: Ino,
@@ -88,6 +94,19 @@ impl Frozen<'_> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.fs
             .capture_locked(&mut self.st, b"", self.fs.epoch, seq)
+    }
+
+    /// [`CowFs::capture_incremental`] of the whole mount.
+    pub fn capture_incremental(&mut self) -> FsResult<Capture> {
+        let seq = self
+            .fs
+            .file_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.fs
+            .incremental
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.fs
+            .capture_walk(&mut self.st, b"", self.fs.epoch, seq, true)
     }
 
     /// [`CowFs::converted`].
@@ -227,6 +246,11 @@ impl CowFs {
             ino,
             to: b,
             attrs: new_node.attrs,
+            linked: new.values().any(|e| match e {
+                Entry::HardLink { .. } => true,
+                Entry::Inode(inode) => inode.nlink > 1,
+                Entry::Dir(_) => false,
+            }),
         });
         let live: HashMap<Vec<u8>, Ino> = live.into_iter().collect();
         let linked = |e: &Option<Entry>| match e {
@@ -274,15 +298,22 @@ impl CowFs {
                     dir.pending = None;
                     dir.lower_id = Some(to);
                     dir.stored = None;
+                    dir.edits = None;
                 }
                 report.invalidate_inodes.push(ino);
             }
-            Step::Loaded { ino, to, attrs } => {
+            Step::Loaded {
+                ino,
+                to,
+                attrs,
+                linked,
+            } => {
                 if let Some(node) = st.nodes.get_mut(&ino) {
                     node.attrs = attrs;
                     if let NodeKind::Dir(dir) = &mut node.kind {
                         dir.lower_id = Some(to);
                         dir.stored = Some((to, generation));
+                        dir.stored_linked = linked;
                     }
                 }
                 report.invalidate_inodes.push(ino);

@@ -13,6 +13,18 @@
 //! and subtrees keep their ids, so a snapshot adds only what changed.
 //! [`CowFs::converted`] finally replaces each layer by its blob (after the
 //! caller made the blobs durable), which ends the layer's data file.
+//!
+//! [`CowFs::capture_incremental`] (a volume session's commits and
+//! reloads) goes further: each loaded directory records the names edited
+//! in it since its stored node was written (or since it was read from
+//! the lower tree), and the capture walks those names alone; storing it
+//! patches the stored node's pages ([`crate::memtree`]'s
+//! `store_patched`). A file changed in each of 1,000 directories of 1,000
+//! entries costs 1,000 names and 1,000 pages, not a million entries; the
+//! tree stored is the one a whole capture stores, and the paths changed
+//! are counted on the way (so a commit needs no diff). Hard links fall
+//! back to whole directories (which of an inode's names is written as
+//! the inode is only decided right when every name is walked).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -28,7 +40,7 @@ use super::journal::{JAttrs, Record};
 use super::{
     CowFs, DirState, Errno, FsResult, Ino, MountConfig, Node, NodeKind, Origin, State, ROOT_INO,
 };
-use crate::memtree::{join, show, store_entries, TreeReader};
+use crate::memtree::{join, show, store_entries, store_patched, TreeReader};
 use crate::tree::{encode_dir, Attrs, DirNode, Entry, Inode, InodeKind};
 use crate::{Error, Result};
 
@@ -55,6 +67,14 @@ enum CNode {
     Dir {
         attrs: Attrs,
         entries: Vec<(Vec<u8>, usize)>,
+    },
+    /// A loaded directory written as a stored node (`base`, which the
+    /// directory showed, save for these names) with `changes` applied:
+    /// each name set to a captured node, or removed (`None`).
+    Patched {
+        attrs: Attrs,
+        base: ChunkId,
+        changes: Vec<(Vec<u8>, Option<usize>)>,
     },
     /// A lower directory whose entries the mount never instantiated, or
     /// one nothing changed under since a stored capture wrote it
@@ -104,10 +124,16 @@ pub struct Stored {
     /// Bytes the store did not hold yet.
     pub new_bytes: u64,
     layers: Vec<(Arc<Layer>, Option<ChunkId>)>,
-    /// The node written for each walked directory, and the capture's
-    /// number (see [`CowFs::converted`]).
-    dirs: Vec<(Ino, ChunkId)>,
+    /// The node written for each walked directory, whether names in it
+    /// are hard links, and the capture's number (see
+    /// [`CowFs::converted`]).
+    dirs: Vec<(Ino, ChunkId, bool)>,
     generation: u64,
+    /// Paths that differ from the tree the capture's patched directories
+    /// came from (the tree of the mount's last converted capture, or its
+    /// lower tree), as [`crate::diff_trees`] would count them; `None`
+    /// when a changed directory was walked whole (count by a diff).
+    pub paths_changed: Option<u64>,
 }
 
 impl Stored {
@@ -129,6 +155,9 @@ struct Walk {
     /// The captured directory's inode and its path from the mount's root.
     root: Ino,
     root_path_len: usize,
+    /// Loaded directories with a stored base are written as that base
+    /// with their edited names applied ([`CowFs::capture_incremental`]).
+    incremental: bool,
 }
 
 impl CowFs {
@@ -141,6 +170,23 @@ impl CowFs {
             .file_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.capture_as(path, self.epoch, seq)
+    }
+
+    /// [`CowFs::capture`] whose cost follows what changed: a loaded
+    /// directory that a stored capture wrote before (or that was read
+    /// from the lower tree) is captured as that node and the names edited
+    /// in it since, so a change to one file of a directory of 100,000
+    /// entries captures one entry and stores one page. Its storing gives
+    /// the same tree as [`CowFs::capture`]'s would. Such a capture cannot
+    /// be mounted before it is stored ([`Capture::restorable`]).
+    pub fn capture_incremental(&self, path: &[u8]) -> FsResult<Capture> {
+        let seq = self
+            .file_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.incremental
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut st = self.state.lock();
+        self.capture_walk(&mut st, path, self.epoch, seq, true)
     }
 
     /// [`CowFs::capture`] as seal `seq` of session `epoch` (recovery
@@ -157,6 +203,19 @@ impl CowFs {
         path: &[u8],
         epoch: u64,
         seq: u64,
+    ) -> FsResult<Capture> {
+        self.capture_walk(st, path, epoch, seq, false)
+    }
+
+    /// A capture, incremental or whole (see
+    /// [`CowFs::capture_incremental`]).
+    pub(super) fn capture_walk(
+        &self,
+        st: &mut State,
+        path: &[u8],
+        epoch: u64,
+        seq: u64,
+        incremental: bool,
     ) -> FsResult<Capture> {
         st.captures += 1;
         let generation = st.captures;
@@ -194,6 +253,15 @@ impl CowFs {
             } else {
                 root_path.len() + 1
             },
+            // A file with several names may have one in a directory the
+            // capture walks and one in a part it takes from a stored node;
+            // which name is written as the inode is only decided right
+            // when every name is walked.
+            incremental: incremental
+                && !st
+                    .nodes
+                    .values()
+                    .any(|n| n.nlink > 1 && !matches!(n.kind, NodeKind::Dir(_))),
         };
         self.capture_node(st, at, &root_path, (epoch, seq), &mut cap, &mut walk)?;
         if let Some(journal) = self.journal.get() {
@@ -279,27 +347,13 @@ impl CowFs {
                         changed: None,
                         origin: None,
                     },
-                    _ => {
-                        let children: Vec<(Vec<u8>, Ino)> = dir
-                            .by_name
-                            .iter()
-                            .map(|(name, (child, _))| (name.clone(), *child))
-                            .collect();
-                        cap.nodes.push(CNode::Dir {
-                            attrs: node.attrs.clone(),
-                            entries: Vec::new(),
-                        });
-                        cap.walked.push((index, ino));
-                        let mut entries = Vec::with_capacity(children.len());
-                        for (name, child) in children {
-                            let c = self.capture_child(st, child, path, &name, seal, cap, walk)?;
-                            entries.push((name, c));
+                    (_, None, None, _) if walk.incremental => {
+                        if let Some(index) = self.capture_patched(st, ino, path, seal, cap, walk)? {
+                            return Ok(index);
                         }
-                        if let CNode::Dir { entries: e, .. } = &mut cap.nodes[index] {
-                            *e = entries;
-                        }
-                        return Ok(index);
+                        return self.capture_whole_dir(st, ino, path, seal, cap, walk);
                     }
+                    _ => return self.capture_whole_dir(st, ino, path, seal, cap, walk),
                 }
             }
             NodeKind::File(data) => {
@@ -344,6 +398,128 @@ impl CowFs {
         Ok(index)
     }
 
+    /// Captures loaded directory `ino` entry by entry.
+    fn capture_whole_dir(
+        &self,
+        st: &mut State,
+        ino: Ino,
+        path: &[u8],
+        seal: (u64, u64),
+        cap: &mut Capture,
+        walk: &mut Walk,
+    ) -> FsResult<usize> {
+        let index = cap.nodes.len();
+        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        let attrs = node.attrs.clone();
+        let NodeKind::Dir(dir) = &mut node.kind else {
+            return Err(Errno::ENOTDIR);
+        };
+        // Every name is written: the pending ones are stamped as changed
+        // before this capture.
+        dir.stamp(st.captures - 1);
+        let children: Vec<(Vec<u8>, Ino)> = dir
+            .by_name
+            .iter()
+            .map(|(name, (child, _))| (name.clone(), *child))
+            .collect();
+        cap.nodes.push(CNode::Dir {
+            attrs,
+            entries: Vec::new(),
+        });
+        cap.walked.push((index, ino));
+        let mut entries = Vec::with_capacity(children.len());
+        for (name, child) in children {
+            let c = self.capture_child(st, child, path, &name, seal, cap, walk)?;
+            entries.push((name, c));
+        }
+        if let CNode::Dir { entries: e, .. } = &mut cap.nodes[index] {
+            *e = entries;
+        }
+        Ok(index)
+    }
+
+    /// Captures loaded directory `ino` as its base node and the names
+    /// edited since (see [`CowFs::capture_incremental`]); `None` when it
+    /// has no base that allows it (never stored nor read from below,
+    /// hard links among its names or its edits, or a change seen by
+    /// several directories since), and nothing was captured.
+    fn capture_patched(
+        &self,
+        st: &mut State,
+        ino: Ino,
+        path: &[u8],
+        seal: (u64, u64),
+        cap: &mut Capture,
+        walk: &mut Walk,
+    ) -> FsResult<Option<usize>> {
+        let now = st.captures - 1;
+        let all_changed_at = st.all_changed_at;
+        let in_place = |origin: &Option<super::Origin>| {
+            origin.as_ref().is_none_or(|o| {
+                o.root == walk.root
+                    && o.path.as_slice() == path.get(walk.root_path_len..).unwrap_or_default()
+            })
+        };
+        let Some(node) = st.nodes.get_mut(&ino) else {
+            return Err(Errno::ENOENT);
+        };
+        let attrs = node.attrs.clone();
+        let NodeKind::Dir(dir) = &mut node.kind else {
+            return Err(Errno::ENOTDIR);
+        };
+        dir.stamp(now);
+        let (base, since) = match (dir.stored, dir.lower_id) {
+            (Some((id, generation)), _) => {
+                if dir.stored_linked || all_changed_at.is_some_and(|a| a >= generation) {
+                    return Ok(None);
+                }
+                (id, generation)
+            }
+            (None, Some(id)) => {
+                if dir.lower_linked || all_changed_at.is_some() || !in_place(&dir.origin) {
+                    return Ok(None);
+                }
+                (id, 0)
+            }
+            (None, None) => return Ok(None),
+        };
+        let edited: Vec<(Vec<u8>, Option<Ino>)> = dir
+            .edited_since(since)
+            .into_iter()
+            .map(|name| {
+                let child = dir.get(&name);
+                (name, child)
+            })
+            .collect();
+        let linked = edited.iter().any(|(_, child)| {
+            child
+                .and_then(|c| st.nodes.get(&c))
+                .is_some_and(|n| n.nlink > 1 && !matches!(n.kind, NodeKind::Dir(_)))
+        });
+        if linked {
+            return Ok(None);
+        }
+        let index = cap.nodes.len();
+        cap.nodes.push(CNode::Patched {
+            attrs,
+            base,
+            changes: Vec::new(),
+        });
+        cap.walked.push((index, ino));
+        let mut changes = Vec::with_capacity(edited.len());
+        for (name, child) in edited {
+            let c = match child {
+                Some(child) => Some(self.capture_child(st, child, path, &name, seal, cap, walk)?),
+                None => None,
+            };
+            changes.push((name, c));
+        }
+        if let CNode::Patched { changes: c, .. } = &mut cap.nodes[index] {
+            *c = changes;
+        }
+        Ok(Some(index))
+    }
+
     /// Captures entry `name` of the directory at `dir_path`; its path is
     /// only built where it is needed (directories, sealed files).
     #[allow(clippy::too_many_arguments)]
@@ -382,9 +558,12 @@ impl CowFs {
         // The directories the capture wrote are those nodes while nothing
         // under them changes: the next capture takes them whole. (The
         // caller keeps the stored tree alive as long as the mount lives.)
-        for (ino, id) in &stored.dirs {
+        for (ino, id, linked) in &stored.dirs {
             if let Some(NodeKind::Dir(dir)) = st.nodes.get_mut(ino).map(|n| &mut n.kind) {
                 dir.stored = Some((*id, stored.generation));
+                dir.stored_linked = *linked;
+                // Edits before the capture are in the node now.
+                dir.forget_edits_before(stored.generation);
             }
         }
         if stored.layers.is_empty() {
@@ -420,6 +599,7 @@ impl Capture {
     pub fn restorable(&self) -> bool {
         self.whole_tree
             && self.nodes.iter().all(|n| match n {
+                CNode::Patched { .. } => false,
                 CNode::LowerDir {
                     origin: Some(origin),
                     ..
@@ -524,6 +704,12 @@ impl CowFs {
                         link,
                         more_links: Vec::new(),
                     }
+                }
+                CNode::Patched { .. } => {
+                    return Err(crate::Error::BadPath {
+                        path: show(&path),
+                        reason: "an incremental capture is mounted once stored".into(),
+                    })
                 }
                 CNode::LowerDir {
                     id,
@@ -731,6 +917,15 @@ impl Capture {
             .count()
     }
 
+    /// Directories the capture took as a stored node and the names
+    /// edited in it ([`CowFs::capture_incremental`]).
+    pub fn patched_dirs(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n, CNode::Patched { .. }))
+            .count()
+    }
+
     pub(super) fn sealed_layers(&self) -> &[Arc<Layer>] {
         &self.sealed
     }
@@ -761,6 +956,7 @@ impl Capture {
             layers: Vec::new(),
             dirs: Vec::new(),
             generation: self.generation,
+            paths_changed: None,
         };
         let mut blobs: HashMap<usize, Option<ChunkId>> = HashMap::with_capacity(outs.len());
         for (i, out) in outs {
@@ -774,15 +970,22 @@ impl Capture {
             stored.layers.extend(out.layers);
             blobs.insert(i, out.blob);
         }
-        let dir_ids = store_dirs(nodes, self.whole_tree, writer, &blobs)?;
-        stored.tree = dir_ids.get(&0).copied().ok_or_else(|| Error::BadPath {
-            path: "/".into(),
-            reason: "the captured root was not stored".into(),
-        })?;
+        let (dir_ids, paths_changed) = store_dirs(store, nodes, self.whole_tree, writer, &blobs)?;
+        stored.paths_changed = paths_changed;
+        stored.tree = dir_ids
+            .get(&0)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| Error::BadPath {
+                path: "/".into(),
+                reason: "the captured root was not stored".into(),
+            })?;
         stored.dirs = self
             .walked
             .iter()
-            .filter_map(|(index, ino)| Some((*ino, *dir_ids.get(index)?)))
+            .filter_map(|(index, ino)| {
+                let (id, linked) = dir_ids.get(index)?;
+                Some((*ino, *id, *linked))
+            })
             .collect();
         Ok(stored)
     }
@@ -977,24 +1180,40 @@ fn walk(nodes: &[CNode]) -> Vec<(Vec<u8>, usize)> {
     let mut out = Vec::new();
     let mut stack = vec![(Vec::new(), 0usize)];
     while let Some((path, index)) = stack.pop() {
-        if let CNode::Dir { entries, .. } = &nodes[index] {
-            for (name, child) in entries.iter().rev() {
-                stack.push((join(&path, name), *child));
+        match &nodes[index] {
+            CNode::Dir { entries, .. } => {
+                for (name, child) in entries.iter().rev() {
+                    stack.push((join(&path, name), *child));
+                }
             }
+            CNode::Patched { changes, .. } => {
+                for (name, child) in changes.iter().rev() {
+                    if let Some(child) = child {
+                        stack.push((join(&path, name), *child));
+                    }
+                }
+            }
+            _ => {}
         }
         out.push((path, index));
     }
     out
 }
 
+/// Each stored directory's id and whether names in it are hard links, by
+/// capture index.
+type DirIds = HashMap<usize, (ChunkId, bool)>;
+
 /// Writes the directory nodes of a capture; returns the id of each
-/// directory node by index (the root is index 0).
+/// directory node by index (the root is index 0), and whether names in
+/// it are hard links (always so for a node taken whole: not looked at).
 fn store_dirs(
+    store: &Store,
     nodes: &[CNode],
     whole_tree: bool,
     writer: &Writer,
     blobs: &HashMap<usize, Option<ChunkId>>,
-) -> Result<HashMap<usize, ChunkId>> {
+) -> Result<(DirIds, Option<u64>)> {
     let order = walk(nodes);
     let mut names: HashMap<usize, u32> = HashMap::new();
     for (_, index) in &order {
@@ -1018,69 +1237,174 @@ fn store_dirs(
             first.entry(*index).or_insert_with(|| path.clone());
         }
     }
-    let mut dir_ids: HashMap<usize, ChunkId> = HashMap::new();
-    for (path, index) in order.iter().rev() {
-        let id = match &nodes[*index] {
+    let reader = TreeReader::new(store);
+    let entry_of = |dir_ids: &HashMap<usize, (ChunkId, bool)>,
+                    child: usize,
+                    child_path: &[u8]|
+     -> Result<Entry> {
+        Ok(match &nodes[child] {
+            CNode::Dir { .. } | CNode::LowerDir { .. } | CNode::Patched { .. } => {
+                let (id, _) = dir_ids.get(&child).ok_or_else(|| Error::BadPath {
+                    path: show(child_path),
+                    reason: "a directory appears under two names".into(),
+                })?;
+                Entry::Dir(*id)
+            }
+            CNode::File {
+                attrs, nlink, file, ..
+            } => {
+                if first[&child] == child_path {
+                    Entry::Inode(Inode {
+                        attrs: attrs.clone(),
+                        nlink: nlink_of(child, *nlink),
+                        kind: InodeKind::File {
+                            size: file.size,
+                            blob: blobs.get(&child).copied().flatten(),
+                        },
+                    })
+                } else {
+                    Entry::HardLink {
+                        target: first[&child].clone(),
+                    }
+                }
+            }
+            CNode::Other {
+                attrs, nlink, kind, ..
+            } => {
+                if first[&child] == child_path {
+                    Entry::Inode(Inode {
+                        attrs: attrs.clone(),
+                        nlink: nlink_of(child, *nlink),
+                        kind: kind.clone(),
+                    })
+                } else {
+                    Entry::HardLink {
+                        target: first[&child].clone(),
+                    }
+                }
+            }
+        })
+    };
+    let linked = |entry: &Entry| match entry {
+        Entry::HardLink { .. } => true,
+        Entry::Inode(inode) => inode.nlink > 1,
+        Entry::Dir(_) => false,
+    };
+    type Written = ((ChunkId, bool), Option<crate::memtree::Patch>);
+    let write_dir = |dir_ids: &HashMap<usize, (ChunkId, bool)>,
+                     path: &[u8],
+                     index: usize|
+     -> Result<Option<Written>> {
+        Ok(Some(match &nodes[index] {
             CNode::LowerDir {
                 id, changed: None, ..
-            } => *id,
+            } => ((*id, true), None),
             CNode::LowerDir {
                 changed: Some(node),
                 ..
-            } => writer.put_node(&encode_dir(node))?.id,
+            } => ((writer.put_node(&encode_dir(node))?.id, true), None),
             CNode::Dir { attrs, entries } => {
                 let mut out = Vec::with_capacity(entries.len());
                 for (name, child) in entries {
-                    let child_path = join(path, name);
-                    let entry = match &nodes[*child] {
-                        CNode::Dir { .. } | CNode::LowerDir { .. } => {
-                            let id = dir_ids.get(child).ok_or_else(|| Error::BadPath {
-                                path: show(&child_path),
-                                reason: "a directory appears under two names".into(),
-                            })?;
-                            Entry::Dir(*id)
-                        }
-                        CNode::File {
-                            attrs, nlink, file, ..
-                        } => {
-                            if first[child] == child_path {
-                                Entry::Inode(Inode {
-                                    attrs: attrs.clone(),
-                                    nlink: nlink_of(*child, *nlink),
-                                    kind: InodeKind::File {
-                                        size: file.size,
-                                        blob: blobs.get(child).copied().flatten(),
-                                    },
-                                })
-                            } else {
-                                Entry::HardLink {
-                                    target: first[child].clone(),
-                                }
-                            }
-                        }
-                        CNode::Other {
-                            attrs, nlink, kind, ..
-                        } => {
-                            if first[child] == child_path {
-                                Entry::Inode(Inode {
-                                    attrs: attrs.clone(),
-                                    nlink: nlink_of(*child, *nlink),
-                                    kind: kind.clone(),
-                                })
-                            } else {
-                                Entry::HardLink {
-                                    target: first[child].clone(),
-                                }
-                            }
-                        }
+                    let entry = entry_of(dir_ids, *child, &join(path, name))?;
+                    out.push((name.clone(), entry));
+                }
+                let any_linked = out.iter().any(|(_, e)| linked(e));
+                let id = store_entries(writer, attrs.clone(), out, path)?;
+                ((id, any_linked), None)
+            }
+            CNode::Patched {
+                attrs,
+                base,
+                changes,
+            } => {
+                let mut out = Vec::with_capacity(changes.len());
+                for (name, child) in changes {
+                    let entry = match child {
+                        Some(child) => Some(entry_of(dir_ids, *child, &join(path, name))?),
+                        None => None,
                     };
                     out.push((name.clone(), entry));
                 }
-                store_entries(writer, attrs.clone(), out, path)?
+                // The capture took no linked base and no linked edit.
+                let any_linked = out.iter().any(|(_, e)| e.as_ref().is_some_and(linked));
+                let (id, patch) = store_patched(&reader, writer, *base, attrs.clone(), &out, path)?;
+                ((id, any_linked), Some(patch))
             }
+            _ => return Ok(None),
+        }))
+    };
+    // Directories by height (a directory after every directory under
+    // it), those of one height written in parallel.
+    let is_dir = |index: usize| {
+        matches!(
+            nodes[index],
+            CNode::Dir { .. } | CNode::LowerDir { .. } | CNode::Patched { .. }
+        )
+    };
+    let mut height: HashMap<usize, usize> = HashMap::new();
+    let mut levels: Vec<Vec<(&[u8], usize)>> = Vec::new();
+    for (path, index) in order.iter().rev() {
+        let children: Box<dyn Iterator<Item = usize>> = match &nodes[*index] {
+            CNode::Dir { entries, .. } => Box::new(entries.iter().map(|(_, c)| *c)),
+            CNode::Patched { changes, .. } => Box::new(changes.iter().filter_map(|(_, c)| *c)),
+            CNode::LowerDir { .. } => Box::new(std::iter::empty()),
             _ => continue,
         };
-        dir_ids.insert(*index, id);
+        let h = children
+            .filter(|c| is_dir(*c))
+            .map(|c| height.get(&c).map_or(0, |h| h + 1))
+            .max()
+            .unwrap_or(0);
+        height.insert(*index, h);
+        if levels.len() <= h {
+            levels.resize_with(h + 1, Vec::new);
+        }
+        levels[h].push((path.as_slice(), *index));
     }
-    Ok(dir_ids)
+    let mut dir_ids: HashMap<usize, (ChunkId, bool)> = HashMap::new();
+    let mut patches: HashMap<usize, crate::memtree::Patch> = HashMap::new();
+    for level in levels {
+        let written: Vec<(usize, Option<Written>)> = level
+            .par_iter()
+            .map(|(path, index)| Ok((*index, write_dir(&dir_ids, path, *index)?)))
+            .collect::<Result<_>>()?;
+        for (index, out) in written {
+            if let Some((id, patch)) = out {
+                dir_ids.insert(index, id);
+                if let Some(patch) = patch {
+                    patches.insert(index, patch);
+                }
+            }
+        }
+    }
+    let paths_changed = patched_paths_changed(nodes, &patches);
+    Ok((dir_ids, paths_changed))
+}
+
+/// The paths that differ between the patched directories' bases and the
+/// stored tree, counted as [`crate::diff_trees`] counts them, when the
+/// root and every directory under it that changed were patched (else
+/// unknown).
+fn patched_paths_changed(
+    nodes: &[CNode],
+    patches: &HashMap<usize, crate::memtree::Patch>,
+) -> Option<u64> {
+    let mut total = 0;
+    let mut stack = vec![0usize];
+    while let Some(index) = stack.pop() {
+        let (CNode::Patched { changes, .. }, Some(patch)) = (&nodes[index], patches.get(&index))
+        else {
+            return None;
+        };
+        total += patch.changed;
+        for name in &patch.descend {
+            let at = changes
+                .binary_search_by(|(n, _)| n.as_slice().cmp(name))
+                .ok()?;
+            let child = changes[at].1?;
+            stack.push(child);
+        }
+    }
+    Some(total)
 }
