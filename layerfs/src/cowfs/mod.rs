@@ -255,6 +255,9 @@ struct State {
     all_changed_at: Option<u64>,
     /// Captures taken of this mount.
     captures: u64,
+    /// A non-directory with several names has existed in this mount
+    /// (never cleared): incremental captures then walk whole directories.
+    multi_named: bool,
 }
 
 impl State {

@@ -19,6 +19,9 @@ impl CowFs {
     ) -> Ino {
         let ino = st.next_ino;
         st.next_ino += 1;
+        if nlink > 1 && !matches!(kind, NodeKind::Dir(_)) {
+            st.multi_named = true;
+        }
         st.nodes.insert(
             ino,
             Node {
@@ -69,6 +72,7 @@ impl CowFs {
 
     /// Records that `ino` has a further name, `name` in `parent`.
     pub(super) fn add_name(&self, st: &mut State, ino: Ino, parent: Ino, name: &[u8]) {
+        st.multi_named = true;
         let Some(node) = st.nodes.get_mut(&ino) else {
             return;
         };

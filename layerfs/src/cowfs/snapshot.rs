@@ -256,7 +256,8 @@ impl CowFs {
             // A file with several names may have one in a directory the
             // capture walks and one in a part it takes from a stored node;
             // which name is written as the inode is only decided right
-            // when every name is walked.
+            // when every name is walked. (A mount that ever had one
+            // captures whole.)
             incremental: incremental
                 && !st
                     .nodes
@@ -791,6 +792,11 @@ impl CowFs {
             };
             st.nodes.insert(ino, node);
         }
+        st.multi_named = !further.is_empty()
+            || st
+                .nodes
+                .values()
+                .any(|n| n.nlink > 1 && !matches!(n.kind, NodeKind::Dir(_)));
         for (ino, parent, name) in further {
             if let Some(node) = st.nodes.get_mut(&ino) {
                 node.more_links.push((parent, name));
