@@ -44,7 +44,7 @@ case "$bench" in
         ;;
     volume)
         scripts/install-deps.sh restic git
-        cargo build --release --locked -p strata-benches
+        cargo build --release --locked -p strata-benches -p volume-server
         exec target/release/strata-bench volume "$@"
         ;;
     reliability)
