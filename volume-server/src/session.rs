@@ -171,6 +171,8 @@ impl Session {
         base: ChunkId,
         patched_from: Option<ChunkId>,
     ) -> Session {
+        // Before the sandbox writes: see `CowFs::use_incremental_captures`.
+        fs.use_incremental_captures();
         Session {
             volumes,
             volume: volume.into(),

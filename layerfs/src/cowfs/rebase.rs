@@ -102,9 +102,7 @@ impl Frozen<'_> {
             .fs
             .file_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.fs
-            .incremental
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.fs.use_incremental_captures();
         self.fs
             .capture_walk(&mut self.st, b"", self.fs.epoch, seq, true)
     }

@@ -172,6 +172,16 @@ impl CowFs {
         self.capture_as(path, self.epoch, seq)
     }
 
+    /// Declares that incremental captures will be taken of this mount:
+    /// from now on a write marks its file changed before it changes the
+    /// data (see [`CowFs::capture_incremental`]). Call it before the
+    /// sandbox writes, so that no write is under way unmarked when the
+    /// first incremental capture runs.
+    pub fn use_incremental_captures(&self) {
+        self.incremental
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// [`CowFs::capture`] whose cost follows what changed: a loaded
     /// directory that a stored capture wrote before (or that was read
     /// from the lower tree) is captured as that node and the names edited
@@ -180,11 +190,10 @@ impl CowFs {
     /// the same tree as [`CowFs::capture`]'s would. Such a capture cannot
     /// be mounted before it is stored ([`Capture::restorable`]).
     pub fn capture_incremental(&self, path: &[u8]) -> FsResult<Capture> {
+        self.use_incremental_captures();
         let seq = self
             .file_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.incremental
-            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut st = self.state.lock();
         self.capture_walk(&mut st, path, self.epoch, seq, true)
     }
