@@ -16,7 +16,7 @@ use crate::tools::disk_usage;
 pub struct StrataDaemon {
     child: Child,
     pub home: PathBuf,
-    conn: BufReader<UnixStream>,
+    conn: ApiConnection,
 }
 
 impl StrataDaemon {
@@ -40,20 +40,48 @@ impl StrataDaemon {
             .stdout(Stdio::null())
             .spawn()
             .context("starting the node daemon")?;
-        let socket = home.join("snapd.sock");
+        let conn = ApiConnection::open(&home.join("snapd.sock"))
+            .context("connecting to the node daemon")?;
+        Ok(StrataDaemon {
+            child,
+            home: home.to_path_buf(),
+            conn,
+        })
+    }
+
+    /// Calls one API operation; its result.
+    pub fn call(&mut self, op: &str, args: Value) -> Result<Value> {
+        self.conn.call(op, args)
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn store_bytes(&self) -> Result<u64> {
+        Ok(disk_usage(&self.home.join("packs"))? + disk_usage(&self.home.join("index"))?)
+    }
+}
+
+/// A connection to a Strata daemon's JSON-lines API (the node daemon's,
+/// or `volume-server`'s: the same framing).
+pub struct ApiConnection {
+    conn: BufReader<UnixStream>,
+}
+
+impl ApiConnection {
+    /// Connects to `socket`, waiting up to 30 s for the daemon to listen.
+    pub fn open(socket: &Path) -> Result<ApiConnection> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let stream = loop {
-            match UnixStream::connect(&socket) {
+            match UnixStream::connect(socket) {
                 Ok(s) => break s,
                 Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
                 }
-                Err(e) => return Err(e).context("connecting to the node daemon"),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("connecting to {}", socket.display()))
+                }
             }
         };
-        Ok(StrataDaemon {
-            child,
-            home: home.to_path_buf(),
+        Ok(ApiConnection {
             conn: BufReader::new(stream),
         })
     }
@@ -70,11 +98,6 @@ impl StrataDaemon {
             bail!("{op} failed: {}", value["error"]["message"]);
         }
         Ok(value["result"].clone())
-    }
-
-    /// Bytes the store takes on disk.
-    pub fn store_bytes(&self) -> Result<u64> {
-        Ok(disk_usage(&self.home.join("packs"))? + disk_usage(&self.home.join("index"))?)
     }
 }
 

@@ -26,6 +26,7 @@ use layerfs::tree::InodeKind;
 use layerfs::MemTree;
 use volume_server::{CommitKind, Session, Volumes};
 
+use crate::daemon::ApiConnection;
 use crate::machine;
 use crate::report::write_section;
 use crate::tools::{drop_caches, remove, require};
@@ -400,7 +401,7 @@ fn io_rounds(args: &Args, dir: &Path) -> Result<IoFigures> {
 /// `volume-server`, spoken to over its API socket.
 struct VolumeServer {
     child: std::process::Child,
-    conn: std::io::BufReader<std::os::unix::net::UnixStream>,
+    conn: ApiConnection,
 }
 
 impl VolumeServer {
@@ -413,37 +414,12 @@ impl VolumeServer {
             .stderr(std::process::Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let socket = home.join("volumes.sock");
-        let deadline = Instant::now() + std::time::Duration::from_secs(30);
-        let stream = loop {
-            match std::os::unix::net::UnixStream::connect(&socket) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(50))
-                }
-                Err(e) => return Err(e).context("connecting to volume-server"),
-            }
-        };
-        Ok(VolumeServer {
-            child,
-            conn: std::io::BufReader::new(stream),
-        })
+        let conn = ApiConnection::open(&home.join("volumes.sock"))?;
+        Ok(VolumeServer { child, conn })
     }
 
     fn call(&mut self, op: &str, args: serde_json::Value) -> Result<serde_json::Value> {
-        use std::io::BufRead;
-        let mut line =
-            serde_json::to_vec(&serde_json::json!({ "api": 1, "op": op, "args": args }))?;
-        line.push(b'\n');
-        self.conn.get_mut().write_all(&line)?;
-        let mut answer = String::new();
-        self.conn.read_line(&mut answer)?;
-        let value: serde_json::Value =
-            serde_json::from_str(&answer).context("volume-server's answer")?;
-        if value["ok"] != true {
-            bail!("{op} failed: {}", value["error"]["message"]);
-        }
-        Ok(value["result"].clone())
+        self.conn.call(op, args)
     }
 
     /// SIGTERM: every session commits, then the server exits.
