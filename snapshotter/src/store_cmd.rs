@@ -107,23 +107,26 @@ pub fn run(cmd: StoreCommand, home: &Path, out: &Output) -> anyhow::Result<ExitC
                 Err(_) => serde_json::to_value(open(home)?.gc()?)?,
             };
             spinner.finish_and_clear();
-            let n = |k: &str| report[k].as_u64().unwrap_or(0);
-            out.print(&report, || {
-                format!(
-                    "{} chunks reachable; swept {} chunks ({}); deleted {} packs, compacted {} (moved {} chunks); freed {} in {} ms",
-                    n("reachable_chunks"),
-                    n("swept_chunks"),
-                    human_bytes(n("swept_bytes")),
-                    n("packs_deleted"),
-                    n("packs_compacted"),
-                    n("chunks_relocated"),
-                    human_bytes(n("bytes_reclaimed")),
-                    n("millis")
-                )
-            })?;
+            out.print(&report, || describe_gc(&report))?;
         }
     }
     Ok(exit::code(exit::OK))
+}
+
+/// One line saying what a GC run (its JSON report) did.
+pub fn describe_gc(report: &serde_json::Value) -> String {
+    let n = |k: &str| report[k].as_u64().unwrap_or(0);
+    format!(
+        "{} chunks reachable; swept {} chunks ({}); deleted {} packs, compacted {} (moved {} chunks); freed {} in {} ms",
+        n("reachable_chunks"),
+        n("swept_chunks"),
+        human_bytes(n("swept_bytes")),
+        n("packs_deleted"),
+        n("packs_compacted"),
+        n("chunks_relocated"),
+        human_bytes(n("bytes_reclaimed")),
+        n("millis")
+    )
 }
 
 fn fsck(home: &Path, quick: bool, rebuild_index: bool, out: &Output) -> anyhow::Result<ExitCode> {

@@ -129,6 +129,10 @@ pub enum VolumeOp {
     },
     #[serde(rename = "serve9p.list")]
     Serve9pList,
+    /// Reclaims what no volume, kept commit or live session reaches
+    /// (answers the store's GC report).
+    #[serde(rename = "store.gc")]
+    Gc,
     /// Stops a listener; its connections end and their sessions commit.
     #[serde(rename = "serve9p.stop")]
     Serve9pStop { listen: String },
@@ -150,6 +154,12 @@ pub struct ServerInfo {
     /// Seconds between background commits of sessions with changes (0:
     /// none).
     pub autocommit_secs: u64,
+    /// Commits each volume keeps (older ones are reclaimed by GC).
+    #[serde(default)]
+    pub keep_commits: usize,
+    /// Seconds between background GC runs (0: only when asked).
+    #[serde(default)]
+    pub gc_interval_secs: u64,
 }
 
 /// One volume.

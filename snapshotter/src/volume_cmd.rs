@@ -129,6 +129,9 @@ pub enum VolumeCommand {
     RmFile { name: String, path: String },
     /// The volume server's version, pid and counts.
     ServerInfo,
+    /// Reclaim now what no volume, kept commit or live session reaches
+    /// (the server also does it every --gc-interval-secs).
+    Gc,
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {
@@ -485,17 +488,26 @@ pub fn run(args: VolumeArgs, out: &Output) -> anyhow::Result<ExitCode> {
             let c: CommitInfo = client.call(VolumeOp::RemoveFile { name, path })?;
             out.print(&c, || format!("removed as commit {}", c.seq))?;
         }
+        VolumeCommand::Gc => {
+            let spinner = out.spinner("collecting garbage");
+            let report: serde_json::Value = client.call(VolumeOp::Gc)?;
+            spinner.finish_and_clear();
+            out.print(&report, || crate::store_cmd::describe_gc(&report))?;
+        }
         VolumeCommand::ServerInfo => {
             let info: ServerInfo = client.call(VolumeOp::Info)?;
             out.print(&info, || {
                 format!(
-                    "volume server {} (pid {}) for {}: {} volumes, {} sessions, background commit every {} s",
+                    "volume server {} (pid {}) for {}: {} volumes, {} sessions, background commit every {} s, \
+                     {} commits kept per volume, GC every {} s",
                     info.version,
                     info.pid,
                     info.home.display(),
                     info.volumes,
                     info.sessions,
-                    info.autocommit_secs
+                    info.autocommit_secs,
+                    info.keep_commits,
+                    info.gc_interval_secs
                 )
             })?;
         }

@@ -27,13 +27,15 @@ pub struct FileEntry {
     pub size: u64,
 }
 
-/// A file of a volume's head, found by [`Volumes::resolve_file`].
-#[derive(Clone, Debug)]
+/// A file of a volume's head, found by [`Volumes::resolve_file`]; its
+/// bytes are pinned (GC keeps them) while this lives, however the head
+/// moves meanwhile.
 pub struct ResolvedFile {
     path: String,
     /// Its size in bytes.
     pub size: u64,
     blob: Option<cas::ChunkId>,
+    _pin: cas::Writer,
 }
 
 const RETRIES: usize = 1000;
@@ -50,7 +52,22 @@ impl Volumes {
     /// it: a missing path, a directory or a bad path is an error here,
     /// before any byte is sent.
     pub fn resolve_file(&self, name: &str, path: &str) -> Result<ResolvedFile> {
+        // A GC that reclaimed the file between reading the head and
+        // pinning it means the head moved: read the newer one.
+        let mut tries = 0;
+        loop {
+            match self.resolve_file_once(name, path) {
+                Err(Error::Store(cas::Error::ChunkNotFound { .. })) if tries < 3 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn resolve_file_once(&self, name: &str, path: &str) -> Result<ResolvedFile> {
         let head = self.head(name)?;
+        let pin = self
+            .store()
+            .writer(&format!("reading {path} of volume {name}"));
         let mut at = path.as_bytes().to_vec();
         // A hard link names its target's path; a chain of them ends at a
         // file in a well-formed tree, and a loop is refused.
@@ -58,11 +75,15 @@ impl Volumes {
             match lookup_path(self.store(), head.commit.tree, &at)? {
                 Some(Entry::Inode(inode)) => match inode.kind {
                     InodeKind::File { size, blob } => {
+                        if let Some(id) = &blob {
+                            pin.pin(id)?;
+                        }
                         return Ok(ResolvedFile {
                             path: path.into(),
                             size,
                             blob,
-                        })
+                            _pin: pin,
+                        });
                     }
                     _ => return Err(Error::NotAFile(path.into())),
                 },

@@ -8,10 +8,12 @@
 //!   merges again with the newer head ([`Volumes::commit`]).
 //! - A record names its parent commit by id in its body, not by link, so
 //!   that old commits can be let go: `volkeep/NAME` names a
-//!   [`VOLUME_HISTORY`] node linking the newest [`KEEP_COMMITS`] commits
-//!   (the retention rule); what neither ref reaches is reclaimed by the
-//!   store's GC. The history ref is moved after the head; a crash between
-//!   the two leaves it one commit behind until the next commit.
+//!   [`VOLUME_HISTORY`] node linking the volume's newest commits — by
+//!   default [`KEEP_COMMITS`], `--keep-commits` of the server (the
+//!   retention rule); what neither ref (nor a live session's refs and
+//!   pins) reaches is reclaimed by the store's GC. The history ref is
+//!   moved after the head; a crash between the two leaves it one commit
+//!   behind until the next commit.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,8 +32,9 @@ pub const VOLUME_HISTORY: NodeType = NodeType(8);
 pub const VOLUME_REF_PREFIX: &str = "volume/";
 /// Ref prefix of volumes' retained histories.
 pub const HISTORY_REF_PREFIX: &str = "volkeep/";
-/// Commits a volume keeps (its head and the 999 before it); older ones
-/// are reclaimed by GC unless something else names their trees.
+/// Commits a volume keeps by default (its head and the 999 before it);
+/// older ones are reclaimed by GC unless something else names their
+/// trees.
 pub const KEEP_COMMITS: usize = 1000;
 /// Longest volume name.
 pub const MAX_NAME_LEN: usize = 128;
@@ -110,6 +113,8 @@ pub struct Committed {
 /// The volumes of one store.
 pub struct Volumes {
     store: Store,
+    /// Commits each volume keeps (at least 1).
+    keep_commits: usize,
 }
 
 fn now_nanos() -> u64 {
@@ -135,9 +140,25 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 impl Volumes {
-    /// The volumes kept in `store`.
+    /// The volumes kept in `store`, each keeping its newest
+    /// [`KEEP_COMMITS`] commits.
     pub fn new(store: Store) -> Volumes {
-        Volumes { store }
+        Self::with_retention(store, KEEP_COMMITS)
+    }
+
+    /// The volumes kept in `store`, each keeping its newest `keep_commits`
+    /// commits (at least its head): older commits are let go at the next
+    /// commit and reclaimed by the store's GC.
+    pub fn with_retention(store: Store, keep_commits: usize) -> Volumes {
+        Volumes {
+            store,
+            keep_commits: keep_commits.max(1),
+        }
+    }
+
+    /// How many commits each volume keeps.
+    pub fn keep_commits(&self) -> usize {
+        self.keep_commits
     }
 
     /// The store they live in.
@@ -390,7 +411,7 @@ impl Volumes {
             .id)
     }
 
-    /// Points the retention ref at the newest [`KEEP_COMMITS`] commits
+    /// Points the retention ref at the newest `keep_commits` commits
     /// ending at `head`.
     fn keep_history(&self, writer: &cas::Writer, name: &str, head: ChunkId) -> Result<()> {
         let mut keep = vec![head];
@@ -398,7 +419,7 @@ impl Volumes {
             let node = self.store.get_node(&value.root)?;
             keep.extend(node.links.into_iter().filter(|&c| c != head));
         }
-        keep.truncate(KEEP_COMMITS);
+        keep.truncate(self.keep_commits);
         let node = Node::new(VOLUME_HISTORY, keep, Vec::new());
         let id = writer.put_node(&node)?.id;
         writer.set_ref(&history_ref(name), id, RefExpectation::Any)?;
@@ -410,7 +431,7 @@ impl Volumes {
     /// whatever the head is (the commits between stay in the history).
     pub fn restore(&self, name: &str, seq: u64, author: &str) -> Result<Head> {
         let mut found = None;
-        for commit in self.history(name, KEEP_COMMITS)? {
+        for commit in self.history(name, self.keep_commits)? {
             if commit.record.seq == seq {
                 found = Some(commit);
                 break;

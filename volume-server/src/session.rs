@@ -15,6 +15,13 @@
 //! conflict or a concurrent delete changes it), so GC never takes what
 //! the next merge must read. [`Session::close`] commits and then lets it
 //! go; a session whose commit fails keeps its upper layer and its ref.
+//!
+//! A reload moves the mount onto a new tree while files stay open on the
+//! old one (an open file keeps reading what it opened, even one the
+//! sandbox deleted). The trees the session leaves are pinned by a lease of
+//! the session ([`cas::Writer`]) until the session ends, so GC never takes
+//! what an open file reads; nothing needs to outlive a crash, which closes
+//! every file.
 
 use std::sync::Arc;
 
@@ -71,6 +78,9 @@ pub struct Session {
     patched_from: Mutex<Option<ChunkId>>,
     /// A read-only view of an old commit: never committed or reloaded.
     read_only: bool,
+    /// Pins the trees reloads moved the mount off, for the session's life
+    /// (files opened before a reload may read them).
+    left_trees: cas::Writer,
 }
 
 impl Session {
@@ -173,7 +183,11 @@ impl Session {
     ) -> Session {
         // Before the sandbox writes: see `CowFs::use_incremental_captures`.
         fs.use_incremental_captures();
+        let left_trees = volumes.store().writer(&format!(
+            "volume session {id}: trees its open files may read"
+        ));
         Session {
+            left_trees,
             volumes,
             volume: volume.into(),
             id: id.into(),
@@ -367,6 +381,11 @@ impl Session {
             .map_err(|e| failed("moving the session", e))?;
         *self.patched_from.lock() = Some(merged.tree);
         drop(frozen);
+        // Files opened before the move read the trees it leaves.
+        let lower = store.get_ref(&lower_ref(&self.id))?.map(|v| v.root);
+        for tree in lower.into_iter().chain([*base]) {
+            self.left_trees.pin(&tree)?;
+        }
         writer.set_ref(&lower_ref(&self.id), merged.tree, RefExpectation::Any)?;
         writer.set_ref(&session_ref(&self.id), theirs, RefExpectation::Any)?;
         // `volnext`, `volnextbase` and `volpending` now name what

@@ -217,3 +217,74 @@ fn history_restore_retention_and_removal() {
     ));
     assert!(volumes.list().unwrap().is_empty());
 }
+
+#[test]
+fn commits_past_the_retention_are_reclaimed_by_gc() {
+    let (_tmp, store) = store();
+    let volumes = Volumes::with_retention(store.clone(), 3);
+    assert_eq!(volumes.keep_commits(), 3);
+    let mut head = volumes.create("v", 0).unwrap();
+    // Each commit rewrites one file with 1 MiB of its own (incompressible)
+    // bytes, so each old version is garbage once its commit is let go.
+    let version = |i: u64| -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(1 << 20);
+        let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        while bytes.len() < 1 << 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        bytes
+    };
+    let mut trees = Vec::new();
+    for i in 0..6 {
+        let ours = with_files(&store, head.commit.tree, &[("data.bin", &version(i))]);
+        head = volumes
+            .commit("v", head.commit.tree, ours, "t", "t")
+            .unwrap()
+            .head;
+        trees.push(head.commit.tree);
+    }
+    // Before GC every commit is still readable; restore reaches only the
+    // kept ones.
+    assert_eq!(volumes.history("v", 100).unwrap().len(), 7);
+    assert!(matches!(
+        volumes.restore("v", 3, "t"),
+        Err(volume_server::Error::NoSuchCommit(_, 3))
+    ));
+
+    let report = store.gc().unwrap();
+    // Versions 0..=2 (commits 2..=4) are let go: about 3 MiB.
+    assert!(
+        report.swept_bytes >= 3 << 20 && report.swept_bytes < 4 << 20,
+        "{report:?}"
+    );
+    let history = volumes.history("v", 100).unwrap();
+    let seqs: Vec<u64> = history.iter().map(|c| c.record.seq).collect();
+    assert_eq!(seqs, vec![7, 6, 5], "the history ends where GC reclaimed");
+    for (i, tree) in trees.iter().enumerate() {
+        let kept = i >= 3;
+        assert_eq!(
+            store.locate(tree).unwrap().is_some(),
+            kept,
+            "commit of version {i}"
+        );
+        if kept {
+            assert_eq!(contents(&store, *tree)["/data.bin"], version(i as u64));
+        }
+    }
+    // Restoring a kept commit still works, and the store is whole.
+    let restored = volumes.restore("v", 5, "t").unwrap();
+    assert_eq!(
+        contents(&store, restored.commit.tree)["/data.bin"],
+        version(3)
+    );
+    let fsck = store.fsck(cas::FsckOptions::default(), &|_, _| {}).unwrap();
+    assert!(fsck.is_clean(), "{fsck:?}");
+
+    // Removing the volume lets everything go.
+    volumes.remove("v").unwrap();
+    let report = store.gc().unwrap();
+    assert!(report.swept_bytes >= 3 << 20, "{report:?}");
+}

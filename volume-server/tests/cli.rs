@@ -169,4 +169,8 @@ fn snapctl_volume_drives_the_server() {
 
     assert!(cli.ok(&["rm", "data"]).contains("removed"));
     assert!(cli.json(&["ls"]).as_array().unwrap().is_empty());
+    // The removed volume's data is reclaimed by `gc`.
+    let gc = cli.json(&["gc"]);
+    assert!(gc["swept_chunks"].as_u64().unwrap() > 0, "{gc}");
+    assert!(cli.ok(&["gc"]).contains("swept 0 chunks"));
 }

@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{detach, Server};
+use common::{Cleanup, Server};
 use snapshotter::volume_api::{CommitInfo, CommitResult, ReloadResult, SessionInfo, VolumeOp};
 
 fn mount(server: &Server, name: &str, dir: &Path) -> SessionInfo {
@@ -48,16 +48,6 @@ fn commit_files(server: &Server, dir: &Path, files: &[(&str, &str)]) {
     }
     let committed = umount(server, dir);
     assert!(committed.wrote);
-}
-
-struct Cleanup<'a>(&'a [&'a Path]);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        for dir in self.0 {
-            detach(dir);
-        }
-    }
 }
 
 #[test]

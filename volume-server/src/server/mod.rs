@@ -56,6 +56,15 @@ pub struct ServerArgs {
     /// Default: 1/16 of the machine's memory, between 128 MiB and 2 GiB.
     #[arg(long, value_parser = snapshotter::output::parse_size, value_name = "SIZE")]
     pub chunk_cache: Option<u64>,
+    /// Commits each volume keeps (its head and those before it); older
+    /// ones are reclaimed by GC. At least 1.
+    #[arg(long, value_name = "N", default_value_t = crate::KEEP_COMMITS as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_commits: u64,
+    /// Seconds between background GC runs, which reclaim what no volume,
+    /// kept commit or live session reaches (0: only `snapctl volume gc`).
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub gc_interval_secs: u64,
 }
 
 /// Counts teardowns under way, so that a stopping server waits for them.
@@ -105,6 +114,7 @@ pub struct VolumeServer {
     runtime: OnceLock<tokio::runtime::Runtime>,
     pollers: Arc<p9server::Pollers>,
     autocommit_secs: u64,
+    gc_interval_secs: u64,
     stopping: AtomicBool,
     me: OnceLock<Weak<VolumeServer>>,
 }
@@ -158,7 +168,22 @@ impl VolumeServer {
             volumes: self.volumes.list().map(|v| v.len()).unwrap_or(0),
             sessions: self.sessions.lock().len(),
             autocommit_secs: self.autocommit_secs,
+            keep_commits: self.volumes.keep_commits(),
+            gc_interval_secs: self.gc_interval_secs,
         }
+    }
+
+    /// Runs the store's GC: what no volume's head or kept commits, no live
+    /// session (its refs, and the trees its open files may read) and no
+    /// operation in flight reaches is reclaimed.
+    fn collect_garbage(&self) -> anyhow::Result<cas::GcReport> {
+        let report = self
+            .volumes
+            .store()
+            .gc()
+            .context("collecting the volume store's garbage")?;
+        tracing::info!(?report, "volume store GC");
+        Ok(report)
     }
 
     /// Stops: no new sessions; 9P listeners closed (their connections'
@@ -215,7 +240,7 @@ pub fn run(args: ServerArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
     let listener = snapshotter::api_server::bind_socket(&socket, "volume server")?;
     let server = Arc::new(VolumeServer {
         home: home.to_path_buf(),
-        volumes: Arc::new(Volumes::new(store)),
+        volumes: Arc::new(Volumes::with_retention(store, args.keep_commits as usize)),
         sessions: Mutex::new(BTreeMap::new()),
         next_serial: AtomicU64::new(0),
         closing: InFlight::default(),
@@ -225,6 +250,7 @@ pub fn run(args: ServerArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
         runtime: OnceLock::new(),
         pollers: Arc::default(),
         autocommit_secs: args.autocommit_secs,
+        gc_interval_secs: args.gc_interval_secs,
         stopping: AtomicBool::new(false),
         me: OnceLock::new(),
     });
@@ -256,6 +282,21 @@ pub fn run(args: ServerArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
                         server.autocommit();
                         last_commit = std::time::Instant::now();
                     }
+                }
+            })?;
+    }
+    if args.gc_interval_secs > 0 {
+        let server = server.clone();
+        let every = Duration::from_secs(args.gc_interval_secs);
+        std::thread::Builder::new()
+            .name("gc".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                if server.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Err(e) = server.collect_garbage() {
+                    tracing::error!("{e:#}");
                 }
             })?;
     }

@@ -278,6 +278,7 @@ impl snapshotter::api_server::Handler for VolumeServer {
             VolumeOp::Serve9pList => {
                 json(serde_json::to_value(self.serve9p_list()).map_err(Into::into))
             }
+            VolumeOp::Gc => json((|| Ok(serde_json::to_value(self.collect_garbage()?)?))()),
             VolumeOp::Serve9pStop { listen } => {
                 json((|| Ok(serde_json::to_value(self.serve9p_stop(&listen)?)?))())
             }

@@ -20,11 +20,16 @@ impl Server {
     /// Starts the server of `home` (background commits every
     /// `autocommit_secs`) and waits until it answers.
     pub fn start(home: &Path, autocommit_secs: u64) -> Server {
+        Self::start_with(home, &["--autocommit-secs", &autocommit_secs.to_string()])
+    }
+
+    /// Starts the server of `home` with options `args` and waits until it
+    /// answers.
+    pub fn start_with(home: &Path, args: &[&str]) -> Server {
         let child = Command::new(env!("CARGO_BIN_EXE_volume-server"))
             .arg("--home")
             .arg(home)
-            .arg("--autocommit-secs")
-            .arg(autocommit_secs.to_string())
+            .args(args)
             .env_remove("STRATA_VOLUME_HOME")
             .spawn()
             .expect("start volume-server");
@@ -83,6 +88,18 @@ pub fn detach(dir: &Path) {
         .arg(dir)
         .stderr(std::process::Stdio::null())
         .status();
+}
+
+/// Detaches the mounts at its directories when dropped (a failed test
+/// leaves no mount behind).
+pub struct Cleanup<'a>(pub &'a [&'a Path]);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for dir in self.0 {
+            detach(dir);
+        }
+    }
 }
 
 /// A BLAKE3 checksum of a file, in hex.
