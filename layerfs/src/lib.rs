@@ -40,7 +40,7 @@ pub mod memtree;
 pub mod merge;
 pub mod tree;
 
-pub use diff::{diff_trees, Change, DiffEntry};
+pub use diff::{bytes_delta, diff_trees, tree_bytes, BytesDelta, Change, DiffEntry};
 pub use error::{Error, Result};
 pub use export::{export_tar, ExportStats};
 pub use image::{

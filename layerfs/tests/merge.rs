@@ -242,3 +242,35 @@ fn a_bad_conflict_tag_is_refused() {
         );
     }
 }
+
+#[test]
+fn bytes_delta_counts_what_two_trees_differ_by() {
+    let (tmp, store) = store();
+    let (b, o, _) = three(
+        &store,
+        tmp.path(),
+        "mkdir -p keep gone/deep && head -c 1000 /dev/zero > keep/same && \
+         head -c 300 /dev/zero > keep/grows && head -c 700 /dev/zero > gone/deep/x && \
+         head -c 50 /dev/zero > gone/y",
+        "rm -r gone && head -c 800 /dev/zero > keep/grows && mkdir -p new/sub && \
+         head -c 4000 /dev/zero > new/sub/z && ln keep/same keep/link",
+        "true",
+    );
+    let delta = layerfs::bytes_delta(&store, b, o).unwrap();
+    // Removed: gone/ (750), the old keep/grows (300) and keep/same as it
+    // was (1000: its link count changed); added: the new keep/grows
+    // (800), new/ (4000) and keep/same again; the hard link adds nothing.
+    assert_eq!(
+        delta,
+        layerfs::BytesDelta {
+            removed: 2050,
+            added: 5800
+        }
+    );
+    assert_eq!(layerfs::tree_bytes(&store, b).unwrap(), 2050);
+    assert_eq!(delta.apply(2050), layerfs::tree_bytes(&store, o).unwrap());
+    assert_eq!(
+        layerfs::bytes_delta(&store, o, o).unwrap(),
+        Default::default()
+    );
+}

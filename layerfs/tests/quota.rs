@@ -268,3 +268,45 @@ fn out_of_inodes(fs: &CowFs, name: &[u8]) {
         "nothing made"
     );
 }
+
+#[test]
+fn mounts_sharing_a_space_write_no_more_than_it_holds_together() {
+    let (_ta, a) = mount(100 * MIB);
+    let (_tb, b) = mount(100 * MIB);
+    let space = std::sync::Arc::new(layerfs::cowfs::SharedSpace::new(8 * MIB));
+    let fa = a.create(ROOT_INO, b"f", 0o644, ROOT).unwrap().ino;
+    fill(&a, fa, 0, 2 * MIB, 1).unwrap();
+    // What a holds already is charged when it joins.
+    assert!(a.share_space(space.clone()));
+    assert!(!a.share_space(space.clone()), "one space per mount");
+    assert!(b.share_space(space.clone()));
+    assert_eq!(space.used(), a.used_bytes());
+    let fb = b.create(ROOT_INO, b"f", 0o644, ROOT).unwrap().ino;
+    fill(&b, fb, 0, 5 * MIB, 2).unwrap();
+    // 7 MiB of 8 taken: 2 more fail in either mount, changing nothing.
+    let before = space.used();
+    let two = vec![1u8; 2 * MIB as usize];
+    assert_eq!(a.write(fa, 2 * MIB, &two).unwrap_err().0, libc::ENOSPC);
+    assert_eq!(
+        a.fallocate(fa, 4 * MIB, 2 * MIB, 0).unwrap_err().0,
+        libc::ENOSPC
+    );
+    assert_eq!(b.write(fb, 5 * MIB, &two).unwrap_err().0, libc::ENOSPC);
+    assert_eq!(space.used(), before);
+    let statfs = b.statfs();
+    assert!(statfs.blocks_free * 4096 <= MIB, "{statfs:?}");
+    // Freed in one mount, usable by the other; a raised limit too.
+    b.unlink(ROOT_INO, b"f").unwrap();
+    b.release(fb);
+    fill(&a, fa, 2 * MIB, 4 * MIB, 1).unwrap();
+    space.set_limit(20 * MIB);
+    fill(
+        &b,
+        b.create(ROOT_INO, b"g", 0o644, ROOT).unwrap().ino,
+        0,
+        10 * MIB,
+        3,
+    )
+    .unwrap();
+    assert_eq!(space.used(), a.used_bytes() + b.used_bytes());
+}

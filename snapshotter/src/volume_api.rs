@@ -46,7 +46,8 @@ pub enum VolumeOp {
     #[serde(rename = "volume.create")]
     Create {
         name: String,
-        /// Most bytes one session may write (0: no limit).
+        /// Most file bytes the volume may hold — its head and what its
+        /// sessions hold uncommitted, together (0: no limit).
         #[serde(default)]
         quota_bytes: u64,
     },
@@ -169,6 +170,12 @@ pub struct VolumeInfo {
     /// The head commit (its sequence number and ids).
     pub head: CommitInfo,
     pub quota_bytes: u64,
+    /// File bytes the head holds (kept for a volume with a quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// What its sessions hold uncommitted (a volume with a quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncommitted_bytes: Option<u64>,
     /// Live sessions of the volume.
     pub sessions: usize,
 }

@@ -47,7 +47,8 @@ pub enum VolumeCommand {
     /// Create an empty volume.
     Create {
         name: String,
-        /// Most bytes one session may write (ENOSPC past it); 0: no limit.
+        /// Most file bytes the volume may hold, its head and its sessions'
+        /// uncommitted writes together (ENOSPC past it); 0: no limit.
         #[arg(long, value_parser = crate::output::parse_size, default_value = "0")]
         quota: u64,
     },
@@ -278,10 +279,15 @@ pub fn run(args: VolumeArgs, out: &Output) -> anyhow::Result<ExitCode> {
                     v.head.seq,
                     time_of(v.head.time_unix_nanos),
                     v.head.tree,
-                    if v.quota_bytes == 0 {
-                        "none".to_string()
-                    } else {
-                        human_bytes(v.quota_bytes)
+                    match (v.quota_bytes, v.bytes) {
+                        (0, _) => "none".to_string(),
+                        (quota, Some(bytes)) => format!(
+                            "{} ({} in the head, {} uncommitted)",
+                            human_bytes(quota),
+                            human_bytes(bytes),
+                            human_bytes(v.uncommitted_bytes.unwrap_or(0))
+                        ),
+                        (quota, None) => human_bytes(quota),
                     },
                     v.sessions
                 )

@@ -193,13 +193,9 @@ impl Volumes {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if let Some(head) = self.advance(
-                &writer,
-                name,
-                &head,
-                tree,
-                self.record_for(name, &head, tree, CommitKind::Edit, author)?,
-            )? {
+            let record = self.record_for(name, &head, tree, CommitKind::Edit, author)?;
+            self.check_room(name, &head, &record)?;
+            if let Some(head) = self.advance(&writer, name, &head, tree, record)? {
                 return Ok(head);
             }
         }

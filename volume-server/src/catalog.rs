@@ -15,11 +15,15 @@
 //!   moved after the head; a crash between the two leaves it one commit
 //!   behind until the next commit.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cas::{ChunkId, Node, NodeType, RefExpectation, RefValue, Store};
+use layerfs::cowfs::SharedSpace;
 use layerfs::memtree::{implicit_dir_attrs, MemTree};
 use layerfs::{merge_trees, Conflict};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -76,6 +80,10 @@ pub struct CommitRecord {
     /// The volume's quota in bytes (0: none), carried from commit to
     /// commit.
     pub quota_bytes: u64,
+    /// File bytes the commit's tree holds, kept for a volume with a quota
+    /// (moved by what each commit changed; absent without a quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
     /// A session's commit: the session's capture that was merged (named,
     /// not linked). A session recovered after a crash in the middle of a
     /// commit learns from it whether that commit landed.
@@ -115,6 +123,9 @@ pub struct Volumes {
     store: Store,
     /// Commits each volume keeps (at least 1).
     keep_commits: usize,
+    /// The space the sessions of each volume with a quota share, while
+    /// any lives, with the sequence number of the head its limit follows.
+    spaces: Mutex<HashMap<String, (Weak<SharedSpace>, u64)>>,
 }
 
 fn now_nanos() -> u64 {
@@ -153,6 +164,101 @@ impl Volumes {
         Volumes {
             store,
             keep_commits: keep_commits.max(1),
+            spaces: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The space the sessions of volume `name` share (`None`: the volume
+    /// has no quota): the volume's quota less what its head holds. Every
+    /// session of the volume draws on it ([`layerfs::cowfs::CowFs::share_space`]),
+    /// so that together they write no more than fits; each commit moves
+    /// its limit.
+    pub fn space(&self, name: &str) -> Result<Option<Arc<SharedSpace>>> {
+        let head = self.head(name)?;
+        let quota = head.commit.record.quota_bytes;
+        if quota == 0 {
+            return Ok(None);
+        }
+        let mut spaces = self.spaces.lock();
+        if let Some(space) = spaces.get(name).and_then(|(w, _)| w.upgrade()) {
+            return Ok(Some(space));
+        }
+        let held = self.head_bytes(&head)?;
+        let space = Arc::new(SharedSpace::new(quota.saturating_sub(held)));
+        spaces.insert(
+            name.into(),
+            (Arc::downgrade(&space), head.commit.record.seq),
+        );
+        Ok(Some(space))
+    }
+
+    /// Bytes the sessions of volume `name` hold uncommitted (`None`: no
+    /// session of a volume with a quota lives).
+    pub fn uncommitted_bytes(&self, name: &str) -> Option<u64> {
+        let spaces = self.spaces.lock();
+        spaces
+            .get(name)
+            .and_then(|(w, _)| w.upgrade())
+            .map(|s| s.used())
+    }
+
+    /// File bytes the head's tree holds (kept in the record for a volume
+    /// with a quota; counted otherwise).
+    pub fn head_bytes(&self, head: &Head) -> Result<u64> {
+        match head.commit.record.bytes {
+            Some(bytes) => Ok(bytes),
+            None => Ok(layerfs::tree_bytes(&self.store, head.commit.tree)?),
+        }
+    }
+
+    /// The `bytes` of a commit of `tree` on top of `head`: kept for a
+    /// volume with a quota, by what changed.
+    fn bytes_after(&self, head: &Head, tree: ChunkId) -> Result<Option<u64>> {
+        if head.commit.record.quota_bytes == 0 {
+            return Ok(None);
+        }
+        let before = self.head_bytes(head)?;
+        let delta = layerfs::bytes_delta(&self.store, head.commit.tree, tree)?;
+        Ok(Some(delta.apply(before)))
+    }
+
+    /// Refuses an edit from outside that would grow volume `name` past
+    /// its quota (what sessions hold uncommitted counts too).
+    pub(crate) fn check_room(&self, name: &str, head: &Head, record: &CommitRecord) -> Result<()> {
+        let (quota, Some(after)) = (record.quota_bytes, record.bytes) else {
+            return Ok(());
+        };
+        let before = self.head_bytes(head)?;
+        if quota == 0 || after <= before {
+            return Ok(());
+        }
+        let pending = self.uncommitted_bytes(name).unwrap_or(0);
+        let free = quota.saturating_sub(before).saturating_sub(pending);
+        if after - before > free {
+            return Err(Error::QuotaExceeded {
+                volume: name.into(),
+                needed: after - before,
+                free,
+            });
+        }
+        Ok(())
+    }
+
+    /// A head moved to a commit with `record`: the sessions' shared space
+    /// follows it.
+    fn head_moved(&self, name: &str, record: &CommitRecord) {
+        let mut spaces = self.spaces.lock();
+        let Some((space, seq)) = spaces.get_mut(name) else {
+            return;
+        };
+        let Some(live) = space.upgrade() else {
+            spaces.remove(name);
+            return;
+        };
+        if record.seq > *seq {
+            *seq = record.seq;
+            let held = record.bytes.unwrap_or(0);
+            live.set_limit(record.quota_bytes.saturating_sub(held));
         }
     }
 
@@ -183,6 +289,7 @@ impl Volumes {
             paths_changed: 0,
             conflicts: Vec::new(),
             quota_bytes,
+            bytes: Some(0),
             capture: None,
         };
         let id = self.put_commit(&writer, tree, &record)?;
@@ -314,6 +421,7 @@ impl Volumes {
                 paths_changed,
                 conflicts: merged.conflicts,
                 quota_bytes: head.commit.record.quota_bytes,
+                bytes: self.bytes_after(&head, merged.tree)?,
                 capture: Some(ours),
             };
             match self.advance(&writer, name, &head, merged.tree, record)? {
@@ -366,6 +474,7 @@ impl Volumes {
             paths_changed,
             conflicts: Vec::new(),
             quota_bytes: head.commit.record.quota_bytes,
+            bytes: self.bytes_after(head, tree)?,
             capture: None,
         })
     }
@@ -393,6 +502,7 @@ impl Volumes {
             Err(e) => return Err(e.into()),
         };
         self.keep_history(writer, name, id)?;
+        self.head_moved(name, &record);
         Ok(Some(Head {
             commit: Commit { id, tree, record },
             version: value.generation,

@@ -42,6 +42,12 @@ pub enum Error {
     Contended(String),
     #[error("volume '{0}' has no commit {1} (or it is no longer kept)")]
     NoSuchCommit(String, u64),
+    #[error("volume '{volume}' is full: {needed} more bytes do not fit in the {free} its quota has left")]
+    QuotaExceeded {
+        volume: String,
+        needed: u64,
+        free: u64,
+    },
     #[error("no such path in the volume: '{0}'")]
     NoSuchPath(String),
     #[error("not a file: '{0}'")]

@@ -26,7 +26,7 @@
 use std::sync::Arc;
 
 use cas::{ChunkId, RefExpectation};
-use layerfs::cowfs::{CowFs, Errno, MountConfig};
+use layerfs::cowfs::{CowFs, Errno, MountConfig, SharedSpace};
 use parking_lot::Mutex;
 
 use crate::catalog::{validate_name, Committed, Volumes};
@@ -81,6 +81,20 @@ pub struct Session {
     /// Pins the trees reloads moved the mount off, for the session's life
     /// (files opened before a reload may read them).
     left_trees: cas::Writer,
+    /// The space the volume's sessions share (a volume with a quota).
+    space: Option<Arc<SharedSpace>>,
+    /// Bytes the session's captures moved out of its upper layer that no
+    /// head holds yet (a reload's, a failed commit's), kept taken in
+    /// `space` until a commit lands them.
+    held: Mutex<u64>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(space) = &self.space {
+            space.release(*self.held.get_mut() + self.fs.used_bytes());
+        }
+    }
 }
 
 impl Session {
@@ -111,7 +125,7 @@ impl Session {
         store.set_ref(&lower_ref(id), base, RefExpectation::Any)?;
         store.set_ref(&session_ref(id), base, RefExpectation::Any)?;
         let fs = CowFs::new(store, base, config)?;
-        Ok(Session::running(volumes, volume, id, fs, base, Some(base)))
+        Session::running(volumes, volume, id, fs, base, Some(base))
     }
 
     /// Reopens session `id` of volume `volume` after the server stopped
@@ -170,7 +184,7 @@ impl Session {
             delete_ref(&store, &name)?;
         }
         tracing::info!(session = id, volume, ?report, "volume session recovered");
-        Ok(Session::running(volumes, volume, id, fs, base, None))
+        Session::running(volumes, volume, id, fs, base, None)
     }
 
     fn running(
@@ -180,13 +194,19 @@ impl Session {
         fs: CowFs,
         base: ChunkId,
         patched_from: Option<ChunkId>,
-    ) -> Session {
+    ) -> Result<Session> {
         // Before the sandbox writes: see `CowFs::use_incremental_captures`.
         fs.use_incremental_captures();
+        let space = volumes.space(volume)?;
+        if let Some(space) = &space {
+            fs.share_space(space.clone());
+        }
         let left_trees = volumes.store().writer(&format!(
             "volume session {id}: trees its open files may read"
         ));
-        Session {
+        Ok(Session {
+            space,
+            held: Mutex::new(0),
             left_trees,
             volumes,
             volume: volume.into(),
@@ -195,7 +215,28 @@ impl Session {
             base: Mutex::new(base),
             patched_from: Mutex::new(patched_from),
             read_only: false,
+        })
+    }
+
+    /// Converts the mount's sealed layers to `stored`: the bytes that
+    /// leaves the upper layer stay taken in the shared space (held) until
+    /// a commit lands them in the head.
+    fn convert(
+        &self,
+        frozen: Option<&mut layerfs::cowfs::Frozen<'_>>,
+        stored: &layerfs::cowfs::Stored,
+    ) -> std::result::Result<(), Errno> {
+        let before = self.fs.used_bytes();
+        match frozen {
+            Some(frozen) => frozen.converted(stored)?,
+            None => self.fs.converted(stored)?,
         }
+        let released = before.saturating_sub(self.fs.used_bytes());
+        if let Some(space) = &self.space {
+            space.hold(released);
+            *self.held.lock() += released;
+        }
+        Ok(())
     }
 
     /// The same session as a read-only view: its commits and reloads do
@@ -284,8 +325,7 @@ impl Session {
         // ref, then by the base) and the directories are recorded as
         // stored (the next capture takes unchanged ones whole); the
         // journal is synced through the capture.
-        self.fs
-            .converted(&stored)
+        self.convert(None, &stored)
             .map_err(|e| Error::Session(format!("after storing the capture: errno {}", e.0)))?;
         *patched_from = Some(ours);
         drop(patched_from);
@@ -298,6 +338,11 @@ impl Session {
             &self.id,
             &tag,
         )?;
+        // The head holds what the session held back: the space's limit
+        // moved with it.
+        if let Some(space) = &self.space {
+            space.release(std::mem::take(&mut *self.held.lock()));
+        }
         writer.set_ref(&session_ref(&self.id), ours, RefExpectation::Any)?;
         delete_ref(store, &pending_ref(&self.id))?;
         *base = ours;
@@ -351,8 +396,7 @@ impl Session {
             let stored = early.store(store, &writer)?;
             writer.commit()?;
             writer.set_ref(&pending_ref(&self.id), stored.tree, RefExpectation::Any)?;
-            self.fs
-                .converted(&stored)
+            self.convert(None, &stored)
                 .map_err(|e| failed("after storing the capture", e))?;
             *self.patched_from.lock() = Some(stored.tree);
         }
@@ -365,8 +409,7 @@ impl Session {
         writer.commit()?;
         let ours = stored.tree;
         writer.set_ref(&pending_ref(&self.id), ours, RefExpectation::Any)?;
-        frozen
-            .converted(&stored)
+        self.convert(Some(&mut frozen), &stored)
             .map_err(|e| failed("after storing the capture", e))?;
         let head = self.volumes.head(&self.volume)?;
         let theirs = head.commit.tree;

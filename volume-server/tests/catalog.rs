@@ -176,6 +176,9 @@ fn history_restore_retention_and_removal() {
     let seqs: Vec<u64> = history.iter().map(|c| c.record.seq).collect();
     assert_eq!(seqs, vec![6, 5, 4, 3, 2, 1]);
     assert!(history.iter().all(|c| c.record.quota_bytes == 1 << 20));
+    // A volume with a quota keeps its bytes in each commit.
+    let bytes: Vec<Option<u64>> = history.iter().map(|c| c.record.bytes).collect();
+    assert_eq!(bytes, [5, 4, 3, 2, 1, 0].map(Some));
     assert_eq!(history.last().unwrap().record.kind, CommitKind::Create);
     // A commit with nothing changed writes nothing.
     let same = volumes
@@ -189,6 +192,7 @@ fn history_restore_retention_and_removal() {
         .unwrap();
     assert_eq!(restored.commit.record.seq, 7);
     assert_eq!(restored.commit.record.paths_changed, 5);
+    assert_eq!(restored.commit.record.bytes, Some(0));
     assert!(contents(&store, restored.commit.tree).is_empty());
     // A stale expected head is refused (None), not overwritten.
     assert!(volumes

@@ -6,25 +6,9 @@
 mod common;
 
 use std::io::Read;
-use std::path::Path;
 
-use common::{random_bytes, Cleanup, Server};
-use snapshotter::volume_api::{CommitResult, ReloadResult, ServerInfo, SessionInfo, VolumeOp};
-
-fn mount(server: &Server, dir: &Path) -> SessionInfo {
-    std::fs::create_dir_all(dir).unwrap();
-    server.call(VolumeOp::Mount {
-        name: "data".into(),
-        mountpoint: dir.to_path_buf(),
-        commit: None,
-    })
-}
-
-fn umount(server: &Server, dir: &Path) -> CommitResult {
-    server.call(VolumeOp::Umount {
-        session: dir.display().to_string(),
-    })
-}
+use common::{random_bytes, Scratch, Server};
+use snapshotter::volume_api::{ReloadResult, ServerInfo, VolumeOp};
 
 fn gc(server: &Server) -> cas::GcReport {
     let report: serde_json::Value = server.call(VolumeOp::Gc);
@@ -42,17 +26,14 @@ fn drop_caches() {
 
 #[test]
 fn an_open_file_keeps_its_bytes_through_a_reload_and_gc() {
-    if !fixtures::require::fuse() {
+    let Some(scratch) = Scratch::with_mount_points(["a", "b", "c"]) else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let dirs = ["a", "b", "c"].map(|name| tmp.path().join(name));
-    let [a, b, c] = &dirs;
-    let _cleanup = Cleanup(&[a, b, c]);
+    };
+    let [a, b, c] = &scratch.dirs;
     // Only the head is kept: whatever an older commit alone holds is
     // garbage once nothing else reaches it.
     let server = Server::start_with(
-        &tmp.path().join("home"),
+        &scratch.path().join("home"),
         &[
             "--autocommit-secs",
             "0",
@@ -72,20 +53,20 @@ fn an_open_file_keeps_its_bytes_through_a_reload_and_gc() {
     let first = random_bytes("first", SIZE);
     let second = random_bytes("second", SIZE);
 
-    mount(&server, a);
+    server.mount("data", a);
     std::fs::write(a.join("big.bin"), &first).unwrap();
-    assert!(umount(&server, a).wrote);
+    assert!(server.umount(a).wrote);
 
     // Session b opens the first version, holds it open and deletes it
     // (so b's own capture no longer holds it either).
-    mount(&server, b);
+    server.mount("data", b);
     let mut open = std::fs::File::open(b.join("big.bin")).unwrap();
     std::fs::remove_file(b.join("big.bin")).unwrap();
 
     // Another session replaces it; b reloads onto that head.
-    mount(&server, c);
+    server.mount("data", c);
     std::fs::write(c.join("big.bin"), &second).unwrap();
-    assert!(umount(&server, c).wrote);
+    assert!(server.umount(c).wrote);
     let reloaded: Vec<ReloadResult> = server.call(VolumeOp::Reload {
         target: b.display().to_string(),
     });
@@ -107,14 +88,14 @@ fn an_open_file_keeps_its_bytes_through_a_reload_and_gc() {
     drop(open);
 
     // Once b ends, the first version is reclaimed.
-    umount(&server, b);
+    server.umount(b);
     let report = gc(&server);
     assert!(
         report.swept_bytes >= SIZE as u64,
         "the first version was not reclaimed: {report:?}"
     );
     // The head is whole.
-    mount(&server, a);
+    server.mount("data", a);
     assert!(std::fs::read(a.join("big.bin")).unwrap() == second);
-    umount(&server, a);
+    server.umount(a);
 }

@@ -13,22 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{Cleanup, Server};
-use snapshotter::volume_api::{CommitInfo, CommitResult, ReloadResult, SessionInfo, VolumeOp};
-
-fn mount(server: &Server, name: &str, dir: &Path) -> SessionInfo {
-    std::fs::create_dir_all(dir).unwrap();
-    server.call(VolumeOp::Mount {
-        name: name.into(),
-        mountpoint: dir.to_path_buf(),
-        commit: None,
-    })
-}
-
-fn umount(server: &Server, dir: &Path) -> CommitResult {
-    server.call(VolumeOp::Umount {
-        session: dir.display().to_string(),
-    })
-}
+use snapshotter::volume_api::{CommitInfo, ReloadResult, SessionInfo, VolumeOp};
 
 fn reload(server: &Server, dir: &Path) -> ReloadResult {
     let mut results: Vec<ReloadResult> = server.call(VolumeOp::Reload {
@@ -40,13 +25,13 @@ fn reload(server: &Server, dir: &Path) -> ReloadResult {
 
 /// Commits `files` (path, contents) through a session of its own.
 fn commit_files(server: &Server, dir: &Path, files: &[(&str, &str)]) {
-    mount(server, "data", dir);
+    server.mount("data", dir);
     for (path, contents) in files {
         let path = dir.join(path);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, contents).unwrap();
     }
-    let committed = umount(server, dir);
+    let committed = server.umount(dir);
     assert!(committed.wrote);
 }
 
@@ -75,7 +60,7 @@ fn reload_keeps_open_files_and_working_directories() {
 
     // The sandbox: a shell whose working directory is in the volume and
     // which holds dir/x.txt open; it waits for a line before reading.
-    mount(&server, "data", &b);
+    server.mount("data", &b);
     let mut shell = Command::new("sh")
         .arg("-c")
         .arg(
@@ -156,10 +141,10 @@ fn reload_keeps_open_files_and_working_directories() {
     );
 
     // Ending the session commits what it holds, with no further conflict.
-    let committed = umount(&server, &b);
+    let committed = server.umount(&b);
     assert!(committed.wrote);
     assert!(committed.head.conflicts.is_empty(), "{committed:?}");
-    mount(&server, "data", &a);
+    server.mount("data", &a);
     for (path, want) in [
         ("mine.txt", "uncommitted\n"),
         ("dir/x.txt", "c's version\n"),
@@ -173,7 +158,7 @@ fn reload_keeps_open_files_and_working_directories() {
             "{path}"
         );
     }
-    umount(&server, &a);
+    server.umount(&a);
 }
 
 #[test]
@@ -212,7 +197,7 @@ fn an_old_commit_mounts_read_only() {
         name: "data".into(),
         limit: Some(1),
     });
-    let ended = umount(&server, &old);
+    let ended = server.umount(&old);
     assert!(!ended.wrote);
     assert_eq!(ended.head.seq, head[0].seq);
     // A commit that does not exist is a clear error.

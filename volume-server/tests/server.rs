@@ -35,15 +35,6 @@ fn create(server: &Server, name: &str) -> VolumeInfo {
     })
 }
 
-fn mount(server: &Server, name: &str, dir: &Path) -> SessionInfo {
-    std::fs::create_dir_all(dir).unwrap();
-    server.call(VolumeOp::Mount {
-        name: name.into(),
-        mountpoint: dir.to_path_buf(),
-        commit: None,
-    })
-}
-
 fn umount_outside(dir: &Path) {
     let status = Command::new("umount").arg(dir).status().unwrap();
     assert!(status.success(), "umount {}", dir.display());
@@ -83,14 +74,14 @@ fn a_fuse_session_unmounted_from_outside_loses_nothing() {
     let server = Server::start(&tmp.path().join("home"), 0);
     create(&server, "data");
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    mount(&server, "data", &a);
+    server.mount("data", &a);
     let big = random_bytes("seeds-fuse", 50 << 20);
     std::fs::write(a.join("big.bin"), &big).unwrap();
     std::fs::write(a.join("notes.txt"), "the results of run 7\n").unwrap();
     let want = blake3::hash(&big).to_hex().to_string();
     umount_outside(&a);
     // No commit asked for, no wait.
-    mount(&server, "data", &b);
+    server.mount("data", &b);
     assert_eq!(checksum(&b.join("big.bin")), want);
     assert_eq!(
         std::fs::read_to_string(b.join("notes.txt")).unwrap(),
@@ -181,7 +172,7 @@ fn a_9p_session_whose_client_is_killed_loses_nothing() {
     child.wait().unwrap();
     // At once: a new session over FUSE, and the file read from outside.
     let b = tmp.path().join("b");
-    mount(&server, "data", &b);
+    server.mount("data", &b);
     assert_eq!(checksum(&b.join("big.bin")), want);
     assert_eq!(
         std::fs::read_to_string(b.join("notes.txt")).unwrap(),
@@ -246,7 +237,7 @@ fn sigterm_commits_every_session() {
     create(&server, "data");
     let dirs: Vec<_> = (0..3).map(|i| tmp.path().join(format!("m{i}"))).collect();
     for (i, dir) in dirs.iter().enumerate() {
-        mount(&server, "data", dir);
+        server.mount("data", dir);
         std::fs::write(dir.join(format!("f{i}")), format!("session {i}")).unwrap();
     }
     let socket = tmp.path().join("9p.sock");
@@ -290,7 +281,7 @@ fn after_sigkill_the_next_server_commits_what_was_fsynced() {
     let mut server = Server::start(&home, 0);
     create(&server, "data");
     let dir = tmp.path().join("m");
-    mount(&server, "data", &dir);
+    server.mount("data", &dir);
     let mut file = std::fs::File::create(dir.join("synced")).unwrap();
     file.write_all(b"fsynced before the crash").unwrap();
     file.sync_all().unwrap();
@@ -328,7 +319,7 @@ fn sixteen_sessions_lose_nothing_and_conflicts_are_listed() {
     create(&server, "shared");
     let dirs: Vec<_> = (0..16).map(|i| tmp.path().join(format!("s{i}"))).collect();
     for dir in &dirs {
-        mount(&server, "shared", dir);
+        server.mount("shared", dir);
     }
     std::thread::scope(|scope| {
         for (i, dir) in dirs.iter().enumerate() {

@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -31,12 +31,70 @@ use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard, RwLockW
 /// cost of a reopen, and of a sync for a file written since its last one.
 pub const OPEN_DATA_FILES: usize = 256;
 
+/// Space several mounts draw on together (the sessions of one volume):
+/// the bytes their upper layers hold between them, and the most they may
+/// hold. A write that would take the total past the limit fails with
+/// ENOSPC in whichever mount makes it, as the mount's own quota does.
+#[derive(Debug)]
+pub struct SharedSpace {
+    used: AtomicU64,
+    limit: AtomicU64,
+}
+
+impl SharedSpace {
+    /// Space of at most `limit` bytes, none used.
+    pub fn new(limit: u64) -> SharedSpace {
+        SharedSpace {
+            used: AtomicU64::new(0),
+            limit: AtomicU64::new(limit),
+        }
+    }
+
+    /// Bytes the mounts' upper layers hold (and what is [`held`]).
+    ///
+    /// [`held`]: SharedSpace::hold
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The most they may hold.
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the limit (writes already made stay, even past it).
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` as used until [`SharedSpace::release`] (space that
+    /// moves from the mounts to elsewhere, kept taken while it does).
+    pub fn hold(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Gives back what [`SharedSpace::hold`] took.
+    pub fn release(&self, bytes: u64) {
+        self.take_back(bytes);
+    }
+
+    fn take_back(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+    }
+}
+
 /// What the files of one mount share: the bytes charged to its quota, and
 /// its open data files.
 #[derive(Debug, Default)]
 pub(crate) struct MountFiles {
     /// Bytes the upper layer holds, as charged to the quota.
-    pub used: AtomicU64,
+    used: AtomicU64,
+    /// Space shared with other mounts, charged too when set.
+    shared: OnceLock<Arc<SharedSpace>>,
     /// Data files with an open descriptor, oldest opened first (entries
     /// of files closed since are dropped when met).
     open: Mutex<VecDeque<Weak<DataFile>>>,
@@ -45,6 +103,61 @@ pub(crate) struct MountFiles {
 }
 
 impl MountFiles {
+    /// Bytes the upper layer holds.
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Charges `bytes` more.
+    pub(crate) fn charge(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(shared) = self.shared.get() {
+            shared.used.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Charges `bytes` less.
+    pub(crate) fn uncharge(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+        if let Some(shared) = self.shared.get() {
+            shared.take_back(bytes);
+        }
+    }
+
+    /// Whether a file charged `old` bytes may be charged `new` within
+    /// `quota` and the shared space.
+    pub(crate) fn room_for(&self, old: u64, new: u64, quota: u64) -> bool {
+        if new <= old {
+            return true;
+        }
+        let used = self.used();
+        if used - old.min(used) + new > quota {
+            return false;
+        }
+        match self.shared.get() {
+            Some(shared) => shared.used() - old.min(shared.used()) + new <= shared.limit(),
+            None => true,
+        }
+    }
+
+    /// Draws on `space` from now on, with what is charged already; false
+    /// if the mount already draws on one.
+    pub(crate) fn share(&self, space: Arc<SharedSpace>) -> bool {
+        let used = self.used();
+        match self.shared.set(space.clone()) {
+            Ok(()) => {
+                space.used.fetch_add(used, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The shared space it draws on.
+    pub(crate) fn shared(&self) -> Option<&Arc<SharedSpace>> {
+        self.shared.get()
+    }
+
     /// Data file descriptors this mount holds open now.
     pub(crate) fn open_descriptors(&self) -> usize {
         self.open_count.load(Ordering::Relaxed)

@@ -445,9 +445,14 @@ impl Inner {
 
     /// Whether `[offset, end)` fits in the quota once every block of
     /// `first..=last` is charged and the file is `new_size` bytes.
-    fn fits(&self, used: u64, quota: u64, new_size: u64, blocks: std::ops::Range<u64>) -> bool {
-        let new_charge = self.charge_for(new_size, blocks);
-        new_charge <= self.charged || used - self.charged.min(used) + new_charge <= quota
+    fn fits(
+        &self,
+        files: &MountFiles,
+        quota: u64,
+        new_size: u64,
+        blocks: std::ops::Range<u64>,
+    ) -> bool {
+        files.room_for(self.charged, self.charge_for(new_size, blocks), quota)
     }
 }
 
@@ -703,7 +708,7 @@ impl FileData {
         inner.upper = upper;
         let charge = inner.charge_for(size, 0..0);
         inner.charged = charge;
-        files.used.fetch_add(charge, Ordering::Relaxed);
+        files.charge(charge);
         FileData::with_inner(dir, files, inner)
     }
 
@@ -921,13 +926,9 @@ impl FileData {
 
     fn apply_charge(&self, inner: &mut Inner, new_charge: u64) {
         if new_charge >= inner.charged {
-            self.files
-                .used
-                .fetch_add(new_charge - inner.charged, Ordering::Relaxed);
+            self.files.charge(new_charge - inner.charged);
         } else {
-            self.files
-                .used
-                .fetch_sub(inner.charged - new_charge, Ordering::Relaxed);
+            self.files.uncharge(inner.charged - new_charge);
         }
         inner.charged = new_charge;
     }
@@ -953,12 +954,7 @@ impl FileData {
         let last = (end - 1) / BLOCK_SIZE;
         // Quota: what the file will hold after this write.
         let new_charge = inner.charge_for(new_size, first..last + 1);
-        if !inner.fits(
-            self.files.used.load(Ordering::Relaxed),
-            quota,
-            new_size,
-            first..last + 1,
-        ) {
+        if !inner.fits(&self.files, quota, new_size, first..last + 1) {
             return Err(Errno::ENOSPC);
         }
         // Copy up the lower bytes of partly written blocks. Blocks become
@@ -1089,12 +1085,7 @@ impl FileData {
         let mut inner = self.inner.write();
         let new_size = inner.size.max(end);
         let (first, last) = (offset / BLOCK_SIZE, (end - 1) / BLOCK_SIZE);
-        if !inner.fits(
-            self.files.used.load(Ordering::Relaxed),
-            quota,
-            new_size,
-            first..last + 1,
-        ) {
+        if !inner.fits(&self.files, quota, new_size, first..last + 1) {
             return Err(Errno::ENOSPC);
         }
         let new_charge = inner.charge_for(new_size, first..last + 1);
@@ -1196,8 +1187,7 @@ impl FileData {
             ..Inner::new(String::new(), Base::blob(None), size, 0)
         }
         .charge_for(size, 0..0);
-        let used = self.files.used.load(Ordering::Relaxed);
-        if new_charge > inner.charged && used - inner.charged.min(used) + new_charge > quota {
+        if !self.files.room_for(inner.charged, new_charge, quota) {
             return Err(Errno::ENOSPC);
         }
         for (block, step) in steps {

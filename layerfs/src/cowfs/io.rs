@@ -201,11 +201,16 @@ impl CowFs {
             .map_err(|e| if e == Errno::ENXIO { e } else { self.eio(e.0) })
     }
 
-    /// Filesystem figures; the quota is the size.
+    /// Filesystem figures; the quota is the size (with a shared space,
+    /// what is free is what the mount and the space both have left).
     pub fn statfs(&self) -> StatFs {
         let block = 4096u64;
-        let used = self.used_bytes().div_ceil(block);
+        let mut used = self.used_bytes().div_ceil(block);
         let blocks = self.quota / block;
+        if let Some(shared) = self.files.shared() {
+            let free = shared.limit().saturating_sub(shared.used()) / block;
+            used = used.max(blocks.saturating_sub(free));
+        }
         let st = self.state.lock();
         StatFs {
             block_size: block as u32,

@@ -37,7 +37,7 @@ mod xattr;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 
 use cas::{ChunkId, Store};
@@ -45,7 +45,7 @@ use parking_lot::Mutex;
 
 use crate::memtree::TreeReader;
 use crate::tree::{validate_name, Attrs, DirNode, Entry, InodeKind, Timestamp, MAX_PATH_LEN};
-pub use datafile::OPEN_DATA_FILES;
+pub use datafile::{SharedSpace, OPEN_DATA_FILES};
 use file::FileData;
 pub use file::BLOCK_SIZE;
 use journal::{JAttrs, Journal, NewKind, Record};
@@ -438,7 +438,16 @@ impl CowFs {
 
     /// Bytes the upper layer holds.
     pub fn used_bytes(&self) -> u64 {
-        self.files.used.load(Ordering::Relaxed)
+        self.files.used()
+    }
+
+    /// Makes the mount draw on `space` besides its own quota (the
+    /// sessions of a volume share the volume's quota): what it holds now
+    /// is charged to `space`, and so is every later change. Call before
+    /// the mount serves; false (and nothing changed) if it already draws
+    /// on a space.
+    pub fn share_space(&self, space: Arc<SharedSpace>) -> bool {
+        self.files.share(space)
     }
 
     /// Inodes the sandbox made that exist (counted against the inode

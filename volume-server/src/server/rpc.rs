@@ -30,7 +30,9 @@ fn classify(error: &anyhow::Error) -> u8 {
                 Error::Corrupt(_) => exit::CORRUPTION,
                 Error::Store(inner) => code_of(inner.class()),
                 Error::Tree(inner) => code_of(inner.class()),
-                Error::Contended(_) | Error::Session(_) => exit::FAILURE,
+                Error::Contended(_) | Error::Session(_) | Error::QuotaExceeded { .. } => {
+                    exit::FAILURE
+                }
             };
         }
     }
@@ -307,6 +309,8 @@ impl VolumeServer {
             name: name.to_string(),
             head: commit_info(&head.commit),
             quota_bytes: head.commit.record.quota_bytes,
+            bytes: head.commit.record.bytes,
+            uncommitted_bytes: self.volumes.uncommitted_bytes(name),
             sessions: self.sessions_of(name).len(),
         }
     }

@@ -8,7 +8,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-use snapshotter::volume_api::VolumeOp;
+use snapshotter::volume_api::{CommitResult, SessionInfo, VolumeOp};
 
 /// A `volume-server` process; stopped with SIGTERM when dropped.
 pub struct Server {
@@ -55,6 +55,23 @@ impl Server {
         snapshotter::volume_cmd::connect(&self.home)?.call(op)
     }
 
+    /// Starts a FUSE session of volume `name` at `dir` (made if missing).
+    pub fn mount(&self, name: &str, dir: &Path) -> SessionInfo {
+        std::fs::create_dir_all(dir).unwrap();
+        self.call(VolumeOp::Mount {
+            name: name.into(),
+            mountpoint: dir.to_path_buf(),
+            commit: None,
+        })
+    }
+
+    /// Ends the session mounted at `dir`; its commit.
+    pub fn umount(&self, dir: &Path) -> CommitResult {
+        self.call(VolumeOp::Umount {
+            session: dir.display().to_string(),
+        })
+    }
+
     /// Sends `signal` and waits for the process to end; its exit status.
     pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
         // SAFETY: kill with the pid of our own child process.
@@ -97,6 +114,38 @@ pub struct Cleanup<'a>(pub &'a [&'a Path]);
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         for dir in self.0 {
+            detach(dir);
+        }
+    }
+}
+
+/// A scratch directory with mount points for FUSE sessions in it, each
+/// detached when this drops.
+pub struct Scratch<const N: usize> {
+    pub tmp: tempfile::TempDir,
+    pub dirs: [PathBuf; N],
+}
+
+impl<const N: usize> Scratch<N> {
+    /// `None` (with the reason printed) where FUSE is missing.
+    pub fn with_mount_points(names: [&str; N]) -> Option<Scratch<N>> {
+        if !fixtures::require::fuse() {
+            return None;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = names.map(|name| tmp.path().join(name));
+        Some(Scratch { tmp, dirs })
+    }
+
+    /// The scratch directory.
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+}
+
+impl<const N: usize> Drop for Scratch<N> {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
             detach(dir);
         }
     }
