@@ -59,6 +59,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the node daemon and volume-server do (the benchmarks run their
+    // libraries in this process).
+    snapshotter::daemon::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")

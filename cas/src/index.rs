@@ -235,6 +235,17 @@ impl IndexDb {
         entries: &[(ChunkId, ChunkLocation)],
         sealed_below: Option<PackId>,
     ) -> Result<()> {
+        self.record_locations_and_refs(entries, sealed_below, &[])
+    }
+
+    /// [`IndexDb::record_locations`] and ref writes or deletions in the
+    /// same synced write: the refs land exactly when the chunks do.
+    pub fn record_locations_and_refs(
+        &self,
+        entries: &[(ChunkId, ChunkLocation)],
+        sealed_below: Option<PackId>,
+        refs: &[(&str, Option<&RefValue>)],
+    ) -> Result<()> {
         let cf = self.cf(CF_CHUNKS)?;
         let mut batch = WriteBatch::default();
         for (id, location) in entries {
@@ -243,6 +254,15 @@ impl IndexDb {
         if let Some(pack) = sealed_below {
             let meta = self.cf(CF_META)?;
             batch.put_cf(&meta, META_SEALED_BELOW, pack.0.to_le_bytes());
+        }
+        if !refs.is_empty() {
+            let refs_cf = self.cf(CF_REFS)?;
+            for (name, value) in refs {
+                match value {
+                    Some(value) => batch.put_cf(&refs_cf, name.as_bytes(), value.encode()),
+                    None => batch.delete_cf(&refs_cf, name.as_bytes()),
+                }
+            }
         }
         self.sync_write(batch, "recording chunk locations")
     }

@@ -76,7 +76,7 @@ pub use gc::GcReport;
 pub use id::{ChunkId, ChunkKind, CHUNK_ID_LEN, NODE_HASH_KEY};
 pub use index::{ChunkLocation, IndexDb, RefValue};
 pub use lease::LeaseInfo;
-pub use node::{Node, NodeType};
+pub use node::{Node, NodeType, VerifiedNode};
 pub use pack::{PackId, PACK_HEADER_LEN};
 pub use refs::{validate_ref_name, RefExpectation};
 pub use stats::StoreStats;

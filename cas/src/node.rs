@@ -137,3 +137,36 @@ mod tests {
         }
     }
 }
+
+/// A node together with its id, known to match: read from the store
+/// ([`crate::Store::get_verified_node`], which verifies what it reads) or
+/// written by a writer ([`crate::Writer::put_verified_node`]). Only this
+/// crate makes one, so [`crate::Writer::pin_node`] can trust it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedNode {
+    id: crate::ChunkId,
+    node: Node,
+}
+
+impl VerifiedNode {
+    pub(crate) fn new(id: crate::ChunkId, node: Node) -> VerifiedNode {
+        VerifiedNode { id, node }
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> crate::ChunkId {
+        self.id
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The same node without its body: its id and links, all that
+    /// [`crate::Writer::pin_node`] reads, for keeping many in memory.
+    pub fn without_body(mut self) -> VerifiedNode {
+        self.node.body = Vec::new();
+        self
+    }
+}

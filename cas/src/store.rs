@@ -9,7 +9,7 @@
 //! commit (group commit), so durability costs one fsync per batch, not per
 //! chunk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +28,7 @@ use crate::frame;
 use crate::id::{ChunkId, ChunkKind};
 use crate::index::{ChunkLocation, IndexDb, OpenMode, RefValue};
 use crate::lease::{LeaseInfo, LeaseSet, Leases};
-use crate::node::{self, Node};
+use crate::node::{self, Node, VerifiedNode};
 use crate::pack::{self, ActivePack, PackId};
 use crate::refs::{validate_ref_name, RefExpectation};
 
@@ -277,6 +277,7 @@ impl Store {
             lease_id,
             lease,
             needs_seq: AtomicU64::new(0),
+            known: Mutex::new(HashSet::new()),
         }
     }
 
@@ -288,6 +289,11 @@ impl Store {
     /// The bytes of chunk `id` with its kind.
     pub fn get_with_kind(&self, id: &ChunkId) -> Result<(ChunkKind, Bytes)> {
         self.inner.read_chunk(id)
+    }
+
+    /// Decodes node `id`, with its id (see [`Writer::pin_node`]).
+    pub fn get_verified_node(&self, id: &ChunkId) -> Result<VerifiedNode> {
+        Ok(VerifiedNode::new(*id, self.get_node(id)?))
     }
 
     /// Decodes node `id`.
@@ -379,6 +385,10 @@ pub struct Writer {
     lease_id: u64,
     lease: Arc<LeaseSet>,
     needs_seq: AtomicU64,
+    /// Chunks known to be stored and kept alive by this writer: those it
+    /// put or pinned, and those a node it pinned links to. `put_node`
+    /// does not look them up again.
+    known: Mutex<HashSet<ChunkId>>,
 }
 
 impl Drop for Writer {
@@ -410,6 +420,7 @@ impl Writer {
         debug_assert_eq!(id, ChunkId::compute(kind, bytes));
         let outcome = self.store.inner.put_hashed(&self.lease, id, kind, bytes)?;
         self.needs_seq.fetch_max(outcome.seq, Ordering::AcqRel);
+        self.known.lock().insert(id);
         Ok(outcome)
     }
 
@@ -436,13 +447,21 @@ impl Writer {
         }
         let id = ChunkId::compute(ChunkKind::Node, &bytes);
         self.store.inner.leases.touch(&self.lease, id);
-        for link in &node.links {
-            self.store.inner.leases.touch(&self.lease, *link);
-            if self.store.inner.locate(link)?.is_none() {
-                return Err(Error::DanglingLink {
-                    node: id,
-                    link: *link,
-                });
+        // A known link is kept alive already (this writer put or pinned
+        // it, or pinned a node that reaches it); the others are pinned
+        // before they are looked up.
+        let unknown: Vec<ChunkId> = {
+            let known = self.known.lock();
+            node.links
+                .iter()
+                .filter(|link| !known.contains(*link))
+                .copied()
+                .collect()
+        };
+        for link in unknown {
+            self.store.inner.leases.touch(&self.lease, link);
+            if self.store.inner.locate(&link)?.is_none() {
+                return Err(Error::DanglingLink { node: id, link });
             }
         }
         self.put_hashed(id, ChunkKind::Node, &bytes)
@@ -453,9 +472,31 @@ impl Writer {
     pub fn pin(&self, id: &ChunkId) -> Result<()> {
         self.store.inner.leases.touch(&self.lease, *id);
         match self.store.inner.locate(id)? {
-            Some(_) => Ok(()),
+            Some(_) => {
+                self.known.lock().insert(*id);
+                Ok(())
+            }
             None => Err(Error::ChunkNotFound { id: *id }),
         }
+    }
+
+    /// Pins a stored node and takes the chunks it links to as stored from
+    /// now on, so that [`Writer::put_node`] does not look them up again:
+    /// a stored node's links are in the store (what `put_node` checked
+    /// when it was written, and fsck checks), and GC keeps everything a
+    /// pinned node reaches. For a node rebuilt from another (a directory
+    /// page with a few entries changed), this saves an index lookup per
+    /// unchanged link.
+    pub fn pin_node(&self, node: &VerifiedNode) -> Result<()> {
+        self.pin(&node.id())?;
+        self.known.lock().extend(node.node().links.iter().copied());
+        Ok(())
+    }
+
+    /// [`Writer::put_node`], returning the node with its id.
+    pub fn put_verified_node(&self, node: Node) -> Result<VerifiedNode> {
+        let id = self.put_node(&node)?.id;
+        Ok(VerifiedNode::new(id, node))
     }
 
     /// A streaming writer for one blob cut with `chunking`.
@@ -483,32 +524,72 @@ impl Writer {
     }
 
     /// Commits, then points ref `name` at `root` durably if the ref's
-    /// current state matches `expect`. Returns the new ref value.
+    /// current state matches `expect` (the commit and the ref are one
+    /// synced index write). Returns the new ref value.
     pub fn set_ref(&self, name: &str, root: ChunkId, expect: RefExpectation) -> Result<RefValue> {
-        validate_ref_name(name)?;
-        self.commit()?;
+        let mut values = self.set_refs(&[(name, Some(root), expect)])?;
+        values
+            .pop()
+            .flatten()
+            .ok_or(Error::ChunkNotFound { id: root })
+    }
+
+    /// Moves several refs at once, durably, in one synced index write
+    /// that also commits everything appended so far:
+    /// each `(name, Some(root), expect)` points `name` at `root`, each
+    /// `(name, None, expect)` deletes it (a missing ref is no error with
+    /// [`RefExpectation::Any`]). Every expectation is checked first; if one
+    /// fails, nothing is written (its `RefConflict` is returned). The new
+    /// values, in order (`None` for deletions).
+    pub fn set_refs(
+        &self,
+        refs: &[(&str, Option<ChunkId>, RefExpectation)],
+    ) -> Result<Vec<Option<RefValue>>> {
+        for (name, _, _) in refs {
+            validate_ref_name(name)?;
+        }
         let inner = &self.store.inner;
         let _guard = inner.refs_lock.lock();
-        inner.leases.touch(&self.lease, root);
-        // The root may have been written by another writer and still await
-        // its commit; everything appended before it commits with it.
-        let pending = inner.pending.lock().by_id.get(&root).map(|(_, seq)| *seq);
-        if let Some(seq) = pending {
-            inner.commit_through(seq)?;
+        let mut values = Vec::with_capacity(refs.len());
+        for (name, root, expect) in refs {
+            let current = inner.index.get_ref(name)?;
+            if root.is_none() && current.is_none() && matches!(expect, RefExpectation::Any) {
+                values.push(None);
+                continue;
+            }
+            if root.is_none() && current.is_none() {
+                return Err(Error::RefNotFound {
+                    name: (*name).into(),
+                });
+            }
+            expect.check(name, current.as_ref())?;
+            let Some(root) = root else {
+                values.push(None);
+                continue;
+            };
+            inner.leases.touch(&self.lease, *root);
+            // Pending or indexed: the write below commits what is pending.
+            if inner.locate(root)?.is_none() {
+                return Err(Error::ChunkNotFound { id: *root });
+            }
+            values.push(Some(RefValue {
+                root: *root,
+                generation: current.map_or(1, |c| c.generation + 1),
+                updated_unix_nanos: now_nanos(),
+            }));
         }
-        if inner.index.location(&root)?.is_none() {
-            return Err(Error::ChunkNotFound { id: root });
+        let writes: Vec<(&str, Option<&RefValue>)> = refs
+            .iter()
+            .zip(&values)
+            .map(|((name, _, _), value)| (*name, value.as_ref()))
+            .collect();
+        // What this writer (and any other) appended becomes durable with
+        // the refs, in one synced index write after the packs' sync.
+        inner.commit_with_refs(&writes)?;
+        for value in values.iter().flatten() {
+            inner.leases.touch_untracked(value.root);
         }
-        let current = inner.index.get_ref(name)?;
-        expect.check(name, current.as_ref())?;
-        let value = RefValue {
-            root,
-            generation: current.map_or(1, |c| c.generation + 1),
-            updated_unix_nanos: now_nanos(),
-        };
-        inner.index.write_ref(name, Some(&value))?;
-        inner.leases.touch_untracked(root);
-        Ok(value)
+        Ok(values)
     }
 }
 
@@ -704,6 +785,19 @@ impl Inner {
         if self.durable_seq.load(Ordering::Acquire) >= target {
             return Ok(());
         }
+        self.commit_locked(&[])
+    }
+
+    /// Commits everything appended so far and writes `refs` in the same
+    /// synced index write (one sync where a commit and then a ref update
+    /// would take two).
+    fn commit_with_refs(&self, refs: &[(&str, Option<&RefValue>)]) -> Result<()> {
+        let _commit = self.commit_lock.lock();
+        self.commit_locked(refs)
+    }
+
+    /// A group commit, with the commit lock held.
+    fn commit_locked(&self, refs: &[(&str, Option<&RefValue>)]) -> Result<()> {
         self.check_writable()?;
         let (upto, files, entries, sealed_below) = {
             let mut appender = self.appender.lock();
@@ -725,7 +819,8 @@ impl Inner {
                     .map_err(|e| Error::io("syncing a pack file", e))?;
             }
             let synced = started.elapsed();
-            self.index.record_locations(&entries, sealed_below)?;
+            self.index
+                .record_locations_and_refs(&entries, sealed_below, refs)?;
             tracing::debug!(
                 chunks = entries.len(),
                 packs = files.len(),

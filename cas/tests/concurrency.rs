@@ -162,3 +162,72 @@ fn durability_costs_one_commit_per_batch_not_per_chunk() {
         "{commits} commits for 400 durable puts: none was shared"
     );
 }
+
+#[test]
+fn refs_moved_together_move_all_or_none() {
+    let (_dir, store) = new_store(StoreConfig::default());
+    let writer = store.writer("test");
+    let a = writer.put_data(b"a").unwrap().id;
+    let b = writer.put_data(b"b").unwrap().id;
+    let head = store.set_ref("head", a, RefExpectation::Absent).unwrap();
+    store.set_ref("doomed", a, RefExpectation::Absent).unwrap();
+    // One expectation fails: nothing is written.
+    let stale = writer.set_refs(&[
+        ("other", Some(b), RefExpectation::Any),
+        (
+            "head",
+            Some(b),
+            RefExpectation::Generation(head.generation + 1),
+        ),
+    ]);
+    assert!(
+        matches!(stale, Err(cas::Error::RefConflict { .. })),
+        "{stale:?}"
+    );
+    assert!(store.get_ref("other").unwrap().is_none());
+    assert_eq!(store.get_ref("head").unwrap().unwrap().root, a);
+    // All hold: set, moved by compare-and-swap, deleted (a missing ref
+    // deleted with `Any` is no error).
+    let values = writer
+        .set_refs(&[
+            ("other", Some(b), RefExpectation::Absent),
+            ("head", Some(b), RefExpectation::Generation(head.generation)),
+            ("doomed", None, RefExpectation::Any),
+            ("never", None, RefExpectation::Any),
+        ])
+        .unwrap();
+    assert_eq!(values[1].as_ref().unwrap().generation, head.generation + 1);
+    assert!(values[2].is_none() && values[3].is_none());
+    assert_eq!(store.get_ref("other").unwrap().unwrap().root, b);
+    assert_eq!(store.get_ref("head").unwrap().unwrap().root, b);
+    assert!(store.get_ref("doomed").unwrap().is_none());
+    // A root that is not stored is refused, changing nothing.
+    let missing = cas::ChunkId::from_bytes([7; 32]);
+    assert!(writer
+        .set_refs(&[("head", Some(missing), RefExpectation::Any)])
+        .is_err());
+    assert_eq!(store.get_ref("head").unwrap().unwrap().root, b);
+}
+
+#[test]
+fn a_pinned_node_vouches_for_its_links_and_nothing_else() {
+    let (_dir, store) = new_store(StoreConfig::default());
+    let writer = store.writer("test");
+    let a = writer.put_data(b"a").unwrap().id;
+    let base = cas::Node::new(cas::NodeType::OPAQUE, vec![a], b"base".to_vec());
+    let base_id = writer.put_node(&base).unwrap().id;
+    writer.commit().unwrap();
+    let other = store.writer("other");
+    other
+        .pin_node(&store.get_verified_node(&base_id).unwrap())
+        .unwrap();
+    // Its links are taken as stored; a link nobody stored is still refused.
+    let derived = cas::Node::new(cas::NodeType::OPAQUE, vec![a], b"derived".to_vec());
+    other.put_node(&derived).unwrap();
+    let missing = cas::ChunkId::from_bytes([9; 32]);
+    let dangling = cas::Node::new(cas::NodeType::OPAQUE, vec![a, missing], Vec::new());
+    assert!(matches!(
+        other.put_node(&dangling),
+        Err(cas::Error::DanglingLink { link, .. }) if link == missing
+    ));
+}

@@ -9,6 +9,7 @@
 //! change the file it points at.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
 
 use cas::{ChunkId, Store, Writer};
 
@@ -535,7 +536,14 @@ pub(crate) fn store_patched(
     changes: &[(Vec<u8>, Option<Entry>)],
     path: &[u8],
 ) -> Result<(ChunkId, Patch)> {
-    let dir = reader.dir(base)?;
+    let cached = patched_dirs().remove(&base).map(|(_, d)| d);
+    let (dir, base_node) = match cached {
+        Some(cached) => {
+            let (node, dir) = Arc::try_unwrap(cached).unwrap_or_else(|a| (*a).clone());
+            (dir, Some(node))
+        }
+        None => (reader.dir(base)?, None),
+    };
     let mut patch = Patch {
         // As `diff_trees`: the root's own attributes are not a path.
         changed: u64::from(dir.attrs != attrs && !path.is_empty()),
@@ -548,6 +556,12 @@ pub(crate) fn store_patched(
         }
         DirLayout::Pages(pages) => pages,
     };
+    // The new node links to most of the pages the old one does.
+    let base_node = match base_node {
+        Some(node) => node,
+        None => reader.store().get_verified_node(&base)?,
+    };
+    writer.pin_node(&base_node)?;
     let page_of = |name: &[u8]| {
         pages
             .partition_point(|p| p.first_name.as_slice() <= name)
@@ -570,19 +584,33 @@ pub(crate) fn store_patched(
             out.push(page.clone());
             continue;
         }
-        let node = reader.store().get_node(&page.id)?;
-        let entries = decode_page(page.id, &node, page)?;
-        carry.extend(apply_changes(entries, own, &mut patch));
+        // A page is patched once: the next patch starts from the page
+        // this one writes, so a cached page is taken out of the cache.
+        let read = match patched_pages().remove(&page.id) {
+            Some((_, cached)) => Arc::try_unwrap(cached).unwrap_or_else(|a| (*a).clone()),
+            None => {
+                let node = reader.store().get_verified_node(&page.id)?;
+                let entries = decode_page(page.id, node.node(), page)?;
+                PatchedPage { node, entries }
+            }
+        };
+        // The new pages link mostly to what this one links to: known
+        // stored, not looked up again.
+        writer.pin_node(&read.node)?;
+        carry.extend(apply_changes(read.entries, own, &mut patch));
         let (ranges, tail) = complete_pages(&carry);
+        // The complete pages go; what follows them carries on.
+        let rest = carry.split_off(tail);
+        let mut done = std::mem::replace(&mut carry, rest).into_iter();
         for range in ranges {
             entry_count += range.len();
-            out.push(put_page(writer, &carry[range])?);
+            let page: Vec<_> = done.by_ref().take(range.len()).collect();
+            out.push(put_patched_page(writer, page)?);
         }
-        carry.drain(..tail);
     }
     if !carry.is_empty() {
         entry_count += carry.len();
-        out.push(put_page(writer, &carry)?);
+        out.push(put_patched_page(writer, carry)?);
     }
     let entry_count = u32::try_from(entry_count).map_err(|_| Error::BadPath {
         path: show(path),
@@ -601,12 +629,17 @@ pub(crate) fn store_patched(
     } else {
         DirLayout::Pages(out)
     };
-    let node = encode_dir(&DirNode {
+    let dir = DirNode {
         attrs,
         entry_count,
         layout,
-    });
-    Ok((writer.put_node(&node)?.id, patch))
+    };
+    let node = writer.put_verified_node(encode_dir(&dir))?;
+    let id = node.id();
+    if matches!(dir.layout, DirLayout::Pages(_)) {
+        patched_dirs().insert(id, Arc::new((node.without_body(), dir)));
+    }
+    Ok((id, patch))
 }
 
 /// What a patch changed, counted as [`crate::diff_trees`] counts paths.
@@ -639,13 +672,59 @@ impl Patch {
     }
 }
 
-fn put_page(writer: &Writer, entries: &[(Vec<u8>, Entry)]) -> Result<PageRef> {
-    let id = writer.put_node(&encode_page(entries))?.id;
-    Ok(PageRef {
-        id,
+/// A directory page a patch wrote, decoded.
+#[derive(Clone)]
+struct PatchedPage {
+    node: cas::VerifiedNode,
+    entries: Vec<(Vec<u8>, Entry)>,
+}
+
+#[derive(Clone)]
+struct PageWeight;
+
+impl quick_cache::Weighter<ChunkId, Arc<PatchedPage>> for PageWeight {
+    fn weight(&self, _: &ChunkId, page: &Arc<PatchedPage>) -> u64 {
+        let names: usize = page.entries.iter().map(|(name, _)| name.len()).sum();
+        (names + 120 * page.entries.len() + 32 * page.node.node().links.len()) as u64 + 64
+    }
+}
+
+/// Bytes of decoded pages [`patched_pages`] keeps (about 2,000 pages of
+/// 300 entries).
+const PATCHED_PAGES_BYTES: u64 = 96 << 20;
+
+/// The pages patches wrote lately, by id (content-addressed, so the same
+/// in any store): a session that commits again and again in the same
+/// directories patches the pages its last commit wrote without reading
+/// and decoding them back.
+fn patched_pages() -> &'static quick_cache::sync::Cache<ChunkId, Arc<PatchedPage>, PageWeight> {
+    static PAGES: OnceLock<quick_cache::sync::Cache<ChunkId, Arc<PatchedPage>, PageWeight>> =
+        OnceLock::new();
+    PAGES.get_or_init(|| {
+        quick_cache::sync::Cache::with_weighter(2048, PATCHED_PAGES_BYTES, PageWeight)
+    })
+}
+
+/// The directory nodes (of pages) patches wrote lately, by id, decoded:
+/// the next patch of the directory starts from one.
+#[allow(clippy::type_complexity)]
+fn patched_dirs() -> &'static quick_cache::sync::Cache<ChunkId, Arc<(cas::VerifiedNode, DirNode)>> {
+    static DIRS: OnceLock<quick_cache::sync::Cache<ChunkId, Arc<(cas::VerifiedNode, DirNode)>>> =
+        OnceLock::new();
+    DIRS.get_or_init(|| quick_cache::sync::Cache::new(16_384))
+}
+
+/// Stores a page of `entries`, keeping it decoded for the next patch.
+fn put_patched_page(writer: &Writer, entries: Vec<(Vec<u8>, Entry)>) -> Result<PageRef> {
+    let node = writer.put_verified_node(encode_page(&entries))?;
+    let page = PageRef {
+        id: node.id(),
         first_name: entries[0].0.clone(),
         entries: entries.len() as u32,
-    })
+    };
+    let node = node.without_body();
+    patched_pages().insert(page.id, Arc::new(PatchedPage { node, entries }));
+    Ok(page)
 }
 
 /// Sorted `entries` with sorted `changes` applied, counted in `patch`.

@@ -311,6 +311,11 @@ impl Encoder {
 /// Encodes one page of entries.
 pub fn encode_page(entries: &[(Vec<u8>, Entry)]) -> Node {
     let mut e = Encoder::new();
+    // About what an entry takes (its name, attributes and a link), so
+    // that the body grows once.
+    let names: usize = entries.iter().map(|(name, _)| name.len()).sum();
+    e.body.reserve(8 + names + 80 * entries.len());
+    e.links.reserve(entries.len());
     e.body.push(TREE_VERSION);
     e.body.extend_from_slice(&[0, 0, 0]);
     e.u32(entries.len() as u32);

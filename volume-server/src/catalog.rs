@@ -11,9 +11,8 @@
 //!   [`VOLUME_HISTORY`] node linking the volume's newest commits — by
 //!   default [`KEEP_COMMITS`], `--keep-commits` of the server (the
 //!   retention rule); what neither ref (nor a live session's refs and
-//!   pins) reaches is reclaimed by the store's GC. The history ref is
-//!   moved after the head; a crash between the two leaves it one commit
-//!   behind until the next commit.
+//!   pins) reaches is reclaimed by the store's GC. The history ref moves
+//!   with the head, in the same synced write.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -293,15 +292,21 @@ impl Volumes {
             capture: None,
         };
         let id = self.put_commit(&writer, tree, &record)?;
-        let value = match writer.set_ref(&head_ref(name), id, RefExpectation::Absent) {
-            Ok(v) => v,
+        let history = writer
+            .put_node(&Node::new(VOLUME_HISTORY, vec![id], Vec::new()))?
+            .id;
+        let set = writer.set_refs(&[
+            (&head_ref(name), Some(id), RefExpectation::Absent),
+            (&history_ref(name), Some(history), RefExpectation::Any),
+        ]);
+        let version = match set {
+            Ok(values) => values[0].as_ref().map_or(1, |v| v.generation),
             Err(cas::Error::RefConflict { .. }) => return Err(Error::Exists(name.into())),
             Err(e) => return Err(e.into()),
         };
-        self.keep_history(&writer, name, id)?;
         Ok(Head {
             commit: Commit { id, tree, record },
-            version: value.generation,
+            version,
         })
     }
 
@@ -490,22 +495,26 @@ impl Volumes {
         record: CommitRecord,
     ) -> Result<Option<Head>> {
         let id = self.put_commit(writer, tree, &record)?;
-        let set = writer.set_ref(
-            &head_ref(name),
-            id,
-            RefExpectation::Generation(head.version),
-        );
-        let value = match set {
-            Ok(value) => value,
+        let history = self.history_after(writer, name, id)?;
+        // The head and its history move together, in one synced write.
+        let set = writer.set_refs(&[
+            (
+                &head_ref(name),
+                Some(id),
+                RefExpectation::Generation(head.version),
+            ),
+            (&history_ref(name), Some(history), RefExpectation::Any),
+        ]);
+        let version = match set {
+            Ok(values) => values[0].as_ref().map_or(0, |v| v.generation),
             Err(cas::Error::RefConflict { .. }) => return Ok(None),
             Err(cas::Error::RefNotFound { .. }) => return Err(Error::NotFound(name.into())),
             Err(e) => return Err(e.into()),
         };
-        self.keep_history(writer, name, id)?;
         self.head_moved(name, &record);
         Ok(Some(Head {
             commit: Commit { id, tree, record },
-            version: value.generation,
+            version,
         }))
     }
 
@@ -521,19 +530,21 @@ impl Volumes {
             .id)
     }
 
-    /// Points the retention ref at the newest `keep_commits` commits
-    /// ending at `head`.
-    fn keep_history(&self, writer: &cas::Writer, name: &str, head: ChunkId) -> Result<()> {
+    /// Stores the retained history with `head` as its newest commit: the
+    /// newest `keep_commits` commits ending at `head` (its ref is moved
+    /// with the head's).
+    fn history_after(&self, writer: &cas::Writer, name: &str, head: ChunkId) -> Result<ChunkId> {
         let mut keep = vec![head];
         if let Some(value) = self.store.get_ref(&history_ref(name))? {
-            let node = self.store.get_node(&value.root)?;
-            keep.extend(node.links.into_iter().filter(|&c| c != head));
+            let node = self.store.get_verified_node(&value.root)?;
+            // The new list links to what the old one did: no lookups.
+            writer.pin_node(&node)?;
+            keep.extend(node.node().links.iter().filter(|&&c| c != head));
         }
         keep.truncate(self.keep_commits);
-        let node = Node::new(VOLUME_HISTORY, keep, Vec::new());
-        let id = writer.put_node(&node)?.id;
-        writer.set_ref(&history_ref(name), id, RefExpectation::Any)?;
-        Ok(())
+        Ok(writer
+            .put_node(&Node::new(VOLUME_HISTORY, keep, Vec::new()))?
+            .id)
     }
 
     /// Makes the tree of commit `seq` of volume `name` (one still kept)

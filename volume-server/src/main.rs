@@ -31,6 +31,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    snapshotter::daemon::tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -306,13 +306,17 @@ impl Session {
         }
         let mut base = self.base.lock();
         let store = self.volumes.store();
+        let started = std::time::Instant::now();
         let capture = self
             .fs
             .capture_incremental(b"")
             .map_err(|e| Error::Session(format!("capturing the session: errno {}", e.0)))?;
+        let t1 = started.elapsed();
         let writer = store.writer("volume session");
         let stored = capture.store(store, &writer)?;
+        let t2 = started.elapsed();
         writer.commit()?;
+        let t3 = started.elapsed();
         let ours = stored.tree;
         // Counted against the tree the patched directories came from:
         // the paths changed since the base when that is the base.
@@ -325,8 +329,10 @@ impl Session {
         // ref, then by the base) and the directories are recorded as
         // stored (the next capture takes unchanged ones whole); the
         // journal is synced through the capture.
+        let t4 = started.elapsed();
         self.convert(None, &stored)
             .map_err(|e| Error::Session(format!("after storing the capture: errno {}", e.0)))?;
+        let t5 = started.elapsed();
         *patched_from = Some(ours);
         drop(patched_from);
         let tag = conflict_tag(&self.id);
@@ -343,8 +349,23 @@ impl Session {
         if let Some(space) = &self.space {
             space.release(std::mem::take(&mut *self.held.lock()));
         }
-        writer.set_ref(&session_ref(&self.id), ours, RefExpectation::Any)?;
-        delete_ref(store, &pending_ref(&self.id))?;
+        let t6 = started.elapsed();
+        writer.set_refs(&[
+            (&session_ref(&self.id), Some(ours), RefExpectation::Any),
+            (&pending_ref(&self.id), None, RefExpectation::Any),
+        ])?;
+        let t7 = started.elapsed();
+        tracing::debug!(
+            session = self.id,
+            capture_us = t1.as_micros() as u64,
+            store_us = (t2 - t1).as_micros() as u64,
+            sync_us = (t3 - t2).as_micros() as u64,
+            pending_us = (t4 - t3).as_micros() as u64,
+            convert_us = (t5 - t4).as_micros() as u64,
+            head_us = (t6 - t5).as_micros() as u64,
+            refs_us = (t7 - t6).as_micros() as u64,
+            "commit"
+        );
         *base = ours;
         Ok(committed)
     }

@@ -237,12 +237,15 @@ impl Layer {
     }
 
     /// Replaces the layer by `blob`, which holds exactly its bytes, and
-    /// removes its data file. Readers see the same bytes throughout.
+    /// removes its data file (in the background: a commit converts a
+    /// layer per changed file under the mount's lock, and an unlink costs
+    /// ext4 tens of microseconds; a crash first leaves an orphan the next
+    /// recovery sweeps). Readers see the same bytes throughout.
     pub(crate) fn convert(&self, blob: Option<ChunkId>) {
         let mut state = self.state.write();
         if matches!(*state, LayerState::Local { .. }) {
             *state = LayerState::Converted(BlobBase::new(blob));
-            let _ = std::fs::remove_file(&self.path);
+            remove_data_file(self.path.clone(), true);
         }
     }
 
@@ -1401,22 +1404,22 @@ impl FileData {
         inner.upper = None;
         inner.present.clear();
         self.apply_charge(&mut inner, 0);
-        remove_data_file(self.dir.join(&inner.name), charged);
+        remove_data_file(self.dir.join(&inner.name), charged >= REMOVE_IN_BACKGROUND);
     }
 }
 
 /// Data files holding at least this much are removed in the background.
 const REMOVE_IN_BACKGROUND: u64 = 8 << 20;
 
-/// Removes a deleted file's data file of `size` bytes. A large one goes to
-/// a background thread: freeing its blocks can take the disk milliseconds,
+/// Removes a data file no longer read, in place or by a background
+/// thread: freeing a large file's blocks can take the disk milliseconds,
 /// and the caller holds its mount's lock (every request of the mount would
 /// wait). A crash before the thread gets to it leaves an orphan the next
 /// recovery sweeps; data-file names are never reused, so a late removal
 /// cannot hit a newer file.
-fn remove_data_file(path: PathBuf, size: u64) {
+fn remove_data_file(path: PathBuf, in_background: bool) {
     static REMOVER: OnceLock<Option<Sender<PathBuf>>> = OnceLock::new();
-    let path = match size >= REMOVE_IN_BACKGROUND {
+    let path = match in_background {
         true => match REMOVER.get_or_init(start_remover) {
             Some(remover) => match remover.send(path) {
                 Ok(()) => return,

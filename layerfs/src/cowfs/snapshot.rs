@@ -267,11 +267,7 @@ impl CowFs {
             // which name is written as the inode is only decided right
             // when every name is walked. (A mount that ever had one
             // captures whole.)
-            incremental: incremental
-                && !st
-                    .nodes
-                    .values()
-                    .any(|n| n.nlink > 1 && !matches!(n.kind, NodeKind::Dir(_))),
+            incremental: incremental && !st.multi_named,
         };
         self.capture_node(st, at, &root_path, (epoch, seq), &mut cap, &mut walk)?;
         if let Some(journal) = self.journal.get() {

@@ -54,7 +54,8 @@ mod rpc;
 mod snapshot_ops;
 
 pub use mounts::umount;
-use process::{check_threads, import_pool, keep_large_buffers_lazy, raise_open_file_limit};
+pub use process::tune_allocator;
+use process::{check_threads, import_pool, raise_open_file_limit};
 
 /// The furthest a snapshot's expiry may lie ahead (100 years): anything
 /// larger is a mistake, and past `u64` seconds it would wrap around.
@@ -232,7 +233,7 @@ pub fn default_chunk_cache() -> u64 {
 /// `snapctl daemon`: runs the node daemon of `home` in the foreground.
 pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
     raise_open_file_limit();
-    keep_large_buffers_lazy();
+    tune_allocator();
     let socket = api::socket_path(home);
     if UnixStream::connect(&socket).is_ok() {
         bail!(
