@@ -315,8 +315,6 @@ impl Session {
         let writer = store.writer("volume session");
         let stored = capture.store(store, &writer)?;
         let t2 = started.elapsed();
-        writer.commit()?;
-        let t3 = started.elapsed();
         let ours = stored.tree;
         // Counted against the tree the patched directories came from:
         // the paths changed since the base when that is the base.
@@ -324,12 +322,13 @@ impl Session {
         let paths_changed = stored
             .paths_changed
             .filter(|_| *patched_from == Some(*base));
+        // Durable with the ref that keeps it (one synced write).
         writer.set_ref(&pending_ref(&self.id), ours, RefExpectation::Any)?;
+        let t3 = started.elapsed();
         // The sealed layers switch to their blobs (kept by the pending
         // ref, then by the base) and the directories are recorded as
         // stored (the next capture takes unchanged ones whole); the
         // journal is synced through the capture.
-        let t4 = started.elapsed();
         self.convert(None, &stored)
             .map_err(|e| Error::Session(format!("after storing the capture: errno {}", e.0)))?;
         let t5 = started.elapsed();
@@ -359,9 +358,8 @@ impl Session {
             session = self.id,
             capture_us = t1.as_micros() as u64,
             store_us = (t2 - t1).as_micros() as u64,
-            sync_us = (t3 - t2).as_micros() as u64,
-            pending_us = (t4 - t3).as_micros() as u64,
-            convert_us = (t5 - t4).as_micros() as u64,
+            durable_us = (t3 - t2).as_micros() as u64,
+            convert_us = (t5 - t3).as_micros() as u64,
             head_us = (t6 - t5).as_micros() as u64,
             refs_us = (t7 - t6).as_micros() as u64,
             "commit"
@@ -415,7 +413,6 @@ impl Session {
                 .capture_incremental(b"")
                 .map_err(|e| failed("capturing the session", e))?;
             let stored = early.store(store, &writer)?;
-            writer.commit()?;
             writer.set_ref(&pending_ref(&self.id), stored.tree, RefExpectation::Any)?;
             self.convert(None, &stored)
                 .map_err(|e| failed("after storing the capture", e))?;
@@ -427,7 +424,6 @@ impl Session {
             .capture_incremental()
             .map_err(|e| failed("capturing the session", e))?;
         let stored = capture.store(store, &writer)?;
-        writer.commit()?;
         let ours = stored.tree;
         writer.set_ref(&pending_ref(&self.id), ours, RefExpectation::Any)?;
         self.convert(Some(&mut frozen), &stored)
@@ -436,9 +432,10 @@ impl Session {
         let theirs = head.commit.tree;
         let merged =
             layerfs::merge_trees(store, &writer, *base, ours, theirs, &conflict_tag(&self.id))?;
-        writer.commit()?;
-        writer.set_ref(&next_ref(&self.id), merged.tree, RefExpectation::Any)?;
-        writer.set_ref(&next_base_ref(&self.id), theirs, RefExpectation::Any)?;
+        writer.set_refs(&[
+            (&next_ref(&self.id), Some(merged.tree), RefExpectation::Any),
+            (&next_base_ref(&self.id), Some(theirs), RefExpectation::Any),
+        ])?;
         *self.patched_from.lock() = Some(ours);
         let rebased = frozen
             .rebase(ours, merged.tree, Some(theirs))
@@ -450,8 +447,10 @@ impl Session {
         for tree in lower.into_iter().chain([*base]) {
             self.left_trees.pin(&tree)?;
         }
-        writer.set_ref(&lower_ref(&self.id), merged.tree, RefExpectation::Any)?;
-        writer.set_ref(&session_ref(&self.id), theirs, RefExpectation::Any)?;
+        writer.set_refs(&[
+            (&lower_ref(&self.id), Some(merged.tree), RefExpectation::Any),
+            (&session_ref(&self.id), Some(theirs), RefExpectation::Any),
+        ])?;
         // `volnext`, `volnextbase` and `volpending` now name what
         // `vollower` and `volsession` name, or trees inside it: they stay
         // until the next commit or reload, or the session's end (each
