@@ -99,6 +99,87 @@ pub enum Op {
     /// Stops a 9P listener and closes its sessions.
     #[serde(rename = "serve9p.stop")]
     Serve9pStop { listen: String },
+    /// Stores a memory image (or a runtime's checkpoint directory) as a
+    /// memory snapshot.
+    #[serde(rename = "mem.put")]
+    MemPut(MemPut),
+    /// Writes a memory snapshot back: a sparse file, or a directory.
+    #[serde(rename = "mem.get")]
+    MemGet(MemGet),
+    /// Serves a memory snapshot to userfaultfd clients (Firecracker's
+    /// handshake) on a Unix socket; answers once the socket is ready.
+    #[serde(rename = "mem.serve")]
+    MemServe(MemServe),
+    #[serde(rename = "mem.servers")]
+    MemServers,
+    /// Stops a page server: each client is made whole first.
+    #[serde(rename = "mem.unserve")]
+    MemUnserve { socket: PathBuf },
+}
+
+/// `mem.put` arguments. `source` is an absolute path the daemon reads.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MemPut {
+    pub source: PathBuf,
+    /// `source` is a checkpoint directory (every file in it is stored).
+    #[serde(default)]
+    pub dir: bool,
+    /// A memory snapshot of the same kind to compare pages with.
+    #[serde(default)]
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub expire_secs: Option<u64>,
+}
+
+/// `mem.get` arguments. `target` is an absolute path the daemon writes.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MemGet {
+    pub id: String,
+    pub target: PathBuf,
+    /// The snapshot is a checkpoint directory; `target` is a directory.
+    #[serde(default)]
+    pub dir: bool,
+}
+
+/// `mem.serve` arguments.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MemServe {
+    pub id: String,
+    /// Absolute path of the Unix socket to serve on.
+    pub socket: PathBuf,
+    /// For a checkpoint directory: which of its files to serve.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Longest one fault may take to serve (milliseconds; default 5,000).
+    #[serde(default)]
+    pub fault_timeout_ms: Option<u64>,
+}
+
+/// One page server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemServerInfo {
+    pub snapshot: String,
+    #[serde(default)]
+    pub file: Option<String>,
+    pub stats: memsnap::server::ServerStats,
+    pub clients: Vec<memsnap::server::ClientStats>,
+}
+
+/// What a memory snapshot holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MemoryInfo {
+    /// Its root node: an image record or a checkpoint directory (hex).
+    pub root: String,
+    /// Bytes of the image (all files, for a directory).
+    pub size: u64,
+    /// Files, for a checkpoint directory.
+    #[serde(default)]
+    pub files: Option<u64>,
+    pub pages: memsnap::PageCounts,
+    /// Bytes the store grew by (compressed new pages and maps).
+    pub stored_bytes: u64,
 }
 
 /// `serve9p.start` arguments.
@@ -188,7 +269,7 @@ pub enum SnapshotState {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SnapshotInfo {
     pub id: String,
-    /// `filesystem` or `directory`.
+    /// `filesystem`, `directory` or `memory`.
     pub kind: String,
     /// The mount it was taken of.
     pub mount: String,
@@ -227,6 +308,9 @@ pub struct SnapshotInfo {
     /// Total bytes of files in the snapshot (`snapshot.show` computes it).
     #[serde(default)]
     pub total_bytes: Option<u64>,
+    /// For a memory snapshot: what it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryInfo>,
 }
 
 /// `image.import` arguments. `source` is an absolute path the daemon reads.

@@ -53,8 +53,25 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if cause.is::<InvalidInput>() {
             return INVALID_INPUT;
         }
+        match cause.downcast_ref::<memsnap::Error>() {
+            Some(memsnap::Error::Corrupt { .. }) => return CORRUPTION,
+            Some(memsnap::Error::Invalid(_)) => return INVALID_INPUT,
+            Some(memsnap::Error::Io { source, .. }) => {
+                return if source.kind() == std::io::ErrorKind::NotFound {
+                    NOT_FOUND
+                } else {
+                    IO_ERROR
+                }
+            }
+            Some(memsnap::Error::Serve(_)) => return FAILURE,
+            Some(memsnap::Error::Store(_)) | None => {}
+        }
         let class = cause
             .downcast_ref::<cas::Error>()
+            .or(match cause.downcast_ref::<memsnap::Error>() {
+                Some(memsnap::Error::Store(e)) => Some(e),
+                _ => None,
+            })
             .map(cas::Error::class)
             .or_else(|| {
                 cause

@@ -26,6 +26,7 @@ pub mod exit;
 pub mod fdpass;
 pub mod home;
 pub mod image_cmd;
+pub mod mem_cmd;
 pub mod output;
 pub mod ref_cmd;
 pub mod serve9p;

@@ -15,8 +15,8 @@ use clap::{Parser, Subcommand};
 
 use snapshotter::output::Output;
 use snapshotter::{
-    blob_cmd, daemon, exit, home, image_cmd, ref_cmd, serve9p_cmd, snapshot_cmd, store_cmd,
-    volume_cmd,
+    blob_cmd, daemon, exit, home, image_cmd, mem_cmd, ref_cmd, serve9p_cmd, snapshot_cmd,
+    store_cmd, volume_cmd,
 };
 
 /// Strata's node tool: manage the chunk store, blobs, refs and images, and
@@ -64,6 +64,10 @@ enum Command {
     Snapshot(snapshot_cmd::SnapshotCommand),
     /// Mount N copies of a snapshot (each its own copy-on-write mount).
     Fork(snapshot_cmd::ForkArgs),
+    /// Memory snapshots: store a memory image or checkpoint directory,
+    /// write one back, serve one lazily to userfaultfd clients.
+    #[command(subcommand)]
+    Mem(mem_cmd::MemCommand),
     /// Serve a mount over 9P2000.L (the daemon listens); list or stop
     /// listeners.
     Serve9p(serve9p_cmd::Serve9pArgs),
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Command::Umount { mount } => image_cmd::umount(&mount, &home, &out),
         Command::Snapshot(cmd) => snapshot_cmd::run(cmd, &home, &out),
         Command::Fork(args) => snapshot_cmd::fork(args, &home, &out),
+        Command::Mem(cmd) => mem_cmd::run(cmd, &home, &out),
         Command::Serve9p(args) => serve9p_cmd::run(args, &home, &out),
         Command::Daemon(args) => daemon::run(args, &home, &out),
         Command::Volume(args) => volume_cmd::run(args, &out),

@@ -91,7 +91,7 @@ pub struct ForkArgs {
     threads: u16,
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("'{text}' is not a label (use key=value)")),
@@ -99,7 +99,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 }
 
 /// Parses `90`, `90s`, `30m`, `12h`, `7d` into seconds.
-fn parse_duration(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
     let (number, unit) = number_and_unit(text, "a duration (try 30m, 12h or 7d)")?;
     let scale = match unit {
         "" | "s" => 1,
@@ -136,6 +136,9 @@ fn state_name(s: SnapshotState) -> &'static str {
 }
 
 fn describe(s: &SnapshotInfo) -> String {
+    if let Some(memory) = &s.memory {
+        return describe_memory(s, memory);
+    }
     let mut lines = vec![
         format!("snapshot  {}", s.id),
         format!("kind      {}", s.kind),
@@ -178,6 +181,48 @@ fn describe(s: &SnapshotInfo) -> String {
     }
     if let Some(e) = &s.error {
         lines.push(format!("error     {e}"));
+    }
+    lines.join("\n")
+}
+
+fn describe_memory(s: &SnapshotInfo, memory: &api::MemoryInfo) -> String {
+    let pages = memory.pages;
+    let mut lines = vec![
+        format!("snapshot  {}", s.id),
+        format!(
+            "kind      memory ({})",
+            match memory.files {
+                Some(n) => format!("checkpoint directory of {n} files"),
+                None => "one image".into(),
+            }
+        ),
+        format!(
+            "parent    {}",
+            if s.parent.is_empty() {
+                "none"
+            } else {
+                &s.parent
+            }
+        ),
+        format!("created   {:.3} (stored in {:.1} ms)", s.created, s.call_ms),
+        format!("state     {}", state_name(s.state)),
+        format!("size      {}", human_bytes(memory.size)),
+        format!(
+            "pages     {} zero, {} parent, {} new",
+            pages.zero, pages.parent, pages.new
+        ),
+        format!(
+            "stored    {} new in the store",
+            human_bytes(memory.stored_bytes)
+        ),
+        format!("root      {}", memory.root),
+    ];
+    if !s.labels.is_empty() {
+        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        lines.push(format!("labels    {}", labels.join(",")));
+    }
+    if let Some(t) = s.expires {
+        lines.push(format!("expires   {t}"));
     }
     lines.join("\n")
 }

@@ -497,9 +497,56 @@ impl Catalog {
         }
     }
 
+    /// Records a memory snapshot whose root (`memsnap`'s image record or
+    /// checkpoint directory) `writer` stored: its record and ref are
+    /// written and synced with everything the writer holds, in one commit.
+    pub fn put_memory(
+        &self,
+        info: SnapshotInfo,
+        root: ChunkId,
+        writer: &cas::Writer,
+    ) -> anyhow::Result<SnapshotInfo> {
+        let record = writer.put_node(&Node::new(
+            SNAPSHOT_RECORD,
+            vec![root],
+            serde_json::to_vec(&info)?,
+        ))?;
+        writer.set_refs(&[(
+            &format!("{SNAPSHOT_REF_PREFIX}{}", info.id),
+            Some(record.id),
+            RefExpectation::Absent,
+        )])?;
+        Ok(info)
+    }
+
+    /// The root of memory snapshot `id` (an image record or a checkpoint
+    /// directory) and its record.
+    pub fn memory_root(&self, id: &str) -> anyhow::Result<(ChunkId, SnapshotInfo)> {
+        let info = self.get(id)?;
+        let Some(memory) = &info.memory else {
+            return Err(crate::exit::InvalidInput(format!(
+                "snapshot {id} is a {} snapshot, not a memory snapshot",
+                info.kind
+            ))
+            .into());
+        };
+        let root = memory
+            .root
+            .parse()
+            .map_err(|e| anyhow!("snapshot {id} names a bad memory root: {e}"))?;
+        Ok((root, info))
+    }
+
     /// The tree of durable snapshot `id` (waiting for it if converting).
     pub fn tree_of(&self, id: &str) -> anyhow::Result<(ChunkId, SnapshotInfo)> {
         let info = self.wait(id)?;
+        if info.memory.is_some() {
+            return Err(crate::exit::InvalidInput(format!(
+                "snapshot {id} is a memory snapshot: it holds no file tree \
+                 (write it back with `snapctl mem get`)"
+            ))
+            .into());
+        }
         match (&info.state, &info.tree) {
             (SnapshotState::Durable, Some(tree)) => Ok((
                 tree.parse()

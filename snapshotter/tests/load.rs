@@ -32,11 +32,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn must(out: std::process::Output) -> std::process::Output {
-    assert!(out.status.success(), "{}", stderr(&out));
-    out
-}
-
 /// One API call on a connection of its own.
 fn call(home: &Path, op: &str, args: serde_json::Value) -> serde_json::Value {
     let mut conn = UnixStream::connect(home.join("snapd.sock")).unwrap();

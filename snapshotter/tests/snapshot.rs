@@ -12,16 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn must(out: std::process::Output) -> std::process::Output {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        stderr(&out)
-    );
-    out
-}
-
 fn sh(dir: &Path, script: &str) {
     let out = Command::new("bash")
         .args(["-c", script])

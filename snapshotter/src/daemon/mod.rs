@@ -17,7 +17,8 @@
 //! and mounts it again where it was; half-made mounts are discarded.
 //!
 //! The parts: [`mounts`] (the mount table and each mount's life),
-//! [`snapshot_ops`] (snapshots, grafts and forks of live mounts), [`rpc`]
+//! [`snapshot_ops`] (snapshots, grafts and forks of live mounts),
+//! [`memory_ops`] (memory snapshots and their page servers), [`rpc`]
 //! (the API connection loop and its errors), [`process`] (the process's
 //! limits and pools); this module holds the shared state and `run`.
 
@@ -48,6 +49,7 @@ use crate::serve9p;
 use crate::snapshots::{now_secs, tree_bytes, Catalog, MOUNT_ROOTS_REF_PREFIX};
 use crate::store_cmd::open_with;
 
+mod memory_ops;
 mod mounts;
 mod process;
 mod rpc;
@@ -86,6 +88,8 @@ struct Daemon {
     me: std::sync::OnceLock<std::sync::Weak<Daemon>>,
     /// 9P listeners (set right after start: they find mounts through `me`).
     p9: std::sync::OnceLock<serve9p::Service>,
+    /// Page servers of memory snapshots, by socket.
+    memory_servers: Mutex<BTreeMap<PathBuf, memory_ops::ServedMemory>>,
 }
 
 /// What a new mount shows.
@@ -164,6 +168,7 @@ impl Daemon {
     /// one restores them.)
     fn shutdown(&self) {
         self.p9().stop_all();
+        self.stop_memory_servers();
         let mounts = std::mem::take(&mut *self.mounts.lock());
         for (id, mut mount) in mounts {
             if let Some(mountpoint) = &mount.info.mountpoint {
@@ -261,6 +266,7 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
         snapshot_lock: Mutex::new(()),
         me: std::sync::OnceLock::new(),
         p9: std::sync::OnceLock::new(),
+        memory_servers: Mutex::new(BTreeMap::new()),
     });
     let _ = daemon.me.set(Arc::downgrade(&daemon));
     {

@@ -187,6 +187,23 @@ impl Daemon {
                     .stop(&listen)
                     .and_then(|info| Ok(serde_json::to_value(info)?)),
             ),
+            Op::MemPut(args) => json(
+                self.mem_put(args)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::MemGet(args) => json(
+                self.mem_get(args)
+                    .and_then(|stats| Ok(serde_json::to_value(stats)?)),
+            ),
+            Op::MemServe(args) => json(
+                self.mem_serve(args)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::MemServers => json(serde_json::to_value(self.mem_servers()).map_err(Into::into)),
+            Op::MemUnserve { socket } => json(
+                self.mem_unserve(&socket)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
         }
     }
 }

@@ -119,6 +119,7 @@ impl Daemon {
             call_ms: 0.0,
             durable_ms: None,
             total_bytes: None,
+            memory: None,
         };
         let id = info.id.clone();
         let dir_bytes = dir.unwrap_or_default();

@@ -17,6 +17,17 @@ pub fn snapctl(home: &Path, args: &[&str]) -> Output {
         .expect("run snapctl")
 }
 
+/// `out`, after checking that its command succeeded.
+pub fn must(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        stderr(&out)
+    );
+    out
+}
+
 pub fn json(output: &Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
