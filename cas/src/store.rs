@@ -146,6 +146,9 @@ pub struct PutOutcome {
     pub id: ChunkId,
     /// False when the content was already stored (nothing was written).
     pub written: bool,
+    /// Bytes this put appended to a pack (the whole frame, header
+    /// included); 0 when nothing was written.
+    pub stored_bytes: u64,
     /// Sequence number to commit through for this chunk to be durable.
     pub(crate) seq: u64,
 }
@@ -637,6 +640,7 @@ impl Inner {
             return Ok(PutOutcome {
                 id,
                 written: false,
+                stored_bytes: 0,
                 seq: *seq,
             });
         }
@@ -644,6 +648,7 @@ impl Inner {
             return Ok(PutOutcome {
                 id,
                 written: false,
+                stored_bytes: 0,
                 seq: 0,
             });
         }
@@ -665,6 +670,7 @@ impl Inner {
                 return Ok(PutOutcome {
                     id,
                     written: false,
+                    stored_bytes: 0,
                     seq: *seq,
                 });
             }
@@ -689,6 +695,7 @@ impl Inner {
                 PutOutcome {
                     id,
                     written: true,
+                    stored_bytes: frame_bytes.len() as u64,
                     seq,
                 },
                 count,

@@ -227,12 +227,7 @@ fn capture_map(
             if outcome.written {
                 stats.chunks_written += 1;
                 stats.new_bytes += packed.len() as u64;
-                stats.stored_bytes += writer
-                    .store()
-                    .locate(&outcome.id)?
-                    .map_or(packed.len() as u64, |l| {
-                        l.stored_len as u64 + cas::FRAME_HEADER_LEN as u64
-                    });
+                stats.stored_bytes += outcome.stored_bytes;
             }
             Some(outcome.id)
         } else {

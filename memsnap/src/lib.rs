@@ -46,7 +46,7 @@ pub use restore::{restore, root_kind, ImageReader, RestoreStats, RootKind};
 pub mod client;
 pub mod handshake;
 pub mod server;
-mod sockets;
+pub mod sockets;
 
 pub use server::{PageServer, ServeOptions};
 pub use sockets::PeerCred;

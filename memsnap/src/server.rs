@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use userfaultfd::{Event, EventBuffer, Uffd};
@@ -859,37 +860,60 @@ impl Session<'_> {
         let r = self.regions[region];
         let start = r.base + first * r.page_size;
         let len = (count * r.page_size) as usize;
-        // Classify the span: all zero (one zeropage) or not (one copy).
-        let mut all_zero = true;
-        self.buf.clear();
-        self.buf.resize(len, 0);
-        let sub_pages = len / PAGE_SIZE;
-        for i in 0..sub_pages {
-            let addr = start + (i * PAGE_SIZE) as u64;
-            if self.is_removed(addr) {
-                continue;
+        // The source: one page straight from its decoded chunk (the
+        // common fault), else the span gathered into `self.buf`; `None`
+        // when all of it is zero (one zeropage).
+        let single: Option<Bytes>;
+        let source: Option<*const u8> = if len == PAGE_SIZE {
+            single = if self.is_removed(start) {
+                None
+            } else {
+                let image_page = (r.offset + first * r.page_size) / PAGE_SIZE as u64;
+                self.shared.reader.page(image_page)?
+            };
+            single.as_ref().map(|bytes| bytes.as_ptr())
+        } else {
+            let mut all_zero = true;
+            self.buf.clear();
+            self.buf.resize(len, 0);
+            for i in 0..len / PAGE_SIZE {
+                let addr = start + (i * PAGE_SIZE) as u64;
+                if self.is_removed(addr) {
+                    continue;
+                }
+                let image_page = (r.offset + (addr - r.base)) / PAGE_SIZE as u64;
+                if let Some(bytes) = self.shared.reader.page(image_page)? {
+                    self.buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(&bytes);
+                    all_zero = false;
+                }
             }
-            let image_page = (r.offset + (addr - r.base)) / PAGE_SIZE as u64;
-            if let Some(bytes) = self.shared.reader.page(image_page)? {
-                self.buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(&bytes);
-                all_zero = false;
-            }
-        }
+            (!all_zero).then_some(self.buf.as_ptr())
+        };
         let anonymous = r.page_size == PAGE_SIZE as u64;
         // SAFETY: the destination range lies in the client's registered
         // region (checked against the regions it sent); the kernel copies
-        // into the client's address space, not ours. The source is
-        // `self.buf`, live and `len` bytes long for the call.
+        // into the client's address space, not ours. The source is either
+        // `single` (one page, `PAGE_SIZE` bytes) or `self.buf` (`len`
+        // bytes), both live until after the call.
         let result = unsafe {
-            if all_zero && anonymous {
-                self.uffd.zeropage(start as *mut libc::c_void, len, true)
-            } else {
-                self.uffd.copy(
-                    self.buf.as_ptr() as *const libc::c_void,
+            match source {
+                None if anonymous => self.uffd.zeropage(start as *mut libc::c_void, len, true),
+                None => {
+                    self.buf.clear();
+                    self.buf.resize(len, 0);
+                    self.uffd.copy(
+                        self.buf.as_ptr() as *const libc::c_void,
+                        start as *mut libc::c_void,
+                        len,
+                        true,
+                    )
+                }
+                Some(ptr) => self.uffd.copy(
+                    ptr as *const libc::c_void,
                     start as *mut libc::c_void,
                     len,
                     true,
-                )
+                ),
             }
         };
         match result {

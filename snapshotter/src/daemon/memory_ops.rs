@@ -34,21 +34,12 @@ impl ServedMemory {
     }
 }
 
-fn check_labels(labels: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    for key in labels.keys() {
-        if key.is_empty() || key.contains('=') {
-            bail!("label keys must be non-empty and contain no '=' (got '{key}')");
-        }
-    }
-    Ok(())
-}
-
 impl Daemon {
     pub(super) fn mem_put(&self, args: MemPut) -> anyhow::Result<SnapshotInfo> {
         if !args.source.is_absolute() {
             bail!("the memory image must be given as an absolute path");
         }
-        check_labels(&args.labels)?;
+        super::check_labels(&args.labels)?;
         let meta = fs::metadata(&args.source)
             .with_context(|| format!("reading {}", args.source.display()))?;
         match (args.dir, meta.is_dir()) {
@@ -141,7 +132,7 @@ impl Daemon {
             changed_files: 0,
             new_bytes: stats.stored_bytes,
             call_ms,
-            durable_ms: None,
+            durable_ms: Some(call_ms),
             total_bytes: Some(captured.size),
             memory: Some(MemoryInfo {
                 root: captured.id.to_hex(),
@@ -151,8 +142,7 @@ impl Daemon {
                 stored_bytes: stats.stored_bytes,
             }),
         };
-        let mut info = info;
-        info.durable_ms = Some(call_ms);
+        // Durable once the record is: the catalog's write is synced.
         let mut stored = self.catalog.put_memory(info, captured.id, &writer)?;
         stored.durable_ms = Some(started.elapsed().as_secs_f64() * 1e3);
         Ok(stored)

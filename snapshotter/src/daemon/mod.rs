@@ -180,6 +180,16 @@ impl Daemon {
     }
 }
 
+/// Refuses label keys that could not be written back as `k=v`.
+fn check_labels(labels: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    for key in labels.keys() {
+        if key.is_empty() || key.contains('=') {
+            bail!("label keys must be non-empty and contain no '=' (got '{key}')");
+        }
+    }
+    Ok(())
+}
+
 /// `snapctl daemon` options.
 #[derive(clap::Args, Debug)]
 pub struct DaemonArgs {

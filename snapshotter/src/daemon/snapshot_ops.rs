@@ -56,11 +56,7 @@ impl Daemon {
     }
 
     pub(super) fn snapshot_create(&self, args: SnapshotCreate) -> anyhow::Result<SnapshotInfo> {
-        for key in args.labels.keys() {
-            if key.is_empty() || key.contains('=') {
-                bail!("label keys must be non-empty and contain no '=' (got '{key}')");
-            }
-        }
+        super::check_labels(&args.labels)?;
         let dir = match &args.dir {
             Some(dir) => {
                 let trimmed = dir.trim_matches('/');
