@@ -6,6 +6,7 @@
 #   benches/run.sh snapshot [--runs N] [--call-runs N] [--forks 100,1000] [--quick]
 #   benches/run.sh p9 [--runs N] [--seconds S] [--sessions N] [--many N]
 #   benches/run.sh volume [--runs N] [--sizes 10000,100000,1000000] [--baseline-max N]
+#   benches/run.sh memory [--runs N] [--image-mib M] [--cells-kib 64,16,256]
 #   benches/run.sh reliability [CUTS]   # power cuts per suite (default 350;
 #                                       # three suites: 1,050 cuts in all),
 #                                       # then 10 min of load on 200 mounts
@@ -41,6 +42,12 @@ case "$bench" in
         guest=$(fixtures/guest-9p.sh)
         cargo build --release --locked -p strata-benches -p snapshotter
         exec target/release/strata-bench p9 --guest "$guest" "$@"
+        ;;
+    memory)
+        scripts/install-deps.sh zstd runsc
+        fixtures/debian-rootfs.sh bookworm-minbase
+        cargo build --release --locked -p strata-benches -p snapshotter
+        exec target/release/strata-bench memory "$@"
         ;;
     volume)
         scripts/install-deps.sh restic git

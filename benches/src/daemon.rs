@@ -22,11 +22,18 @@ pub struct StrataDaemon {
 impl StrataDaemon {
     /// Starts the daemon of `home`, initialising its store first.
     pub fn start(snapctl: &Path, home: &Path) -> Result<StrataDaemon> {
+        StrataDaemon::start_with(snapctl, home, &[])
+    }
+
+    /// Starts the daemon of `home`, initialising its store first with
+    /// `store init` arguments `init`.
+    pub fn start_with(snapctl: &Path, home: &Path, init: &[&str]) -> Result<StrataDaemon> {
         if !home.join("strata-store.json").exists() {
             let status = Command::new(snapctl)
                 .args(["--home"])
                 .arg(home)
                 .args(["store", "init"])
+                .args(init)
                 .stdout(Stdio::null())
                 .status()?;
             if !status.success() {
@@ -52,6 +59,11 @@ impl StrataDaemon {
     /// Calls one API operation; its result.
     pub fn call(&mut self, op: &str, args: Value) -> Result<Value> {
         self.conn.call(op, args)
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Bytes the store takes on disk.
@@ -88,7 +100,13 @@ impl ApiConnection {
 
     /// Calls one API operation; its result.
     pub fn call(&mut self, op: &str, args: Value) -> Result<Value> {
-        let mut line = serde_json::to_vec(&json!({ "api": 1, "op": op, "args": args }))?;
+        // Operations without arguments take none (not even an empty map).
+        let request = if args.is_null() {
+            json!({ "api": 1, "op": op })
+        } else {
+            json!({ "api": 1, "op": op, "args": args })
+        };
+        let mut line = serde_json::to_vec(&request)?;
         line.push(b'\n');
         self.conn.get_mut().write_all(&line)?;
         let mut answer = String::new();

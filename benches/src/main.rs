@@ -9,6 +9,7 @@ mod daemon;
 mod demo;
 mod layerfs_bench;
 mod machine;
+mod memory_bench;
 mod p9_bench;
 mod reliability;
 mod report;
@@ -56,6 +57,10 @@ enum Command {
     /// of 10k/100k/1M files vs `git commit` and `restic backup`, and a
     /// volume's FUSE small-file and sequential rates vs ext4.
     Volume(volume_bench::Args),
+    /// The memory-snapshot benchmark: capture, stored bytes, eager and
+    /// lazy restore of a 4 GiB guest image vs `zstd -1` and
+    /// `cp --sparse=always`, and gVisor checkpoint/restore through Strata.
+    Memory(memory_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,5 +82,6 @@ fn main() -> anyhow::Result<()> {
         Command::P9(args) => p9_bench::run(args),
         Command::Reliability(args) => reliability::run(args),
         Command::Volume(args) => volume_bench::run(args),
+        Command::Memory(args) => memory_bench::run(args),
     }
 }

@@ -11,7 +11,7 @@
 //! compares its pages with the parent's without reading them). A map that
 //! did not change is the parent's node, by id.
 
-use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use cas::{ChunkId, Node, NodeType, Store};
 use serde::{Deserialize, Serialize};
@@ -308,76 +308,86 @@ pub(crate) fn header_of(id: ChunkId, node: &Node) -> Result<(ImageHeader, Vec<Ch
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageSource {
     Zero,
-    /// Page `page` of the image's chunk number `chunk`.
+    /// Page `page` of data chunk `chunk`.
     Chunk {
-        chunk: u32,
+        chunk: ChunkId,
         page: u32,
     },
 }
 
-/// An image's page table, loaded from its record and maps: where each
-/// page's bytes are, without any page data.
+/// One map's part of the page table: its entries and the chunks they
+/// link to (the page hashes are not kept).
 #[derive(Debug)]
+struct LoadedMap {
+    entries: Vec<u32>,
+    links: Vec<ChunkId>,
+}
+
+/// An image's page table: the record is read when it is opened, each map
+/// (16 MiB of pages) on the first look-up of one of its pages — so a page
+/// server is ready after one node read, however large the image.
 pub struct ImageIndex {
     pub id: ChunkId,
     pub header: ImageHeader,
-    /// Every data chunk the image uses.
-    pub chunks: Vec<ChunkId>,
-    /// Per page: chunk number (`u32::MAX`: a zero page) and page in chunk.
-    pages: Vec<(u32, u32)>,
+    store: Store,
+    maps: Vec<ChunkId>,
+    loaded: Vec<OnceLock<Arc<LoadedMap>>>,
+    map_pages: u64,
+}
+
+impl std::fmt::Debug for ImageIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageIndex")
+            .field("id", &self.id)
+            .field("header", &self.header)
+            .field("maps", &self.maps.len())
+            .finish()
+    }
 }
 
 impl ImageIndex {
-    /// Loads image record `id`'s page table.
+    /// Opens image record `id`'s page table (its maps load as needed).
     pub fn load(store: &Store, id: &ChunkId) -> Result<ImageIndex> {
         let (header, maps) = read_header(store, id)?;
-        let mut chunk_numbers: HashMap<ChunkId, u32> = HashMap::new();
-        let mut chunks = Vec::new();
-        let total_pages = header.pages() as usize;
-        let mut pages = Vec::with_capacity(total_pages);
-        let map_pages = header.cell_pages as usize * header.cells_per_map as usize;
-        let mut decoded: HashMap<ChunkId, MapNode> = HashMap::new();
-        for (index, map_id) in maps.iter().enumerate() {
-            if !decoded.contains_key(map_id) {
-                let node = store.get_node(map_id)?;
-                decoded.insert(*map_id, MapNode::decode(*map_id, &node)?);
-            }
-            let map = &decoded[map_id];
-            let expected = (total_pages - index * map_pages).min(map_pages);
-            if map.entries.len() != expected || map.cell_pages != header.cell_pages as usize {
-                return Err(Error::Corrupt {
-                    node: *map_id,
-                    reason: format!(
-                        "{} pages of cells of {}, where the image needs {expected} of {}",
-                        map.entries.len(),
-                        map.cell_pages,
-                        header.cell_pages
-                    ),
-                });
-            }
-            let numbers: Vec<u32> = map
-                .links
-                .iter()
-                .map(|link| {
-                    *chunk_numbers.entry(*link).or_insert_with(|| {
-                        chunks.push(*link);
-                        (chunks.len() - 1) as u32
-                    })
-                })
-                .collect();
-            for entry in &map.entries {
-                pages.push(match entry_ref(*entry) {
-                    PageRef::Zero => (u32::MAX, 0),
-                    PageRef::Data { link, page } => (numbers[link], page as u32),
-                });
-            }
-        }
+        let map_pages = header.cell_pages as u64 * header.cells_per_map as u64;
         Ok(ImageIndex {
             id: *id,
+            loaded: maps.iter().map(|_| OnceLock::new()).collect(),
+            maps,
             header,
-            chunks,
-            pages,
+            store: store.clone(),
+            map_pages,
         })
+    }
+
+    /// Map `index`, read and checked on first use.
+    fn map(&self, index: usize) -> Result<&LoadedMap> {
+        if let Some(map) = self.loaded[index].get() {
+            return Ok(map);
+        }
+        let map_id = self.maps[index];
+        let node = self.store.get_node(&map_id)?;
+        let map = MapNode::decode(map_id, &node)?;
+        let total = self.header.pages();
+        let expected = (total - index as u64 * self.map_pages).min(self.map_pages) as usize;
+        if map.entries.len() != expected || map.cell_pages != self.header.cell_pages as usize {
+            return Err(Error::Corrupt {
+                node: map_id,
+                reason: format!(
+                    "{} pages of cells of {}, where the image needs {expected} of {}",
+                    map.entries.len(),
+                    map.cell_pages,
+                    self.header.cell_pages
+                ),
+            });
+        }
+        let loaded = Arc::new(LoadedMap {
+            entries: map.entries,
+            links: map.links,
+        });
+        // Two threads may race to load a map; both loaded the same bytes.
+        let _ = self.loaded[index].set(loaded);
+        Ok(self.loaded[index].get().expect("set above"))
     }
 
     /// Bytes of the image.
@@ -387,16 +397,22 @@ impl ImageIndex {
 
     /// Pages of the image.
     pub fn page_count(&self) -> u64 {
-        self.pages.len() as u64
+        self.header.pages()
     }
 
     /// Where page `number`'s bytes are (`None` past the end).
-    pub fn page(&self, number: u64) -> Option<PageSource> {
-        let (chunk, page) = *self.pages.get(number as usize)?;
-        Some(if chunk == u32::MAX {
-            PageSource::Zero
-        } else {
-            PageSource::Chunk { chunk, page }
-        })
+    pub fn page(&self, number: u64) -> Result<Option<PageSource>> {
+        if number >= self.header.pages() {
+            return Ok(None);
+        }
+        let map = self.map((number / self.map_pages) as usize)?;
+        let entry = map.entries[(number % self.map_pages) as usize];
+        Ok(Some(match entry_ref(entry) {
+            PageRef::Zero => PageSource::Zero,
+            PageRef::Data { link, page } => PageSource::Chunk {
+                chunk: map.links[link],
+                page: page as u32,
+            },
+        }))
     }
 }

@@ -42,8 +42,8 @@ pub fn root_kind(store: &Store, id: &ChunkId) -> Result<RootKind> {
 #[derive(Clone)]
 struct ByteWeight;
 
-impl quick_cache::Weighter<u32, Bytes> for ByteWeight {
-    fn weight(&self, _: &u32, value: &Bytes) -> u64 {
+impl quick_cache::Weighter<ChunkId, Bytes> for ByteWeight {
+    fn weight(&self, _: &ChunkId, value: &Bytes) -> u64 {
         value.len().max(1) as u64
     }
 }
@@ -53,7 +53,7 @@ impl quick_cache::Weighter<u32, Bytes> for ByteWeight {
 pub struct ImageReader {
     store: Store,
     index: ImageIndex,
-    cache: quick_cache::sync::Cache<u32, Bytes, ByteWeight>,
+    cache: quick_cache::sync::Cache<ChunkId, Bytes, ByteWeight>,
 }
 
 impl ImageReader {
@@ -78,37 +78,35 @@ impl ImageReader {
         self.index.size()
     }
 
-    /// The decoded, verified chunk number `chunk`.
-    pub fn chunk(&self, chunk: u32) -> Result<Bytes> {
-        if let Some(bytes) = self.cache.get(&chunk) {
+    /// The decoded, verified data chunk `id`.
+    pub fn chunk(&self, id: &ChunkId) -> Result<Bytes> {
+        if let Some(bytes) = self.cache.get(id) {
             return Ok(bytes);
         }
-        let id = self.index.chunks[chunk as usize];
-        let bytes = self.store.get(&id)?;
+        let bytes = self.store.get(id)?;
         if bytes.len() % PAGE_SIZE != 0 {
             return Err(Error::Corrupt {
                 node: self.index.id,
                 reason: format!("chunk {id} is {} bytes, not whole pages", bytes.len()),
             });
         }
-        self.cache.insert(chunk, bytes.clone());
+        self.cache.insert(*id, bytes.clone());
         Ok(bytes)
     }
 
     /// Page `number`'s bytes (`PAGE_SIZE` of them), or `None` for a zero
     /// page or past the end.
     pub fn page(&self, number: u64) -> Result<Option<Bytes>> {
-        match self.index.page(number) {
+        match self.index.page(number)? {
             None | Some(PageSource::Zero) => Ok(None),
             Some(PageSource::Chunk { chunk, page }) => {
-                let bytes = self.chunk(chunk)?;
+                let bytes = self.chunk(&chunk)?;
                 let start = page as usize * PAGE_SIZE;
                 if start + PAGE_SIZE > bytes.len() {
                     return Err(Error::Corrupt {
                         node: self.index.id,
                         reason: format!(
-                            "page {number} is page {page} of chunk {}, which has {} pages",
-                            self.index.chunks[chunk as usize],
+                            "page {number} is page {page} of chunk {chunk}, which has {} pages",
                             bytes.len() / PAGE_SIZE
                         ),
                     });
@@ -183,10 +181,10 @@ fn write_sparse(reader: &ImageReader, path: &Path, mode: u32) -> Result<RestoreS
     let spans = pages.div_ceil(RESTORE_SPAN_PAGES);
     let written: u64 = (0..spans)
         .into_par_iter()
-        .map_init(Vec::new, |buf, span| {
+        .map(|span| {
             let first = span * RESTORE_SPAN_PAGES;
             let end = (first + RESTORE_SPAN_PAGES).min(pages);
-            write_span(reader, &file, first, end, size, buf)
+            write_span(reader, &file, first, end, size)
         })
         .try_reduce(|| 0, |a, b| Ok(a + b))?;
     file.set_permissions(std::fs::Permissions::from_mode(mode))
@@ -198,42 +196,57 @@ fn write_sparse(reader: &ImageReader, path: &Path, mode: u32) -> Result<RestoreS
     })
 }
 
-/// Writes pages `first..end`: each run of non-zero pages in one write.
-fn write_span(
-    reader: &ImageReader,
-    file: &File,
-    first: u64,
-    end: u64,
-    size: u64,
-    buf: &mut Vec<u8>,
-) -> Result<u64> {
+/// Writes pages `first..end`: each run of pages that lie one after the
+/// other in one chunk is written straight from the decoded chunk, one
+/// write per run (no copy through a buffer); zero pages stay holes.
+fn write_span(reader: &ImageReader, file: &File, first: u64, end: u64, size: u64) -> Result<u64> {
     let mut written = 0u64;
-    let mut run_start = first;
-    buf.clear();
-    let mut flush = |buf: &mut Vec<u8>, run_start: u64| -> Result<()> {
-        if buf.is_empty() {
+    // The run being gathered: chunk, its first page in the chunk, the
+    // image page it starts at, and its length in pages.
+    let mut run: Option<(ChunkId, u32, u64, u32)> = None;
+    let mut flush = |run: &mut Option<(ChunkId, u32, u64, u32)>| -> Result<()> {
+        let Some((chunk, in_chunk, at, count)) = run.take() else {
             return Ok(());
+        };
+        let bytes = reader.chunk(&chunk)?;
+        let from = in_chunk as usize * PAGE_SIZE;
+        let to = from + count as usize * PAGE_SIZE;
+        if to > bytes.len() {
+            return Err(Error::Corrupt {
+                node: reader.index().id,
+                reason: format!(
+                    "pages {in_chunk}..{} of chunk {chunk}, which has {} pages",
+                    in_chunk + count,
+                    bytes.len() / PAGE_SIZE
+                ),
+            });
         }
-        let offset = run_start * PAGE_SIZE as u64;
-        let len = (buf.len() as u64).min(size - offset) as usize;
-        file.write_all_at(&buf[..len], offset)
+        let offset = at * PAGE_SIZE as u64;
+        let len = ((to - from) as u64).min(size - offset) as usize;
+        file.write_all_at(&bytes[from..from + len], offset)
             .map_err(io(format!("writing the image at byte {offset}")))?;
         written += len as u64;
-        buf.clear();
         Ok(())
     };
     for number in first..end {
-        match reader.page(number)? {
-            Some(page) => {
-                if buf.is_empty() {
-                    run_start = number;
+        match reader.index().page(number)? {
+            Some(PageSource::Chunk { chunk, page }) => match &mut run {
+                Some((c, in_chunk, at, count))
+                    if *c == chunk
+                        && *in_chunk + *count == page
+                        && *at + *count as u64 == number =>
+                {
+                    *count += 1
                 }
-                buf.extend_from_slice(&page);
-            }
-            None => flush(buf, run_start)?,
+                _ => {
+                    flush(&mut run)?;
+                    run = Some((chunk, page, number, 1));
+                }
+            },
+            _ => flush(&mut run)?,
         }
     }
-    flush(buf, run_start)?;
+    flush(&mut run)?;
     Ok(written)
 }
 

@@ -71,6 +71,12 @@ pub struct ServeOptions {
     pub prefetch_batch: usize,
     /// Most clients served at once (default 1,024).
     pub max_clients: usize,
+    /// How long a client's thread keeps polling after serving a fault
+    /// before it sleeps (default 50 µs). Faults come in bursts (a guest
+    /// touching new memory): a thread still awake answers the next one
+    /// without a wake-up, which is most of a fault's latency. 0: always
+    /// sleep.
+    pub spin: Duration,
 }
 
 impl Default for ServeOptions {
@@ -82,6 +88,7 @@ impl Default for ServeOptions {
             record_pages: 262_144,
             prefetch_batch: 256,
             max_clients: 1024,
+            spin: Duration::from_micros(50),
         }
     }
 }
@@ -541,6 +548,7 @@ fn serve_client(shared: &Shared, state: &ClientState, stream: UnixStream) -> Res
         .set_nonblocking(true)
         .map_err(io("making the client socket non-blocking"))?;
     let mut prefetch = session.prefetch_plan();
+    let mut last_fault = Instant::now();
     loop {
         if state.ended.load(Ordering::Acquire) {
             return Ok(());
@@ -555,7 +563,12 @@ fn serve_client(shared: &Shared, state: &ClientState, stream: UnixStream) -> Res
             state.ended.store(true, Ordering::Release);
             return Ok(());
         }
-        let timeout = if prefetch.is_empty() { 100 } else { 0 };
+        let spinning = last_fault.elapsed() < shared.options.spin;
+        let timeout = if prefetch.is_empty() && !spinning {
+            100
+        } else {
+            0
+        };
         let (uffd_ready, socket_ended) =
             poll_two(session.uffd.as_raw_fd(), stream.as_raw_fd(), timeout)?;
         if socket_ended && client_went_away(&stream) {
@@ -566,8 +579,11 @@ fn serve_client(shared: &Shared, state: &ClientState, stream: UnixStream) -> Res
             );
             return Ok(());
         }
-        if uffd_ready && matches!(session.handle_events()?, Filled::Gone) {
-            return Ok(());
+        if uffd_ready {
+            if matches!(session.handle_events()?, Filled::Gone) {
+                return Ok(());
+            }
+            last_fault = Instant::now();
         }
         if let Some(batch) = prefetch.pop() {
             if matches!(session.prefetch(batch)?, Filled::Gone) {

@@ -17,6 +17,11 @@ pub enum StoreCommand {
         /// Size at which pack files are sealed (16MiB..64MiB recommended).
         #[arg(long, default_value = "32MiB", value_parser = parse_size)]
         pack_size: u64,
+        /// Size of fixed chunks: a memory snapshot's cell (its new pages
+        /// are packed per cell into one chunk). A multiple of 4KiB; see
+        /// benches/RESULTS.md for the measured choice.
+        #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+        fixed_chunk: u64,
     },
     /// Show what the store holds and how much space it takes.
     Stats,
@@ -59,11 +64,21 @@ pub fn open_with(home: &Path, options: OpenOptions) -> anyhow::Result<Store> {
 
 pub fn run(cmd: StoreCommand, home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
     match cmd {
-        StoreCommand::Init { pack_size } => {
-            let config = StoreConfig {
+        StoreCommand::Init {
+            pack_size,
+            fixed_chunk,
+        } => {
+            if fixed_chunk == 0 || fixed_chunk % 4096 != 0 || fixed_chunk > 1 << 20 {
+                return Err(exit::InvalidInput(format!(
+                    "--fixed-chunk must be a multiple of 4KiB up to 1MiB, not {fixed_chunk}"
+                ))
+                .into());
+            }
+            let mut config = StoreConfig {
                 pack_target_bytes: pack_size,
                 ..StoreConfig::default()
             };
+            config.chunking.fixed_size = fixed_chunk as u32;
             let store = Store::init(home, config)
                 .with_context(|| format!("creating a store at {}", home.display()))?;
             let value = serde_json::json!({

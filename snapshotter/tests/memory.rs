@@ -139,6 +139,32 @@ fn memory_images_round_trip_and_children_store_only_new_pages() {
 }
 
 #[test]
+fn the_cell_size_is_chosen_when_the_store_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    // Not whole pages, or too large: refused, and no store is made.
+    for bad in ["1000", "3MiB", "0"] {
+        let out = snapctl(&home, &["store", "init", "--fixed-chunk", bad]);
+        assert_eq!(code(&out), 7, "{bad}: {}", stderr(&out));
+        assert!(!home.join("strata-store.json").exists());
+    }
+    must(snapctl(&home, &["store", "init", "--fixed-chunk", "16KiB"]));
+    let config = std::fs::read_to_string(home.join("strata-store.json")).unwrap();
+    assert!(config.contains("\"fixed_size\": 16384"), "{config}");
+    let _daemon = Daemon::start(&home);
+    let ram = image(9, 300);
+    let file = dir.path().join("ram");
+    std::fs::write(&file, &ram).unwrap();
+    let id = put(&home, &[file.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let back = dir.path().join("back");
+    must(snapctl(&home, &["mem", "get", &id, back.to_str().unwrap()]));
+    assert!(std::fs::read(&back).unwrap() == ram);
+}
+
+#[test]
 fn a_checkpoint_directory_is_one_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
