@@ -25,6 +25,7 @@ use serde_json::json;
 
 use crate::daemon::{ApiConnection, StrataDaemon};
 use crate::machine;
+use crate::p9_bench::Rng;
 use crate::report::{median, write_section};
 use crate::tools::{disk_usage, remove, require, shell_quote, timed};
 
@@ -77,18 +78,6 @@ enum Class {
     Parent,
     NewText,
     NewRandom,
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 /// Classes in runs of 1–64 pages: 55% zero, 30% parent, 15% new.
