@@ -143,14 +143,20 @@ impl Vm {
         }
     }
 
-    /// Pauses the guest and saves its device state to `state` (its RAM
-    /// stays in the shared file); the count it had reached.
-    fn pause_and_save(&mut self, state: &Path) -> u64 {
-        self.cmd("stop", json!({}));
+    /// Leaves the RAM out of the migration stream: it stays in the shared
+    /// file.
+    fn ignore_shared(&mut self) {
         self.cmd(
             "migrate-set-capabilities",
             json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] }),
         );
+    }
+
+    /// Pauses the guest and saves its device state to `state` (its RAM
+    /// stays in the shared file); the count it had reached.
+    fn pause_and_save(&mut self, state: &Path) -> u64 {
+        self.cmd("stop", json!({}));
+        self.ignore_shared();
         self.cmd(
             "migrate",
             json!({ "uri": format!("exec:cat > {}", state.display()) }),
@@ -162,10 +168,7 @@ impl Vm {
     /// Restores device state from `state` (RAM from the file it was
     /// started with) and lets the guest run.
     fn resume_from(&mut self, state: &Path) {
-        self.cmd(
-            "migrate-set-capabilities",
-            json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] }),
-        );
+        self.ignore_shared();
         self.cmd(
             "migrate-incoming",
             json!({ "uri": format!("exec:cat {}", state.display()) }),
