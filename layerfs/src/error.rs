@@ -14,6 +14,10 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] cas::Error),
 
+    /// A memory image shown as a file could not be read.
+    #[error(transparent)]
+    Memory(#[from] memsnap::Error),
+
     /// A tree node does not decode; never read as a different tree.
     #[error("tree node {id} is malformed: {reason}")]
     MalformedTree { id: ChunkId, reason: String },
@@ -82,6 +86,10 @@ impl Error {
         use cas::ErrorClass;
         match self {
             Error::Store(e) => e.class(),
+            Error::Memory(memsnap::Error::Store(e)) => e.class(),
+            Error::Memory(memsnap::Error::Corrupt { .. }) => ErrorClass::Corruption,
+            Error::Memory(memsnap::Error::Invalid(_)) => ErrorClass::InvalidInput,
+            Error::Memory(_) => ErrorClass::Io,
             Error::MalformedTree { .. } => ErrorClass::Corruption,
             Error::Rejected { .. }
             | Error::LimitExceeded { .. }

@@ -26,6 +26,7 @@
 //! - [`merge`]: three-way merge of trees, with conflict copies (volumes
 //!   commit with it).
 
+pub mod content;
 pub mod cowfs;
 pub mod diff;
 pub mod edit;

@@ -94,6 +94,28 @@ impl ImageReader {
         Ok(bytes)
     }
 
+    /// Reads image bytes from `offset` into `buf` (zero pages read as
+    /// zeros); the count read, short only at the end of the image.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let size = self.size();
+        if offset >= size {
+            return Ok(0);
+        }
+        let len = (buf.len() as u64).min(size - offset) as usize;
+        let mut done = 0;
+        while done < len {
+            let at = offset + done as u64;
+            let in_page = (at % PAGE_SIZE as u64) as usize;
+            let n = (PAGE_SIZE - in_page).min(len - done);
+            match self.page(at / PAGE_SIZE as u64)? {
+                Some(page) => buf[done..done + n].copy_from_slice(&page[in_page..in_page + n]),
+                None => buf[done..done + n].fill(0),
+            }
+            done += n;
+        }
+        Ok(len)
+    }
+
     /// Page `number`'s bytes (`PAGE_SIZE` of them), or `None` for a zero
     /// page or past the end.
     pub fn page(&self, number: u64) -> Result<Option<Bytes>> {

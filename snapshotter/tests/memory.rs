@@ -342,3 +342,72 @@ fn unserving_makes_the_client_whole_and_a_killed_daemon_is_seen_at_once() {
     // The untouched pages are never read: with no server they would hang.
     std::mem::forget(guest);
 }
+
+/// Writes `bytes` at `offset` of `path` through a shared mapping, as a VM
+/// writes its RAM when the file backs it (QEMU `share=on`).
+fn write_mapped(path: &Path, offset: usize, bytes: &[u8]) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    // SAFETY: a fresh shared mapping of a file this test opened; written
+    // within its length, synced and unmapped before the file is closed.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(at, libc::MAP_FAILED);
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (at as *mut u8).add(offset), bytes.len());
+        assert_eq!(libc::msync(at, len, libc::MS_SYNC), 0);
+        libc::munmap(at, len);
+    }
+}
+
+#[test]
+fn a_memory_snapshot_mounts_as_a_file_each_mount_writing_its_own_upper_layer() {
+    if !fixtures::require::fuse() {
+        return;
+    }
+    let (dir, home, _daemon, ram, id) = daemon_with_image(5);
+    let mount = |name: &str| {
+        let at = dir.path().join(name);
+        std::fs::create_dir(&at).unwrap();
+        must(snapctl(
+            &home,
+            &["mount", "--snapshot", &id, at.to_str().unwrap()],
+        ));
+        at
+    };
+    let (a, b) = (mount("a"), mount("b"));
+    assert!(std::fs::read(a.join("memory")).unwrap() == ram);
+
+    // Removed and collected while mounted: the mounts keep it.
+    must(snapctl(&home, &["snapshot", "rm", &id]));
+    must(snapctl(&home, &["store", "gc"]));
+
+    // A guest writes its RAM through a shared mapping: only its mount sees
+    // it, and a child snapshot of the file stores only that page.
+    let page = 700 * PAGE;
+    write_mapped(&a.join("memory"), page, b"written by fork a");
+    let mut want = ram.clone();
+    want[page..page + 17].copy_from_slice(b"written by fork a");
+    assert!(std::fs::read(a.join("memory")).unwrap() == want);
+    assert!(std::fs::read(b.join("memory")).unwrap() == ram);
+    let base = put(&home, &[b.join("memory").to_str().unwrap()]);
+    let base_id = base["id"].as_str().unwrap();
+    let child = put(
+        &home,
+        &[a.join("memory").to_str().unwrap(), "--parent", base_id],
+    );
+    assert_eq!(child["memory"]["pages"]["new"], 1, "{child}");
+    let used = mounts_used(&home);
+    assert_eq!(used.iter().filter(|&&u| u > 0).count(), 1, "{used:?}");
+}

@@ -299,12 +299,18 @@ fn a_qemu_guest_counts_on_after_restore_from_strata_and_forks_store_almost_nothi
     assert!(counts.windows(2).all(|w| w[1] == w[0] + 1), "{counts:?}");
     drop(vm);
 
-    // Two forks of the second snapshot run side by side; each snapshot of
-    // a fork stores almost nothing beyond it.
+    // Two forks of the second snapshot, each from a mount of it: the RAM
+    // file is mapped shared from the mount (pages come in through FUSE as
+    // the guest touches them) and each fork's writes go to its own upper
+    // layer. Each snapshot of a fork stores almost nothing beyond it.
     let mut forks = Vec::new();
     for name in ["fork-a", "fork-b"] {
         let at = dir.path().join(name);
-        mem_get(&home, &second_id, &at);
+        std::fs::create_dir(&at).unwrap();
+        must(snapctl(
+            &home,
+            &["mount", "--snapshot", &second_id, at.to_str().unwrap()],
+        ));
         let mut vm = Vm::start(&guest, dir.path(), name, &at.join("ram"), true);
         vm.resume_from(&at.join("state"));
         forks.push((at, vm));
@@ -322,4 +328,26 @@ fn a_qemu_guest_counts_on_after_restore_from_strata_and_forks_store_almost_nothi
         );
         assert!(stored(&fork) * 10 < stored(&first), "{fork}");
     }
+    drop(forks);
+    // The forks wrote into their own upper layers: each mount has used
+    // space of its own, and a fresh mount of the snapshot still holds
+    // exactly what was stored.
+    let used = mounts_used(&home);
+    assert_eq!(used.len(), 2, "{used:?}");
+    assert!(used.iter().all(|&u| u > 0), "{used:?}");
+    let a = std::fs::read(dir.path().join("fork-a/ram")).unwrap();
+    let b = std::fs::read(dir.path().join("fork-b/ram")).unwrap();
+    assert!(a != b, "the two forks share their RAM");
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    must(snapctl(
+        &home,
+        &["mount", "--snapshot", &second_id, fresh.to_str().unwrap()],
+    ));
+    let again = dir.path().join("again");
+    mem_get(&home, &second_id, &again);
+    assert!(
+        std::fs::read(fresh.join("ram")).unwrap() == std::fs::read(again.join("ram")).unwrap(),
+        "a mount of the snapshot differs from the snapshot"
+    );
 }

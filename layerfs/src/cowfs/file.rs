@@ -19,12 +19,13 @@ use std::sync::mpsc::{SendError, Sender};
 use std::sync::{Arc, OnceLock};
 use std::time::UNIX_EPOCH;
 
-use cas::{Blob, ChunkId, Store};
+use cas::{ChunkId, Store};
 use parking_lot::{Mutex, RwLock};
 
 use super::datafile::{DataFile, MountFiles};
 
 use super::{Errno, FsResult};
+use crate::content::Content;
 use crate::tree::Timestamp;
 
 /// Copy-up granularity: a write copies at most the blocks it touches.
@@ -57,10 +58,11 @@ pub(crate) fn open_data_file(path: &Path, create: bool) -> std::io::Result<File>
     }
 }
 
-/// A blob as a file's base, opened on first read.
+/// Stored content (a blob, or a memory image) as a file's base, opened on
+/// first read.
 pub(crate) struct BlobBase {
     id: Option<ChunkId>,
-    blob: OnceLock<Blob>,
+    content: OnceLock<Content>,
 }
 
 impl std::fmt::Debug for BlobBase {
@@ -73,7 +75,7 @@ impl BlobBase {
     pub(crate) fn new(id: Option<ChunkId>) -> Arc<BlobBase> {
         Arc::new(BlobBase {
             id,
-            blob: OnceLock::new(),
+            content: OnceLock::new(),
         })
     }
 
@@ -81,13 +83,13 @@ impl BlobBase {
         self.id
     }
 
-    fn blob(&self, store: &Store) -> Result<&Blob, String> {
-        if let Some(blob) = self.blob.get() {
-            return Ok(blob);
+    fn content(&self, store: &Store) -> Result<&Content, String> {
+        if let Some(content) = self.content.get() {
+            return Ok(content);
         }
         let id = self.id.ok_or("file has no lower data")?;
-        let blob = store.blob(&id).map_err(|e| e.to_string())?;
-        Ok(self.blob.get_or_init(|| blob))
+        let content = Content::open(store, &id).map_err(|e| e.to_string())?;
+        Ok(self.content.get_or_init(|| content))
     }
 
     fn read(&self, store: &Store, start: u64, buf: &mut [u8]) -> Result<(), String> {
@@ -95,10 +97,10 @@ impl BlobBase {
             buf.fill(0);
             return Ok(());
         }
-        let blob = self.blob(store)?;
+        let content = self.content(store)?;
         let mut done = 0;
         while done < buf.len() {
-            let n = blob
+            let n = content
                 .read_at(start + done as u64, &mut buf[done..])
                 .map_err(|e| e.to_string())?;
             if n == 0 {
@@ -879,7 +881,7 @@ impl FileData {
         if from >= to || self.prefetched_to.fetch_max(to, Ordering::Relaxed) >= to {
             return;
         }
-        let Ok(blob) = base.blob(store).cloned() else {
+        let Ok(Content::Blob(blob)) = base.content(store).cloned() else {
             return;
         };
         rayon::spawn(move || {

@@ -40,6 +40,7 @@ use super::journal::{JAttrs, Record};
 use super::{
     CowFs, DirState, Errno, FsResult, Ino, MountConfig, Node, NodeKind, Origin, State, ROOT_INO,
 };
+use crate::content::Content;
 use crate::memtree::{join, show, store_entries, store_patched, TreeReader};
 use crate::tree::{encode_dir, Attrs, DirNode, Entry, Inode, InodeKind};
 use crate::{Error, Result};
@@ -864,7 +865,7 @@ fn store_file(store: &Store, writer: &Writer, file: &FrozenFile) -> Result<FileO
     }
     let (id, len) = match &file.base {
         Base::Blob(b) => match b.id() {
-            Some(id) => (Some(id), store.blob(&id)?.len()),
+            Some(id) => (Some(id), Content::open(store, &id)?.len()),
             None => (None, 0),
         },
         Base::Layer(layer) => match layer.converted() {
@@ -886,7 +887,7 @@ fn store_file(store: &Store, writer: &Writer, file: &FrozenFile) -> Result<FileO
         return Ok(out);
     }
     // The file is a prefix of its base, or extends it with zeros.
-    let base_blob = id.map(|id| store.blob(&id)).transpose()?;
+    let base_blob = id.map(|id| Content::open(store, &id)).transpose()?;
     let (blob, new) = write_stream(writer, file.size, |pos, buf| {
         let mut done = 0;
         if let Some(blob) = &base_blob {

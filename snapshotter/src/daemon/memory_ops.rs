@@ -6,6 +6,11 @@
 //! snapshot's root for as long as it runs (so removing the snapshot and a
 //! GC never take pages from under a client), and keeps the image's working
 //! set in `HOME/memory/working-sets/ROOT.json`.
+//!
+//! A memory snapshot can also be mounted (`snapctl mount --snapshot ID`):
+//! the mount's lower tree holds the image as file `memory` (or a
+//! checkpoint directory's files), read from the image as they are faulted
+//! in, each mount with its own upper layer.
 
 use std::time::Instant;
 
@@ -283,6 +288,57 @@ impl Daemon {
             stats,
             clients,
         })
+    }
+
+    /// For a memory snapshot, a lower tree showing it as files: an image
+    /// as `memory`, a checkpoint directory's files by their names, each
+    /// file's content the image itself. `None` for other snapshots. The
+    /// writer returned keeps the new tree alive until a ref holds it.
+    pub(super) fn memory_mount_tree(
+        &self,
+        id: &str,
+    ) -> anyhow::Result<Option<(ChunkId, cas::Writer)>> {
+        if self.catalog.get(id)?.memory.is_none() {
+            return Ok(None);
+        }
+        let (root, _) = self.catalog.memory_root(id)?;
+        let files: Vec<(String, u32, u64, ChunkId)> = match memsnap::root_kind(&self.store, &root)
+            .with_context(|| {
+            format!("reading memory snapshot {id}")
+        })? {
+            memsnap::RootKind::Image => {
+                let reader = memsnap::ImageReader::open(&self.store, &root, 0)?;
+                vec![("memory".into(), 0o600, reader.size(), root)]
+            }
+            memsnap::RootKind::Dir(files) => files
+                .into_iter()
+                .map(|(file, image)| (file.path, file.mode & 0o7777, file.size, image))
+                .collect(),
+        };
+        let dir_attrs = layerfs::memtree::implicit_dir_attrs();
+        let mut tree = layerfs::MemTree::new(dir_attrs.clone());
+        for (path, mode, size, image) in files {
+            let attrs = layerfs::tree::Attrs {
+                mode,
+                ..dir_attrs.clone()
+            };
+            tree.insert(
+                path.as_bytes(),
+                layerfs::memtree::MemNode {
+                    attrs,
+                    kind: layerfs::memtree::MemKind::Other(layerfs::tree::InodeKind::File {
+                        size,
+                        blob: (size > 0).then_some(image),
+                    }),
+                },
+                &dir_attrs,
+            )
+            .map_err(|e| anyhow!("memory snapshot {id} names file '{path}': {e}"))?;
+        }
+        let writer = self.store.writer(&format!("mount of memory snapshot {id}"));
+        let tree = tree.store(&writer)?;
+        writer.commit()?;
+        Ok(Some((tree, writer)))
     }
 
     /// Stops every page server (making each client whole).

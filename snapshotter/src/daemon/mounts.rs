@@ -223,7 +223,16 @@ impl Daemon {
                 bail!("mount point {} is not a directory", mountpoint.display());
             }
         }
+        // A memory snapshot's files (held until the mount's ref is).
+        let mut _memory_tree = None;
         let (source, image) = match &args.snapshot {
+            Some(id) if self.catalog.get(id).is_ok_and(|s| s.memory.is_some()) => {
+                let (tree, writer) = self
+                    .memory_mount_tree(id)?
+                    .ok_or_else(|| anyhow!("snapshot {id} is not a memory snapshot"))?;
+                _memory_tree = Some(writer);
+                (MountSource::Tree(tree), String::new())
+            }
             Some(id) => match self.catalog.capture_of(id).filter(|c| c.restorable()) {
                 // Still being stored: mounted at once from its capture.
                 Some(capture) => (

@@ -121,3 +121,14 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Upper-layer bytes used by each of the daemon's mounts.
+pub fn mounts_used(home: &Path) -> Vec<u64> {
+    let mounts = json(&must(snapctl(home, &["--json", "mounts"])));
+    mounts
+        .as_array()
+        .expect("mounts is a list")
+        .iter()
+        .map(|m| m["used_bytes"].as_u64().expect("used_bytes"))
+        .collect()
+}
