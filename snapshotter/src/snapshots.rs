@@ -543,7 +543,8 @@ impl Catalog {
         if info.memory.is_some() {
             return Err(crate::exit::InvalidInput(format!(
                 "snapshot {id} is a memory snapshot: it holds no file tree \
-                 (write it back with `snapctl mem get`)"
+                 (write it back with `snapctl mem get`, or mount its files with \
+                 `snapctl mount --snapshot` or `snapctl fork`)"
             ))
             .into());
         }

@@ -388,6 +388,25 @@ fn a_memory_snapshot_mounts_as_a_file_each_mount_writing_its_own_upper_layer() {
     };
     let (a, b) = (mount("a"), mount("b"));
     assert!(std::fs::read(a.join("memory")).unwrap() == ram);
+    // `fork` makes many such mounts at once.
+    let forks = dir.path().join("forks");
+    let made = json(&must(snapctl(
+        &home,
+        &[
+            "--json",
+            "fork",
+            &id,
+            "--count",
+            "2",
+            "--under",
+            forks.to_str().unwrap(),
+        ],
+    )));
+    assert_eq!(made.as_array().map(Vec::len), Some(2), "{made}");
+    for n in 0..2 {
+        let file = forks.join(format!("{id}-{n}")).join("memory");
+        assert!(std::fs::read(file).unwrap() == ram);
+    }
 
     // Removed and collected while mounted: the mounts keep it.
     must(snapctl(&home, &["snapshot", "rm", &id]));

@@ -180,7 +180,11 @@ impl Daemon {
         if args.count == 0 || args.count > 10_000 {
             bail!("--count must be between 1 and 10000");
         }
-        self.catalog.tree_of(&args.id)?;
+        // A memory snapshot forks as mounts of its files (each built by
+        // mount_start); any other must have a tree.
+        if self.catalog.get(&args.id)?.memory.is_none() {
+            self.catalog.tree_of(&args.id)?;
+        }
         let mut made: Vec<MountInfo> = Vec::new();
         for n in 0..args.count {
             let mountpoint = args.under.join(format!("{}-{n}", args.id));
