@@ -659,6 +659,25 @@ fn runsc(args: &Args, daemon: &mut StrataDaemon) -> Result<RunscFigures> {
         }
         Ok(())
     };
+    let bundle_s = bundle.to_string_lossy().to_string();
+    // Restores sandbox `id` from `image`, then ends it; the restore's time.
+    let restore_and_end = |id: &str, image: &str, log: &Path| -> Result<Duration> {
+        let took = run_ok(
+            &[
+                "restore",
+                "--detach",
+                "--bundle",
+                &bundle_s,
+                "--image-path",
+                image,
+                id,
+            ],
+            Some(log),
+        )?;
+        let _ = run_ok(&["kill", id, "KILL"], None);
+        run_ok(&["delete", "--force", id], None)?;
+        Ok(took)
+    };
     let mut f = RunscFigures {
         checkpoint_ms: Vec::new(),
         sync_ms: Vec::new(),
@@ -668,7 +687,6 @@ fn runsc(args: &Args, daemon: &mut StrataDaemon) -> Result<RunscFigures> {
         image_bytes: 0,
         stored_bytes: 0,
     };
-    let bundle_s = bundle.to_string_lossy().to_string();
     for run in 0..args.runs {
         let id = format!("strata-bench-mem-{}-{run}", std::process::id());
         let log = args.work.join("runsc.log");
@@ -695,20 +713,7 @@ fn runsc(args: &Args, daemon: &mut StrataDaemon) -> Result<RunscFigures> {
         let snapshot = put["id"].as_str().context("mem.put id")?.to_string();
         run_ok(&["delete", "--force", &id], None)?;
         // Plain: restore from the directory on disk.
-        f.restore_ms.push(ms(run_ok(
-            &[
-                "restore",
-                "--detach",
-                "--bundle",
-                &bundle_s,
-                "--image-path",
-                &image_s,
-                &id,
-            ],
-            Some(&log),
-        )?));
-        let _ = run_ok(&["kill", &id, "KILL"], None);
-        run_ok(&["delete", "--force", &id], None)?;
+        f.restore_ms.push(ms(restore_and_end(&id, &image_s, &log)?));
         // Strata: the directory is gone; written back, then restored.
         remove(&image)?;
         let started = Instant::now();
@@ -717,20 +722,7 @@ fn runsc(args: &Args, daemon: &mut StrataDaemon) -> Result<RunscFigures> {
             json!({ "id": snapshot, "target": image, "dir": true }),
         )?;
         f.get_ms.push(ms(started.elapsed()));
-        run_ok(
-            &[
-                "restore",
-                "--detach",
-                "--bundle",
-                &bundle_s,
-                "--image-path",
-                &image_s,
-                &id,
-            ],
-            Some(&log),
-        )?;
-        let _ = run_ok(&["kill", &id, "KILL"], None);
-        run_ok(&["delete", "--force", &id], None)?;
+        restore_and_end(&id, &image_s, &log)?;
         remove(&image)?;
         eprintln!(
             "memory: runsc run {}: checkpoint {:.0} ms + put {:.0} ms, get {:.0} ms + restore {:.0} ms",

@@ -8,21 +8,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{listing, store};
-
-fn fixture() -> Option<PathBuf> {
-    let cache =
-        std::env::var("STRATA_FIXTURES").unwrap_or_else(|_| "/var/cache/strata-fixtures".into());
-    let dir = Path::new(&cache).join("bookworm-minbase");
-    fixtures::require::path(
-        &Path::new(&cache).join("bookworm-minbase.complete"),
-        "`fixtures/debian-rootfs.sh bookworm-minbase` (./test.sh runs it)",
-    )
-    .then_some(dir)
-}
 
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program).args(args).output().unwrap();
@@ -50,7 +38,9 @@ echo sandbox-done";
 
 #[test]
 fn debian_runs_in_gvisor_and_bubblewrap_on_a_strata_mount() {
-    let Some(debian) = fixture() else { return };
+    let Some(debian) = fixtures::require::debian_rootfs("bookworm-minbase") else {
+        return;
+    };
     if !fixtures::require::fuse() {
         return;
     }

@@ -19,17 +19,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn fixture() -> Option<PathBuf> {
-    let cache =
-        std::env::var("STRATA_FIXTURES").unwrap_or_else(|_| "/var/cache/strata-fixtures".into());
-    let dir = Path::new(&cache).join("bookworm-minbase");
-    fixtures::require::path(
-        &Path::new(&cache).join("bookworm-minbase.complete"),
-        "`fixtures/debian-rootfs.sh bookworm-minbase` (./test.sh runs it)",
-    )
-    .then_some(dir)
-}
-
 /// The sandbox's program: 20 MB of random bytes held only in memory (as
 /// base64 in a shell variable), its checksum written once to the root, a
 /// counter kept in memory and mirrored to `/root/count`, and on SIGUSR1 a
@@ -178,7 +167,9 @@ fn a_gvisor_sandbox_resumes_from_a_memory_snapshot_and_a_filesystem_snapshot_in_
     if !fixtures::require::program("runsc") {
         return;
     }
-    let Some(debian) = fixture() else { return };
+    let Some(debian) = fixtures::require::debian_rootfs("bookworm-minbase") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     must(snapctl(&home, &["store", "init"]));
