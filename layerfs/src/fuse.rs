@@ -645,6 +645,21 @@ impl Filesystem for FuseFs {
         reply_empty(self.fs.fallocate(ino.0, offset, length, mode), reply);
     }
 
+    /// Regular files and directories are always ready: ENOSYS tells the
+    /// kernel so once, and it stops asking (gVisor's gofer polls).
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
     fn lseek(
         &self,
         _req: &Request,

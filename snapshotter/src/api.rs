@@ -115,6 +115,201 @@ pub enum Op {
     /// Stops a page server: each client is made whole first.
     #[serde(rename = "mem.unserve")]
     MemUnserve { socket: PathBuf },
+    /// Starts a sandbox: a mount of its image or snapshot as the root, its
+    /// volumes and directory snapshots bound in, run by an OCI runtime.
+    #[serde(rename = "sandbox.create")]
+    SandboxCreate(SandboxCreate),
+    #[serde(rename = "sandbox.list")]
+    SandboxList,
+    #[serde(rename = "sandbox.show")]
+    SandboxShow { id: String },
+    /// Snapshots a sandbox: its root, one directory of it, or (runsc) its
+    /// memory with its root at the same instant.
+    #[serde(rename = "sandbox.snapshot")]
+    SandboxSnapshot(SandboxSnapshot),
+    /// Starts `count` sandboxes from a snapshot of a running one.
+    #[serde(rename = "sandbox.fork")]
+    SandboxFork { id: String, count: usize },
+    /// Ends a sandbox; answers once its volumes are committed and durable.
+    #[serde(rename = "sandbox.terminate")]
+    SandboxTerminate { id: String },
+}
+
+/// A volume bound into a sandbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VolumeBinding {
+    pub name: String,
+    /// Where it appears inside the sandbox (absolute).
+    pub path: String,
+}
+
+/// A directory snapshot bound into a sandbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DirSnapshotBinding {
+    pub snapshot: String,
+    /// Where it appears inside the sandbox (absolute).
+    pub path: String,
+}
+
+/// `sandbox.create` arguments: exactly one of `image` and `snapshot`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SandboxCreate {
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A filesystem snapshot (a new sandbox on it) or a memory snapshot
+    /// taken by `sandbox.snapshot` (its processes resume).
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    #[serde(default)]
+    pub volumes: Vec<VolumeBinding>,
+    #[serde(default)]
+    pub dir_snapshots: Vec<DirSnapshotBinding>,
+    /// `runsc` (default) or `runc`.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// The root's quota (bytes written beyond the image; default 10 GiB).
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
+    /// Terminate the sandbox this long after it starts.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Give the sandbox the host's network (default: none).
+    #[serde(default)]
+    pub network: bool,
+    /// The first process (default: one that waits to be terminated).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// `K=V` pairs for the first process.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// The volume server's data directory (default: its default).
+    #[serde(default)]
+    pub volume_home: Option<PathBuf>,
+}
+
+/// `sandbox.snapshot` arguments.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SandboxSnapshot {
+    pub id: String,
+    /// Only this directory of the sandbox's root (absolute, inside it).
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// Its memory too (the runtime's checkpoint; runsc).
+    #[serde(default)]
+    pub memory: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What `sandbox.snapshot` made.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SandboxSnapshotResult {
+    /// The filesystem (or directory) snapshot.
+    pub filesystem: SnapshotInfo,
+    /// The memory snapshot, when asked for.
+    #[serde(default)]
+    pub memory: Option<SnapshotInfo>,
+    /// How long the sandbox was paused (milliseconds; memory snapshots).
+    #[serde(default)]
+    pub paused_ms: Option<f64>,
+}
+
+/// The life of a sandbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    /// Being made.
+    Starting,
+    Running,
+    /// Its processes ended (or were killed) and it was torn down: its
+    /// volumes are committed.
+    Exited,
+    /// Terminated on request or by its timeout.
+    Terminated,
+    /// Lost with a node daemon that stopped under it (its root went with
+    /// the daemon); torn down by the next daemon.
+    Gone,
+}
+
+/// A volume session of a sandbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SandboxVolume {
+    pub name: String,
+    pub path: String,
+    /// The volume server's session.
+    pub session: String,
+    /// Its mount point on the host.
+    pub host: PathBuf,
+}
+
+/// A directory snapshot's mount in a sandbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SandboxDirMount {
+    pub snapshot: String,
+    pub path: String,
+    /// The node daemon's mount.
+    pub mount: String,
+    pub host: PathBuf,
+}
+
+/// One sandbox, as the daemon records it (`HOME/sandboxes/ID/sandbox.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub state: SandboxState,
+    pub runtime: crate::runtime::RuntimeKind,
+    /// The runtime's container id.
+    pub container: String,
+    /// The runtime's state directory (its `--root`).
+    pub runtime_root: PathBuf,
+    pub network: bool,
+    /// What it was made from: `image:NAME` or `snapshot:ID`.
+    pub source: String,
+    pub image: String,
+    /// The root's mount (node daemon) and where it is mounted.
+    pub root_mount: String,
+    pub rootfs: PathBuf,
+    pub bundle: PathBuf,
+    /// The first process's output.
+    pub log: PathBuf,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    pub volumes: Vec<SandboxVolume>,
+    pub dir_snapshots: Vec<SandboxDirMount>,
+    #[serde(default)]
+    pub volume_home: Option<PathBuf>,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    pub disk_bytes: u64,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    /// Seconds since the Unix epoch (with fraction).
+    pub created: f64,
+    /// When it stopped running, and why.
+    #[serde(default)]
+    pub ended: Option<f64>,
+    #[serde(default)]
+    pub end_reason: Option<String>,
+    /// Bytes written to its root (`sandbox.show` and `sandbox.list` fill it).
+    #[serde(default)]
+    pub used_bytes: Option<u64>,
+    /// From the request to its first process running (milliseconds).
+    #[serde(default)]
+    pub start_ms: f64,
 }
 
 /// `mem.put` arguments. `source` is an absolute path the daemon reads.

@@ -53,6 +53,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if cause.is::<InvalidInput>() {
             return INVALID_INPUT;
         }
+        if cause.is::<crate::runtime::RuntimeMissing>() {
+            return NOT_FOUND;
+        }
         match cause.downcast_ref::<memsnap::Error>() {
             Some(memsnap::Error::Corrupt { .. }) => return CORRUPTION,
             Some(memsnap::Error::Invalid(_)) => return INVALID_INPUT,

@@ -55,3 +55,26 @@ pub fn make_durable_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Writes `value` as pretty JSON to `dir/name` so that a power cut leaves
+/// either the old file or the whole new one: a temporary file, synced,
+/// renamed over it, and the directory synced.
+pub fn write_json_durably(
+    dir: &std::path::Path,
+    name: &str,
+    value: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let record = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(&serde_json::to_vec_pretty(value)?)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &record).with_context(|| format!("renaming {}", tmp.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}

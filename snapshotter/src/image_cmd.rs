@@ -93,14 +93,18 @@ pub fn run(cmd: ImageCommand, home: &Path, out: &Output) -> anyhow::Result<ExitC
             })?;
             spinner.finish_and_clear();
             out.print(&report, || report.image.tree.clone())?;
+            let layers = match report.image.layers.len() {
+                0 => String::new(),
+                1 => " in 1 layer".to_string(),
+                n => format!(" in {n} layers"),
+            };
             out.note(&format!(
-                "image '{}': {} files, {} ({} new) in {} layers, {:.2}s",
+                "image '{}': {} files, {} ({} new){layers}, {}",
                 report.image.name,
                 report.image.files,
                 human_bytes(report.image.file_bytes),
                 human_bytes(report.new_bytes),
-                report.image.layers.len(),
-                report.seconds
+                crate::output::human_duration(report.seconds)
             ));
         }
         ImageCommand::Ls => {

@@ -15,8 +15,8 @@ use clap::{Parser, Subcommand};
 
 use snapshotter::output::Output;
 use snapshotter::{
-    blob_cmd, daemon, exit, home, image_cmd, mem_cmd, ref_cmd, serve9p_cmd, snapshot_cmd,
-    store_cmd, volume_cmd,
+    blob_cmd, daemon, exit, home, image_cmd, mem_cmd, ref_cmd, sandbox_cmd, serve9p_cmd,
+    snapshot_cmd, store_cmd, volume_cmd,
 };
 
 /// Strata's node tool: manage the chunk store, blobs, refs and images, and
@@ -78,6 +78,10 @@ enum Command {
     /// over 9P, commit, history, restore, and files from outside (the
     /// volume server answers; see volume-server/API.md).
     Volume(volume_cmd::VolumeArgs),
+    /// Sandboxes on OCI runtimes (runsc, runc) over Strata roots, volumes
+    /// and snapshots: create, exec, snapshot, fork, terminate.
+    #[command(subcommand)]
+    Sandbox(sandbox_cmd::SandboxCommand),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         Command::Serve9p(args) => serve9p_cmd::run(args, &home, &out),
         Command::Daemon(args) => daemon::run(args, &home, &out),
         Command::Volume(args) => volume_cmd::run(args, &out),
+        Command::Sandbox(cmd) => sandbox_cmd::run(cmd, &home, &out),
     };
     match result {
         Ok(code) => code,

@@ -149,6 +149,37 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// A moment for people: `2026-12-05 10:40:12 UTC`, from seconds since the
+/// Unix epoch.
+pub fn human_time(unix_secs: f64) -> String {
+    if !(unix_secs.is_finite() && unix_secs >= 0.0) {
+        return "(unknown time)".into();
+    }
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs as u64);
+    let text = humantime::format_rfc3339_seconds(when).to_string();
+    format!("{} UTC", text.replace('T', " ").trim_end_matches('Z'))
+}
+
+/// A length of time for people: `850 ms`, `12.4 s`, `3 min 20 s`,
+/// `2 h 5 min`, `3 d 4 h`.
+pub fn human_duration(secs: f64) -> String {
+    if !(secs.is_finite() && secs >= 0.0) {
+        return "(unknown)".into();
+    }
+    let whole = secs.round() as u64;
+    if secs < 1.0 {
+        format!("{:.0} ms", secs * 1e3)
+    } else if secs < 60.0 {
+        format!("{secs:.1} s")
+    } else if whole < 3600 {
+        format!("{} min {} s", whole / 60, whole % 60)
+    } else if whole < 86_400 {
+        format!("{} h {} min", whole / 3600, whole % 3600 / 60)
+    } else {
+        format!("{} d {} h", whole / 86_400, whole % 86_400 / 3600)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +193,15 @@ mod tests {
         assert!(parse_size("").is_err());
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(12), "12 B");
+    }
+
+    #[test]
+    fn times_and_durations_read_like_a_person_wrote_them() {
+        assert_eq!(human_time(1_796_161_306.848), "2026-12-01 21:41:46 UTC");
+        assert_eq!(human_duration(0.25), "250 ms");
+        assert_eq!(human_duration(12.44), "12.4 s");
+        assert_eq!(human_duration(200.0), "3 min 20 s");
+        assert_eq!(human_duration(7500.0), "2 h 5 min");
+        assert_eq!(human_duration(3.0 * 86_400.0 + 4.0 * 3600.0), "3 d 4 h");
     }
 }

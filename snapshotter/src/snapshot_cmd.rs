@@ -152,7 +152,11 @@ fn describe(s: &SnapshotInfo) -> String {
         ),
         format!("parent    {}", s.parent),
         format!("image     {}", s.image),
-        format!("created   {:.3} (call took {:.1} ms)", s.created, s.call_ms),
+        format!(
+            "created   {} (call took {:.1} ms)",
+            crate::output::human_time(s.created),
+            s.call_ms
+        ),
         format!("state     {}", state_name(s.state)),
         format!(
             "changed   {} in {} files",
@@ -177,7 +181,11 @@ fn describe(s: &SnapshotInfo) -> String {
         lines.push(format!("labels    {}", labels.join(",")));
     }
     if let Some(t) = s.expires {
-        lines.push(format!("expires   {t}"));
+        lines.push(format!(
+            "expires   {} (in {})",
+            crate::output::human_time(t as f64),
+            crate::output::human_duration((t as f64 - crate::snapshots::now_secs()).max(0.0))
+        ));
     }
     if let Some(e) = &s.error {
         lines.push(format!("error     {e}"));
@@ -204,7 +212,11 @@ fn describe_memory(s: &SnapshotInfo, memory: &api::MemoryInfo) -> String {
                 &s.parent
             }
         ),
-        format!("created   {:.3} (stored in {:.1} ms)", s.created, s.call_ms),
+        format!(
+            "created   {} (stored in {:.1} ms)",
+            crate::output::human_time(s.created),
+            s.call_ms
+        ),
         format!("state     {}", state_name(s.state)),
         format!("size      {}", human_bytes(memory.size)),
         format!(
@@ -222,7 +234,11 @@ fn describe_memory(s: &SnapshotInfo, memory: &api::MemoryInfo) -> String {
         lines.push(format!("labels    {}", labels.join(",")));
     }
     if let Some(t) = s.expires {
-        lines.push(format!("expires   {t}"));
+        lines.push(format!(
+            "expires   {} (in {})",
+            crate::output::human_time(t as f64),
+            crate::output::human_duration((t as f64 - crate::snapshots::now_secs()).max(0.0))
+        ));
     }
     lines.join("\n")
 }

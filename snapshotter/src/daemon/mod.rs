@@ -53,6 +53,7 @@ mod memory_ops;
 mod mounts;
 mod process;
 mod rpc;
+mod sandbox_ops;
 mod snapshot_ops;
 
 pub use mounts::umount;
@@ -90,6 +91,11 @@ struct Daemon {
     p9: std::sync::OnceLock<serve9p::Service>,
     /// Page servers of memory snapshots, by socket.
     memory_servers: Mutex<BTreeMap<PathBuf, memory_ops::ServedMemory>>,
+    /// Running sandboxes, by id.
+    sandboxes: Mutex<BTreeMap<String, sandbox_ops::LiveSandbox>>,
+    /// The containers' first processes, reaped when they exit (the daemon
+    /// is their subreaper).
+    runtime_pids: Arc<Mutex<std::collections::HashSet<i64>>>,
 }
 
 /// What a new mount shows.
@@ -167,6 +173,7 @@ impl Daemon {
     /// sandboxes' mounts. (A daemon that dies instead keeps them: the next
     /// one restores them.)
     fn shutdown(&self) {
+        self.stop_sandboxes();
         self.p9().stop_all();
         self.stop_memory_servers();
         let mounts = std::mem::take(&mut *self.mounts.lock());
@@ -277,7 +284,19 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
         me: std::sync::OnceLock::new(),
         p9: std::sync::OnceLock::new(),
         memory_servers: Mutex::new(BTreeMap::new()),
+        sandboxes: Mutex::new(BTreeMap::new()),
+        runtime_pids: Arc::default(),
     });
+    sandbox_ops::become_subreaper();
+    {
+        let known = daemon.runtime_pids.clone();
+        std::thread::Builder::new()
+            .name("orphans".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(20));
+                sandbox_ops::reap_orphans(&known);
+            })?;
+    }
     let _ = daemon.me.set(Arc::downgrade(&daemon));
     {
         let me = Arc::downgrade(&daemon);
@@ -294,6 +313,9 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
     daemon
         .recover()
         .context("cleaning up after the previous daemon")?;
+    daemon
+        .recover_sandboxes()
+        .context("ending the sandboxes of the previous daemon")?;
 
     {
         let daemon = daemon.clone();
@@ -309,6 +331,7 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
                 for round in 0u64.. {
                     std::thread::sleep(Duration::from_millis(500));
                     daemon.reap();
+                    daemon.reap_sandboxes();
                     if round % 4 == 0 {
                         daemon.catalog.expire();
                     }

@@ -308,16 +308,7 @@ impl Daemon {
     pub(super) fn write_record(&self, info: &MountInfo) -> anyhow::Result<()> {
         let dir = self.mount_dir(&info.id);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let record = dir.join("mount.json");
-        let tmp = dir.join("mount.json.tmp");
-        let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(&serde_json::to_vec_pretty(info)?)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &record).with_context(|| format!("renaming {}", tmp.display()))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", dir.display()))
+        crate::home::write_json_durably(&dir, "mount.json", info)
     }
 
     pub(super) fn start_mount(

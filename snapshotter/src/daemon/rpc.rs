@@ -200,6 +200,27 @@ impl Daemon {
                     .and_then(|info| Ok(serde_json::to_value(info)?)),
             ),
             Op::MemServers => json(serde_json::to_value(self.mem_servers()).map_err(Into::into)),
+            Op::SandboxCreate(args) => json(
+                self.sandbox_create(args)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::SandboxList => json(serde_json::to_value(self.sandbox_list()).map_err(Into::into)),
+            Op::SandboxShow { id } => json(
+                self.sandbox_show(&id)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::SandboxSnapshot(args) => json(
+                self.sandbox_snapshot(args)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::SandboxFork { id, count } => json(
+                self.sandbox_fork(&id, count)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::SandboxTerminate { id } => json(
+                self.sandbox_terminate(&id)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
             Op::MemUnserve { socket } => json(
                 self.mem_unserve(&socket)
                     .and_then(|info| Ok(serde_json::to_value(info)?)),
