@@ -7,6 +7,7 @@
 #   benches/run.sh p9 [--runs N] [--seconds S] [--sessions N] [--many N]
 #   benches/run.sh volume [--runs N] [--sizes 10000,100000,1000000] [--baseline-max N]
 #   benches/run.sh memory [--runs N] [--image-mib M] [--cells-kib 64,16,256]
+#   benches/run.sh sandbox [--runs N] [--forks N] [--runtimes runsc,runc]
 #   benches/run.sh reliability [CUTS]   # power cuts per suite (default 350;
 #                                       # three suites: 1,050 cuts in all),
 #                                       # then 10 min of load on 200 mounts
@@ -48,6 +49,12 @@ case "$bench" in
         fixtures/debian-rootfs.sh bookworm-minbase
         cargo build --release --locked -p strata-benches -p snapshotter
         exec target/release/strata-bench memory "$@"
+        ;;
+    sandbox)
+        scripts/install-deps.sh runsc runc
+        fixtures/debian-rootfs.sh bookworm-minbase
+        cargo build --release --locked -p strata-benches -p snapshotter
+        exec target/release/strata-bench sandbox "$@"
         ;;
     volume)
         scripts/install-deps.sh restic git

@@ -13,6 +13,7 @@ mod memory_bench;
 mod p9_bench;
 mod reliability;
 mod report;
+mod sandbox_bench;
 mod snapshot_bench;
 mod tools;
 mod tree;
@@ -61,6 +62,10 @@ enum Command {
     /// lazy restore of a 4 GiB guest image vs `zstd -1` and
     /// `cp --sparse=always`, and gVisor checkpoint/restore through Strata.
     Memory(memory_bench::Args),
+    /// The sandbox benchmark: create to first exec on Strata (image,
+    /// snapshot) vs the same runtime on a plain directory and on kernel
+    /// overlayfs; 100 forks of a running sandbox.
+    Sandbox(sandbox_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,5 +88,6 @@ fn main() -> anyhow::Result<()> {
         Command::Reliability(args) => reliability::run(args),
         Command::Volume(args) => volume_bench::run(args),
         Command::Memory(args) => memory_bench::run(args),
+        Command::Sandbox(args) => sandbox_bench::run(args),
     }
 }

@@ -363,8 +363,9 @@ impl Daemon {
             start_ms: 0.0,
         };
         self.write_sandbox(&info)?;
+        tracing::debug!(sandbox = id, ms = started.elapsed().as_secs_f64() * 1e3, "recorded");
         // From here on, a failure tears down whatever was made.
-        let made = (|| -> anyhow::Result<()> {
+        let made = (|| -> anyhow::Result<i64> {
             fs::create_dir_all(&rootfs)
                 .with_context(|| format!("creating {}", rootfs.display()))?;
             let root = self.mount_create(MountCreate {
@@ -375,11 +376,11 @@ impl Daemon {
                 inode_quota: None,
                 threads: None,
             })?;
+            tracing::debug!(sandbox = id, ms = started.elapsed().as_secs_f64() * 1e3, "root mounted");
             info.root_mount = root.id.clone();
             if info.image.is_empty() {
                 info.image = root.image.clone();
             }
-            self.write_sandbox(&info)?;
             for (n, binding) in args.dir_snapshots.iter().enumerate() {
                 let host = dir.join("dirs").join(n.to_string());
                 fs::create_dir_all(&host)
@@ -398,7 +399,6 @@ impl Daemon {
                     mount: mount.id,
                     host,
                 });
-                self.write_sandbox(&info)?;
             }
             if !args.volumes.is_empty() {
                 let mut client = self.volume_client(&args.volume_home)?;
@@ -419,7 +419,6 @@ impl Daemon {
                         session: session.id,
                         host,
                     });
-                    self.write_sandbox(&info)?;
                 }
             }
             // Mount points inside the root for what is bound in (made in
@@ -461,20 +460,23 @@ impl Daemon {
                 network: info.network,
             };
             spec.write(&bundle)?;
+            tracing::debug!(sandbox = id, ms = started.elapsed().as_secs_f64() * 1e3, "bundle written");
             if resume {
-                runtime.restore(&bundle, &info.container, &info.log, &dir.join("checkpoint"))?;
+                runtime.restore(&bundle, &info.container, &info.log, &dir.join("checkpoint"))
             } else {
-                runtime.start(&bundle, &info.container, &info.log)?;
+                runtime.start(&bundle, &info.container, &info.log)
             }
-            Ok(())
         })();
-        if let Err(e) = made {
-            // Nothing of it stays: a sandbox that never ran leaves no record.
-            let _ = self.teardown(&mut info, SandboxState::Exited, "it failed to start");
-            let _ = fs::remove_dir_all(dir);
-            return Err(e);
-        }
-        let pid = runtime.state(&info.container).map_or(0, |s| s.pid);
+        tracing::debug!(sandbox = id, ms = started.elapsed().as_secs_f64() * 1e3, "runtime started");
+        let pid = match made {
+            Ok(pid) => pid,
+            Err(e) => {
+                // Nothing of it stays: a sandbox that never ran leaves no record.
+                let _ = self.teardown(&mut info, SandboxState::Exited, "it failed to start");
+                let _ = fs::remove_dir_all(dir);
+                return Err(e);
+            }
+        };
         self.runtime_pids.lock().insert(pid);
         let pidfd = pidfd_open(pid);
         info.state = SandboxState::Running;
@@ -520,12 +522,44 @@ impl Daemon {
                 Err(e) => problems.push(format!("reaching the volume server: {e:#}")),
             }
         }
-        let mounts: Vec<String> = info
-            .dir_snapshots
-            .iter()
-            .map(|d| d.mount.clone())
-            .chain((!info.root_mount.is_empty()).then(|| info.root_mount.clone()))
-            .collect();
+        let mut mounts: Vec<String> = info.dir_snapshots.iter().map(|d| d.mount.clone()).collect();
+        // The record is written when the sandbox starts to be made and when
+        // it runs: one whose daemon died in between names no bindings and
+        // perhaps no root mount, so what it made is found by mount point.
+        let dir = self.sandboxes_dir().join(&info.id);
+        let unrecorded = |sub: &str, known: &[PathBuf]| -> Vec<PathBuf> {
+            fs::read_dir(dir.join(sub))
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| !known.contains(p))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let known_volumes: Vec<PathBuf> = info.volumes.iter().map(|v| v.host.clone()).collect();
+        let stray_volumes = unrecorded("volumes", &known_volumes);
+        if !stray_volumes.is_empty() {
+            if let Ok(mut client) = self.volume_client(&info.volume_home) {
+                for host in stray_volumes {
+                    let _: anyhow::Result<serde_json::Value> = client.call(VolumeOp::Umount {
+                        session: host.display().to_string(),
+                    });
+                }
+            }
+        }
+        let known_dirs: Vec<PathBuf> = info.dir_snapshots.iter().map(|d| d.host.clone()).collect();
+        mounts.extend(
+            unrecorded("dirs", &known_dirs)
+                .into_iter()
+                .map(|p| p.display().to_string()),
+        );
+        mounts.push(if info.root_mount.is_empty() {
+            info.rootfs.display().to_string()
+        } else {
+            info.root_mount.clone()
+        });
         for mount in mounts {
             if let Err(e) = self.remove_mount_patiently(&mount) {
                 problems.push(format!("removing mount {mount}: {e:#}"));
@@ -799,17 +833,19 @@ impl Daemon {
             .destroy(&info.container)
             .and_then(|()| runtime.restore(&info.bundle, &info.container, &info.log, &image));
         let paused_ms = paused.elapsed().as_secs_f64() * 1e3;
-        if let Err(e) = resumed {
-            // It cannot run on: end it properly (volumes committed).
-            let _ = self.end_sandbox(
-                &info.id,
-                SandboxState::Exited,
-                "it could not be restored after a checkpoint",
-            );
-            let _ = fs::remove_dir_all(&image);
-            return Err(e.context("restoring the sandbox after its checkpoint"));
-        }
-        let pid = runtime.state(&info.container).map_or(0, |s| s.pid);
+        let pid = match resumed {
+            Ok(pid) => pid,
+            Err(e) => {
+                // It cannot run on: end it properly (volumes committed).
+                let _ = self.end_sandbox(
+                    &info.id,
+                    SandboxState::Exited,
+                    "it could not be restored after a checkpoint",
+                );
+                let _ = fs::remove_dir_all(&image);
+                return Err(e.context("restoring the sandbox after its checkpoint"));
+            }
+        };
         self.runtime_pids.lock().insert(pid);
         let pidfd = pidfd_open(pid);
         if let Some(live) = self.sandboxes.lock().get_mut(&info.id) {
