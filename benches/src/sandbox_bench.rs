@@ -272,7 +272,9 @@ pub fn run(args: Args) -> Result<()> {
          (bookworm minbase) directly; *overlayfs* mounts kernel overlayfs over it first; \
          Strata's sandboxes are made through the node daemon (`sandbox.create`, then \
          `snapctl sandbox exec`), from the imported image and from a snapshot of a \
-         running sandbox. *Added* is Strata's fresh-image figure minus plain.\n",
+         running sandbox. *Added* is Strata's fresh-image figure minus plain: the root's \
+         FUSE mount, two synced records, the runtime's start on a FUSE root instead of \
+         ext4, and `snapctl sandbox exec` (a daemon call before the runtime's own exec).\n",
         args.runs
     )?;
     writeln!(

@@ -281,6 +281,51 @@ fn sandboxes_keep_their_promises_on(runtime: &str) {
         "rm -f /fa; dd if=/dev/zero of=/again bs=1M count=40 && rm /again",
     );
 
+    // Limits and isolation the bundle asks for: memory, no network, the
+    // first process's output in the log.
+    let limited = node.create(&[
+        "--image",
+        "debian",
+        "--runtime",
+        runtime,
+        "--memory",
+        "256M",
+        "--cpu",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "echo first-process-output; sleep infinity",
+    ]);
+    let limited_info = node.show(&limited);
+    let cgroup = format!(
+        "/sys/fs/cgroup/memory/strata/{}/memory.limit_in_bytes",
+        limited_info["id"].as_str().unwrap()
+    );
+    // (This machine's cgroups are v1; on v2 the runtime writes memory.max.)
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        assert_eq!(
+            std::fs::read_to_string(&cgroup).unwrap().trim(),
+            "268435456"
+        );
+    }
+    if runtime == "runsc" {
+        let meminfo = node.sh_ok(&limited, "head -1 /proc/meminfo");
+        assert!(meminfo.contains("262144 kB"), "{meminfo}");
+    }
+    let interfaces = node.sh_ok(&limited, "tail -n +3 /proc/net/dev | cut -d: -f1");
+    assert_eq!(
+        interfaces.split_whitespace().collect::<Vec<_>>(),
+        ["lo"],
+        "{interfaces}"
+    );
+    assert!(
+        node.ok(&["sandbox", "logs", &limited])
+            .contains("first-process-output"),
+        "no output in the log"
+    );
+    node.ok(&["sandbox", "terminate", &limited]);
+
     // Two sandboxes: neither sees the other's files, and writing in one
     // leaves the other's usage unchanged.
     node.sh_ok(&b, "test ! -e /root/hello");

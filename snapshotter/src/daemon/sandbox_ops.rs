@@ -131,6 +131,12 @@ pub(super) fn reap_orphans(known: &Mutex<std::collections::HashSet<i64>>) {
     }
 }
 
+/// Whether `id` has the shape of a sandbox id (12 hex digits), and so
+/// names nothing but a directory under `HOME/sandboxes`.
+fn is_sandbox_id(id: &str) -> bool {
+    id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn invalid(message: String) -> anyhow::Error {
     crate::exit::InvalidInput(message).into()
 }
@@ -363,7 +369,11 @@ impl Daemon {
             start_ms: 0.0,
         };
         self.write_sandbox(&info)?;
-        tracing::debug!(sandbox = id, ms = started.elapsed().as_secs_f64() * 1e3, "recorded");
+        tracing::debug!(
+            sandbox = id,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "recorded"
+        );
         // From here on, a failure tears down whatever was made.
         let made = (|| -> anyhow::Result<i64> {
             fs::create_dir_all(&rootfs)
@@ -376,7 +386,11 @@ impl Daemon {
                 inode_quota: None,
                 threads: None,
             })?;
-            tracing::debug!(sandbox = id, ms = started.elapsed().as_secs_f64() * 1e3, "root mounted");
+            tracing::debug!(
+                sandbox = id,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "root mounted"
+            );
             info.root_mount = root.id.clone();
             if info.image.is_empty() {
                 info.image = root.image.clone();
@@ -460,14 +474,22 @@ impl Daemon {
                 network: info.network,
             };
             spec.write(&bundle)?;
-            tracing::debug!(sandbox = id, ms = started.elapsed().as_secs_f64() * 1e3, "bundle written");
+            tracing::debug!(
+                sandbox = id,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "bundle written"
+            );
             if resume {
                 runtime.restore(&bundle, &info.container, &info.log, &dir.join("checkpoint"))
             } else {
                 runtime.start(&bundle, &info.container, &info.log)
             }
         })();
-        tracing::debug!(sandbox = id, ms = started.elapsed().as_secs_f64() * 1e3, "runtime started");
+        tracing::debug!(
+            sandbox = id,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "runtime started"
+        );
         let pid = match made {
             Ok(pid) => pid,
             Err(e) => {
@@ -602,7 +624,7 @@ impl Daemon {
     }
 
     fn sandbox_missing(&self, id: &str) -> anyhow::Error {
-        if self.sandboxes_dir().join(id).join("sandbox.json").is_file() {
+        if is_sandbox_id(id) && self.sandboxes_dir().join(id).join("sandbox.json").is_file() {
             invalid(format!("sandbox {id} is not running"))
         } else {
             anyhow::Error::from(std::io::Error::new(
@@ -650,10 +672,20 @@ impl Daemon {
     }
 
     pub(super) fn sandbox_show(&self, id: &str) -> anyhow::Result<SandboxInfo> {
-        self.sandbox_records()
-            .into_iter()
-            .find(|s| s.id == id)
-            .ok_or_else(|| self.sandbox_missing(id))
+        if let Some(mut info) = self.sandboxes.lock().get(id).map(|s| s.info.clone()) {
+            info.used_bytes = self
+                .find_fs(&info.root_mount)
+                .map(|(_, fs)| fs.used_bytes());
+            return Ok(info);
+        }
+        // An ended one: its record alone.
+        if is_sandbox_id(id) {
+            if let Ok(bytes) = fs::read(self.sandboxes_dir().join(id).join("sandbox.json")) {
+                return serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading the record of sandbox {id}"));
+            }
+        }
+        Err(self.sandbox_missing(id))
     }
 
     /// `sandbox.terminate`: answers once the volumes are committed.
