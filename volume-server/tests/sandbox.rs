@@ -653,6 +653,21 @@ fn timeouts_restarts_and_errors_end_sandboxes_cleanly() {
         ],
         2,
     );
+    // A bind through a link of the image would make directories on the
+    // host: refused (Debian's /lib is a link to /usr/lib).
+    let err = node.fails(
+        &[
+            "sandbox",
+            "create",
+            "--image",
+            "debian",
+            "--volume",
+            "timed:/lib/escape",
+        ],
+        7,
+    );
+    assert!(err.contains("symbolic link"), "{err}");
+    assert!(!Path::new("/usr/lib/escape").exists());
     node.fails(&["sandbox", "exec", "0123456789ab", "--", "true"], 3);
     assert_eq!(
         node.json(&["sandbox", "ls", "--all"])

@@ -131,6 +131,40 @@ pub(super) fn reap_orphans(known: &Mutex<std::collections::HashSet<i64>>) {
     }
 }
 
+/// Makes directory `path` (absolute, inside the sandbox) under `rootfs`,
+/// one component at a time, refusing to follow a symbolic link: the
+/// image's links point into the sandbox, but followed here, by the daemon
+/// on the host, an absolute one would reach the host's own files.
+fn make_mount_point(rootfs: &Path, path: &str) -> anyhow::Result<()> {
+    let mut at = rootfs.to_path_buf();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        at.push(part);
+        match fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(invalid(format!(
+                    "{path} crosses a symbolic link in the sandbox's image ({}); \
+                     bind it at a path of real directories",
+                    at.strip_prefix(rootfs).unwrap_or(&at).display()
+                )))
+            }
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(invalid(format!(
+                    "{path}: /{} is a file in the sandbox's image, not a directory",
+                    at.strip_prefix(rootfs).unwrap_or(&at).display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir(&at).with_context(|| format!("making {path} inside the sandbox"))?
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("looking at {path} inside the sandbox"))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether `id` has the shape of a sandbox id (12 hex digits), and so
 /// names nothing but a directory under `HOME/sandboxes`.
 fn is_sandbox_id(id: &str) -> bool {
@@ -443,9 +477,7 @@ impl Daemon {
                 .map(|v| &v.path)
                 .chain(info.dir_snapshots.iter().map(|d| &d.path))
             {
-                let inside = rootfs.join(path.trim_start_matches('/'));
-                fs::create_dir_all(&inside)
-                    .with_context(|| format!("making {path} inside the sandbox"))?;
+                make_mount_point(&rootfs, path)?;
             }
             let spec = BundleSpec {
                 runtime: kind,
