@@ -133,6 +133,9 @@ pub enum Op {
     /// Ends a sandbox; answers once its volumes are committed and durable.
     #[serde(rename = "sandbox.terminate")]
     SandboxTerminate { id: String },
+    /// Forgets an ended sandbox: its record and log.
+    #[serde(rename = "sandbox.remove")]
+    SandboxRemove { id: String },
 }
 
 /// A volume bound into a sandbox.

@@ -64,6 +64,11 @@ pub enum SandboxCommand {
     },
     /// End a sandbox; returns once its volumes are committed and durable.
     Terminate { id: String },
+    /// Forget ended sandboxes: their records and logs.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -367,9 +372,15 @@ pub fn run(cmd: SandboxCommand, home: &Path, out: &Output) -> anyhow::Result<Exi
                 })
                 .collect();
             out.print(&shown, || {
-                shown
-                    .iter()
-                    .map(|s| list_line(s))
+                if shown.is_empty() {
+                    return String::new();
+                }
+                let header = format!(
+                    "{:<12}  {:<10} {:<5} {:<24} {:<23}  {:>9}",
+                    "ID", "STATE", "RT", "FROM", "CREATED", "WRITTEN"
+                );
+                std::iter::once(header)
+                    .chain(shown.iter().map(|s| list_line(s)))
                     .collect::<Vec<_>>()
                     .join("\n")
             })?;
@@ -414,6 +425,20 @@ pub fn run(cmd: SandboxCommand, home: &Path, out: &Output) -> anyhow::Result<Exi
             out.print(&made, || {
                 made.iter()
                     .map(|s| s.id.clone())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+        }
+        SandboxCommand::Rm { ids } => {
+            let mut removed = Vec::new();
+            for id in ids {
+                let info: SandboxInfo = client.call(Op::SandboxRemove { id })?;
+                removed.push(info);
+            }
+            out.print(&removed, || {
+                removed
+                    .iter()
+                    .map(|s| format!("removed sandbox {}", s.id))
                     .collect::<Vec<_>>()
                     .join("\n")
             })?;

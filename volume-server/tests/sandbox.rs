@@ -698,6 +698,16 @@ fn timeouts_restarts_and_errors_end_sandboxes_cleanly() {
     let text = node.ok(&["sandbox", "show", &timed]);
     assert!(text.contains(" UTC") && text.contains("later"), "{text}");
 
+    // Ended sandboxes are forgotten on request; a running one is not.
+    let running = node.create(&["--image", "debian"]);
+    let err = node.fails(&["sandbox", "rm", &running], 7);
+    assert!(err.contains("terminate it first"), "{err}");
+    node.ok(&["sandbox", "rm", &timed, &orphan]);
+    let all = node.json(&["sandbox", "ls", "--all"]);
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    node.fails(&["sandbox", "show", &timed], 3);
+    node.ok(&["sandbox", "terminate", &running]);
+
     // The runtime missing: which package to install.
     let mut bare = Node::start_with(node.exe.clone(), Some("/nonexistent".into()));
     let debian = fixtures::require::debian_rootfs("bookworm-minbase").unwrap();

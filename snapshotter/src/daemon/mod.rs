@@ -56,7 +56,7 @@ mod rpc;
 mod sandbox_ops;
 mod snapshot_ops;
 
-pub use mounts::umount;
+pub use mounts::{umount, umount_patiently};
 pub use process::tune_allocator;
 use process::{check_threads, import_pool, raise_open_file_limit};
 

@@ -14,6 +14,23 @@ pub fn umount(path: &Path, flags: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A plain unmount that waits out a short-lived EBUSY (up to half a
+/// second): a process forking anywhere on the machine holds copies of its
+/// descriptors, some perhaps of files on this mount, until its child
+/// execs. A mount still busy after that is reported busy.
+pub fn umount_patiently(path: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match umount(path, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 10 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Daemon {
     /// Takes over what a daemon that died left: each mount whose upper
     /// layer has a journal is recovered and mounted again at its mount
@@ -408,7 +425,7 @@ impl Daemon {
             // A plain unmount: fails with EBUSY while something uses it,
             // rather than detaching a root filesystem a sandbox still runs on.
             if let Some(mountpoint) = &mount.info.mountpoint {
-                if let Err(e) = umount(mountpoint, 0) {
+                if let Err(e) = umount_patiently(mountpoint) {
                     if e.raw_os_error() != Some(libc::EINVAL) {
                         return Err(e)
                             .with_context(|| format!("unmounting {}", mountpoint.display()));

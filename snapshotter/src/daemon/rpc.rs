@@ -217,6 +217,10 @@ impl Daemon {
                 self.sandbox_fork(&id, count)
                     .and_then(|info| Ok(serde_json::to_value(info)?)),
             ),
+            Op::SandboxRemove { id } => json(
+                self.sandbox_remove(&id)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
             Op::SandboxTerminate { id } => json(
                 self.sandbox_terminate(&id)
                     .and_then(|info| Ok(serde_json::to_value(info)?)),

@@ -720,6 +720,37 @@ impl Daemon {
         Err(self.sandbox_missing(id))
     }
 
+    /// `sandbox.remove`: forgets an ended sandbox (its directory: record,
+    /// log, bundle); a running one is refused.
+    pub(super) fn sandbox_remove(&self, id: &str) -> anyhow::Result<SandboxInfo> {
+        if self.sandboxes.lock().contains_key(id) {
+            return Err(invalid(format!(
+                "sandbox {id} is running; terminate it first"
+            )));
+        }
+        let info = self.sandbox_show(id)?;
+        let dir = self.sandboxes_dir().join(&info.id);
+        // Its mount points are empty directories once it ended; a mount
+        // still there (a teardown that failed) stops the removal.
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let dir_text = format!("{}/", dir.display());
+        if let Some(line) = mounts.lines().find(|l| {
+            l.split(' ')
+                .nth(1)
+                .is_some_and(|m| m.starts_with(&dir_text))
+        }) {
+            return Err(invalid(format!(
+                "sandbox {id} still has a mount ({}); end it first",
+                line.split(' ').nth(1).unwrap_or("")
+            )));
+        }
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        File::open(self.sandboxes_dir())
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", self.sandboxes_dir().display()))?;
+        Ok(info)
+    }
+
     /// `sandbox.terminate`: answers once the volumes are committed.
     pub(super) fn sandbox_terminate(&self, id: &str) -> anyhow::Result<SandboxInfo> {
         let busy = self.sandbox_lock(id)?;

@@ -336,8 +336,12 @@ impl VolumeServer {
                 .get(id)
                 .ok_or_else(|| not_found(format!("no session '{id}'")))?;
             if let (Some(mountpoint), Some(_)) = (&live.record.mountpoint, &live.fuse) {
-                let flags = if detach { libc::MNT_DETACH } else { 0 };
-                if let Err(e) = snapshotter::daemon::umount(mountpoint, flags) {
+                let unmounted = if detach {
+                    snapshotter::daemon::umount(mountpoint, libc::MNT_DETACH)
+                } else {
+                    snapshotter::daemon::umount_patiently(mountpoint)
+                };
+                if let Err(e) = unmounted {
                     if e.raw_os_error() != Some(libc::EINVAL) {
                         return Err(e)
                             .with_context(|| format!("unmounting {}", mountpoint.display()));
