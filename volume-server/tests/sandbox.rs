@@ -677,6 +677,11 @@ fn timeouts_restarts_and_errors_end_sandboxes_cleanly() {
         1
     );
     assert_eq!(node.json(&["mounts"]).as_array().unwrap().len(), 0);
+    // Refused requests leave no directory either: only the timed one's.
+    let dirs = std::fs::read_dir(node.home().join("sandboxes"))
+        .unwrap()
+        .count();
+    assert_eq!(dirs, 1, "a refused sandbox left a directory");
 
     // A daemon that dies under its sandboxes: the next one lists them as
     // gone (their roots went with it), never half-known, and their volume
@@ -727,6 +732,10 @@ fn timeouts_restarts_and_errors_end_sandboxes_cleanly() {
             .len(),
         0
     );
+    let dirs = std::fs::read_dir(bare.home().join("sandboxes"))
+        .unwrap()
+        .count();
+    assert_eq!(dirs, 0, "a refused sandbox left a directory");
     bare.stop_daemon(libc::SIGTERM);
     drop(bare);
 }

@@ -268,18 +268,26 @@ impl Daemon {
         let mut args = args;
         let mut root_snapshot = args.snapshot.clone();
         if let Some((memory, fs_snapshot)) = &resume {
-            self.mem_get(MemGet {
-                id: memory.clone(),
-                target: checkpoint.clone(),
-                dir: true,
-            })
-            .with_context(|| format!("writing memory snapshot {memory} back"))?;
-            let saved: SandboxInfo = fs::read(checkpoint.join(SANDBOX_RECORD_FILE))
-                .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(serde_json::from_slice(&b)?))
-                .with_context(|| {
-                    format!("reading the sandbox record of memory snapshot {memory}")
-                })?;
+            let saved = self
+                .mem_get(MemGet {
+                    id: memory.clone(),
+                    target: checkpoint.clone(),
+                    dir: true,
+                })
+                .with_context(|| format!("writing memory snapshot {memory} back"))
+                .and_then(|_| {
+                    let bytes = fs::read(checkpoint.join(SANDBOX_RECORD_FILE))?;
+                    Ok(serde_json::from_slice::<SandboxInfo>(&bytes)?)
+                })
+                .with_context(|| format!("reading the sandbox record of memory snapshot {memory}"));
+            let saved = match saved {
+                Ok(saved) => saved,
+                Err(e) => {
+                    // Nothing was started: nothing of it stays.
+                    let _ = fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            };
             // It resumes as it ran: the same process, runtime, limits and
             // bindings (volumes at their newest heads).
             args.command = saved.command.clone();
@@ -317,6 +325,10 @@ impl Daemon {
         }
         let result = self.sandbox_build(&id, &dir, args, root_snapshot, resume.is_some(), started);
         let _ = fs::remove_dir_all(&checkpoint);
+        if result.is_err() {
+            // Refused before anything was made, or torn down: no trace.
+            let _ = fs::remove_dir_all(&dir);
+        }
         result
     }
 
