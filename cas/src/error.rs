@@ -131,6 +131,10 @@ pub enum Error {
     #[error("the store stopped accepting writes after a durability failure ({0}); reopen it")]
     WritesFailed(String),
 
+    /// The remote tier failed to answer (network, bucket, credentials).
+    #[error("remote store: {context}: {detail}")]
+    Remote { context: String, detail: String },
+
     /// An internal invariant does not hold. Stops loudly instead of
     /// continuing on bad state.
     #[error("internal invariant broken: {0}")]
@@ -176,7 +180,7 @@ impl Error {
             | Error::PackMissing { .. }
             | Error::IndexCorrupt { .. }
             | Error::MalformedNode { .. } => ErrorClass::Corruption,
-            Error::Io { .. } | Error::WritesFailed(_) => ErrorClass::Io,
+            Error::Io { .. } | Error::WritesFailed(_) | Error::Remote { .. } => ErrorClass::Io,
             Error::Index { .. } | Error::Invariant(_) => ErrorClass::Internal,
         }
     }

@@ -438,7 +438,8 @@ fn check_refs(store: &Store, damaged: &HashSet<ChunkId>, report: &mut FsckReport
                 });
                 continue;
             }
-            if location.kind == ChunkKind::Node {
+            // The remote tier checks its own (`snapctl remote fsck`).
+            if location.kind == ChunkKind::Node && !location.pack.is_remote() {
                 match inner.node_links(&id) {
                     Ok(links) => stack.extend(links.into_iter().map(|l| (l, Some(id)))),
                     Err(_) => report.problems.push(Problem::DamagedReachableChunk {

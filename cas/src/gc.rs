@@ -120,7 +120,9 @@ fn mark(
             }
             return Err(gc_stopped(format!("reachable chunk {id} is missing")));
         };
-        if location.kind == ChunkKind::Node {
+        // A remote node's closure is remote: nothing below it needs a
+        // local copy (a local duplicate may go; reads fetch it back).
+        if location.kind == ChunkKind::Node && !location.pack.is_remote() {
             let links = inner
                 .node_links(&id)
                 .map_err(|e| gc_stopped(format!("reachable node {id} is unreadable: {e}")))?;

@@ -60,6 +60,7 @@ mod node;
 mod pack;
 mod recovery;
 mod refs;
+mod source;
 mod stats;
 mod store;
 
@@ -70,14 +71,18 @@ pub use config::{
     MAX_NODE_LINKS, MAX_REF_NAME_LEN,
 };
 pub use error::{Error, ErrorClass, Result};
-pub use frame::{Codec, FRAME_HEADER_LEN};
+pub use frame::{check as check_frame, Codec, FrameHeader, FRAME_HEADER_LEN};
 pub use fsck::{repair_index, FsckOptions, FsckReport, Problem};
 pub use gc::GcReport;
 pub use id::{ChunkId, ChunkKind, CHUNK_ID_LEN, NODE_HASH_KEY};
 pub use index::{ChunkLocation, IndexDb, RefValue};
 pub use lease::LeaseInfo;
 pub use node::{Node, NodeType, VerifiedNode};
-pub use pack::{PackId, PACK_HEADER_LEN};
+pub use pack::{
+    decode_footer, decode_trailer, encode_header, Footer, PackBuilder, PackId, TrailerEntry,
+    FOOTER_LEN, PACK_HEADER_LEN, TRAILER_ENTRY_LEN,
+};
 pub use refs::{validate_ref_name, RefExpectation};
+pub use source::{ChunkSource, RemoteChunk};
 pub use stats::StoreStats;
 pub use store::{PutOutcome, Store, Writer, MARKER_FILE, STORE_VERSION};

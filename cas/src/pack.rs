@@ -33,8 +33,22 @@ pub const FOOTER_LEN: u64 = 40;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PackId(pub u64);
 
+impl PackId {
+    /// Not a local pack: where [`crate::Store::locate`] reports a chunk
+    /// held only by the attached [`crate::ChunkSource`] (the remote tier).
+    pub const REMOTE: PackId = PackId(u64::MAX);
+
+    /// Whether this is [`PackId::REMOTE`].
+    pub fn is_remote(self) -> bool {
+        self == PackId::REMOTE
+    }
+}
+
 impl fmt::Display for PackId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_remote() {
+            return f.write_str("remote");
+        }
         write!(f, "{:012}", self.0)
     }
 }
@@ -100,7 +114,8 @@ impl TrailerEntry {
         FRAME_HEADER_LEN as u64 + u64::from(self.stored_len)
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends the entry's 52-byte encoding (`FORMAT.md`, trailer).
+    pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.id.as_bytes());
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.stored_len.to_le_bytes());
@@ -110,7 +125,8 @@ impl TrailerEntry {
         out.extend_from_slice(&[0, 0]);
     }
 
-    fn decode(bytes: &[u8]) -> Option<TrailerEntry> {
+    /// Decodes one 52-byte entry; `None` if it is malformed.
+    pub fn decode(bytes: &[u8]) -> Option<TrailerEntry> {
         let bytes: &[u8; TRAILER_ENTRY_LEN] = bytes.try_into().ok()?;
         Some(TrailerEntry {
             id: ChunkId::from_slice(&bytes[0..32])?,
@@ -183,12 +199,18 @@ pub fn read_footer(file: &File, id: PackId) -> Result<Option<Footer>> {
     let mut bytes = [0u8; FOOTER_LEN as usize];
     file.read_exact_at(&mut bytes, len - FOOTER_LEN)
         .map_err(|e| io_err(id, "reading footer of", e))?;
+    Ok(decode_footer(&bytes, len, id))
+}
+
+/// Decodes the last 40 bytes of a pack `len` bytes long; `None` when they
+/// are not a valid footer of pack `id` (the pack is not sealed).
+pub fn decode_footer(bytes: &[u8; FOOTER_LEN as usize], len: u64, id: PackId) -> Option<Footer> {
     if bytes[32..40] != PACK_END_MAGIC {
-        return Ok(None);
+        return None;
     }
     let footer_crc = u32::from_le_bytes(bytes[24..28].try_into().unwrap_or_default());
     if crc32fast::hash(&bytes[0..24]) != footer_crc {
-        return Ok(None);
+        return None;
     }
     let footer = Footer {
         trailer_offset: u64::from_le_bytes(bytes[0..8].try_into().unwrap_or_default()),
@@ -199,9 +221,9 @@ pub fn read_footer(file: &File, id: PackId) -> Result<Option<Footer>> {
     let expected_len =
         footer.trailer_offset + footer.entry_count as u64 * TRAILER_ENTRY_LEN as u64 + FOOTER_LEN;
     if pack_id != id.0 || expected_len != len || footer.trailer_offset < PACK_HEADER_LEN {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(footer))
+    Some(footer)
 }
 
 /// Reads and checks the trailer a footer points at.
@@ -210,7 +232,15 @@ pub fn read_trailer(file: &File, id: PackId, footer: &Footer) -> Result<Vec<Trai
     let mut bytes = vec![0u8; len];
     file.read_exact_at(&mut bytes, footer.trailer_offset)
         .map_err(|e| io_err(id, "reading trailer of", e))?;
-    if crc32fast::hash(&bytes) != footer.trailer_crc {
+    decode_trailer(&bytes, id, footer)
+}
+
+/// Decodes and checks the trailer bytes `footer` describes.
+pub fn decode_trailer(bytes: &[u8], id: PackId, footer: &Footer) -> Result<Vec<TrailerEntry>> {
+    if bytes.len() != footer.entry_count as usize * TRAILER_ENTRY_LEN {
+        return Err(corrupt(id, footer.trailer_offset, "trailer is truncated"));
+    }
+    if crc32fast::hash(bytes) != footer.trailer_crc {
         return Err(corrupt(
             id,
             footer.trailer_offset,
@@ -324,6 +354,92 @@ fn find_magic(file: &File, from: u64, end: u64) -> std::io::Result<Option<u64>> 
     Ok(None)
 }
 
+/// The 24-byte header of pack `id`.
+pub fn encode_header(id: PackId) -> Vec<u8> {
+    let mut header = Vec::with_capacity(PACK_HEADER_LEN as usize);
+    header.extend_from_slice(&PACK_MAGIC);
+    header.extend_from_slice(&PACK_VERSION.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    header.extend_from_slice(&id.0.to_le_bytes());
+    header
+}
+
+/// The trailer and footer that seal pack `id`, whose frames end at
+/// `frames_end` and are listed by `entries`.
+pub fn encode_tail(id: PackId, frames_end: u64, entries: &[TrailerEntry]) -> Vec<u8> {
+    let mut tail = Vec::with_capacity(entries.len() * TRAILER_ENTRY_LEN + FOOTER_LEN as usize);
+    for entry in entries {
+        entry.encode(&mut tail);
+    }
+    let trailer_crc = crc32fast::hash(&tail);
+    let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
+    footer.extend_from_slice(&frames_end.to_le_bytes());
+    footer.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    footer.extend_from_slice(&trailer_crc.to_le_bytes());
+    footer.extend_from_slice(&id.0.to_le_bytes());
+    let footer_crc = crc32fast::hash(&footer);
+    footer.extend_from_slice(&footer_crc.to_le_bytes());
+    footer.extend_from_slice(&0u32.to_le_bytes());
+    footer.extend_from_slice(&PACK_END_MAGIC);
+    tail.extend_from_slice(&footer);
+    tail
+}
+
+/// A sealed pack assembled in memory from frames that were already checked
+/// (the remote tier uploads such packs whole).
+pub struct PackBuilder {
+    id: PackId,
+    bytes: Vec<u8>,
+    entries: Vec<TrailerEntry>,
+}
+
+impl PackBuilder {
+    /// An empty pack numbered `id`.
+    pub fn new(id: PackId) -> PackBuilder {
+        PackBuilder {
+            id,
+            bytes: encode_header(id),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Appends one whole frame (header and payload); returns where it went.
+    pub fn append(&mut self, frame_bytes: &[u8]) -> Result<TrailerEntry> {
+        let header = FrameHeader::parse(frame_bytes).map_err(Error::Invariant)?;
+        if frame_bytes.len() as u64 != header.frame_len() {
+            return Err(Error::Invariant(
+                "a frame's length differs from its header".into(),
+            ));
+        }
+        let entry = TrailerEntry::from_header(self.bytes.len() as u64, &header);
+        self.bytes.extend_from_slice(frame_bytes);
+        self.entries.push(entry);
+        Ok(entry)
+    }
+
+    /// Bytes so far (header and frames).
+    pub fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Frames so far.
+    pub fn frame_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no frame was appended.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Seals the pack: its bytes, and its frames with where they sit.
+    pub fn finish(mut self) -> (Vec<u8>, Vec<TrailerEntry>) {
+        let tail = encode_tail(self.id, self.bytes.len() as u64, &self.entries);
+        self.bytes.extend_from_slice(&tail);
+        (self.bytes, self.entries)
+    }
+}
+
 /// The pack currently being appended to. Not thread-safe by itself; the
 /// store serialises access.
 pub struct ActivePack {
@@ -344,12 +460,7 @@ impl ActivePack {
             .create_new(true)
             .open(&path)
             .map_err(|e| io_err(id, "creating", e))?;
-        let mut header = Vec::with_capacity(PACK_HEADER_LEN as usize);
-        header.extend_from_slice(&PACK_MAGIC);
-        header.extend_from_slice(&PACK_VERSION.to_le_bytes());
-        header.extend_from_slice(&0u32.to_le_bytes());
-        header.extend_from_slice(&id.0.to_le_bytes());
-        file.write_all(&header)
+        file.write_all(&encode_header(id))
             .map_err(|e| io_err(id, "writing header of", e))?;
         sync_dir(dir)?;
         Ok(ActivePack {
@@ -421,22 +532,7 @@ impl ActivePack {
     /// Writes the trailer and footer. The pack is immutable afterwards; the
     /// caller makes it durable (with the next commit).
     pub fn seal(self) -> Result<Arc<File>> {
-        let mut tail =
-            Vec::with_capacity(self.entries.len() * TRAILER_ENTRY_LEN + FOOTER_LEN as usize);
-        for entry in &self.entries {
-            entry.encode(&mut tail);
-        }
-        let trailer_crc = crc32fast::hash(&tail);
-        let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
-        footer.extend_from_slice(&self.len.to_le_bytes());
-        footer.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        footer.extend_from_slice(&trailer_crc.to_le_bytes());
-        footer.extend_from_slice(&self.id.0.to_le_bytes());
-        let footer_crc = crc32fast::hash(&footer);
-        footer.extend_from_slice(&footer_crc.to_le_bytes());
-        footer.extend_from_slice(&0u32.to_le_bytes());
-        footer.extend_from_slice(&PACK_END_MAGIC);
-        tail.extend_from_slice(&footer);
+        let tail = encode_tail(self.id, self.len, &self.entries);
         self.file
             .write_all_at(&tail, self.len)
             .map_err(|e| io_err(self.id, "sealing", e))?;

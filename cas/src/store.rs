@@ -31,6 +31,7 @@ use crate::lease::{LeaseInfo, LeaseSet, Leases};
 use crate::node::{self, Node, VerifiedNode};
 use crate::pack::{self, ActivePack, PackId};
 use crate::refs::{validate_ref_name, RefExpectation};
+use crate::source::ChunkSource;
 
 /// Name of the marker file that makes a directory a store.
 pub const MARKER_FILE: &str = "strata-store.json";
@@ -74,6 +75,8 @@ pub(crate) struct Inner {
     pub(crate) leases: Leases,
     refs_lock: Mutex<()>,
     pub(crate) gc_lock: Mutex<()>,
+    /// Where chunks missing here are fetched from (the remote tier).
+    source: parking_lot::RwLock<Option<Arc<dyn ChunkSource>>>,
 }
 
 #[derive(Clone)]
@@ -254,6 +257,7 @@ impl Store {
             leases: Leases::default(),
             refs_lock: Mutex::new(()),
             gc_lock: Mutex::new(()),
+            source: parking_lot::RwLock::new(None),
         };
         Ok(Store {
             inner: Arc::new(inner),
@@ -309,8 +313,52 @@ impl Store {
     }
 
     /// Whether chunk `id` is stored (durably or awaiting commit), and where.
+    /// A chunk only the attached [`ChunkSource`] holds is at
+    /// [`PackId::REMOTE`] (offset 0).
     pub fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
         self.inner.locate(id)
+    }
+
+    /// Whether chunk `id` is in this store's own packs (durably or
+    /// awaiting commit), and where; the attached source is not asked.
+    pub fn locate_local(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        self.inner.locate_local(id)
+    }
+
+    /// Attaches the place chunks missing here are fetched from (the remote
+    /// tier), replacing any attached before. See [`ChunkSource`].
+    pub fn attach_source(&self, source: Arc<dyn ChunkSource>) {
+        *self.inner.source.write() = Some(source);
+    }
+
+    /// Whether a [`ChunkSource`] is attached.
+    pub fn has_source(&self) -> bool {
+        self.inner.source.read().is_some()
+    }
+
+    /// The stored frame of chunk `id` (header and payload, exactly as in
+    /// its pack) after its crc32 is checked, if this store's own packs
+    /// hold it. What the remote tier uploads.
+    pub fn local_frame(&self, id: &ChunkId) -> Result<Option<(ChunkLocation, Vec<u8>)>> {
+        let Some(location) = self.inner.locate_local(id)? else {
+            return Ok(None);
+        };
+        let frame = self.inner.read_frame_bytes(id, &location)?;
+        let header = frame::check(&frame).map_err(|reason| Error::CorruptChunk {
+            id: *id,
+            pack: location.pack,
+            offset: location.offset,
+            reason,
+        })?;
+        if header.id != *id || header.kind != location.kind {
+            return Err(Error::CorruptChunk {
+                id: *id,
+                pack: location.pack,
+                offset: location.offset,
+                reason: "the index points at the frame of another chunk".into(),
+            });
+        }
+        Ok(Some((location, frame)))
     }
 
     /// The ref called `name`.
@@ -865,6 +913,22 @@ impl Inner {
     }
 
     pub(crate) fn locate(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        if let Some(location) = self.locate_local(id)? {
+            return Ok(Some(location));
+        }
+        let Some(source) = self.source.read().clone() else {
+            return Ok(None);
+        };
+        Ok(source.lookup(id)?.map(|remote| ChunkLocation {
+            pack: PackId::REMOTE,
+            offset: 0,
+            stored_len: remote.stored_len,
+            raw_len: remote.raw_len,
+            kind: remote.kind,
+        }))
+    }
+
+    pub(crate) fn locate_local(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
         if let Some((location, _)) = self.pending.lock().by_id.get(id) {
             return Ok(Some(*location));
         }
@@ -897,6 +961,44 @@ impl Inner {
         Ok((location.kind, bytes))
     }
 
+    /// A frame's bytes as stored, unchecked: from a local pack, or from
+    /// the attached source for [`PackId::REMOTE`].
+    fn read_frame_bytes(&self, id: &ChunkId, location: &ChunkLocation) -> Result<Vec<u8>> {
+        let len = frame::FRAME_HEADER_LEN + location.stored_len as usize;
+        if location.pack.is_remote() {
+            let source = self.source.read().clone();
+            let source = source.ok_or(Error::ChunkNotFound { id: *id })?;
+            let bytes = source.fetch_frame(id)?;
+            if bytes.len() != len {
+                return Err(Error::CorruptChunk {
+                    id: *id,
+                    pack: location.pack,
+                    offset: 0,
+                    reason: format!(
+                        "the remote tier returned {} bytes for a frame of {len}",
+                        bytes.len()
+                    ),
+                });
+            }
+            return Ok(bytes);
+        }
+        let file = self.pack_file(id, location.pack)?;
+        let mut buf = vec![0u8; len];
+        use std::os::unix::fs::FileExt;
+        if let Err(e) = file.read_exact_at(&mut buf, location.offset) {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                return Err(Error::CorruptChunk {
+                    id: *id,
+                    pack: location.pack,
+                    offset: location.offset,
+                    reason: "the frame runs past the end of the pack".into(),
+                });
+            }
+            return Err(Error::io(format!("reading pack {}", location.pack), e));
+        }
+        Ok(buf)
+    }
+
     /// Reads and verifies one frame.
     pub(crate) fn read_frame(&self, id: &ChunkId, location: &ChunkLocation) -> Result<Bytes> {
         let corrupt = |reason: String| Error::CorruptChunk {
@@ -905,16 +1007,7 @@ impl Inner {
             offset: location.offset,
             reason,
         };
-        let file = self.pack_file(id, location.pack)?;
-        let len = frame::FRAME_HEADER_LEN + location.stored_len as usize;
-        let mut buf = vec![0u8; len];
-        use std::os::unix::fs::FileExt;
-        if let Err(e) = file.read_exact_at(&mut buf, location.offset) {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                return Err(corrupt("the frame runs past the end of the pack".into()));
-            }
-            return Err(Error::io(format!("reading pack {}", location.pack), e));
-        }
+        let buf = self.read_frame_bytes(id, location)?;
         let (header, bytes) = frame::decode(buf).map_err(corrupt)?;
         if header.id != *id {
             return Err(corrupt(format!(

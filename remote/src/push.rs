@@ -1,0 +1,275 @@
+//! Push and pull: moving refs, and everything they reach, between a
+//! node's store and the bucket.
+//!
+//! A push writes in the order that keeps the bucket consistent at every
+//! instant (`cas/FORMAT.md`, "The bucket"): the packs holding every chunk
+//! the refs reach that the bucket lacks, then one index object listing
+//! them, then each ref's next version. A push that fails part-way leaves
+//! packs (or an index object) that no ref names, which cost space until
+//! remote GC, never a ref to missing data.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+use cas::{ChunkId, ChunkKind, PackBuilder, PackId, RefExpectation, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::bucket::RequestCounts;
+use crate::error::{Error, Result};
+use crate::index::{self, PackListing};
+use crate::layout;
+use crate::refs::{self, RemoteRef};
+use crate::tier::Remote;
+
+/// What a push did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PushReport {
+    /// The refs as now in the bucket.
+    pub refs: Vec<RemoteRef>,
+    /// Chunks the refs reach (stopping at chunks the bucket had).
+    pub chunks_walked: u64,
+    /// Chunks uploaded.
+    pub chunks_uploaded: u64,
+    /// Chunks the bucket already had.
+    pub chunks_present: u64,
+    /// Pack bytes uploaded.
+    pub bytes_uploaded: u64,
+    /// Packs uploaded.
+    pub packs: u64,
+    pub millis: u64,
+    /// Requests this push made.
+    pub requests: RequestCounts,
+}
+
+fn delta(after: RequestCounts, before: RequestCounts) -> RequestCounts {
+    RequestCounts {
+        puts: after.puts - before.puts,
+        gets: after.gets - before.gets,
+        lists: after.lists - before.lists,
+        deletes: after.deletes - before.deletes,
+        bytes_up: after.bytes_up - before.bytes_up,
+        bytes_down: after.bytes_down - before.bytes_down,
+    }
+}
+
+impl Remote {
+    /// Pushes the local refs `names`: uploads what they reach that the
+    /// bucket lacks, then moves each remote ref to the local root.
+    pub fn push(&self, store: &Store, names: &[String]) -> Result<PushReport> {
+        let started = Instant::now();
+        let before = self.counts();
+        self.refresh()?;
+        let mut roots = Vec::with_capacity(names.len());
+        for name in names {
+            let value = store
+                .get_ref(name)?
+                .ok_or_else(|| Error::Store(cas::Error::RefNotFound { name: name.clone() }))?;
+            roots.push((name.clone(), value.root));
+        }
+        let mut report = PushReport::default();
+        let listings = self.upload_closure(store, roots.iter().map(|(_, r)| *r), &mut report)?;
+        if !listings.is_empty() {
+            let number = layout::fresh_number();
+            let bytes = Bytes::from(index::encode(&listings));
+            let bucket = self.inner.bucket.clone();
+            let created = bucket
+                .clone()
+                .run(async move { bucket.put_new(&layout::index(number), bytes).await })?;
+            if !created {
+                return Err(Error::Corrupt {
+                    object: layout::index(number).to_string(),
+                    reason: "an index object of this random name exists already".into(),
+                });
+            }
+            self.inner.index.add(&listings);
+            self.inner.index.mark_read(number);
+        }
+        for (name, root) in roots {
+            report.refs.push(self.set_remote_ref(&name, root)?);
+        }
+        report.millis = started.elapsed().as_millis() as u64;
+        report.requests = delta(self.counts(), before);
+        Ok(report)
+    }
+
+    /// Moves remote ref `name` to `root` whatever it was, retrying a lost
+    /// race (the last push wins, as for a local ref).
+    fn set_remote_ref(&self, name: &str, root: ChunkId) -> Result<RemoteRef> {
+        for _ in 0..16 {
+            let bucket = self.inner.bucket.clone();
+            let owned = name.to_string();
+            let current = bucket
+                .clone()
+                .run(async move { refs::get(&bucket, &owned).await })?;
+            if let Some(current) = &current {
+                if current.root == root {
+                    return Ok(current.clone());
+                }
+            }
+            let expect = current.as_ref().map_or(RefExpectation::Absent, |c| {
+                RefExpectation::Generation(c.generation)
+            });
+            match self.set_ref(name, Some(root), expect) {
+                Ok(Some(value)) => return Ok(value),
+                Ok(None) => break,
+                Err(Error::RefConflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::RefConflict {
+            name: name.into(),
+            expected: "a quiet moment".into(),
+            found: "other nodes moving it continuously".into(),
+        })
+    }
+
+    /// Moves remote ref `name` by a conditional write (see [`refs`]). The
+    /// caller makes sure the bucket holds everything `root` reaches.
+    pub fn set_ref(
+        &self,
+        name: &str,
+        root: Option<ChunkId>,
+        expect: RefExpectation,
+    ) -> Result<Option<RemoteRef>> {
+        let bucket = self.inner.bucket.clone();
+        let name = name.to_string();
+        bucket
+            .clone()
+            .run(async move { refs::set(&bucket, &name, root, expect).await })
+    }
+
+    /// Remote ref `name`, if it exists.
+    pub fn get_ref(&self, name: &str) -> Result<Option<RemoteRef>> {
+        let bucket = self.inner.bucket.clone();
+        let name = name.to_string();
+        bucket
+            .clone()
+            .run(async move { refs::get(&bucket, &name).await })
+    }
+
+    /// Remote refs whose names start with `prefix`.
+    pub fn list_refs(&self, prefix: &str) -> Result<Vec<RemoteRef>> {
+        let bucket = self.inner.bucket.clone();
+        let prefix = prefix.to_string();
+        bucket
+            .clone()
+            .run(async move { refs::list(&bucket, &prefix).await })
+    }
+
+    /// Uploads every chunk reachable from `roots` that the bucket lacks,
+    /// in packs, several at once; returns the packs uploaded.
+    fn upload_closure(
+        &self,
+        store: &Store,
+        roots: impl Iterator<Item = ChunkId>,
+        report: &mut PushReport,
+    ) -> Result<Vec<PackListing>> {
+        let config = &self.inner.config;
+        let mut stack: Vec<ChunkId> = roots.collect();
+        stack.reverse();
+        let mut visited = HashSet::new();
+        let mut builder: Option<(u64, PackBuilder)> = None;
+        let mut uploads: VecDeque<tokio::task::JoinHandle<Result<PackListing>>> = VecDeque::new();
+        let mut listings = Vec::new();
+        let wait_one = |uploads: &mut VecDeque<tokio::task::JoinHandle<Result<PackListing>>>,
+                        listings: &mut Vec<PackListing>|
+         -> Result<()> {
+            if let Some(handle) = uploads.pop_front() {
+                let listing = self.inner.bucket.run(async move {
+                    handle
+                        .await
+                        .map_err(|e| Error::Config(format!("an upload task failed: {e}")))?
+                })?;
+                listings.push(listing);
+            }
+            Ok(())
+        };
+        while let Some(id) = stack.pop() {
+            if !visited.insert(id) {
+                continue;
+            }
+            report.chunks_walked += 1;
+            if self.inner.index.contains(&id) {
+                // Its closure is in the bucket too: pushes upload closures.
+                report.chunks_present += 1;
+                continue;
+            }
+            let Some((location, frame)) = store.local_frame(&id)? else {
+                return Err(Error::ChunkMissing { id });
+            };
+            if location.kind == ChunkKind::Node {
+                let node = store.get_node(&id)?;
+                stack.extend(node.links.iter().rev().copied());
+            }
+            let (_, pack) = builder.get_or_insert_with(|| {
+                let number = layout::fresh_number();
+                (number, PackBuilder::new(PackId(number)))
+            });
+            pack.append(&frame)?;
+            report.chunks_uploaded += 1;
+            if pack.len() >= config.pack_bytes {
+                if let Some((number, pack)) = builder.take() {
+                    if uploads.len() >= config.parallel {
+                        wait_one(&mut uploads, &mut listings)?;
+                    }
+                    uploads.push_back(self.start_upload(number, pack, report));
+                }
+            }
+        }
+        if let Some((number, pack)) = builder.take() {
+            uploads.push_back(self.start_upload(number, pack, report));
+        }
+        while !uploads.is_empty() {
+            wait_one(&mut uploads, &mut listings)?;
+        }
+        Ok(listings)
+    }
+
+    fn start_upload(
+        &self,
+        number: u64,
+        pack: PackBuilder,
+        report: &mut PushReport,
+    ) -> tokio::task::JoinHandle<Result<PackListing>> {
+        let (bytes, entries) = pack.finish();
+        report.packs += 1;
+        report.bytes_uploaded += bytes.len() as u64;
+        let bucket = self.inner.bucket.clone();
+        let multipart = self.inner.config.multipart_bytes;
+        let part = (self.inner.config.pack_bytes / 2).max(5 << 20);
+        let bytes = Bytes::from(bytes);
+        self.inner.bucket.spawn(async move {
+            let len = bytes.len() as u64;
+            bucket
+                .put(&layout::pack(number), bytes, multipart, part)
+                .await?;
+            Ok(PackListing {
+                number,
+                len,
+                entries,
+            })
+        })
+    }
+
+    /// Pulls remote refs `names` into `store`: each local ref is pointed at
+    /// the remote root, whose chunks are fetched when read (the store must
+    /// have this tier attached). The root itself is fetched and verified
+    /// first, so a pull of damaged or missing data fails here.
+    pub fn pull(&self, store: &Store, names: &[String]) -> Result<Vec<RemoteRef>> {
+        let mut pulled = Vec::with_capacity(names.len());
+        for name in names {
+            let value = self
+                .get_ref(name)?
+                .ok_or_else(|| Error::RefNotFound { name: name.clone() })?;
+            store.get_with_kind(&value.root)?;
+            pulled.push(value);
+        }
+        let moves: Vec<(&str, Option<ChunkId>, RefExpectation)> = pulled
+            .iter()
+            .map(|r| (r.name.as_str(), Some(r.root), RefExpectation::Any))
+            .collect();
+        store.writer("pull").set_refs(&moves)?;
+        Ok(pulled)
+    }
+}

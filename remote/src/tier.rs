@@ -1,0 +1,337 @@
+//! The tier: a bucket, what this node knows of it, and the disk cache;
+//! the chunk source a store reads through.
+
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cas::{ChunkId, ChunkSource, RemoteChunk, StoreConfig};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use object_store::ObjectStore;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::bucket::{Bucket, RequestCounts};
+use crate::cache::{DiskCache, BLOCK_BYTES};
+use crate::config::RemoteConfig;
+use crate::error::{Error, Result};
+use crate::index::{RemoteIndex, RemoteLocation};
+use crate::layout;
+
+/// Blocks fetched ahead of a reader, past the block it reads.
+const READ_AHEAD_BLOCKS: u64 = 4;
+
+/// The marker object's contents.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct BucketMarker {
+    format: String,
+    version: u32,
+    /// The chunking every store using the bucket must share, so that equal
+    /// content has equal chunk ids everywhere.
+    chunking: serde_json::Value,
+}
+
+const MARKER_FORMAT: &str = "strata-bucket";
+/// Bucket format version written by this build.
+pub const BUCKET_VERSION: u32 = 1;
+
+type BlockFuture = Shared<BoxFuture<'static, std::result::Result<Bytes, Arc<String>>>>;
+
+pub(crate) struct Inner {
+    pub(crate) bucket: Arc<Bucket>,
+    pub(crate) config: RemoteConfig,
+    pub(crate) index: RemoteIndex,
+    cache: DiskCache,
+    inflight: Mutex<HashMap<(u64, u64), BlockFuture>>,
+    /// Bounds block requests in flight (foreground and read-ahead).
+    requests: tokio::sync::Semaphore,
+}
+
+/// A node's view of the bucket. Cheap to clone.
+#[derive(Clone)]
+pub struct Remote {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Remote {
+    /// Opens the bucket `config` names, with its disk cache in
+    /// `cache_dir`, for a store configured as `store_config`. The first
+    /// store to use a bucket writes its marker; a store that chunks
+    /// differently is refused.
+    pub fn open(
+        config: &RemoteConfig,
+        cache_dir: &Path,
+        store_config: &StoreConfig,
+    ) -> Result<Remote> {
+        let store = config.open_store()?;
+        Remote::with_object_store(store, config, cache_dir, store_config)
+    }
+
+    /// [`Remote::open`] over an object store made by the caller (tests and
+    /// benchmarks wrap one to inject latency and faults).
+    pub fn with_object_store(
+        store: Arc<dyn ObjectStore>,
+        config: &RemoteConfig,
+        cache_dir: &Path,
+        store_config: &StoreConfig,
+    ) -> Result<Remote> {
+        config.validate()?;
+        let bucket = Bucket::new(store, config.url.clone())?;
+        let cache = DiskCache::open(cache_dir, config.cache_bytes).map_err(|e| {
+            Error::Config(format!("opening the cache at {}: {e}", cache_dir.display()))
+        })?;
+        let remote = Remote {
+            inner: Arc::new(Inner {
+                bucket,
+                config: config.clone(),
+                index: RemoteIndex::default(),
+                cache,
+                inflight: Mutex::new(HashMap::new()),
+                requests: tokio::sync::Semaphore::new(config.parallel * 2),
+            }),
+        };
+        remote.check_marker(store_config)?;
+        Ok(remote)
+    }
+
+    fn check_marker(&self, store_config: &StoreConfig) -> Result<()> {
+        let chunking = serde_json::to_value(store_config.chunking)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let ours = BucketMarker {
+            format: MARKER_FORMAT.into(),
+            version: BUCKET_VERSION,
+            chunking,
+        };
+        let bucket = self.inner.bucket.clone();
+        let bytes = serde_json::to_vec_pretty(&ours).map_err(|e| Error::Config(e.to_string()))?;
+        let marker = object_store::path::Path::from(layout::MARKER);
+        let found = bucket.clone().run(async move {
+            if bucket.put_new(&marker, Bytes::from(bytes)).await? {
+                return Ok(None);
+            }
+            bucket.get(&marker).await
+        })?;
+        let Some(found) = found else { return Ok(()) };
+        let theirs: BucketMarker = serde_json::from_slice(&found).map_err(|e| Error::Corrupt {
+            object: layout::MARKER.into(),
+            reason: e.to_string(),
+        })?;
+        if theirs.format != MARKER_FORMAT {
+            return Err(Error::Incompatible(format!(
+                "{} is not a Strata bucket marker",
+                layout::MARKER
+            )));
+        }
+        if theirs.version != BUCKET_VERSION {
+            return Err(Error::Incompatible(format!(
+                "bucket format version {}, this build understands {BUCKET_VERSION}",
+                theirs.version
+            )));
+        }
+        if theirs.chunking != ours.chunking {
+            return Err(Error::Incompatible(format!(
+                "the bucket's stores chunk with {}, this store with {}",
+                theirs.chunking, ours.chunking
+            )));
+        }
+        Ok(())
+    }
+
+    /// The bucket (for its request counts and raw access).
+    pub fn bucket(&self) -> &Arc<Bucket> {
+        &self.inner.bucket
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RemoteConfig {
+        &self.inner.config
+    }
+
+    /// Requests made so far.
+    pub fn counts(&self) -> RequestCounts {
+        self.inner.bucket.counts()
+    }
+
+    /// Bytes in the disk cache.
+    pub fn cache_used_bytes(&self) -> u64 {
+        self.inner.cache.used_bytes()
+    }
+
+    /// Empties the disk cache.
+    pub fn clear_cache(&self) {
+        self.inner.cache.clear();
+    }
+
+    /// Chunks and packs this node knows the bucket holds.
+    pub fn known(&self) -> (usize, usize) {
+        (
+            self.inner.index.chunk_count(),
+            self.inner.index.pack_count(),
+        )
+    }
+
+    /// Makes `store` read chunks it lacks from the bucket.
+    pub fn attach(&self, store: &cas::Store) {
+        store.attach_source(Arc::new(self.clone()));
+    }
+
+    /// Reads the index objects written since the last refresh.
+    pub fn refresh(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        self.inner.bucket.run(async move {
+            inner
+                .index
+                .refresh(&inner.bucket, inner.config.parallel)
+                .await
+        })
+    }
+
+    /// Where chunk `id` is in the bucket; a miss refreshes the listing
+    /// (at most twice a second).
+    pub fn locate(&self, id: &ChunkId) -> Result<Option<RemoteLocation>> {
+        if let Some(location) = self.inner.index.get(id) {
+            return Ok(Some(location));
+        }
+        if !self.inner.index.may_refresh_on_miss() {
+            return Ok(None);
+        }
+        self.refresh()?;
+        Ok(self.inner.index.get(id))
+    }
+
+    /// The frame of chunk `id`: from the disk cache if it holds a valid
+    /// copy, else fetched (whole blocks, cached) with read-ahead.
+    pub fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let location = self.locate(id)?.ok_or(Error::ChunkMissing { id: *id })?;
+        let start = location.entry.offset;
+        let len = location.entry.frame_len();
+        let last_block = (start + len - 1) / BLOCK_BYTES;
+        if let Some(bytes) = self.inner.cache.read(location.pack, start, len as usize) {
+            if frame_is(&bytes, id) {
+                self.read_ahead(
+                    location.pack,
+                    last_block + 1..=last_block + READ_AHEAD_BLOCKS,
+                );
+                return Ok(bytes);
+            }
+        }
+        let first_block = start / BLOCK_BYTES;
+        let futures: Vec<BlockFuture> = (first_block..=last_block)
+            .map(|block| block_future(&self.inner, location.pack, block))
+            .collect();
+        self.read_ahead(
+            location.pack,
+            last_block + 1..=last_block + READ_AHEAD_BLOCKS,
+        );
+        let blocks = self.inner.bucket.run(async move {
+            let mut out = Vec::with_capacity(futures.len());
+            for future in futures {
+                out.push(future.await.map_err(|e| Error::Bucket {
+                    context: "fetching a block".into(),
+                    source: object_store::Error::Generic {
+                        store: "strata",
+                        source: e.to_string().into(),
+                    },
+                })?);
+            }
+            Ok(out)
+        })?;
+        let mut frame = Vec::with_capacity(len as usize);
+        let mut at = start;
+        for (i, block) in blocks.iter().enumerate() {
+            let block_start = (first_block + i as u64) * BLOCK_BYTES;
+            let from = (at - block_start) as usize;
+            let to = ((start + len).min(block_start + block.len() as u64) - block_start) as usize;
+            if from > to || to > block.len() {
+                break;
+            }
+            frame.extend_from_slice(&block[from..to]);
+            at = block_start + to as u64;
+        }
+        if frame.len() as u64 != len || !frame_is(&frame, id) {
+            return Err(Error::Corrupt {
+                object: layout::pack(location.pack).to_string(),
+                reason: format!("the frame of chunk {id} at offset {start} does not check"),
+            });
+        }
+        Ok(frame)
+    }
+
+    /// Starts fetching `blocks` of `pack` that are neither cached nor in
+    /// flight.
+    fn read_ahead(&self, pack: u64, blocks: RangeInclusive<u64>) {
+        let Some(pack_len) = self.inner.index.pack_len(pack) else {
+            return;
+        };
+        for block in blocks {
+            if block * BLOCK_BYTES >= pack_len {
+                break;
+            }
+            if self.inner.cache.has_block(pack, block)
+                || self.inner.inflight.lock().contains_key(&(pack, block))
+            {
+                continue;
+            }
+            let future = block_future(&self.inner, pack, block);
+            self.inner.bucket.spawn(async move {
+                let _ = future.await;
+            });
+        }
+    }
+}
+
+/// Whether `bytes` is a frame of chunk `id` whose crc checks.
+fn frame_is(bytes: &[u8], id: &ChunkId) -> bool {
+    cas::check_frame(bytes).is_ok_and(|header| header.id == *id)
+}
+
+/// The fetch of block `block` of `pack`, shared by everyone who needs it
+/// while it is in flight; a fetched block is written to the disk cache.
+fn block_future(inner: &Arc<Inner>, pack: u64, block: u64) -> BlockFuture {
+    let mut inflight = inner.inflight.lock();
+    if let Some(future) = inflight.get(&(pack, block)) {
+        return future.clone();
+    }
+    let me = inner.clone();
+    let future = async move {
+        let result = async {
+            let _permit = me.requests.acquire().await.map_err(|e| e.to_string())?;
+            let pack_len = me
+                .index
+                .pack_len(pack)
+                .ok_or_else(|| format!("pack {pack:016x} is not listed in the bucket's index"))?;
+            let start = block * BLOCK_BYTES;
+            let end = (start + BLOCK_BYTES).min(pack_len);
+            let bytes = me
+                .bucket
+                .get_range(&layout::pack(pack), start..end)
+                .await
+                .map_err(|e| e.to_string())?;
+            me.cache.write_block(pack, block, &bytes);
+            Ok::<Bytes, String>(bytes)
+        }
+        .await;
+        me.inflight.lock().remove(&(pack, block));
+        result.map_err(Arc::new)
+    }
+    .boxed()
+    .shared();
+    inflight.insert((pack, block), future.clone());
+    future
+}
+
+impl ChunkSource for Remote {
+    fn lookup(&self, id: &ChunkId) -> cas::Result<Option<RemoteChunk>> {
+        Ok(self.locate(id)?.map(|location| RemoteChunk {
+            kind: location.entry.kind,
+            raw_len: location.entry.raw_len,
+            stored_len: location.entry.stored_len,
+        }))
+    }
+
+    fn fetch_frame(&self, id: &ChunkId) -> cas::Result<Vec<u8>> {
+        Ok(self.fetch(id)?)
+    }
+}
