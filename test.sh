@@ -14,6 +14,8 @@ fixtures/pjdfstest.sh
 # The 9p guest: Debian's kernel and a busybox initramfs for QEMU (cached),
 # with qemu-system-x86 and diod.
 fixtures/guest-9p.sh >/dev/null
+# The remote tier's tests run against a real S3 server on loopback: moto.
+command -v moto_server >/dev/null || python3 -m pip install -q 'moto[server]>=5,<6'
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -136,6 +136,34 @@ pub enum Op {
     /// Forgets an ended sandbox: its record and log.
     #[serde(rename = "sandbox.remove")]
     SandboxRemove { id: String },
+    /// Uploads refs (`image/NAME`, `snapshot/ID`) and what they reach to
+    /// the bucket, then moves the bucket's refs.
+    #[serde(rename = "remote.push")]
+    RemotePush { refs: Vec<String> },
+    /// Points local refs at the bucket's; their data is fetched when read.
+    #[serde(rename = "remote.pull")]
+    RemotePull { refs: Vec<String> },
+    /// The bucket's refs whose names start with `prefix`.
+    #[serde(rename = "remote.list")]
+    RemoteList { prefix: String },
+    /// The bucket, the cache and the requests made.
+    #[serde(rename = "remote.status")]
+    RemoteStatus,
+}
+
+/// `remote.status` answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoteStatus {
+    /// The bucket URL.
+    pub url: String,
+    pub cache_dir: PathBuf,
+    pub cache_used_bytes: u64,
+    pub cache_limit_bytes: u64,
+    /// Chunks and packs this node knows the bucket holds.
+    pub known_chunks: usize,
+    pub known_packs: usize,
+    /// Requests since the daemon started.
+    pub requests: remote::RequestCounts,
 }
 
 /// A volume bound into a sandbox.

@@ -56,6 +56,17 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if cause.is::<crate::runtime::RuntimeMissing>() {
             return NOT_FOUND;
         }
+        match cause.downcast_ref::<remote::Error>() {
+            Some(e) if e.is_not_found() => return NOT_FOUND,
+            Some(remote::Error::Corrupt { .. }) => return CORRUPTION,
+            Some(remote::Error::RefConflict { .. } | remote::Error::Config(_)) => {
+                return INVALID_INPUT
+            }
+            Some(remote::Error::Incompatible(_)) => return STORE_UNAVAILABLE,
+            Some(remote::Error::Bucket { .. }) => return IO_ERROR,
+            Some(remote::Error::Store(e)) => return class_code(e.class()),
+            _ => {}
+        }
         match cause.downcast_ref::<memsnap::Error>() {
             Some(memsnap::Error::Corrupt { .. }) => return CORRUPTION,
             Some(memsnap::Error::Invalid(_)) => return INVALID_INPUT,
@@ -82,14 +93,7 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
                     .map(layerfs::Error::class)
             });
         if let Some(class) = class {
-            return match class {
-                ErrorClass::NotFound => NOT_FOUND,
-                ErrorClass::InvalidInput => INVALID_INPUT,
-                ErrorClass::StoreUnavailable => STORE_UNAVAILABLE,
-                ErrorClass::Corruption => CORRUPTION,
-                ErrorClass::Io => IO_ERROR,
-                ErrorClass::Internal => FAILURE,
-            };
+            return class_code(class);
         }
         if let Some(e) = cause.downcast_ref::<std::io::Error>() {
             return if e.kind() == std::io::ErrorKind::NotFound {
@@ -100,6 +104,18 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
     }
     FAILURE
+}
+
+/// The exit code of a store error class.
+fn class_code(class: ErrorClass) -> u8 {
+    match class {
+        ErrorClass::NotFound => NOT_FOUND,
+        ErrorClass::InvalidInput => INVALID_INPUT,
+        ErrorClass::StoreUnavailable => STORE_UNAVAILABLE,
+        ErrorClass::Corruption => CORRUPTION,
+        ErrorClass::Io => IO_ERROR,
+        ErrorClass::Internal => FAILURE,
+    }
 }
 
 /// A short name for the error class, for `--json` output.

@@ -30,6 +30,7 @@ pub mod mem_cmd;
 pub mod oci;
 pub mod output;
 pub mod ref_cmd;
+pub mod remote_cmd;
 pub mod runtime;
 pub mod sandbox_cmd;
 pub mod serve9p;

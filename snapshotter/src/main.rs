@@ -15,8 +15,8 @@ use clap::{Parser, Subcommand};
 
 use snapshotter::output::Output;
 use snapshotter::{
-    blob_cmd, daemon, exit, home, image_cmd, mem_cmd, ref_cmd, sandbox_cmd, serve9p_cmd,
-    snapshot_cmd, store_cmd, volume_cmd,
+    blob_cmd, daemon, exit, home, image_cmd, mem_cmd, ref_cmd, remote_cmd, sandbox_cmd,
+    serve9p_cmd, snapshot_cmd, store_cmd, volume_cmd,
 };
 
 /// Strata's node tool: manage the chunk store, blobs, refs and images, and
@@ -82,6 +82,15 @@ enum Command {
     /// and snapshots: create, exec, snapshot, fork, terminate.
     #[command(subcommand)]
     Sandbox(sandbox_cmd::SandboxCommand),
+    /// Upload images or snapshots (and everything they reach) to the
+    /// bucket shared with other nodes (`snapctl daemon --remote URL`).
+    Push(remote_cmd::TransferArgs),
+    /// Take images or snapshots from the bucket: usable at once, their
+    /// data fetched when read.
+    Pull(remote_cmd::TransferArgs),
+    /// The bucket: its refs, the cache, requests made.
+    #[command(subcommand)]
+    Remote(remote_cmd::RemoteCommand),
 }
 
 fn main() -> ExitCode {
@@ -111,6 +120,9 @@ fn main() -> ExitCode {
         Command::Daemon(args) => daemon::run(args, &home, &out),
         Command::Volume(args) => volume_cmd::run(args, &out),
         Command::Sandbox(cmd) => sandbox_cmd::run(cmd, &home, &out),
+        Command::Push(args) => remote_cmd::push(args, &home, &out),
+        Command::Pull(args) => remote_cmd::pull(args, &home, &out),
+        Command::Remote(cmd) => remote_cmd::run(cmd, &home, &out),
     };
     match result {
         Ok(code) => code,

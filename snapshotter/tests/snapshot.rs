@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,65 +22,6 @@ fn sh(dir: &Path, script: &str) {
         "{script}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Everything observable of a directory tree: per path its type, mode,
-/// owner, link count, size, times, link target, extended attributes and a
-/// hash of its bytes.
-fn digest(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        entries.sort();
-        for path in entries {
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            let rel = path.strip_prefix(root).unwrap().display().to_string();
-            let mut xattrs: Vec<String> = xattr::list(&path)
-                .map(|names| {
-                    names
-                        .map(|n| {
-                            let v = xattr::get(&path, &n).ok().flatten().unwrap_or_default();
-                            format!("{}={}", n.to_string_lossy(), String::from_utf8_lossy(&v))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            xattrs.sort();
-            let ft = meta.file_type();
-            let content = if ft.is_file() {
-                blake3::hash(&std::fs::read(&path).unwrap()).to_hex()[..16].to_string()
-            } else if ft.is_symlink() {
-                std::fs::read_link(&path).unwrap().display().to_string()
-            } else {
-                String::new()
-            };
-            let size = if ft.is_dir() { 0 } else { meta.size() };
-            out.insert(
-                rel,
-                format!(
-                    "{:o} {}:{} n{} s{} m{}.{} c{}.{} x[{}] {content}",
-                    meta.mode(),
-                    meta.uid(),
-                    meta.gid(),
-                    meta.nlink(),
-                    size,
-                    meta.mtime(),
-                    meta.mtime_nsec(),
-                    meta.ctime(),
-                    meta.ctime_nsec(),
-                    xattrs.join(",")
-                ),
-            );
-            if ft.is_dir() {
-                stack.push(path);
-            }
-        }
-    }
-    out
 }
 
 struct Node {

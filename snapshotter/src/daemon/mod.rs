@@ -40,18 +40,20 @@ use layerfs::ImportOptions;
 use parking_lot::Mutex;
 
 use crate::api::{
-    self, DaemonInfo, ExportTarget, FrameWriter, MountCreate, MountInfo, Op, Response,
-    SnapshotCreate, SnapshotFork, SnapshotInfo, SnapshotState, API_VERSION,
+    self, DaemonInfo, ExportTarget, FrameWriter, MountCreate, MountInfo, Op, RemoteStatus,
+    Response, SnapshotCreate, SnapshotFork, SnapshotInfo, SnapshotState, API_VERSION,
 };
-use crate::exit;
+use crate::exit::{self, InvalidInput};
 use crate::output::Output;
 use crate::serve9p;
 use crate::snapshots::{now_secs, tree_bytes, Catalog, MOUNT_ROOTS_REF_PREFIX};
 use crate::store_cmd::open_with;
+use remote::{Remote, RemoteConfig, RemoteRef, CONFIG_FILE};
 
 mod memory_ops;
 mod mounts;
 mod process;
+mod remote_ops;
 mod rpc;
 mod sandbox_ops;
 mod snapshot_ops;
@@ -59,6 +61,7 @@ mod snapshot_ops;
 pub use mounts::{umount, umount_patiently};
 pub use process::tune_allocator;
 use process::{check_threads, import_pool, raise_open_file_limit};
+pub use remote_ops::{cache_dir as remote_cache_dir, remote_config, RemoteArgs};
 
 /// The furthest a snapshot's expiry may lie ahead (100 years): anything
 /// larger is a mistake, and past `u64` seconds it would wrap around.
@@ -96,6 +99,8 @@ struct Daemon {
     /// The containers' first processes, reaped when they exit (the daemon
     /// is their subreaper).
     runtime_pids: Arc<Mutex<std::collections::HashSet<i64>>>,
+    /// The bucket shared with other nodes, if one is configured.
+    remote: Option<Remote>,
 }
 
 /// What a new mount shows.
@@ -233,6 +238,8 @@ pub struct DaemonArgs {
         value_parser = clap::value_parser!(i32).range(0..=19)
     )]
     pub p9_queued_nice: i32,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// The default chunk cache: 1/16 of physical memory, within 128 MiB..2 GiB.
@@ -272,6 +279,15 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
             ..cas::OpenOptions::default()
         },
     )?;
+    let remote = match remote_config(home, &args.remote)? {
+        Some(config) => {
+            let remote = Remote::open(&config, &remote_cache_dir(home), store.config())
+                .with_context(|| format!("opening the bucket {}", config.url))?;
+            remote.attach(&store);
+            Some(remote)
+        }
+        None => None,
+    };
     let listener = crate::api_server::bind_socket(&socket, "node daemon")?;
     let catalog = Catalog::open(home, store.clone()).context("opening the snapshot catalog")?;
     let daemon = Arc::new(Daemon {
@@ -286,6 +302,7 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
         memory_servers: Mutex::new(BTreeMap::new()),
         sandboxes: Mutex::new(BTreeMap::new()),
         runtime_pids: Arc::default(),
+        remote,
     });
     sandbox_ops::become_subreaper();
     {

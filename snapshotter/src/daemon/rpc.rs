@@ -225,6 +225,22 @@ impl Daemon {
                 self.sandbox_terminate(&id)
                     .and_then(|info| Ok(serde_json::to_value(info)?)),
             ),
+            Op::RemotePush { refs } => json(
+                self.remote_push(&refs)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::RemotePull { refs } => json(
+                self.remote_pull(&refs)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::RemoteList { prefix } => json(
+                self.remote_list(&prefix)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::RemoteStatus => json(
+                self.remote_status()
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
             Op::MemUnserve { socket } => json(
                 self.mem_unserve(&socket)
                     .and_then(|info| Ok(serde_json::to_value(info)?)),

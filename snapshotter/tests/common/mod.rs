@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -74,7 +76,8 @@ impl Daemon {
         Daemon::start_with(home, &[], args)
     }
 
-    fn start_with(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Daemon {
+    /// Starts the daemon with extra environment variables and arguments.
+    pub fn start_with(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_snapctl"))
             .arg("--home")
             .arg(home)
@@ -131,4 +134,63 @@ pub fn mounts_used(home: &Path) -> Vec<u64> {
         .iter()
         .map(|m| m["used_bytes"].as_u64().expect("used_bytes"))
         .collect()
+}
+
+/// Everything observable of a directory tree: per path its type, mode,
+/// owner, link count, size, times, link target, extended attributes and a
+/// hash of its bytes.
+pub fn digest(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let mut xattrs: Vec<String> = xattr::list(&path)
+                .map(|names| {
+                    names
+                        .map(|n| {
+                            let v = xattr::get(&path, &n).ok().flatten().unwrap_or_default();
+                            format!("{}={}", n.to_string_lossy(), String::from_utf8_lossy(&v))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            xattrs.sort();
+            let ft = meta.file_type();
+            let content = if ft.is_file() {
+                blake3::hash(&std::fs::read(&path).unwrap()).to_hex()[..16].to_string()
+            } else if ft.is_symlink() {
+                std::fs::read_link(&path).unwrap().display().to_string()
+            } else {
+                String::new()
+            };
+            let size = if ft.is_dir() { 0 } else { meta.size() };
+            out.insert(
+                rel,
+                format!(
+                    "{:o} {}:{} n{} s{} m{}.{} c{}.{} x[{}] {content}",
+                    meta.mode(),
+                    meta.uid(),
+                    meta.gid(),
+                    meta.nlink(),
+                    size,
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                    meta.ctime(),
+                    meta.ctime_nsec(),
+                    xattrs.join(",")
+                ),
+            );
+            if ft.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out
 }
