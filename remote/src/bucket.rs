@@ -8,6 +8,7 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -25,6 +26,7 @@ pub struct RequestStats {
     pub deletes: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    pub retries: AtomicU64,
 }
 
 /// A snapshot of [`RequestStats`].
@@ -36,6 +38,9 @@ pub struct RequestCounts {
     pub deletes: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Requests repeated after a transient failure.
+    #[serde(default)]
+    pub retries: u64,
 }
 
 impl RequestStats {
@@ -48,6 +53,7 @@ impl RequestStats {
             deletes: self.deletes.load(Ordering::Relaxed),
             bytes_up: self.bytes_up.load(Ordering::Relaxed),
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
         }
     }
 }
@@ -58,11 +64,25 @@ pub struct Bucket {
     runtime: tokio::runtime::Runtime,
     stats: RequestStats,
     name: String,
+    /// How long a failing request is retried.
+    retry_for: Duration,
+}
+
+/// Whether a failed request may succeed if repeated: a transport error or
+/// a throttled request, not an answer about the object.
+fn transient(error: &object_store::Error) -> bool {
+    matches!(error, object_store::Error::Generic { .. })
 }
 
 impl Bucket {
-    /// Wraps `store`, called `name` in messages.
-    pub fn new(store: Arc<dyn ObjectStore>, name: impl Into<String>) -> Result<Arc<Bucket>> {
+    /// Wraps `store`, called `name` in messages; a request failing with a
+    /// transport error or throttled is repeated with exponential backoff
+    /// for up to `retry_for`.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        name: impl Into<String>,
+        retry_for: Duration,
+    ) -> Result<Arc<Bucket>> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("remote-io")
@@ -74,6 +94,7 @@ impl Bucket {
             runtime,
             stats: RequestStats::default(),
             name: name.into(),
+            retry_for,
         }))
     }
 
@@ -116,6 +137,38 @@ impl Bucket {
         self.runtime.spawn(future)
     }
 
+    /// Runs `op` until it succeeds, fails for good, or `retry_for` has
+    /// passed (backoff 50 ms doubling to 2 s).
+    async fn retrying<T, F, Fut>(&self, mut op: F) -> object_store::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let deadline = Instant::now() + self.retry_for;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match op().await {
+                Err(e) if transient(&e) && Instant::now() + backoff < deadline => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, ?backoff, "retrying a bucket request");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Bucket::put_new`], except that an object already there with
+    /// exactly `bytes` counts as created (a repeated request whose first
+    /// answer was lost).
+    pub async fn put_new_or_same(&self, path: &Path, bytes: Bytes) -> Result<bool> {
+        if self.put_new(path, bytes.clone()).await? {
+            return Ok(true);
+        }
+        Ok(self.get(path).await?.is_some_and(|found| found == bytes))
+    }
+
     /// Writes `bytes` at `path` unless an object is there: `true` if this
     /// call created it, `false` if it existed (nothing was written).
     pub async fn put_new(&self, path: &Path, bytes: Bytes) -> Result<bool> {
@@ -123,11 +176,14 @@ impl Bucket {
         self.stats
             .bytes_up
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        match self
-            .store
-            .put_opts(path, PutPayload::from(bytes), PutMode::Create.into())
-            .await
-        {
+        let put = self.retrying(|| {
+            self.store.put_opts(
+                path,
+                PutPayload::from(bytes.clone()),
+                PutMode::Create.into(),
+            )
+        });
+        match put.await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(Error::bucket(format!("writing {path}"), e)),
@@ -149,17 +205,24 @@ impl Bucket {
         let context = || format!("writing {path}");
         if len < multipart_bytes {
             self.stats.puts.fetch_add(1, Ordering::Relaxed);
-            self.store
-                .put(path, PutPayload::from(bytes))
+            self.retrying(|| self.store.put(path, PutPayload::from(bytes.clone())))
                 .await
                 .map_err(|e| Error::bucket(context(), e))?;
             return Ok(());
         }
-        let mut upload = self
-            .store
-            .put_multipart(path)
+        // A failed multipart upload is started over as a whole.
+        self.retrying(|| self.put_in_parts(path, bytes.clone(), part_bytes))
             .await
-            .map_err(|e| Error::bucket(context(), e))?;
+            .map_err(|e| Error::bucket(context(), e))
+    }
+
+    async fn put_in_parts(
+        &self,
+        path: &Path,
+        bytes: Bytes,
+        part_bytes: u64,
+    ) -> object_store::Result<()> {
+        let mut upload = self.store.put_multipart(path).await?;
         let part = part_bytes.max(5 << 20) as usize;
         let mut parts = Vec::new();
         let mut at = 0;
@@ -171,30 +234,23 @@ impl Bucket {
             parts.push(upload.put_part(PutPayload::from(bytes.slice(at..end))));
             at = end;
         }
-        let uploaded = futures::future::try_join_all(parts).await;
-        if let Err(e) = uploaded {
+        if let Err(e) = futures::future::try_join_all(parts).await {
             let _ = upload.abort().await;
-            return Err(Error::bucket(context(), e));
+            return Err(e);
         }
-        upload
-            .complete()
-            .await
-            .map_err(|e| Error::bucket(context(), e))?;
+        upload.complete().await?;
         Ok(())
     }
 
     /// The object at `path`, or `None`.
     pub async fn get(&self, path: &Path) -> Result<Option<Bytes>> {
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
-        let result = match self.store.get(path).await {
-            Ok(result) => result,
+        let got = self.retrying(|| async { self.store.get(path).await?.bytes().await });
+        let bytes = match got.await {
+            Ok(bytes) => bytes,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(Error::bucket(format!("reading {path}"), e)),
         };
-        let bytes = result
-            .bytes()
-            .await
-            .map_err(|e| Error::bucket(format!("reading {path}"), e))?;
         self.stats
             .bytes_down
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -206,8 +262,7 @@ impl Bucket {
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
         let want = range.end - range.start;
         let bytes = self
-            .store
-            .get_range(path, range.clone())
+            .retrying(|| self.store.get_range(path, range.clone()))
             .await
             .map_err(|e| {
                 Error::bucket(
@@ -234,9 +289,7 @@ impl Bucket {
     /// Every object under `prefix`, at any depth.
     pub async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>> {
         self.stats.lists.fetch_add(1, Ordering::Relaxed);
-        self.store
-            .list(Some(prefix))
-            .try_collect()
+        self.retrying(|| self.store.list(Some(prefix)).try_collect())
             .await
             .map_err(|e| Error::bucket(format!("listing {prefix}/"), e))
     }
@@ -244,8 +297,7 @@ impl Bucket {
     /// The objects directly under `prefix` (not in deeper "directories").
     pub async fn list_here(&self, prefix: &Path) -> Result<Vec<ObjectMeta>> {
         self.stats.lists.fetch_add(1, Ordering::Relaxed);
-        self.store
-            .list_with_delimiter(Some(prefix))
+        self.retrying(|| self.store.list_with_delimiter(Some(prefix)))
             .await
             .map(|listing| listing.objects)
             .map_err(|e| Error::bucket(format!("listing {prefix}/"), e))
@@ -254,7 +306,7 @@ impl Bucket {
     /// Deletes the object at `path`; a missing one is no error.
     pub async fn delete(&self, path: &Path) -> Result<()> {
         self.stats.deletes.fetch_add(1, Ordering::Relaxed);
-        match self.store.delete(path).await {
+        match self.retrying(|| self.store.delete(path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::bucket(format!("deleting {path}"), e)),
         }

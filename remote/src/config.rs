@@ -131,8 +131,9 @@ impl RemoteConfig {
                 max_backoff: Duration::from_secs(5),
                 base: 2.0,
             },
-            max_retries: 10,
-            retry_timeout: Duration::from_secs(self.retry_secs),
+            // The bucket repeats what still fails, within `retry_secs`.
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(self.retry_secs.min(10)),
         };
         let bad_option = |key: &str, e: object_store::Error| {
             Error::Config(format!("option '{key}' for {}: {e}", url.scheme()))

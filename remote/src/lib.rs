@@ -27,6 +27,7 @@ mod index;
 mod layout;
 mod push;
 pub mod refs;
+pub mod shaped;
 mod tier;
 
 pub use bucket::{Bucket, RequestCounts};

@@ -48,6 +48,7 @@ fn delta(after: RequestCounts, before: RequestCounts) -> RequestCounts {
         gets: after.gets - before.gets,
         lists: after.lists - before.lists,
         deletes: after.deletes - before.deletes,
+        retries: after.retries - before.retries,
         bytes_up: after.bytes_up - before.bytes_up,
         bytes_down: after.bytes_down - before.bytes_down,
     }
@@ -75,7 +76,7 @@ impl Remote {
             let bucket = self.inner.bucket.clone();
             let created = bucket
                 .clone()
-                .run(async move { bucket.put_new(&layout::index(number), bytes).await })?;
+                .run(async move { bucket.put_new_or_same(&layout::index(number), bytes).await })?;
             if !created {
                 return Err(Error::Corrupt {
                     object: layout::index(number).to_string(),

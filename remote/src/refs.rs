@@ -158,7 +158,7 @@ pub async fn set(
     };
     let bytes = serde_json::to_vec(&version).map_err(|e| Error::Config(e.to_string()))?;
     let path = layout::ref_version(name, generation);
-    if !bucket.put_new(&path, Bytes::from(bytes)).await? {
+    if !bucket.put_new_or_same(&path, Bytes::from(bytes)).await? {
         return Err(Error::RefConflict {
             name: name.into(),
             expected: describe_expectation(expect),

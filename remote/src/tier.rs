@@ -78,7 +78,11 @@ impl Remote {
         store_config: &StoreConfig,
     ) -> Result<Remote> {
         config.validate()?;
-        let bucket = Bucket::new(store, config.url.clone())?;
+        let bucket = Bucket::new(
+            store,
+            config.url.clone(),
+            std::time::Duration::from_secs(config.retry_secs),
+        )?;
         let cache = DiskCache::open(cache_dir, config.cache_bytes).map_err(|e| {
             Error::Config(format!("opening the cache at {}: {e}", cache_dir.display()))
         })?;

@@ -278,3 +278,95 @@ fn concurrent_ref_updates_lose_nothing() {
         .collect();
     assert_eq!(listed, vec!["image/base".to_string()]);
 }
+
+fn shaped_remote(
+    inner: Arc<dyn object_store::ObjectStore>,
+    faults: remote::shaped::Faults,
+    node: &Node0,
+    config: &RemoteConfig,
+) -> (Remote, Arc<remote::shaped::ShapedStore>) {
+    let shaped = remote::shaped::ShapedStore::new(inner, Default::default(), faults);
+    let remote =
+        Remote::with_object_store(shaped.clone(), config, &node.cache, node.store.config())
+            .unwrap();
+    remote.attach(&node.store);
+    (remote, shaped)
+}
+
+/// Failed, throttled and slow requests are retried: the push, the pull
+/// and every read complete, and the bytes are right.
+#[test]
+fn failing_throttled_and_slow_requests_are_retried() {
+    let inner: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let mut config = RemoteConfig::new("memory://unused");
+    config.pack_bytes = 1 << 20;
+    let faults = remote::shaped::Faults {
+        fail_one_in: 3,
+        throttle_one_in: 5,
+        slow_one_in: 7,
+        slow_by: std::time::Duration::from_millis(100),
+        fail_from: 0,
+    };
+    let a = node();
+    let b = node();
+    let files: Vec<(u64, usize)> = (0..8).map(|i| (300 + i, 700_000)).collect();
+    let written = write_tree(&a.store, "snapshot/faulty", &files);
+    let (remote_a, _) = shaped_remote(inner.clone(), faults, &a, &config);
+    let report = remote_a
+        .push(&a.store, &["snapshot/faulty".into()])
+        .unwrap();
+    assert!(report.packs >= 3, "{report:?}");
+    let (remote_b, shaped_b) = shaped_remote(inner, faults, &b, &config);
+    remote_b
+        .pull(&b.store, &["snapshot/faulty".into()])
+        .unwrap();
+    for (id, data) in &written {
+        assert_eq!(&read_blob(&b.store, id), data);
+    }
+    assert!(remote_a.counts().retries > 0 && remote_b.counts().retries > 0);
+    assert!(shaped_b.counts().1 > 0, "faults were injected");
+}
+
+/// The store goes away in the middle of a push: the push fails with an
+/// error naming the request, the bucket has no ref to what was cut off,
+/// and once the store is back the same push completes.
+#[test]
+fn a_push_cut_off_by_a_dead_store_fails_clearly_and_leaves_no_ref() {
+    let inner: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let mut config = RemoteConfig::new("memory://unused");
+    config.pack_bytes = 1 << 20;
+    config.retry_secs = 1;
+    let a = node();
+    let files: Vec<(u64, usize)> = (0..12).map(|i| (400 + i, 600_000)).collect();
+    let written = write_tree(&a.store, "snapshot/cut", &files);
+    let (remote_a, shaped) = shaped_remote(inner.clone(), Default::default(), &a, &config);
+    let (seen, _) = shaped.counts();
+    // A few pack uploads get through, then nothing does.
+    shaped.set_faults(remote::shaped::Faults {
+        fail_from: seen + 5,
+        ..Default::default()
+    });
+    let err = remote_a
+        .push(&a.store, &["snapshot/cut".into()])
+        .unwrap_err();
+    assert!(matches!(err, remote::Error::Bucket { .. }), "{err}");
+    assert!(err.to_string().contains("connection refused"), "{err}");
+    let refs: Vec<_> = futures::executor::block_on(async {
+        use futures::TryStreamExt;
+        inner
+            .list(Some(&object_store::path::Path::from("refs")))
+            .try_collect::<Vec<_>>()
+            .await
+    })
+    .unwrap();
+    assert!(refs.is_empty(), "no ref after a failed push: {refs:?}");
+
+    shaped.set_faults(Default::default());
+    remote_a.push(&a.store, &["snapshot/cut".into()]).unwrap();
+    let b = node();
+    let (remote_b, _) = shaped_remote(inner, Default::default(), &b, &config);
+    remote_b.pull(&b.store, &["snapshot/cut".into()]).unwrap();
+    for (id, data) in &written {
+        assert_eq!(&read_blob(&b.store, id), data);
+    }
+}
