@@ -8,6 +8,7 @@
 #   benches/run.sh volume [--runs N] [--sizes 10000,100000,1000000] [--baseline-max N]
 #   benches/run.sh memory [--runs N] [--image-mib M] [--cells-kib 64,16,256]
 #   benches/run.sh sandbox [--runs N] [--forks N] [--runtimes runsc,runc]
+#   benches/run.sh remote [--runs N] [--random-mib M] [--latency-ms 15] [--connection-mbs 100]
 #   benches/run.sh reliability [CUTS]   # power cuts per suite (default 350;
 #                                       # three suites: 1,050 cuts in all),
 #                                       # then 10 min of load on 200 mounts
@@ -55,6 +56,13 @@ case "$bench" in
         fixtures/debian-rootfs.sh bookworm-minbase
         cargo build --release --locked -p strata-benches -p snapshotter
         exec target/release/strata-bench sandbox "$@"
+        ;;
+    remote)
+        scripts/install-deps.sh restic
+        command -v moto_server >/dev/null || python3 -m pip install -q 'moto[server]>=5,<6'
+        fixtures/debian-rootfs.sh bookworm-minbase
+        cargo build --release --locked -p strata-benches
+        exec target/release/strata-bench remote "$@"
         ;;
     volume)
         scripts/install-deps.sh restic git

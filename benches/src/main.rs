@@ -12,6 +12,7 @@ mod machine;
 mod memory_bench;
 mod p9_bench;
 mod reliability;
+mod remote_bench;
 mod report;
 mod sandbox_bench;
 mod snapshot_bench;
@@ -66,6 +67,9 @@ enum Command {
     /// snapshot) vs the same runtime on a plain directory and on kernel
     /// overlayfs; 100 forks of a running sandbox.
     Sandbox(sandbox_bench::Args),
+    /// The remote-tier benchmark: push and cold reads through an emulated
+    /// object store, and beside restic on a real S3 server (moto).
+    Remote(remote_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,5 +93,6 @@ fn main() -> anyhow::Result<()> {
         Command::Volume(args) => volume_bench::run(args),
         Command::Memory(args) => memory_bench::run(args),
         Command::Sandbox(args) => sandbox_bench::run(args),
+        Command::Remote(args) => remote_bench::run(args),
     }
 }

@@ -183,6 +183,15 @@ impl DiskCache {
         }
     }
 
+    /// Forgets what this process wrote of `pack` (its file was found
+    /// missing or damaged), so that its blocks are fetched again.
+    pub fn forget(&self, pack: u64) {
+        let mut state = self.state.lock();
+        if let Some(p) = state.packs.remove(&pack) {
+            state.total = state.total.saturating_sub(p.charged);
+        }
+    }
+
     /// Forgets every cached block (the files are removed).
     pub fn clear(&self) {
         let mut state = self.state.lock();

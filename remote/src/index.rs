@@ -124,6 +124,8 @@ pub struct RemoteIndex {
     chunks: RwLock<HashMap<ChunkId, RemoteLocation>>,
     /// Pack number → object length.
     packs: RwLock<HashMap<u64, u64>>,
+    /// Packs holding only nodes.
+    node_packs: RwLock<HashSet<u64>>,
     /// Index objects already read.
     read: Mutex<HashSet<u64>>,
     /// When the listing was last refreshed.
@@ -151,6 +153,13 @@ impl RemoteIndex {
         self.packs.read().get(&number).copied()
     }
 
+    /// Whether every frame of pack `number` holds a node (a push puts
+    /// nodes in packs of their own, so that a tree's directories come in
+    /// few requests).
+    pub fn is_node_pack(&self, number: u64) -> bool {
+        self.node_packs.read().contains(&number)
+    }
+
     /// Chunks known.
     pub fn chunk_count(&self) -> usize {
         self.chunks.read().len()
@@ -165,8 +174,14 @@ impl RemoteIndex {
     pub fn add(&self, packs: &[PackListing]) {
         let mut chunks = self.chunks.write();
         let mut known = self.packs.write();
+        let mut node_packs = self.node_packs.write();
         for pack in packs {
             known.insert(pack.number, pack.len);
+            if !pack.entries.is_empty()
+                && pack.entries.iter().all(|e| e.kind == cas::ChunkKind::Node)
+            {
+                node_packs.insert(pack.number);
+            }
             for entry in &pack.entries {
                 chunks.entry(entry.id).or_insert(RemoteLocation {
                     pack: pack.number,
@@ -181,9 +196,15 @@ impl RemoteIndex {
         self.read.lock().insert(number);
     }
 
+    /// Waits for a refresh in progress, if any, to end.
+    pub async fn settled(&self) {
+        drop(self.refreshing.lock().await);
+    }
+
     /// Reads the index objects not read yet.
     pub async fn refresh(&self, bucket: &Arc<Bucket>, parallel: usize) -> Result<()> {
         let _one = self.refreshing.lock().await;
+        let started = Instant::now();
         let listed = bucket
             .list(&object_store::path::Path::from(layout::INDEX))
             .await?;
@@ -211,7 +232,7 @@ impl RemoteIndex {
             self.add(&packs);
             self.mark_read(number);
         }
-        *self.refreshed.lock() = Some(Instant::now());
+        *self.refreshed.lock() = Some(started);
         Ok(())
     }
 

@@ -171,6 +171,7 @@ impl Remote {
         stack.reverse();
         let mut visited = HashSet::new();
         let mut builder: Option<(u64, PackBuilder)> = None;
+        let mut node_builder: Option<(u64, PackBuilder)> = None;
         let mut uploads: VecDeque<tokio::task::JoinHandle<Result<PackListing>>> = VecDeque::new();
         let mut listings = Vec::new();
         let wait_one = |uploads: &mut VecDeque<tokio::task::JoinHandle<Result<PackListing>>>,
@@ -203,14 +204,21 @@ impl Remote {
                 let node = store.get_node(&id)?;
                 stack.extend(node.links.iter().rev().copied());
             }
-            let (_, pack) = builder.get_or_insert_with(|| {
+            // Nodes go to packs of their own: a reader of the tree gets
+            // its directories in a few requests.
+            let slot = if location.kind == ChunkKind::Node {
+                &mut node_builder
+            } else {
+                &mut builder
+            };
+            let (_, pack) = slot.get_or_insert_with(|| {
                 let number = layout::fresh_number();
                 (number, PackBuilder::new(PackId(number)))
             });
             pack.append(&frame)?;
             report.chunks_uploaded += 1;
             if pack.len() >= config.pack_bytes {
-                if let Some((number, pack)) = builder.take() {
+                if let Some((number, pack)) = slot.take() {
                     if uploads.len() >= config.parallel {
                         wait_one(&mut uploads, &mut listings)?;
                     }
@@ -218,7 +226,7 @@ impl Remote {
                 }
             }
         }
-        if let Some((number, pack)) = builder.take() {
+        for (number, pack) in [builder.take(), node_builder.take()].into_iter().flatten() {
             uploads.push_back(self.start_upload(number, pack, report));
         }
         while !uploads.is_empty() {
@@ -263,6 +271,9 @@ impl Remote {
             let value = self
                 .get_ref(name)?
                 .ok_or_else(|| Error::RefNotFound { name: name.clone() })?;
+            // The tree's directories start coming with its root.
+            self.locate(&value.root)?;
+            self.prefetch_nodes_of(&value.root);
             store.get_with_kind(&value.root)?;
             pulled.push(value);
         }

@@ -21,7 +21,9 @@ use crate::index::{RemoteIndex, RemoteLocation};
 use crate::layout;
 
 /// Blocks fetched ahead of a reader, past the block it reads.
-const READ_AHEAD_BLOCKS: u64 = 4;
+const READ_AHEAD_BLOCKS: u64 = 8;
+/// Most blocks of a node pack fetched ahead when a tree is pulled.
+const MAX_NODE_PREFETCH_BLOCKS: u64 = 16;
 
 /// The marker object's contents.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -96,6 +98,18 @@ impl Remote {
                 requests: tokio::sync::Semaphore::new(config.parallel * 2),
             }),
         };
+        // Learn the bucket's chunks in the background, while the marker is
+        // checked; the first lookup waits for it.
+        let inner = remote.inner.clone();
+        remote.inner.bucket.spawn(async move {
+            if let Err(e) = inner
+                .index
+                .refresh(&inner.bucket, inner.config.parallel)
+                .await
+            {
+                tracing::warn!(error = %e, "reading the bucket's index");
+            }
+        });
         remote.check_marker(store_config)?;
         Ok(remote)
     }
@@ -111,7 +125,11 @@ impl Remote {
         let bucket = self.inner.bucket.clone();
         let bytes = serde_json::to_vec_pretty(&ours).map_err(|e| Error::Config(e.to_string()))?;
         let marker = object_store::path::Path::from(layout::MARKER);
+        // Read first: a bucket is set up once and opened often.
         let found = bucket.clone().run(async move {
+            if let Some(found) = bucket.get(&marker).await? {
+                return Ok(Some(found));
+            }
             if bucket.put_new(&marker, Bytes::from(bytes)).await? {
                 return Ok(None);
             }
@@ -198,6 +216,15 @@ impl Remote {
         if let Some(location) = self.inner.index.get(id) {
             return Ok(Some(location));
         }
+        // A refresh under way (the one started at opening) may bring it.
+        let inner = self.inner.clone();
+        self.inner.bucket.run(async move {
+            inner.index.settled().await;
+            Ok(())
+        })?;
+        if let Some(location) = self.inner.index.get(id) {
+            return Ok(Some(location));
+        }
         if !self.inner.index.may_refresh_on_miss() {
             return Ok(None);
         }
@@ -221,14 +248,54 @@ impl Remote {
                 return Ok(bytes);
             }
         }
+        if self
+            .inner
+            .cache
+            .has_block(location.pack, start / BLOCK_BYTES)
+        {
+            // Written here, yet not readable: the cache was wiped or
+            // damaged under us. Fetch its blocks again.
+            self.inner.cache.forget(location.pack);
+        }
         let first_block = start / BLOCK_BYTES;
-        let futures: Vec<BlockFuture> = (first_block..=last_block)
-            .map(|block| block_future(&self.inner, location.pack, block))
-            .collect();
-        self.read_ahead(
-            location.pack,
-            last_block + 1..=last_block + READ_AHEAD_BLOCKS,
-        );
+        let blocks = first_block..=last_block;
+        let in_flight: Option<Vec<BlockFuture>> = {
+            let inflight = self.inner.inflight.lock();
+            blocks
+                .clone()
+                .map(|block| inflight.get(&(location.pack, block)).cloned())
+                .collect()
+        };
+        // The blocks come in the background (and the next ones after
+        // them); unless they are already coming, this frame alone is
+        // fetched now, so a first read waits for one small request, not a
+        // whole block.
+        self.read_ahead(location.pack, first_block..=last_block + READ_AHEAD_BLOCKS);
+        let frame = match in_flight {
+            Some(futures) => self.assemble(&location, futures)?,
+            None => {
+                let bucket = self.inner.bucket.clone();
+                let path = layout::pack(location.pack);
+                let bytes = bucket
+                    .clone()
+                    .run(async move { bucket.get_range(&path, start..start + len).await })?;
+                bytes.to_vec()
+            }
+        };
+        if frame.len() as u64 != len || !frame_is(&frame, id) {
+            return Err(Error::Corrupt {
+                object: layout::pack(location.pack).to_string(),
+                reason: format!("the frame of chunk {id} at offset {start} does not check"),
+            });
+        }
+        Ok(frame)
+    }
+
+    /// A frame from the blocks that hold it.
+    fn assemble(&self, location: &RemoteLocation, futures: Vec<BlockFuture>) -> Result<Vec<u8>> {
+        let start = location.entry.offset;
+        let len = location.entry.frame_len();
+        let first_block = start / BLOCK_BYTES;
         let blocks = self.inner.bucket.run(async move {
             let mut out = Vec::with_capacity(futures.len());
             for future in futures {
@@ -254,13 +321,23 @@ impl Remote {
             frame.extend_from_slice(&block[from..to]);
             at = block_start + to as u64;
         }
-        if frame.len() as u64 != len || !frame_is(&frame, id) {
-            return Err(Error::Corrupt {
-                object: layout::pack(location.pack).to_string(),
-                reason: format!("the frame of chunk {id} at offset {start} does not check"),
-            });
-        }
         Ok(frame)
+    }
+
+    /// Starts fetching the whole node pack holding `root` (a pushed
+    /// tree's directories), so that a walk of the tree finds them here.
+    pub fn prefetch_nodes_of(&self, root: &ChunkId) {
+        let Some(location) = self.inner.index.get(root) else {
+            return;
+        };
+        if !self.inner.index.is_node_pack(location.pack) {
+            return;
+        }
+        let Some(len) = self.inner.index.pack_len(location.pack) else {
+            return;
+        };
+        let blocks = len.div_ceil(BLOCK_BYTES).min(MAX_NODE_PREFETCH_BLOCKS);
+        self.read_ahead(location.pack, 0..=blocks.saturating_sub(1));
     }
 
     /// Starts fetching `blocks` of `pack` that are neither cached nor in
