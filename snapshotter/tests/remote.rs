@@ -165,6 +165,37 @@ fn a_snapshot_pushed_by_one_node_mounts_and_reads_on_another() {
         std::fs::read(rootfs.join("etc/debian_version")).unwrap()
     );
 
+    // A memory snapshot taken on A resumes on B: its pages come in from
+    // the bucket as the file is read through a mount (lazily), and
+    // `mem get` writes it back whole.
+    let ram: Vec<u8> = (0..24u32 << 20)
+        .map(|i| {
+            if (i >> 16) % 3 == 0 {
+                0
+            } else {
+                (i.wrapping_mul(40_503) >> 7) as u8
+            }
+        })
+        .collect();
+    let ram_file = a.root.join("guest.ram");
+    std::fs::write(&ram_file, &ram).unwrap();
+    let mem = json(&must(snapctl(
+        &a.home,
+        &["--json", "mem", "put", ram_file.to_str().unwrap()],
+    )));
+    let mem_id = mem["id"].as_str().unwrap().to_string();
+    must(snapctl(&a.home, &["push", "snapshot", &mem_id]));
+    must(snapctl(&b.home, &["pull", "snapshot", &mem_id]));
+    let mm = mount(&b, &["--snapshot", &mem_id], "mm");
+    assert!(std::fs::read(mm.join("memory")).unwrap() == ram);
+    let back = b.root.join("back.ram");
+    must(snapctl(
+        &b.home,
+        &["mem", "get", &mem_id, back.to_str().unwrap()],
+    ));
+    assert!(std::fs::read(&back).unwrap() == ram);
+    must(snapctl(&b.home, &["umount", mm.to_str().unwrap()]));
+
     // Clear errors: a missing snapshot, a ref that is not shared.
     let missing = snapctl(&b.home, &["pull", "snapshot", "000000000000"]);
     assert_eq!(code(&missing), 3, "{}", stderr(&missing));
