@@ -51,6 +51,11 @@ pub struct RemoteConfig {
     /// error is reported, in seconds.
     #[serde(default = "default_retry_secs")]
     pub retry_secs: u64,
+    /// How long a collection waits between condemning packs and deleting
+    /// them; a push that takes more than half of it is refused before its
+    /// refs are written. Every node of a bucket must use the same value.
+    #[serde(default = "default_gc_grace_ms")]
+    pub gc_grace_ms: u64,
 }
 
 fn default_cache_bytes() -> u64 {
@@ -68,6 +73,9 @@ fn default_parallel() -> usize {
 fn default_retry_secs() -> u64 {
     30
 }
+fn default_gc_grace_ms() -> u64 {
+    3_600_000
+}
 
 impl RemoteConfig {
     /// A configuration of `url` with every default.
@@ -80,6 +88,7 @@ impl RemoteConfig {
             multipart_bytes: default_multipart_bytes(),
             parallel: default_parallel(),
             retry_secs: default_retry_secs(),
+            gc_grace_ms: default_gc_grace_ms(),
         }
     }
 

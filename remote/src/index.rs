@@ -208,6 +208,18 @@ impl RemoteIndex {
         let listed = bucket
             .list(&object_store::path::Path::from(layout::INDEX))
             .await?;
+        let listed_numbers: HashSet<u64> = listed
+            .iter()
+            .filter_map(|meta| layout::index_number(&meta.location))
+            .collect();
+        if self.read.lock().iter().any(|n| !listed_numbers.contains(n)) {
+            // A collection merged index objects and deleted packs: what
+            // this node knew may name packs that are gone. Start over.
+            self.chunks.write().clear();
+            self.packs.write().clear();
+            self.node_packs.write().clear();
+            self.read.lock().clear();
+        }
         let new: Vec<u64> = {
             let read = self.read.lock();
             listed

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bucket::RequestCounts;
 use crate::error::{Error, Result};
+use crate::gc;
 use crate::index::{self, PackListing};
 use crate::layout;
 use crate::refs::{self, RemoteRef};
@@ -69,7 +70,49 @@ impl Remote {
             roots.push((name.clone(), value.root));
         }
         let mut report = PushReport::default();
-        let listings = self.upload_closure(store, roots.iter().map(|(_, r)| *r), &mut report)?;
+        // Chunks a collection condemned count as absent (they are
+        // uploaded again); a record written while this push ran that
+        // condemns a chunk it reused makes it walk again.
+        let records = self.gc_records()?;
+        let mut dead = gc::dead_set(&records);
+        let mut seen = gc::record_names(&records);
+        let mut listings = Vec::new();
+        for attempt in 0.. {
+            let mut reused = Vec::new();
+            listings.extend(self.upload_closure(
+                store,
+                roots.iter().map(|(_, r)| *r),
+                &dead,
+                &mut reused,
+                &mut report,
+            )?);
+            let fresh: Vec<_> = self
+                .gc_records()?
+                .into_iter()
+                .filter(|(path, _)| !seen.contains(path.as_ref()))
+                .collect();
+            seen.extend(gc::record_names(&fresh));
+            let newly_dead = gc::dead_set(&fresh);
+            if !reused.iter().any(|id| newly_dead.contains(id)) {
+                break;
+            }
+            if attempt == 3 {
+                return Err(Error::RefConflict {
+                    name: names.join(", "),
+                    expected: "a bucket not being collected under this push".into(),
+                    found: "collections condemning what it reuses, again and again".into(),
+                });
+            }
+            dead.extend(newly_dead);
+        }
+        let grace = std::time::Duration::from_millis(self.inner.config.gc_grace_ms);
+        if started.elapsed() > grace / 2 {
+            return Err(Error::Config(format!(
+                "the push took {:.0?}, more than half the bucket's GC grace period ({grace:?}): \
+                 what it checked may be collected before its refs exist; run it again",
+                started.elapsed()
+            )));
+        }
         if !listings.is_empty() {
             let number = layout::fresh_number();
             let bytes = Bytes::from(index::encode(&listings));
@@ -164,6 +207,8 @@ impl Remote {
         &self,
         store: &Store,
         roots: impl Iterator<Item = ChunkId>,
+        dead: &HashSet<ChunkId>,
+        reused: &mut Vec<ChunkId>,
         report: &mut PushReport,
     ) -> Result<Vec<PackListing>> {
         let config = &self.inner.config;
@@ -192,21 +237,35 @@ impl Remote {
                 continue;
             }
             report.chunks_walked += 1;
-            if self.inner.index.contains(&id) {
-                // Its closure is in the bucket too: pushes upload closures.
+            if self.inner.index.contains(&id) && !dead.contains(&id) {
+                // Its closure is in the bucket too: pushes upload closures,
+                // and collections condemn closures.
                 report.chunks_present += 1;
+                reused.push(id);
                 continue;
             }
-            let Some((location, frame)) = store.local_frame(&id)? else {
-                return Err(Error::ChunkMissing { id });
+            let (kind, frame) = match store.local_frame(&id)? {
+                Some((location, frame)) => (location.kind, frame),
+                // Condemned in the bucket and not here: copied back.
+                None if self.inner.index.contains(&id) => {
+                    let frame = self.fetch(&id)?;
+                    let kind = cas::check_frame(&frame)
+                        .map_err(|reason| Error::Corrupt {
+                            object: format!("the frame of chunk {id}"),
+                            reason,
+                        })?
+                        .kind;
+                    (kind, frame)
+                }
+                None => return Err(Error::ChunkMissing { id }),
             };
-            if location.kind == ChunkKind::Node {
+            if kind == ChunkKind::Node {
                 let node = store.get_node(&id)?;
                 stack.extend(node.links.iter().rev().copied());
             }
             // Nodes go to packs of their own: a reader of the tree gets
             // its directories in a few requests.
-            let slot = if location.kind == ChunkKind::Node {
+            let slot = if kind == ChunkKind::Node {
                 &mut node_builder
             } else {
                 &mut builder

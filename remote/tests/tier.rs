@@ -374,3 +374,140 @@ fn a_push_cut_off_by_a_dead_store_fails_clearly_and_leaves_no_ref() {
         assert_eq!(&read_blob(&b.store, id), data);
     }
 }
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Node B pushes trees that reuse chunks of trees it deleted from the
+/// bucket, while node A collects the bucket with a short grace period,
+/// in random interleavings: every ref left in the bucket reads whole on
+/// a fresh node, also after later collections sweep everything dead.
+#[test]
+fn collection_beside_pushes_never_deletes_what_a_ref_reaches() {
+    for seed in 1..=3u64 {
+        let bucket: Arc<dyn object_store::ObjectStore> =
+            Arc::new(object_store::memory::InMemory::new());
+        let mut config = RemoteConfig::new("memory://unused");
+        config.pack_bytes = 1 << 20;
+        config.gc_grace_ms = 1000;
+        let grace = std::time::Duration::from_millis(config.gc_grace_ms);
+        let a = node();
+        let b = node();
+        let remote_a =
+            Remote::with_object_store(bucket.clone(), &config, &a.cache, a.store.config()).unwrap();
+        remote_a.attach(&a.store);
+        // B's requests are slow, so that its pushes take long enough for
+        // collections to run between its checks and its refs.
+        let slow = remote::shaped::ShapedStore::new(
+            bucket.clone(),
+            remote::shaped::Shape {
+                latency: std::time::Duration::from_millis(5),
+                bytes_per_sec: 0,
+            },
+            Default::default(),
+        );
+        let remote_b =
+            Remote::with_object_store(slow, &config, &b.cache, b.store.config()).unwrap();
+        remote_b.attach(&b.store);
+        // B's pool of blobs, reused by its trees.
+        let writer = b.store.writer("pool");
+        let pool: Vec<ChunkId> = (0..24)
+            .map(|i| {
+                let data = bytes(seed * 1000 + i, 150_000 + (i as usize) * 1000);
+                writer
+                    .write_blob(&mut &data[..], Chunking::ContentDefined)
+                    .unwrap()
+                    .id
+            })
+            .collect();
+        writer.commit().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let collector = {
+            let remote_a = remote_a.clone();
+            let store = a.store.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed * 77 + 1);
+                let mut swept = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    swept += remote_a.gc(&store).unwrap().swept_packs;
+                    std::thread::sleep(std::time::Duration::from_millis(rng.next() % 30));
+                }
+                swept
+            })
+        };
+        let mut rng = Rng(seed);
+        let mut names: Vec<String> = Vec::new();
+        for round in 0..40 {
+            let links: Vec<ChunkId> = (0..4)
+                .map(|_| pool[(rng.next() % pool.len() as u64) as usize])
+                .collect();
+            let writer = b.store.writer("round");
+            let root = writer
+                .put_node(&Node::new(
+                    NodeType(255),
+                    links,
+                    format!("round {round}").into_bytes(),
+                ))
+                .unwrap()
+                .id;
+            let name = format!("snapshot/s{seed}-{round}");
+            writer.set_ref(&name, root, RefExpectation::Any).unwrap();
+            remote_b
+                .push(&b.store, std::slice::from_ref(&name))
+                .unwrap();
+            names.push(name);
+            // Drop some refs from the bucket: their chunks become dead,
+            // and later rounds reuse them.
+            if rng.next() % 2 == 0 && names.len() > 2 {
+                let victim = names.remove((rng.next() % names.len() as u64) as usize);
+                remote_b
+                    .set_ref(&victim, None, RefExpectation::Any)
+                    .unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(rng.next() % 25));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let swept = collector.join().unwrap();
+        // Sweep everything dead, twice (condemn, then delete).
+        std::thread::sleep(grace);
+        remote_a.gc(&a.store).unwrap();
+        std::thread::sleep(grace);
+        let last = remote_a.gc(&a.store).unwrap();
+        eprintln!("seed {seed}: {swept} packs swept during the pushes; last: {last:?}");
+        // The test is only worth something if collections deleted packs
+        // while the pushes ran.
+        assert!(swept + last.swept_packs > 0, "nothing was ever swept");
+        // A fresh node reads every ref left, whole.
+        let c = node();
+        let remote_c =
+            Remote::with_object_store(bucket.clone(), &config, &c.cache, c.store.config()).unwrap();
+        remote_c.attach(&c.store);
+        let left: Vec<String> = remote_c
+            .list_refs("snapshot/")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(left, {
+            let mut sorted = names.clone();
+            sorted.sort();
+            sorted
+        });
+        remote_c.pull(&c.store, &left).unwrap();
+        for name in &left {
+            let root = c.store.get_ref(name).unwrap().unwrap().root;
+            for link in c.store.get_node(&root).unwrap().links {
+                let mut out = Vec::new();
+                c.store.blob(&link).unwrap().copy_to(&mut out).unwrap();
+            }
+        }
+    }
+}

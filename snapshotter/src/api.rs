@@ -149,6 +149,11 @@ pub enum Op {
     /// The bucket, the cache and the requests made.
     #[serde(rename = "remote.status")]
     RemoteStatus,
+    /// One collection of the bucket: sweeps what was condemned longer
+    /// than the grace period ago and nothing reaches, condemns what
+    /// nothing reaches now.
+    #[serde(rename = "remote.gc")]
+    RemoteGc,
 }
 
 /// `remote.status` answer.

@@ -53,6 +53,10 @@ pub enum RemoteCommand {
     /// The bucket, the cache and the requests made since the daemon
     /// started.
     Status,
+    /// Collect the bucket: delete packs condemned by an earlier
+    /// collection more than the grace period ago (`gc_grace_ms`, default
+    /// 1 h) that nothing reaches, and condemn what nothing reaches now.
+    Gc,
 }
 
 fn ref_line(r: &RemoteRef) -> String {
@@ -110,6 +114,21 @@ pub fn run(cmd: RemoteCommand, home: &Path, out: &Output) -> anyhow::Result<Exit
             let refs: Vec<RemoteRef> = client.call(Op::RemoteList { prefix })?;
             out.print(&refs, || {
                 refs.iter().map(ref_line).collect::<Vec<_>>().join("\n")
+            })?;
+        }
+        RemoteCommand::Gc => {
+            let report: remote::RemoteGcReport = client.call(Op::RemoteGc)?;
+            out.print(&report, || {
+                format!(
+                    "{} chunks live, {} dead ({} packs condemned); swept {} packs ({}), spared {}; {} ms",
+                    report.live_chunks,
+                    report.dead_chunks,
+                    report.condemned_packs,
+                    report.swept_packs,
+                    human_bytes(report.swept_bytes),
+                    report.spared_packs,
+                    report.millis
+                )
             })?;
         }
         RemoteCommand::Status => {

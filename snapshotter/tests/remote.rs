@@ -196,6 +196,11 @@ fn a_snapshot_pushed_by_one_node_mounts_and_reads_on_another() {
     assert!(std::fs::read(&back).unwrap() == ram);
     must(snapctl(&b.home, &["umount", mm.to_str().unwrap()]));
 
+    // A collection keeps everything the bucket's refs reach.
+    let gc = json(&must(snapctl(&a.home, &["--json", "remote", "gc"])));
+    assert!(gc["live_chunks"].as_u64().unwrap() > 1000, "{gc}");
+    assert_eq!(gc["swept_packs"].as_u64(), Some(0), "{gc}");
+
     // Clear errors: a missing snapshot, a ref that is not shared.
     let missing = snapctl(&b.home, &["pull", "snapshot", "000000000000"]);
     assert_eq!(code(&missing), 3, "{}", stderr(&missing));

@@ -110,6 +110,10 @@ impl Daemon {
         Ok(self.remote()?.list_refs(prefix)?)
     }
 
+    pub(super) fn remote_gc(&self) -> anyhow::Result<remote::RemoteGcReport> {
+        Ok(self.remote()?.gc(&self.store)?)
+    }
+
     pub(super) fn remote_status(&self) -> anyhow::Result<RemoteStatus> {
         let remote = self.remote()?;
         let (known_chunks, known_packs) = remote.known();

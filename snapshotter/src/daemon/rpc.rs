@@ -237,6 +237,10 @@ impl Daemon {
                 self.remote_list(&prefix)
                     .and_then(|info| Ok(serde_json::to_value(info)?)),
             ),
+            Op::RemoteGc => json(
+                self.remote_gc()
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
             Op::RemoteStatus => json(
                 self.remote_status()
                     .and_then(|info| Ok(serde_json::to_value(info)?)),
