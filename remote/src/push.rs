@@ -61,7 +61,6 @@ impl Remote {
     pub fn push(&self, store: &Store, names: &[String]) -> Result<PushReport> {
         let started = Instant::now();
         let before = self.counts();
-        self.refresh()?;
         let mut roots = Vec::with_capacity(names.len());
         for name in names {
             let value = store
@@ -69,6 +68,44 @@ impl Remote {
                 .ok_or_else(|| Error::Store(cas::Error::RefNotFound { name: name.clone() }))?;
             roots.push((name.clone(), value.root));
         }
+        let ids: Vec<ChunkId> = roots.iter().map(|(_, r)| *r).collect();
+        let mut report = self.upload(store, &ids, &names.join(", "))?;
+        for (name, root) in roots {
+            report.refs.push(self.set_remote_ref(&name, root)?);
+        }
+        report.millis = started.elapsed().as_millis() as u64;
+        report.requests = delta(self.counts(), before);
+        Ok(report)
+    }
+
+    /// Uploads what `root` reaches that the bucket lacks, then moves remote
+    /// ref `name` to it only if the ref matches `expect`: a lost race is
+    /// [`Error::RefConflict`] (what was uploaded stays for the next try,
+    /// or for remote GC). Volume heads move this way.
+    pub fn push_root(
+        &self,
+        store: &Store,
+        name: &str,
+        root: ChunkId,
+        expect: RefExpectation,
+    ) -> Result<PushReport> {
+        let started = Instant::now();
+        let before = self.counts();
+        cas::validate_ref_name(name)?;
+        let mut report = self.upload(store, &[root], name)?;
+        report.refs.extend(self.set_ref(name, Some(root), expect)?);
+        report.millis = started.elapsed().as_millis() as u64;
+        report.requests = delta(self.counts(), before);
+        Ok(report)
+    }
+
+    /// Uploads every chunk `roots` reach that the bucket lacks (or that a
+    /// collection condemned), re-validating what it reused, and writes the
+    /// index object listing the new packs: after it, refs to `roots` may
+    /// be written. `what` names the push in errors.
+    fn upload(&self, store: &Store, roots: &[ChunkId], what: &str) -> Result<PushReport> {
+        let started = Instant::now();
+        self.refresh()?;
         let mut report = PushReport::default();
         // Chunks a collection condemned count as absent (they are
         // uploaded again); a record written while this push ran that
@@ -81,7 +118,7 @@ impl Remote {
             let mut reused = Vec::new();
             listings.extend(self.upload_closure(
                 store,
-                roots.iter().map(|(_, r)| *r),
+                roots.iter().copied(),
                 &dead,
                 &mut reused,
                 &mut report,
@@ -98,7 +135,7 @@ impl Remote {
             }
             if attempt == 3 {
                 return Err(Error::RefConflict {
-                    name: names.join(", "),
+                    name: what.into(),
                     expected: "a bucket not being collected under this push".into(),
                     found: "collections condemning what it reuses, again and again".into(),
                 });
@@ -129,11 +166,6 @@ impl Remote {
             self.inner.index.add(&listings);
             self.inner.index.mark_read(number);
         }
-        for (name, root) in roots {
-            report.refs.push(self.set_remote_ref(&name, root)?);
-        }
-        report.millis = started.elapsed().as_millis() as u64;
-        report.requests = delta(self.counts(), before);
         Ok(report)
     }
 
@@ -331,7 +363,8 @@ impl Remote {
                 .get_ref(name)?
                 .ok_or_else(|| Error::RefNotFound { name: name.clone() })?;
             // The tree's directories start coming with its root.
-            self.locate(&value.root)?;
+            self.locate_root(&value.root)?
+                .ok_or(Error::ChunkMissing { id: value.root })?;
             self.prefetch_nodes_of(&value.root);
             store.get_with_kind(&value.root)?;
             pulled.push(value);

@@ -110,7 +110,9 @@ pub async fn get(bucket: &Bucket, name: &str) -> Result<Option<RemoteRef>> {
     }))
 }
 
-fn host_name() -> String {
+/// This machine's host name (what version objects record as their
+/// writer).
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

@@ -232,6 +232,18 @@ impl Remote {
         Ok(self.inner.index.get(id))
     }
 
+    /// Where the root a remote ref names is: a ref is written after the
+    /// index objects listing everything it reaches, so a miss here always
+    /// reads the index objects written since the last refresh (and after
+    /// it, everything the root reaches is known too).
+    pub fn locate_root(&self, id: &ChunkId) -> Result<Option<RemoteLocation>> {
+        if let Some(location) = self.locate(id)? {
+            return Ok(Some(location));
+        }
+        self.refresh()?;
+        Ok(self.inner.index.get(id))
+    }
+
     /// The frame of chunk `id`: from the disk cache if it holds a valid
     /// copy, else fetched (whole blocks, cached) with read-ahead.
     pub fn fetch(&self, id: &ChunkId) -> Result<Vec<u8>> {

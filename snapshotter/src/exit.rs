@@ -56,16 +56,8 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if cause.is::<crate::runtime::RuntimeMissing>() {
             return NOT_FOUND;
         }
-        match cause.downcast_ref::<remote::Error>() {
-            Some(e) if e.is_not_found() => return NOT_FOUND,
-            Some(remote::Error::Corrupt { .. }) => return CORRUPTION,
-            Some(remote::Error::RefConflict { .. } | remote::Error::Config(_)) => {
-                return INVALID_INPUT
-            }
-            Some(remote::Error::Incompatible(_)) => return STORE_UNAVAILABLE,
-            Some(remote::Error::Bucket { .. }) => return IO_ERROR,
-            Some(remote::Error::Store(e)) => return class_code(e.class()),
-            _ => {}
+        if let Some(code) = cause.downcast_ref::<remote::Error>().and_then(remote_code) {
+            return code;
         }
         match cause.downcast_ref::<memsnap::Error>() {
             Some(memsnap::Error::Corrupt { .. }) => return CORRUPTION,
@@ -104,6 +96,19 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
     }
     FAILURE
+}
+
+/// The exit code of a bucket error (`None`: none particular to it).
+pub fn remote_code(error: &remote::Error) -> Option<u8> {
+    Some(match error {
+        e if e.is_not_found() => NOT_FOUND,
+        remote::Error::Corrupt { .. } => CORRUPTION,
+        remote::Error::RefConflict { .. } | remote::Error::Config(_) => INVALID_INPUT,
+        remote::Error::Incompatible(_) => STORE_UNAVAILABLE,
+        remote::Error::Bucket { .. } => IO_ERROR,
+        remote::Error::Store(e) => class_code(e.class()),
+        _ => return None,
+    })
 }
 
 /// The exit code of a store error class.

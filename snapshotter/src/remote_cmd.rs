@@ -20,6 +20,9 @@ pub enum SharedKind {
     Image,
     /// Snapshots (filesystem, directory or memory), by id.
     Snapshot,
+    /// Volumes of the volume server, by name: kept in step with the
+    /// bucket from then on (see `snapctl volume sync`).
+    Volume,
 }
 
 impl SharedKind {
@@ -27,6 +30,7 @@ impl SharedKind {
         match self {
             SharedKind::Image => format!("{}{name}", layerfs::image::IMAGE_REF_PREFIX),
             SharedKind::Snapshot => format!("{}{name}", crate::snapshots::SNAPSHOT_REF_PREFIX),
+            SharedKind::Volume => name.to_string(),
         }
     }
 }
@@ -34,11 +38,41 @@ impl SharedKind {
 /// `snapctl push` and `snapctl pull`.
 #[derive(Args, Debug)]
 pub struct TransferArgs {
-    /// `image` or `snapshot`.
+    /// `image`, `snapshot` or `volume`.
     kind: SharedKind,
-    /// Image names or snapshot ids.
+    /// Image names, snapshot ids or volume names.
     #[arg(required = true)]
     names: Vec<String>,
+    /// The volume server's data directory (volumes). Default:
+    /// $STRATA_VOLUME_HOME, else strata-volumes beside the node daemon's.
+    #[arg(long, env = crate::volume_api::VOLUME_HOME_ENV, value_name = "DIR")]
+    volume_home: Option<std::path::PathBuf>,
+}
+
+/// `snapctl push volume` and `snapctl pull volume`: the volume server
+/// does them.
+fn transfer_volumes(args: TransferArgs, push: bool, out: &Output) -> anyhow::Result<ExitCode> {
+    let home = args
+        .volume_home
+        .unwrap_or_else(crate::volume_api::default_volume_home);
+    let mut client = crate::volume_cmd::connect(&home)?;
+    let mut results = Vec::new();
+    for name in args.names {
+        let op = match push {
+            true => crate::volume_api::VolumeOp::Push { name },
+            false => crate::volume_api::VolumeOp::Pull { name },
+        };
+        let result: crate::volume_api::SyncResult = client.call(op)?;
+        results.push(result);
+    }
+    out.print(&results, || {
+        results
+            .iter()
+            .map(crate::volume_cmd::sync_line)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    Ok(exit::code(exit::OK))
 }
 
 /// `snapctl remote`.
@@ -73,6 +107,9 @@ fn ref_line(r: &RemoteRef) -> String {
 /// `snapctl push KIND NAME…`: uploads what the bucket lacks, then moves
 /// its refs.
 pub fn push(args: TransferArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
+    if let SharedKind::Volume = args.kind {
+        return transfer_volumes(args, true, out);
+    }
     let refs: Vec<String> = args.names.iter().map(|n| args.kind.ref_name(n)).collect();
     let report: PushReport = Client::connect(home)?.call(Op::RemotePush { refs })?;
     out.print(&report, || {
@@ -94,6 +131,9 @@ pub fn push(args: TransferArgs, home: &Path, out: &Output) -> anyhow::Result<Exi
 /// `snapctl pull KIND NAME…`: points local refs at the bucket's; data is
 /// fetched when read.
 pub fn pull(args: TransferArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCode> {
+    if let SharedKind::Volume = args.kind {
+        return transfer_volumes(args, false, out);
+    }
     let refs: Vec<String> = args.names.iter().map(|n| args.kind.ref_name(n)).collect();
     let pulled: Vec<RemoteRef> = Client::connect(home)?.call(Op::RemotePull { refs })?;
     out.print(&pulled, || {

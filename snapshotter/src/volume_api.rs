@@ -137,6 +137,44 @@ pub enum VolumeOp {
     /// Stops a listener; its connections end and their sessions commit.
     #[serde(rename = "serve9p.stop")]
     Serve9pStop { listen: String },
+    /// Puts the volume in the server's bucket and keeps it in step from
+    /// now on (a volume kept in step already is synced).
+    #[serde(rename = "volume.push")]
+    Push { name: String },
+    /// Makes the bucket's volume a volume of this server, kept in step
+    /// from now on (one kept in step already is synced).
+    #[serde(rename = "volume.pull")]
+    Pull { name: String },
+    /// Syncs with the bucket now: one volume kept in step, or (no name)
+    /// each of them; answers a list.
+    #[serde(rename = "volume.sync")]
+    Sync {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+}
+
+/// `volume.push`, `volume.pull` and `volume.sync` result: what one sync
+/// with the bucket did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResult {
+    pub volume: String,
+    /// `unchanged`, `created`, `pushed`, `pulled` or `merged`.
+    pub outcome: String,
+    /// The commit this server and the bucket now agree on (hex), and its
+    /// sequence number.
+    pub commit: String,
+    pub seq: u64,
+    /// The bucket ref's generation.
+    pub generation: u64,
+    /// The merge's conflicts (each keeps both versions).
+    pub conflicts: Vec<ConflictInfo>,
+    /// Times the bucket moved under the sync and it merged again.
+    pub retries: usize,
+    pub bytes_uploaded: u64,
+    /// Set when this volume's sync failed (`volume.sync` of all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn default_file_mode() -> u32 {
@@ -161,6 +199,12 @@ pub struct ServerInfo {
     /// Seconds between background GC runs (0: only when asked).
     #[serde(default)]
     pub gc_interval_secs: u64,
+    /// The bucket volumes are kept in step with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// Seconds between background syncs with the bucket.
+    #[serde(default)]
+    pub sync_secs: u64,
 }
 
 /// One volume.

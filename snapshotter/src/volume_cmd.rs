@@ -14,7 +14,7 @@ use crate::exit;
 use crate::output::{human_bytes, Output};
 use crate::volume_api::{
     self, CommitInfo, CommitResult, ConflictInfo, FileInfo, ReloadResult, ServerInfo, SessionInfo,
-    VolumeInfo, VolumeListenerInfo, VolumeOp, VOLUME_API_VERSION,
+    SyncResult, VolumeInfo, VolumeListenerInfo, VolumeOp, VOLUME_API_VERSION,
 };
 
 /// Nothing answers on the volume server's socket.
@@ -133,6 +133,10 @@ pub enum VolumeCommand {
     /// Reclaim now what no volume, kept commit or live session reaches
     /// (the server also does it every --gc-interval-secs).
     Gc,
+    /// Sync with the server's bucket now: one volume kept in step
+    /// (`snapctl push volume`, `snapctl pull volume`), or each of them
+    /// (the server also does it every --sync-secs and after each commit).
+    Sync { name: Option<String> },
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {
@@ -235,6 +239,29 @@ fn push_conflicts(line: &mut String, conflicts: &[ConflictInfo]) {
                 .unwrap_or_default()
         ));
     }
+}
+
+/// A sync with the bucket for people.
+pub fn sync_line(r: &SyncResult) -> String {
+    if let Some(error) = &r.error {
+        return format!("{}: sync failed: {error}", r.volume);
+    }
+    let mut line = format!(
+        "{}: {} — commit {} ({}), bucket generation {}",
+        r.volume,
+        r.outcome,
+        r.seq,
+        &r.commit[..r.commit.len().min(12)],
+        r.generation
+    );
+    if r.bytes_uploaded > 0 {
+        line.push_str(&format!(", {} uploaded", human_bytes(r.bytes_uploaded)));
+    }
+    if r.retries > 0 {
+        line.push_str(&format!(", {} retries", r.retries));
+    }
+    push_conflicts(&mut line, &r.conflicts);
+    line
 }
 
 /// Runs one `snapctl volume` command.
@@ -499,6 +526,16 @@ pub fn run(args: VolumeArgs, out: &Output) -> anyhow::Result<ExitCode> {
             let report: serde_json::Value = client.call(VolumeOp::Gc)?;
             spinner.finish_and_clear();
             out.print(&report, || crate::store_cmd::describe_gc(&report))?;
+        }
+        VolumeCommand::Sync { name } => {
+            let results: Vec<SyncResult> = client.call(VolumeOp::Sync { name })?;
+            out.print(&results, || {
+                lines_or(
+                    &results,
+                    sync_line,
+                    "no volume is kept in step with the bucket",
+                )
+            })?;
         }
         VolumeCommand::ServerInfo => {
             let info: ServerInfo = client.call(VolumeOp::Info)?;

@@ -35,6 +35,10 @@ pub const VOLUME_HISTORY: NodeType = NodeType(8);
 pub const VOLUME_REF_PREFIX: &str = "volume/";
 /// Ref prefix of volumes' retained histories.
 pub const HISTORY_REF_PREFIX: &str = "volkeep/";
+/// Ref prefix naming, for a volume kept in step with a bucket, the
+/// bucket's commit that its head last agreed with (the base of the next
+/// merge; see [`crate::remote_sync`]).
+pub const SYNC_REF_PREFIX: &str = "volsync/";
 /// Commits a volume keeps by default (its head and the 999 before it);
 /// older ones are reclaimed by GC unless something else names their
 /// trees.
@@ -127,7 +131,7 @@ pub struct Volumes {
     spaces: Mutex<HashMap<String, (Weak<SharedSpace>, u64)>>,
 }
 
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -212,7 +216,7 @@ impl Volumes {
 
     /// The `bytes` of a commit of `tree` on top of `head`: kept for a
     /// volume with a quota, by what changed.
-    fn bytes_after(&self, head: &Head, tree: ChunkId) -> Result<Option<u64>> {
+    pub(crate) fn bytes_after(&self, head: &Head, tree: ChunkId) -> Result<Option<u64>> {
         if head.commit.record.quota_bytes == 0 {
             return Ok(None);
         }
@@ -362,13 +366,49 @@ impl Volumes {
             Err(cas::Error::RefNotFound { .. }) => return Err(Error::NotFound(name.into())),
             Err(e) => return Err(e.into()),
         }
-        match self
-            .store
-            .delete_ref(&history_ref(name), RefExpectation::Any)
-        {
-            Ok(_) | Err(cas::Error::RefNotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+        for other in [history_ref(name), sync_ref(name)] {
+            match self.store.delete_ref(&other, RefExpectation::Any) {
+                Ok(_) | Err(cas::Error::RefNotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(())
+    }
+
+    /// Makes `commit` (one that exists, made here or fetched from a
+    /// bucket) the head of volume `name` if its head is still `expected`
+    /// (`None`: only if the volume does not exist here), moving the refs
+    /// `also` in the same synced write. `None`: the head moved meanwhile.
+    pub(crate) fn adopt(
+        &self,
+        writer: &cas::Writer,
+        name: &str,
+        expected: Option<&Head>,
+        commit: &Commit,
+        also: &[(&str, Option<ChunkId>, RefExpectation)],
+    ) -> Result<Option<Head>> {
+        validate_name(name)?;
+        let history = self.history_after(writer, name, commit.id)?;
+        let head = head_ref(name);
+        let keep = history_ref(name);
+        let expect = expected.map_or(RefExpectation::Absent, |h| {
+            RefExpectation::Generation(h.version)
+        });
+        let mut moves = vec![
+            (head.as_str(), Some(commit.id), expect),
+            (keep.as_str(), Some(history), RefExpectation::Any),
+        ];
+        moves.extend_from_slice(also);
+        let version = match writer.set_refs(&moves) {
+            Ok(values) => values[0].as_ref().map_or(0, |v| v.generation),
+            Err(cas::Error::RefConflict { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        self.head_moved(name, &commit.record);
+        Ok(Some(Head {
+            commit: commit.clone(),
+            version,
+        }))
     }
 
     /// Merges the change a session made — from tree `base` (the head it
@@ -518,7 +558,7 @@ impl Volumes {
         }))
     }
 
-    fn put_commit(
+    pub(crate) fn put_commit(
         &self,
         writer: &cas::Writer,
         tree: ChunkId,
@@ -593,4 +633,14 @@ fn head_ref(name: &str) -> String {
 
 fn history_ref(name: &str) -> String {
     format!("{HISTORY_REF_PREFIX}{name}")
+}
+
+/// The local ref naming the bucket commit volume `name` last agreed with.
+pub(crate) fn sync_ref(name: &str) -> String {
+    format!("{SYNC_REF_PREFIX}{name}")
+}
+
+/// The ref of volume `name`'s head (locally and in a bucket).
+pub(crate) fn volume_ref(name: &str) -> String {
+    head_ref(name)
 }

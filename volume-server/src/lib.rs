@@ -10,6 +10,8 @@
 //! - [`access`]: reading and changing paths from outside the sandboxes,
 //!   each change a commit of its own.
 //! - [`catalog`]: volumes, their heads, commits, history and retention.
+//! - [`remote_sync`]: volumes kept in step with a bucket other nodes
+//!   share, their heads moved there by conditional writes.
 //! - [`session`]: one sandbox's copy-on-write view of a volume and its
 //!   commits.
 //! - [`server`]: the `volume-server` daemon: sessions over FUSE and 9P,
@@ -17,6 +19,7 @@
 
 pub mod access;
 pub mod catalog;
+pub mod remote_sync;
 pub mod server;
 pub mod session;
 
@@ -56,6 +59,20 @@ pub enum Error {
     BadSession(String),
     #[error("session: {0}")]
     Session(String),
+    #[error("volume '{0}' is not kept in step with the bucket: `snapctl push volume {0}` or `snapctl pull volume {0}` first")]
+    NotTracked(String),
+    #[error("volume '{0}' was removed from the bucket by another node; remove it here (`snapctl volume rm {0}`) or keep it as a new volume under another name")]
+    RemovedRemotely(String),
+    #[error("the bucket has no volume named '{0}'")]
+    NotInBucket(String),
+    #[error("volume '{0}' exists here and in the bucket with separate histories: rename one of them (get its files out with `snapctl volume get`) before syncing")]
+    Diverged(String),
+    #[error(
+        "the volume server has no bucket: start it with --remote URL or write HOME/remote.json"
+    )]
+    NoBucket,
+    #[error(transparent)]
+    Remote(#[from] remote::Error),
     #[error("volume store is corrupt: {0}")]
     Corrupt(String),
     #[error(transparent)]

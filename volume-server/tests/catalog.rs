@@ -2,14 +2,15 @@
 //! file written by several keeps every version (conflict copies, listed),
 //! history reads back, retention and removal work, bad names are refused.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 
 use cas::{ChunkId, Chunking, Store, StoreConfig};
 use layerfs::memtree::{MemKind, MemNode, MemTree};
-use layerfs::tree::{Attrs, Entry, InodeKind};
-use layerfs::TreeReader;
+use layerfs::tree::{Attrs, InodeKind};
 use volume_server::{CommitKind, Volumes};
+
+mod common;
+use common::contents;
 
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -43,33 +44,6 @@ fn with_files(store: &Store, base: ChunkId, files: &[(&str, &[u8])]) -> ChunkId 
         .unwrap();
     }
     tree.store(&writer).unwrap()
-}
-
-/// Every file of `tree` with its contents.
-fn contents(store: &Store, tree: ChunkId) -> BTreeMap<String, Vec<u8>> {
-    let reader = TreeReader::new(store);
-    let mut out = BTreeMap::new();
-    let mut stack = vec![(String::new(), tree)];
-    while let Some((path, id)) = stack.pop() {
-        let dir = reader.dir(id).unwrap();
-        for (name, entry) in reader.entries(&dir).unwrap() {
-            let p = format!("{path}/{}", String::from_utf8_lossy(&name));
-            match entry {
-                Entry::Dir(id) => stack.push((p, id)),
-                Entry::Inode(inode) => {
-                    if let InodeKind::File { blob, .. } = inode.kind {
-                        let mut bytes = Vec::new();
-                        if let Some(id) = blob {
-                            store.blob(&id).unwrap().copy_to(&mut bytes).unwrap();
-                        }
-                        out.insert(p, bytes);
-                    }
-                }
-                Entry::HardLink { .. } => {}
-            }
-        }
-    }
-    out
 }
 
 #[test]

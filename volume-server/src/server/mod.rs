@@ -39,6 +39,7 @@ use crate::catalog::Volumes;
 mod p9;
 mod rpc;
 mod sessions;
+mod sync;
 
 pub use sessions::SessionRecord;
 
@@ -65,6 +66,14 @@ pub struct ServerArgs {
     /// kept commit or live session reaches (0: only `snapctl volume gc`).
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     pub gc_interval_secs: u64,
+    /// Seconds between syncs of the volumes kept in step with the bucket
+    /// (`snapctl push volume`, `snapctl pull volume`); each commit also
+    /// syncs at once.
+    #[arg(long, value_name = "SECS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub sync_secs: u64,
+    #[command(flatten)]
+    pub remote: snapshotter::daemon::RemoteArgs,
 }
 
 /// Counts teardowns under way, so that a stopping server waits for them.
@@ -115,6 +124,10 @@ pub struct VolumeServer {
     pollers: Arc<p9server::Pollers>,
     autocommit_secs: u64,
     gc_interval_secs: u64,
+    /// The bucket's volumes, when the server has one.
+    sync: Option<Arc<crate::remote_sync::VolumeSync>>,
+    sync_secs: u64,
+    nudge: sync::Nudge,
     stopping: AtomicBool,
     me: OnceLock<Weak<VolumeServer>>,
 }
@@ -170,6 +183,8 @@ impl VolumeServer {
             autocommit_secs: self.autocommit_secs,
             keep_commits: self.volumes.keep_commits(),
             gc_interval_secs: self.gc_interval_secs,
+            remote: self.sync.as_ref().map(|s| s.remote().config().url.clone()),
+            sync_secs: self.sync_secs,
         }
     }
 
@@ -208,6 +223,17 @@ impl VolumeServer {
             }
         }
         self.closing.wait_idle(Duration::from_secs(600));
+        // What the sessions committed goes to the bucket before the stop.
+        if self.sync.is_some() {
+            match self.sync_volumes(None) {
+                Ok(results) => {
+                    for r in results.iter().filter(|r| r.error.is_some()) {
+                        tracing::error!(volume = r.volume, "last sync failed: {:?}", r.error);
+                    }
+                }
+                Err(e) => tracing::error!("last sync with the bucket: {e:#}"),
+            }
+        }
     }
 }
 
@@ -237,10 +263,24 @@ pub fn run(args: ServerArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
     }
     let store = cas::Store::open(&store_dir, options)
         .with_context(|| format!("opening the volume store at {}", store_dir.display()))?;
+    let remote = match snapshotter::daemon::remote_config(home, &args.remote)? {
+        Some(config) => {
+            let cache = snapshotter::daemon::remote_cache_dir(home);
+            let remote = remote::Remote::open(&config, &cache, store.config())
+                .with_context(|| format!("opening the bucket {}", config.url))?;
+            remote.attach(&store);
+            Some(remote)
+        }
+        None => None,
+    };
+    let volumes = Arc::new(Volumes::with_retention(store, args.keep_commits as usize));
     let listener = snapshotter::api_server::bind_socket(&socket, "volume server")?;
     let server = Arc::new(VolumeServer {
         home: home.to_path_buf(),
-        volumes: Arc::new(Volumes::with_retention(store, args.keep_commits as usize)),
+        sync: remote.map(|r| Arc::new(crate::remote_sync::VolumeSync::new(volumes.clone(), r))),
+        sync_secs: args.sync_secs,
+        nudge: sync::Nudge::default(),
+        volumes,
         sessions: Mutex::new(BTreeMap::new()),
         next_serial: AtomicU64::new(0),
         closing: InFlight::default(),
@@ -299,6 +339,12 @@ pub fn run(args: ServerArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
                     tracing::error!("{e:#}");
                 }
             })?;
+    }
+    if server.sync.is_some() {
+        let server = server.clone();
+        std::thread::Builder::new()
+            .name("sync".into())
+            .spawn(move || server.sync_loop())?;
     }
     out.note(&format!(
         "volume server for {} listening on {} (API version {VOLUME_API_VERSION})",

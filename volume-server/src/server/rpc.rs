@@ -26,7 +26,15 @@ fn classify(error: &anyhow::Error) -> u8 {
                 | Error::NoSuchPath(_)
                 | Error::NoSuchCommit(..)
                 | Error::BadSession(_) => exit::NOT_FOUND,
-                Error::Exists(_) | Error::BadName(_) | Error::NotAFile(_) => exit::INVALID_INPUT,
+                Error::NotInBucket(_) => exit::NOT_FOUND,
+                Error::Exists(_)
+                | Error::BadName(_)
+                | Error::NotAFile(_)
+                | Error::NotTracked(_)
+                | Error::Diverged(_)
+                | Error::RemovedRemotely(_)
+                | Error::NoBucket => exit::INVALID_INPUT,
+                Error::Remote(inner) => exit::remote_code(inner).unwrap_or(exit::FAILURE),
                 Error::Corrupt(_) => exit::CORRUPTION,
                 Error::Store(inner) => code_of(inner.class()),
                 Error::Tree(inner) => code_of(inner.class()),
@@ -202,6 +210,7 @@ impl snapshotter::api_server::Handler for VolumeServer {
             VolumeOp::Restore { name, seq } => json((|| {
                 self.settle(&name);
                 let head = self.volumes.restore(&name, seq, "restore")?;
+                self.nudge_sync();
                 Ok(serde_json::to_value(commit_info(&head.commit))?)
             })()),
             VolumeOp::ListFiles { name, path } => json((|| {
@@ -265,6 +274,7 @@ impl snapshotter::api_server::Handler for VolumeServer {
                 let drained = std::io::copy(&mut source, &mut std::io::sink());
                 json((|| {
                     let head = result?;
+                    self.nudge_sync();
                     drained?;
                     Ok(serde_json::to_value(commit_info(&head.commit))?)
                 })())
@@ -272,6 +282,7 @@ impl snapshotter::api_server::Handler for VolumeServer {
             VolumeOp::RemoveFile { name, path } => json((|| {
                 self.settle(&name);
                 let head = self.volumes.remove_file(&name, &path, "outside")?;
+                self.nudge_sync();
                 Ok(serde_json::to_value(commit_info(&head.commit))?)
             })()),
             VolumeOp::Serve9pStart { volumes, listen } => json((|| {
@@ -281,6 +292,17 @@ impl snapshotter::api_server::Handler for VolumeServer {
                 json(serde_json::to_value(self.serve9p_list()).map_err(Into::into))
             }
             VolumeOp::Gc => json((|| Ok(serde_json::to_value(self.collect_garbage()?)?))()),
+            VolumeOp::Push { name } => json((|| {
+                let report = self.volume_sync()?.push(&name)?;
+                Ok(serde_json::to_value(sync::sync_result(&report))?)
+            })()),
+            VolumeOp::Pull { name } => json((|| {
+                let report = self.volume_sync()?.pull(&name)?;
+                Ok(serde_json::to_value(sync::sync_result(&report))?)
+            })()),
+            VolumeOp::Sync { name } => json((|| {
+                Ok(serde_json::to_value(self.sync_volumes(name.as_deref())?)?)
+            })()),
             VolumeOp::Serve9pStop { listen } => {
                 json((|| Ok(serde_json::to_value(self.serve9p_stop(&listen)?)?))())
             }

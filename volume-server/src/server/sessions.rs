@@ -260,6 +260,9 @@ impl VolumeServer {
             live.commit_error = error;
         }
         let committed = result.with_context(|| format!("committing session {id}"))?;
+        if committed.wrote {
+            self.nudge_sync();
+        }
         Ok(rpc::commit_result(&session, &committed))
     }
 
@@ -355,6 +358,9 @@ impl VolumeServer {
         }
         match live.session.close() {
             Ok(committed) => {
+                if committed.wrote {
+                    self.nudge_sync();
+                }
                 let result = rpc::commit_result(&live.session, &committed);
                 self.discard(id);
                 tracing::info!(

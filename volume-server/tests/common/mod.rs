@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
+use cas::{ChunkId, Store};
+use layerfs::tree::{Entry, InodeKind};
+use layerfs::TreeReader;
 use serde::de::DeserializeOwned;
 use snapshotter::volume_api::{CommitResult, SessionInfo, VolumeOp};
 
@@ -155,4 +160,31 @@ impl<const N: usize> Drop for Scratch<N> {
 pub fn checksum(path: &Path) -> String {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     blake3::hash(&bytes).to_hex().to_string()
+}
+
+/// Every file of `tree` with its contents.
+pub fn contents(store: &Store, tree: ChunkId) -> BTreeMap<String, Vec<u8>> {
+    let reader = TreeReader::new(store);
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(String::new(), tree)];
+    while let Some((path, id)) = stack.pop() {
+        let dir = reader.dir(id).unwrap();
+        for (name, entry) in reader.entries(&dir).unwrap() {
+            let p = format!("{path}/{}", String::from_utf8_lossy(&name));
+            match entry {
+                Entry::Dir(id) => stack.push((p, id)),
+                Entry::Inode(inode) => {
+                    if let InodeKind::File { blob, .. } = inode.kind {
+                        let mut bytes = Vec::new();
+                        if let Some(id) = blob {
+                            store.blob(&id).unwrap().copy_to(&mut bytes).unwrap();
+                        }
+                        out.insert(p, bytes);
+                    }
+                }
+                Entry::HardLink { .. } => {}
+            }
+        }
+    }
+    out
 }
