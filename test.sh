@@ -14,8 +14,11 @@ fixtures/pjdfstest.sh
 # The 9p guest: Debian's kernel and a busybox initramfs for QEMU (cached),
 # with qemu-system-x86 and diod.
 fixtures/guest-9p.sh >/dev/null
-# The remote tier's tests run against a real S3 server on loopback: moto.
+# The remote tier's tests run against real S3 servers on loopback: moto,
+# and s3s-fs (which keeps its objects on disk, so a test can kill it and
+# start it again).
 command -v moto_server >/dev/null || python3 -m pip install -q 'moto[server]>=5,<6'
+command -v s3s-fs >/dev/null || cargo install -q s3s-fs --version 0.14.1 --features binary --locked
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

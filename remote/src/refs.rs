@@ -96,18 +96,36 @@ async fn newest(bucket: &Bucket, name: &str) -> Result<Option<(u64, Version)>> {
     })
 }
 
+/// The value a version gives its ref (`None`: a deletion).
+fn value_of(name: &str, generation: u64, v: Version) -> Option<RemoteRef> {
+    v.root.map(|root| RemoteRef {
+        name: name.to_string(),
+        root,
+        generation,
+        updated_unix_nanos: v.updated_unix_nanos,
+        writer: v.writer,
+    })
+}
+
 /// The current value of remote ref `name` (`None`: absent or deleted).
 pub async fn get(bucket: &Bucket, name: &str) -> Result<Option<RemoteRef>> {
     validate_ref_name(name)?;
-    Ok(newest(bucket, name).await?.and_then(|(generation, v)| {
-        v.root.map(|root| RemoteRef {
-            name: name.to_string(),
-            root,
+    Ok(newest(bucket, name)
+        .await?
+        .and_then(|(generation, v)| value_of(name, generation, v)))
+}
+
+/// Ref `name` as of its version `generation`, the newest a listing showed:
+/// one GET (a version gone since the listing is looked up afresh).
+async fn get_listed(bucket: &Bucket, name: &str, generation: u64) -> Result<Option<RemoteRef>> {
+    match bucket.get(&layout::ref_version(name, generation)).await? {
+        Some(bytes) => Ok(value_of(
+            name,
             generation,
-            updated_unix_nanos: v.updated_unix_nanos,
-            writer: v.writer,
-        })
-    }))
+            parse_version(name, generation, &bytes)?,
+        )),
+        None => get(bucket, name).await,
+    }
 }
 
 /// This machine's host name (what version objects record as their
@@ -212,11 +230,10 @@ pub async fn list(bucket: &Arc<Bucket>, prefix: &str) -> Result<Vec<RemoteRef>> 
         let slot = newest_by_name.entry(name.to_string()).or_insert(0);
         *slot = (*slot).max(generation);
     }
-    let names: Vec<String> = newest_by_name.into_keys().collect();
-    let values: Vec<Result<Option<RemoteRef>>> = futures::stream::iter(names)
-        .map(|name| {
+    let values: Vec<Result<Option<RemoteRef>>> = futures::stream::iter(newest_by_name)
+        .map(|(name, generation)| {
             let bucket = bucket.clone();
-            async move { get(&bucket, &name).await }
+            async move { get_listed(&bucket, &name, generation).await }
         })
         .buffered(16)
         .collect()

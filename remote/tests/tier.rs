@@ -375,6 +375,110 @@ fn a_push_cut_off_by_a_dead_store_fails_clearly_and_leaves_no_ref() {
     }
 }
 
+/// Every ref in the bucket reads whole on a fresh node: each chunk its
+/// closure reaches is fetched and verified.
+fn every_ref_reads_whole(config: &RemoteConfig) -> usize {
+    let fresh = node();
+    let remote = open(config, &fresh);
+    let refs = remote.list_refs("").unwrap();
+    for r in &refs {
+        remote
+            .pull(&fresh.store, std::slice::from_ref(&r.name))
+            .unwrap();
+        let mut stack = vec![r.root];
+        while let Some(id) = stack.pop() {
+            let (kind, _) = fresh.store.get_with_kind(&id).unwrap();
+            if kind == cas::ChunkKind::Node {
+                stack.extend(fresh.store.get_node(&id).unwrap().links.iter().copied());
+            }
+        }
+    }
+    refs.len()
+}
+
+/// A real S3 server (s3s-fs, which keeps its objects on disk) killed with
+/// SIGKILL in the middle of a push: restarted within the retry period,
+/// the push completes and the tree reads back; kept down past it, the push
+/// fails with an error naming the bucket, no ref names what was cut off,
+/// and the same push completes once the server is back.
+#[test]
+fn an_s3_server_killed_in_the_middle_of_a_push() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(mut server) = fixtures::s3::S3Server::start_persistent(root.path()) else {
+        return;
+    };
+    server.create_bucket("strata");
+    let a = node();
+    let files: Vec<(u64, usize)> = (0..24).map(|i| (500 + i, 2 << 20)).collect();
+    let written = write_tree(&a.store, "snapshot/killed", &files);
+    for (scenario, retry_secs, down_for) in [("back in time", 30, 700), ("down too long", 2, 0)] {
+        let mut config = RemoteConfig::new(format!("s3://strata/{}", scenario.replace(' ', "-")));
+        config.options.extend(server.options());
+        config.pack_bytes = 6 << 20;
+        config.multipart_bytes = 5 << 20;
+        config.parallel = 2;
+        config.retry_secs = retry_secs;
+        // Slow enough that the kill lands mid-push: 20 MB/s a connection.
+        let shaped = remote::shaped::ShapedStore::new(
+            config.open_store().unwrap(),
+            remote::shaped::Shape {
+                latency: std::time::Duration::from_millis(5),
+                bytes_per_sec: 20_000_000,
+            },
+            Default::default(),
+        );
+        let cache = tempfile::tempdir().unwrap();
+        let remote_a =
+            Remote::with_object_store(shaped.clone(), &config, cache.path(), a.store.config())
+                .unwrap();
+        let result = std::thread::scope(|s| {
+            let push = s.spawn(|| remote_a.push(&a.store, &["snapshot/killed".into()]));
+            let started = shaped.counts().0;
+            while shaped.counts().0 < started + 6 && !push.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert!(
+                !push.is_finished(),
+                "{scenario}: the push ended before the kill"
+            );
+            server.kill();
+            if down_for > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(down_for));
+                server.restart();
+            }
+            push.join().unwrap()
+        });
+        match (scenario, result) {
+            ("back in time", Ok(report)) => {
+                assert!(remote_a.counts().retries > 0, "{scenario}: {report:?}")
+            }
+            ("down too long", Err(err)) => {
+                assert!(
+                    matches!(err, remote::Error::Bucket { .. }),
+                    "{scenario}: {err}"
+                );
+                eprintln!("{scenario}: the push failed: {err}");
+                server.restart();
+                assert!(remote_a.list_refs("").unwrap().is_empty(), "{scenario}");
+                assert_eq!(every_ref_reads_whole(&config), 0);
+                remote_a
+                    .push(&a.store, &["snapshot/killed".into()])
+                    .unwrap();
+            }
+            (_, result) => panic!("{scenario}: {:?}", result.map(|r| r.refs)),
+        }
+        assert_eq!(every_ref_reads_whole(&config), 1, "{scenario}");
+        let b = node();
+        let remote_b = open(&config, &b);
+        remote_b
+            .pull(&b.store, &["snapshot/killed".into()])
+            .unwrap();
+        for (id, data) in &written {
+            assert_eq!(&read_blob(&b.store, id), data, "{scenario}");
+        }
+    }
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
