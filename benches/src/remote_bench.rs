@@ -199,6 +199,14 @@ fn cold_node(
     let blobs = files(&store, tree)?;
     let bytes = read_all(&store, &blobs, args.readers)?;
     let read_secs = secs(started);
+    let counts = remote.counts();
+    eprintln!(
+        "  cold node: {} GETs, {} LISTs, {:.0} MB down for {:.0} MB of files",
+        counts.gets,
+        counts.lists,
+        counts.bytes_down as f64 / 1e6,
+        bytes as f64 / 1e6
+    );
     drop(pulled);
     Ok(Cold {
         first_byte_ms,

@@ -126,6 +126,10 @@ pub struct RemoteIndex {
     packs: RwLock<HashMap<u64, u64>>,
     /// Packs holding only nodes.
     node_packs: RwLock<HashSet<u64>>,
+    /// Data pack → the data pack uploaded after it by the same push
+    /// (listed after it in one index object): a push walks a tree in
+    /// order, so a reader of one pack's end reads the next one's start.
+    next_pack: RwLock<HashMap<u64, u64>>,
     /// Index objects already read.
     read: Mutex<HashSet<u64>>,
     /// When the listing was last refreshed.
@@ -160,6 +164,11 @@ impl RemoteIndex {
         self.node_packs.read().contains(&number)
     }
 
+    /// The data pack a push uploaded after data pack `number`, if known.
+    pub fn next_pack(&self, number: u64) -> Option<u64> {
+        self.next_pack.read().get(&number).copied()
+    }
+
     /// Chunks known.
     pub fn chunk_count(&self) -> usize {
         self.chunks.read().len()
@@ -175,12 +184,19 @@ impl RemoteIndex {
         let mut chunks = self.chunks.write();
         let mut known = self.packs.write();
         let mut node_packs = self.node_packs.write();
+        let mut next_pack = self.next_pack.write();
+        let mut previous_data = None;
         for pack in packs {
             known.insert(pack.number, pack.len);
             if !pack.entries.is_empty()
                 && pack.entries.iter().all(|e| e.kind == cas::ChunkKind::Node)
             {
                 node_packs.insert(pack.number);
+            } else {
+                if let Some(previous) = previous_data {
+                    next_pack.insert(previous, pack.number);
+                }
+                previous_data = Some(pack.number);
             }
             for entry in &pack.entries {
                 chunks.entry(entry.id).or_insert(RemoteLocation {
@@ -218,6 +234,7 @@ impl RemoteIndex {
             self.chunks.write().clear();
             self.packs.write().clear();
             self.node_packs.write().clear();
+            self.next_pack.write().clear();
             self.read.lock().clear();
         }
         let new: Vec<u64> = {

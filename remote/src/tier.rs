@@ -20,8 +20,16 @@ use crate::error::{Error, Result};
 use crate::index::{RemoteIndex, RemoteLocation};
 use crate::layout;
 
-/// Blocks fetched ahead of a reader, past the block it reads.
-const READ_AHEAD_BLOCKS: u64 = 8;
+/// Blocks fetched ahead of a read that found its blocks cached or coming
+/// (a reader moving through a tree: 96 MiB, about six 16 MiB GETs in
+/// flight, so a distant store's per-request latency is hidden).
+const READ_AHEAD_BLOCKS: u64 = 24;
+/// Blocks fetched ahead of a read that found nothing cached or coming (a
+/// reader that jumped: less is fetched on a guess).
+const READ_AHEAD_BLOCKS_AFTER_JUMP: u64 = 8;
+/// Most blocks one read-ahead GET asks for (16 MiB: fewer, larger
+/// requests, within the 8–16 MB ranges object stores serve best).
+const SPAN_BLOCKS: u64 = 4;
 /// Most blocks of a node pack fetched ahead when a tree is pulled.
 const MAX_NODE_PREFETCH_BLOCKS: u64 = 16;
 
@@ -253,17 +261,11 @@ impl Remote {
         let last_block = (start + len - 1) / BLOCK_BYTES;
         if let Some(bytes) = self.inner.cache.read(location.pack, start, len as usize) {
             if frame_is(&bytes, id) {
-                self.read_ahead(
-                    location.pack,
-                    last_block + 1..=last_block + READ_AHEAD_BLOCKS,
-                );
+                self.read_ahead(location.pack, blocks_ahead(last_block, READ_AHEAD_BLOCKS));
                 return Ok(bytes);
             }
         }
-        if self
-            .inner
-            .cache
-            .has_block(location.pack, start / BLOCK_BYTES)
+        if (start / BLOCK_BYTES..=last_block).all(|b| self.inner.cache.has_block(location.pack, b))
         {
             // Written here, yet not readable: the cache was wiped or
             // damaged under us. Fetch its blocks again.
@@ -279,10 +281,15 @@ impl Remote {
                 .collect()
         };
         // The blocks come in the background (and the next ones after
-        // them); unless they are already coming, this frame alone is
-        // fetched now, so a first read waits for one small request, not a
-        // whole block.
-        self.read_ahead(location.pack, first_block..=last_block + READ_AHEAD_BLOCKS);
+        // them, in larger GETs of their own); unless they are already
+        // coming, this frame alone is fetched now, so a first read waits
+        // for one small request, not a whole block.
+        let ahead = match in_flight {
+            Some(_) => READ_AHEAD_BLOCKS,
+            None => READ_AHEAD_BLOCKS_AFTER_JUMP,
+        };
+        self.read_ahead(location.pack, first_block..=last_block);
+        self.read_ahead(location.pack, blocks_ahead(last_block, ahead));
         let frame = match in_flight {
             Some(futures) => self.assemble(&location, futures)?,
             None => {
@@ -349,30 +356,79 @@ impl Remote {
             return;
         };
         let blocks = len.div_ceil(BLOCK_BYTES).min(MAX_NODE_PREFETCH_BLOCKS);
-        self.read_ahead(location.pack, 0..=blocks.saturating_sub(1));
+        self.read_ahead_in(location.pack, 0..=blocks.saturating_sub(1));
     }
 
     /// Starts fetching `blocks` of `pack` that are neither cached nor in
-    /// flight.
+    /// flight: each run of consecutive ones in GETs of up to
+    /// [`SPAN_BLOCKS`] blocks.
     fn read_ahead(&self, pack: u64, blocks: RangeInclusive<u64>) {
         let Some(pack_len) = self.inner.index.pack_len(pack) else {
             return;
+        };
+        self.read_ahead_in(pack, blocks.clone());
+        // Blocks past the pack's end are the first ones of the packs the
+        // same push uploaded next.
+        let (mut pack, mut end) = (pack, pack_len.div_ceil(BLOCK_BYTES));
+        let mut past = (blocks.end() + 1).saturating_sub(end.max(*blocks.start()));
+        while past > 0 {
+            let Some(next) = self.inner.index.next_pack(pack) else {
+                return;
+            };
+            let Some(len) = self.inner.index.pack_len(next) else {
+                return;
+            };
+            end = len.div_ceil(BLOCK_BYTES);
+            if end == 0 {
+                return;
+            }
+            self.read_ahead_in(next, 0..=past.min(end) - 1);
+            (pack, past) = (next, past.saturating_sub(end));
+        }
+    }
+
+    /// [`Remote::read_ahead`] within one pack.
+    fn read_ahead_in(&self, pack: u64, blocks: RangeInclusive<u64>) {
+        let Some(pack_len) = self.inner.index.pack_len(pack) else {
+            return;
+        };
+        let mut run: Option<(u64, u64)> = None;
+        let start = |first: u64, last: u64| {
+            let future = span_future(&self.inner, pack, first, last, pack_len);
+            self.inner.bucket.spawn(async move {
+                let _ = future.await;
+            });
         };
         for block in blocks {
             if block * BLOCK_BYTES >= pack_len {
                 break;
             }
-            if self.inner.cache.has_block(pack, block)
-                || self.inner.inflight.lock().contains_key(&(pack, block))
-            {
-                continue;
-            }
-            let future = block_future(&self.inner, pack, block);
-            self.inner.bucket.spawn(async move {
-                let _ = future.await;
-            });
+            let wanted = !self.inner.cache.has_block(pack, block)
+                && !self.inner.inflight.lock().contains_key(&(pack, block));
+            run = match (run, wanted) {
+                (Some((first, last)), true) if last + 1 == block && block - first < SPAN_BLOCKS => {
+                    Some((first, block))
+                }
+                (Some((first, last)), _) => {
+                    start(first, last);
+                    wanted.then_some((block, block))
+                }
+                (None, _) => wanted.then_some((block, block)),
+            };
+        }
+        if let Some((first, last)) = run {
+            start(first, last);
         }
     }
+}
+
+/// The blocks read ahead of a read that ended in block `last`: the next
+/// `ahead`, and on to the end of the [`SPAN_BLOCKS`]-aligned group the
+/// last of them is in, so that as reads move on, each group is asked for
+/// whole, in one GET, when they first come near it.
+fn blocks_ahead(last: u64, ahead: u64) -> RangeInclusive<u64> {
+    let end = last + ahead;
+    last + 1..=(end / SPAN_BLOCKS + 1) * SPAN_BLOCKS - 1
 }
 
 /// Whether `bytes` is a frame of chunk `id` whose crc checks.
@@ -380,39 +436,58 @@ fn frame_is(bytes: &[u8], id: &ChunkId) -> bool {
     cas::check_frame(bytes).is_ok_and(|header| header.id == *id)
 }
 
-/// The fetch of block `block` of `pack`, shared by everyone who needs it
-/// while it is in flight; a fetched block is written to the disk cache.
-fn block_future(inner: &Arc<Inner>, pack: u64, block: u64) -> BlockFuture {
+/// One GET of blocks `first..=last` of `pack` (none of them cached or in
+/// flight), each written to the disk cache as it comes; each block is in
+/// flight, shared by everyone who needs it, until then.
+fn span_future(inner: &Arc<Inner>, pack: u64, first: u64, last: u64, pack_len: u64) -> BlockFuture {
     let mut inflight = inner.inflight.lock();
-    if let Some(future) = inflight.get(&(pack, block)) {
-        return future.clone();
-    }
     let me = inner.clone();
-    let future = async move {
+    let span = async move {
         let result = async {
             let _permit = me.requests.acquire().await.map_err(|e| e.to_string())?;
-            let pack_len = me
-                .index
-                .pack_len(pack)
-                .ok_or_else(|| format!("pack {pack:016x} is not listed in the bucket's index"))?;
-            let start = block * BLOCK_BYTES;
-            let end = (start + BLOCK_BYTES).min(pack_len);
+            let start = first * BLOCK_BYTES;
+            let end = ((last + 1) * BLOCK_BYTES).min(pack_len);
             let bytes = me
                 .bucket
                 .get_range(&layout::pack(pack), start..end)
                 .await
                 .map_err(|e| e.to_string())?;
-            me.cache.write_block(pack, block, &bytes);
+            if bytes.len() as u64 != end - start {
+                return Err(format!(
+                    "pack {pack:016x}: {} bytes came for the {} asked",
+                    bytes.len(),
+                    end - start
+                ));
+            }
+            for block in first..=last {
+                let from = ((block - first) * BLOCK_BYTES) as usize;
+                let to = (from + BLOCK_BYTES as usize).min(bytes.len());
+                me.cache.write_block(pack, block, &bytes[from..to]);
+            }
             Ok::<Bytes, String>(bytes)
         }
         .await;
-        me.inflight.lock().remove(&(pack, block));
+        let mut inflight = me.inflight.lock();
+        for block in first..=last {
+            inflight.remove(&(pack, block));
+        }
         result.map_err(Arc::new)
     }
     .boxed()
     .shared();
-    inflight.insert((pack, block), future.clone());
-    future
+    for block in first..=last {
+        let span = span.clone();
+        let from = ((block - first) * BLOCK_BYTES) as usize;
+        let future = async move {
+            let bytes = span.await?;
+            let to = (from + BLOCK_BYTES as usize).min(bytes.len());
+            Ok(bytes.slice(from..to))
+        }
+        .boxed()
+        .shared();
+        inflight.insert((pack, block), future);
+    }
+    span
 }
 
 impl ChunkSource for Remote {

@@ -146,6 +146,43 @@ fn an_s3_bucket_round_trips_a_tree_with_multipart_packs() {
     assert!(report.requests.puts > report.packs + 2, "{report:?}");
 }
 
+/// A cold sequential read moves through the pushed packs in few, large
+/// GETs: read-ahead asks for 16 MiB groups of blocks and goes on into the
+/// pack the push uploaded next, and fetches little twice.
+#[test]
+fn a_cold_sequential_read_fetches_in_few_large_gets() {
+    let bucket = tempfile::tempdir().unwrap();
+    let config = RemoteConfig::new(format!("file://{}", bucket.path().display()));
+    let a = node();
+    let written = write_tree(&a.store, "snapshot/big", &[(900, 320 << 20)]);
+    let report = open(&config, &a)
+        .push(&a.store, &["snapshot/big".into()])
+        .unwrap();
+    // Half of it compresses: about 170 MB in six data packs.
+    assert!(report.packs >= 6, "{report:?}");
+    let b = node();
+    let remote_b = open(&config, &b);
+    remote_b.pull(&b.store, &["snapshot/big".into()]).unwrap();
+    let before = remote_b.counts();
+    assert_eq!(read_blob(&b.store, &written[0].0), written[0].1);
+    let counts = remote_b.counts();
+    let gets = counts.gets - before.gets;
+    let down = counts.bytes_down - before.bytes_down;
+    eprintln!(
+        "{gets} GETs, {down} bytes down, {} stored",
+        report.bytes_uploaded
+    );
+    // Six packs of a little over 32 MiB, each in two 16 MiB GETs and one
+    // for its tail, is 18 (in 4 MiB blocks it would be 42); a few more for
+    // frames read before their blocks came.
+    assert!(gets <= 24, "{gets} GETs for 170 MB stored ({counts:?})");
+    assert!(
+        down < report.bytes_uploaded + report.bytes_uploaded / 7,
+        "{down} bytes down for {} stored",
+        report.bytes_uploaded
+    );
+}
+
 #[test]
 fn reads_continue_when_the_cache_is_wiped_under_them() {
     let bucket = tempfile::tempdir().unwrap();
