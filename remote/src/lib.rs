@@ -36,6 +36,6 @@ pub use cache::BLOCK_BYTES;
 pub use config::{memory_bucket, RemoteConfig, CONFIG_FILE};
 pub use error::{Error, Result};
 pub use gc::RemoteGcReport;
-pub use push::PushReport;
+pub use push::{PushReport, PIN_PREFIX};
 pub use refs::RemoteRef;
 pub use tier::{Remote, BUCKET_VERSION};

@@ -23,6 +23,10 @@ use crate::layout;
 use crate::refs::{self, RemoteRef};
 use crate::tier::Remote;
 
+/// Prefix of pin refs: `pin/NODE/NAME` keeps what node NODE pulled as
+/// NAME in the bucket, for remote GC marks from every ref.
+pub const PIN_PREFIX: &str = "pin/";
+
 /// What a push did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PushReport {
@@ -369,11 +373,43 @@ impl Remote {
             store.get_with_kind(&value.root)?;
             pulled.push(value);
         }
+        // Pinned before the local refs exist: what this node reads
+        // through them stays in the bucket whatever other nodes delete.
+        for r in &pulled {
+            self.set_remote_ref(&self.pin_name(&r.name), r.root)?;
+        }
         let moves: Vec<(&str, Option<ChunkId>, RefExpectation)> = pulled
             .iter()
             .map(|r| (r.name.as_str(), Some(r.root), RefExpectation::Any))
             .collect();
         store.writer("pull").set_refs(&moves)?;
         Ok(pulled)
+    }
+
+    /// The pin ref by which this node keeps what it pulled as `name`:
+    /// `pin/NODE/NAME` ([`Remote::node_name`]).
+    pub fn pin_name(&self, name: &str) -> String {
+        format!("{PIN_PREFIX}{}/{name}", self.node_name())
+    }
+
+    /// This node's pins: what it pulled, which remote GC keeps however
+    /// the pulled refs move.
+    pub fn pins(&self) -> Result<Vec<RemoteRef>> {
+        self.list_refs(&format!("{PIN_PREFIX}{}/", self.node_name()))
+    }
+
+    /// Drops this node's pins of `names` (pulled refs), so that remote GC
+    /// may take what nothing else reaches; the pins that existed.
+    pub fn unpin(&self, names: &[String]) -> Result<Vec<String>> {
+        let mut dropped = Vec::new();
+        for name in names {
+            let pin = self.pin_name(name);
+            match self.set_ref(&pin, None, RefExpectation::Any) {
+                Ok(_) => dropped.push(name.clone()),
+                Err(Error::RefNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(dropped)
     }
 }

@@ -57,6 +57,8 @@ pub(crate) struct Inner {
     inflight: Mutex<HashMap<(u64, u64), BlockFuture>>,
     /// Bounds block requests in flight (foreground and read-ahead).
     requests: tokio::sync::Semaphore,
+    /// This node's name in pin refs (see [`Remote::node_name`]).
+    node: String,
 }
 
 /// A node's view of the bucket. Cheap to clone.
@@ -104,6 +106,7 @@ impl Remote {
                 cache,
                 inflight: Mutex::new(HashMap::new()),
                 requests: tokio::sync::Semaphore::new(config.parallel * 2),
+                node: node_name(cache_dir),
             }),
         };
         // Learn the bucket's chunks in the background, while the marker is
@@ -167,6 +170,13 @@ impl Remote {
             )));
         }
         Ok(())
+    }
+
+    /// This node's name in the bucket's pin refs: its host name and a
+    /// hash of its cache directory (two nodes on one host differ; one node
+    /// keeps its name across restarts).
+    pub fn node_name(&self) -> &str {
+        &self.inner.node
     }
 
     /// The bucket (for its request counts and raw access).
@@ -429,6 +439,21 @@ impl Remote {
 fn blocks_ahead(last: u64, ahead: u64) -> RangeInclusive<u64> {
     let end = last + ahead;
     last + 1..=(end / SPAN_BLOCKS + 1) * SPAN_BLOCKS - 1
+}
+
+/// See [`Remote::node_name`].
+fn node_name(cache_dir: &Path) -> String {
+    let dir = std::fs::canonicalize(cache_dir).unwrap_or_else(|_| cache_dir.to_path_buf());
+    let hash = blake3::hash(dir.as_os_str().as_encoded_bytes()).to_hex();
+    let host: String = crate::refs::host_name()
+        .chars()
+        .map(|c| match c.is_ascii_alphanumeric() || "._-".contains(c) {
+            true => c,
+            false => '-',
+        })
+        .take(64)
+        .collect();
+    format!("{host}-{}", &hash[..8])
 }
 
 /// Whether `bytes` is a frame of chunk `id` whose crc checks.

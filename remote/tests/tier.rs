@@ -516,6 +516,70 @@ fn an_s3_server_killed_in_the_middle_of_a_push() {
     }
 }
 
+/// What a node pulled stays in the bucket after the node that pushed it
+/// deletes its ref and collects: the pull pinned it. Once unpinned, the
+/// next collections take it.
+#[test]
+fn a_pulled_tree_is_pinned_until_its_node_lets_go() {
+    let bucket = tempfile::tempdir().unwrap();
+    let config = RemoteConfig::new(format!("file://{}", bucket.path().display()));
+    // Collections with a grace period of 1 ms (pushes refuse to run
+    // against one that short), from a node of their own.
+    let mut gc_config = config.clone();
+    gc_config.gc_grace_ms = 1;
+    let collector = node();
+    let remote_gc = open(&gc_config, &collector);
+    let a = node();
+    let written = write_tree(&a.store, "snapshot/pinned", &[(700, 3 << 20), (701, 5000)]);
+    let remote_a = open(&config, &a);
+    remote_a
+        .push(&a.store, &["snapshot/pinned".into()])
+        .unwrap();
+    let b = node();
+    let remote_b = open(&config, &b);
+    remote_b
+        .pull(&b.store, &["snapshot/pinned".into()])
+        .unwrap();
+    let pins = remote_b.pins().unwrap();
+    assert_eq!(pins.len(), 1, "{pins:?}");
+    assert_eq!(pins[0].name, remote_b.pin_name("snapshot/pinned"));
+    assert_ne!(remote_a.node_name(), remote_b.node_name());
+
+    // A lets go of it and collects twice (condemn, then sweep).
+    remote_a
+        .set_ref("snapshot/pinned", None, cas::RefExpectation::Any)
+        .unwrap();
+    let collect = || {
+        let mut swept = 0;
+        for _ in 0..2 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            swept += remote_gc.gc(&collector.store).unwrap().swept_packs;
+        }
+        swept
+    };
+    assert_eq!(collect(), 0, "a pinned tree was swept");
+    remote_b.clear_cache();
+    for (id, data) in &written {
+        assert_eq!(&read_blob(&b.store, id), data);
+    }
+
+    // B lets go too: the next collections take it, and B's reads of what
+    // it no longer pins fail (they do not return other bytes).
+    assert_eq!(
+        remote_b.unpin(&["snapshot/pinned".into()]).unwrap(),
+        vec!["snapshot/pinned".to_string()]
+    );
+    assert!(remote_b
+        .unpin(&["snapshot/pinned".into()])
+        .unwrap()
+        .is_empty());
+    assert!(collect() > 0, "nothing was swept once unpinned");
+    remote_b.clear_cache();
+    let fresh = node();
+    let remote_fresh = open(&config, &fresh);
+    assert!(remote_fresh.fetch(&written[0].0).is_err());
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {

@@ -154,6 +154,14 @@ pub enum Op {
     /// nothing reaches now.
     #[serde(rename = "remote.gc")]
     RemoteGc,
+    /// This node's pins: what it pulled, kept in the bucket by them.
+    #[serde(rename = "remote.pins")]
+    RemotePins,
+    /// Drops this node's pins of pulled refs (`image/NAME`,
+    /// `snapshot/ID`), so that remote GC may take what nothing else
+    /// reaches.
+    #[serde(rename = "remote.unpin")]
+    RemoteUnpin { refs: Vec<String> },
 }
 
 /// `remote.status` answer.

@@ -91,6 +91,12 @@ pub enum RemoteCommand {
     /// collection more than the grace period ago (`gc_grace_ms`, default
     /// 1 h) that nothing reaches, and condemn what nothing reaches now.
     Gc,
+    /// This node's pins: one per ref it pulled, which keep what it reads
+    /// through them in the bucket.
+    Pins,
+    /// Drop this node's pins of pulled images or snapshots (when nothing
+    /// here reads them any more): remote GC may then take their data.
+    Unpin(TransferArgs),
 }
 
 fn ref_line(r: &RemoteRef) -> String {
@@ -154,6 +160,25 @@ pub fn run(cmd: RemoteCommand, home: &Path, out: &Output) -> anyhow::Result<Exit
             let refs: Vec<RemoteRef> = client.call(Op::RemoteList { prefix })?;
             out.print(&refs, || {
                 refs.iter().map(ref_line).collect::<Vec<_>>().join("\n")
+            })?;
+        }
+        RemoteCommand::Pins => {
+            let pins: Vec<RemoteRef> = client.call(Op::RemotePins)?;
+            out.print(&pins, || {
+                pins.iter().map(ref_line).collect::<Vec<_>>().join("\n")
+            })?;
+        }
+        RemoteCommand::Unpin(args) => {
+            if let SharedKind::Volume = args.kind {
+                return Err(anyhow::anyhow!(crate::exit::InvalidInput(
+                    "volumes are not pinned: the bucket's head of a volume keeps it".into()
+                )));
+            }
+            let refs: Vec<String> = args.names.iter().map(|n| args.kind.ref_name(n)).collect();
+            let dropped: Vec<String> = client.call(Op::RemoteUnpin { refs })?;
+            out.print(&dropped, || match dropped.is_empty() {
+                true => "no pin to drop".to_string(),
+                false => format!("unpinned {}", dropped.join(", ")),
             })?;
         }
         RemoteCommand::Gc => {

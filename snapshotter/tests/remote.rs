@@ -58,6 +58,16 @@ fn mount(node: &Node, what: &[&str], name: &str) -> PathBuf {
     dir
 }
 
+/// The names in a `--json` list of remote refs.
+fn ref_names(out: &std::process::Output) -> Vec<String> {
+    json(out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn status(home: &Path) -> serde_json::Value {
     json(&must(snapctl(home, &["--json", "remote", "status"])))
 }
@@ -127,13 +137,7 @@ fn a_snapshot_pushed_by_one_node_mounts_and_reads_on_another() {
 
     // Node B sees both, pulls the snapshot and mounts it before anything
     // was downloaded in full.
-    let listed = json(&must(snapctl(&b.home, &["--json", "remote", "ls"])));
-    let names: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
+    let names = ref_names(&must(snapctl(&b.home, &["--json", "remote", "ls"])));
     assert_eq!(
         names,
         vec!["image/debian".to_string(), format!("snapshot/{id}")]
@@ -200,6 +204,27 @@ fn a_snapshot_pushed_by_one_node_mounts_and_reads_on_another() {
     let gc = json(&must(snapctl(&a.home, &["--json", "remote", "gc"])));
     assert!(gc["live_chunks"].as_u64().unwrap() > 1000, "{gc}");
     assert_eq!(gc["swept_packs"].as_u64(), Some(0), "{gc}");
+
+    // What B pulled is pinned in the bucket under B's name, until B lets
+    // go of it.
+    let pinned = ref_names(&must(snapctl(&b.home, &["--json", "remote", "pins"])));
+    assert!(pinned.iter().all(|p| p.starts_with("pin/")), "{pinned:?}");
+    for pulled in [&id, &mem_id] {
+        let suffix = format!("/snapshot/{pulled}");
+        assert!(pinned.iter().any(|p| p.ends_with(&suffix)), "{pinned:?}");
+    }
+    let a_pins = json(&must(snapctl(&a.home, &["--json", "remote", "pins"])));
+    assert_eq!(a_pins.as_array().map(Vec::len), Some(0), "{a_pins}");
+    let unpinned = must(snapctl(&b.home, &["remote", "unpin", "snapshot", &mem_id]));
+    assert_eq!(
+        String::from_utf8_lossy(&unpinned.stdout).trim(),
+        format!("unpinned snapshot/{mem_id}")
+    );
+    let again = must(snapctl(&b.home, &["remote", "unpin", "snapshot", &mem_id]));
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        "no pin to drop"
+    );
 
     // Clear errors: a missing snapshot, a ref that is not shared.
     let missing = snapctl(&b.home, &["pull", "snapshot", "000000000000"]);

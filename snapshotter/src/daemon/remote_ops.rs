@@ -72,7 +72,7 @@ fn check_shared(name: &str) -> anyhow::Result<()> {
 }
 
 impl Daemon {
-    fn remote(&self) -> anyhow::Result<&Remote> {
+    pub(super) fn remote(&self) -> anyhow::Result<&Remote> {
         self.remote.as_ref().ok_or_else(|| {
             anyhow!(InvalidInput(format!(
                 "this node has no bucket: start the daemon with --remote URL or write HOME/{CONFIG_FILE}"
@@ -104,6 +104,14 @@ impl Daemon {
             check_shared(name)?;
         }
         Ok(remote.pull(&self.store, refs)?)
+    }
+
+    pub(super) fn remote_unpin(&self, refs: &[String]) -> anyhow::Result<Vec<String>> {
+        let remote = self.remote()?;
+        for name in refs {
+            check_shared(name)?;
+        }
+        Ok(remote.unpin(refs)?)
     }
 
     pub(super) fn remote_list(&self, prefix: &str) -> anyhow::Result<Vec<RemoteRef>> {

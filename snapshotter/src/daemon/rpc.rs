@@ -237,6 +237,15 @@ impl Daemon {
                 self.remote_list(&prefix)
                     .and_then(|info| Ok(serde_json::to_value(info)?)),
             ),
+            Op::RemotePins => json(
+                self.remote()
+                    .and_then(|r| Ok(r.pins()?))
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
+            Op::RemoteUnpin { refs } => json(
+                self.remote_unpin(&refs)
+                    .and_then(|info| Ok(serde_json::to_value(info)?)),
+            ),
             Op::RemoteGc => json(
                 self.remote_gc()
                     .and_then(|info| Ok(serde_json::to_value(info)?)),
