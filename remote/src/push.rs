@@ -176,32 +176,11 @@ impl Remote {
     /// Moves remote ref `name` to `root` whatever it was, retrying a lost
     /// race (the last push wins, as for a local ref).
     fn set_remote_ref(&self, name: &str, root: ChunkId) -> Result<RemoteRef> {
-        for _ in 0..16 {
-            let bucket = self.inner.bucket.clone();
-            let owned = name.to_string();
-            let current = bucket
-                .clone()
-                .run(async move { refs::get(&bucket, &owned).await })?;
-            if let Some(current) = &current {
-                if current.root == root {
-                    return Ok(current.clone());
-                }
-            }
-            let expect = current.as_ref().map_or(RefExpectation::Absent, |c| {
-                RefExpectation::Generation(c.generation)
-            });
-            match self.set_ref(name, Some(root), expect) {
-                Ok(Some(value)) => return Ok(value),
-                Ok(None) => break,
-                Err(Error::RefConflict { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::RefConflict {
-            name: name.into(),
-            expected: "a quiet moment".into(),
-            found: "other nodes moving it continuously".into(),
-        })
+        let bucket = self.inner.bucket.clone();
+        let name = name.to_string();
+        bucket
+            .clone()
+            .run(async move { refs::put(&bucket, &name, root).await })
     }
 
     /// Moves remote ref `name` by a conditional write (see [`refs`]). The
@@ -362,10 +341,21 @@ impl Remote {
     /// first, so a pull of damaged or missing data fails here.
     pub fn pull(&self, store: &Store, names: &[String]) -> Result<Vec<RemoteRef>> {
         let mut pulled = Vec::with_capacity(names.len());
+        let mut pins = Vec::with_capacity(names.len());
         for name in names {
             let value = self
                 .get_ref(name)?
                 .ok_or_else(|| Error::RefNotFound { name: name.clone() })?;
+            // Pinned before the local ref exists (what this node reads
+            // through it stays in the bucket whatever other nodes delete),
+            // while the root is fetched.
+            let bucket = self.inner.bucket.clone();
+            let (pin, root) = (self.pin_name(name), value.root);
+            pins.push(
+                self.inner
+                    .bucket
+                    .spawn(async move { refs::put(&bucket, &pin, root).await }),
+            );
             // The tree's directories start coming with its root.
             self.locate_root(&value.root)?
                 .ok_or(Error::ChunkMissing { id: value.root })?;
@@ -373,10 +363,11 @@ impl Remote {
             store.get_with_kind(&value.root)?;
             pulled.push(value);
         }
-        // Pinned before the local refs exist: what this node reads
-        // through them stays in the bucket whatever other nodes delete.
-        for r in &pulled {
-            self.set_remote_ref(&self.pin_name(&r.name), r.root)?;
+        for pin in pins {
+            self.inner.bucket.run(async move {
+                pin.await
+                    .map_err(|e| Error::Config(format!("a pin task failed: {e}")))?
+            })?;
         }
         let moves: Vec<(&str, Option<ChunkId>, RefExpectation)> = pulled
             .iter()

@@ -137,7 +137,8 @@ pub fn host_name() -> String {
 }
 
 /// Moves remote ref `name` to `root` (`None`: deletes it) if its state
-/// matches `expect`, by creating the next version object. A lost race is a
+/// matches `expect`, by creating the next version object (with
+/// [`RefExpectation::Any`], a ref already at `root` is left as it is). A lost race is a
 /// [`Error::RefConflict`]. The caller makes sure everything `root` reaches
 /// is in the bucket first.
 pub async fn set(
@@ -164,7 +165,37 @@ pub async fn set(
     if root.is_none() && live.is_none() {
         return Err(Error::RefNotFound { name: name.into() });
     }
+    // Asked to be what it is whatever it was: nothing to write.
+    if let (RefExpectation::Any, Some((generation, current))) = (expect, &current) {
+        if root.is_some() && current.root == root {
+            return Ok(root.map(|root| RemoteRef {
+                name: name.into(),
+                root,
+                generation: *generation,
+                updated_unix_nanos: current.updated_unix_nanos,
+                writer: current.writer.clone(),
+            }));
+        }
+    }
     let generation = current.as_ref().map_or(1, |(g, _)| g + 1);
+    match create_version(bucket, name, generation, root).await? {
+        Some(value) => Ok(value),
+        None => Err(Error::RefConflict {
+            name: name.into(),
+            expected: describe_expectation(expect),
+            found: format!("generation {generation} written by another node meanwhile"),
+        }),
+    }
+}
+
+/// Creates version `generation` of ref `name`; `None`: it exists already
+/// (another writer's).
+async fn create_version(
+    bucket: &Bucket,
+    name: &str,
+    generation: u64,
+    root: Option<ChunkId>,
+) -> Result<Option<Option<RemoteRef>>> {
     let version = Version {
         format: VERSION_FORMAT.into(),
         name: name.into(),
@@ -179,19 +210,38 @@ pub async fn set(
     let bytes = serde_json::to_vec(&version).map_err(|e| Error::Config(e.to_string()))?;
     let path = layout::ref_version(name, generation);
     if !bucket.put_new_or_same(&path, Bytes::from(bytes)).await? {
-        return Err(Error::RefConflict {
-            name: name.into(),
-            expected: describe_expectation(expect),
-            found: format!("generation {generation} written by another node meanwhile"),
-        });
+        return Ok(None);
     }
-    Ok(root.map(|root| RemoteRef {
+    Ok(Some(root.map(|root| RemoteRef {
         name: name.into(),
         root,
         generation,
         updated_unix_nanos: version.updated_unix_nanos,
         writer: version.writer,
-    }))
+    })))
+}
+
+/// Moves remote ref `name` to `root` whatever it was: a ref that never
+/// existed is created in one request (its generation 1, create-only);
+/// otherwise as [`set`] with [`RefExpectation::Any`], retrying lost races.
+pub async fn put(bucket: &Bucket, name: &str, root: ChunkId) -> Result<RemoteRef> {
+    validate_ref_name(name)?;
+    if let Some(Some(value)) = create_version(bucket, name, 1, Some(root)).await? {
+        return Ok(value);
+    }
+    for _ in 0..16 {
+        match set(bucket, name, Some(root), RefExpectation::Any).await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => break,
+            Err(Error::RefConflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::RefConflict {
+        name: name.into(),
+        expected: "a quiet moment".into(),
+        found: "other writers moving it continuously".into(),
+    })
 }
 
 fn describe_expectation(expect: RefExpectation) -> String {

@@ -20,13 +20,15 @@ use crate::error::{Error, Result};
 use crate::index::{RemoteIndex, RemoteLocation};
 use crate::layout;
 
-/// Blocks fetched ahead of a read that found its blocks cached or coming
-/// (a reader moving through a tree: 96 MiB, about six 16 MiB GETs in
-/// flight, so a distant store's per-request latency is hidden).
+/// Blocks fetched ahead of a read of a block that was itself fetched
+/// ahead (a reader moving through a tree: 96 MiB, about six 16 MiB GETs
+/// in flight, so a distant store's per-request latency is hidden).
 const READ_AHEAD_BLOCKS: u64 = 24;
-/// Blocks fetched ahead of a read that found nothing cached or coming (a
-/// reader that jumped: less is fetched on a guess).
-const READ_AHEAD_BLOCKS_AFTER_JUMP: u64 = 8;
+/// Blocks fetched ahead of any other read (a first read, or a reader that
+/// jumped: less is fetched on a guess).
+const READ_AHEAD_BLOCKS_AFTER_JUMP: u64 = 4;
+/// Most blocks remembered as fetched ahead and not read yet.
+const MAX_AHEAD_REMEMBERED: usize = 1 << 16;
 /// Most blocks one read-ahead GET asks for (16 MiB: fewer, larger
 /// requests, within the 8–16 MB ranges object stores serve best).
 const SPAN_BLOCKS: u64 = 4;
@@ -59,6 +61,9 @@ pub(crate) struct Inner {
     requests: tokio::sync::Semaphore,
     /// This node's name in pin refs (see [`Remote::node_name`]).
     node: String,
+    /// Blocks fetched ahead that no read has reached yet: a read that
+    /// reaches one is a reader moving on, which gets the longer read-ahead.
+    ahead: Mutex<std::collections::HashSet<(u64, u64)>>,
 }
 
 /// A node's view of the bucket. Cheap to clone.
@@ -107,6 +112,7 @@ impl Remote {
                 inflight: Mutex::new(HashMap::new()),
                 requests: tokio::sync::Semaphore::new(config.parallel * 2),
                 node: node_name(cache_dir),
+                ahead: Mutex::new(Default::default()),
             }),
         };
         // Learn the bucket's chunks in the background, while the marker is
@@ -271,7 +277,8 @@ impl Remote {
         let last_block = (start + len - 1) / BLOCK_BYTES;
         if let Some(bytes) = self.inner.cache.read(location.pack, start, len as usize) {
             if frame_is(&bytes, id) {
-                self.read_ahead(location.pack, blocks_ahead(last_block, READ_AHEAD_BLOCKS));
+                let ahead = self.window(location.pack, start / BLOCK_BYTES, last_block);
+                self.read_ahead(location.pack, blocks_ahead(last_block, ahead), true);
                 return Ok(bytes);
             }
         }
@@ -294,12 +301,9 @@ impl Remote {
         // them, in larger GETs of their own); unless they are already
         // coming, this frame alone is fetched now, so a first read waits
         // for one small request, not a whole block.
-        let ahead = match in_flight {
-            Some(_) => READ_AHEAD_BLOCKS,
-            None => READ_AHEAD_BLOCKS_AFTER_JUMP,
-        };
-        self.read_ahead(location.pack, first_block..=last_block);
-        self.read_ahead(location.pack, blocks_ahead(last_block, ahead));
+        let ahead = self.window(location.pack, first_block, last_block);
+        self.read_ahead(location.pack, first_block..=last_block, false);
+        self.read_ahead(location.pack, blocks_ahead(last_block, ahead), true);
         let frame = match in_flight {
             Some(futures) => self.assemble(&location, futures)?,
             None => {
@@ -365,18 +369,20 @@ impl Remote {
         let Some(len) = self.inner.index.pack_len(location.pack) else {
             return;
         };
+        // Block by block, all at once: a walk from the root needs
+        // directories from anywhere in the pack, soon.
         let blocks = len.div_ceil(BLOCK_BYTES).min(MAX_NODE_PREFETCH_BLOCKS);
-        self.read_ahead_in(location.pack, 0..=blocks.saturating_sub(1));
+        self.read_ahead_in(location.pack, 0..=blocks.saturating_sub(1), 1, false);
     }
 
     /// Starts fetching `blocks` of `pack` that are neither cached nor in
     /// flight: each run of consecutive ones in GETs of up to
     /// [`SPAN_BLOCKS`] blocks.
-    fn read_ahead(&self, pack: u64, blocks: RangeInclusive<u64>) {
+    fn read_ahead(&self, pack: u64, blocks: RangeInclusive<u64>, ahead: bool) {
         let Some(pack_len) = self.inner.index.pack_len(pack) else {
             return;
         };
-        self.read_ahead_in(pack, blocks.clone());
+        self.read_ahead_in(pack, blocks.clone(), SPAN_BLOCKS, ahead);
         // Blocks past the pack's end are the first ones of the packs the
         // same push uploaded next.
         let (mut pack, mut end) = (pack, pack_len.div_ceil(BLOCK_BYTES));
@@ -392,18 +398,40 @@ impl Remote {
             if end == 0 {
                 return;
             }
-            self.read_ahead_in(next, 0..=past.min(end) - 1);
+            self.read_ahead_in(next, 0..=past.min(end) - 1, SPAN_BLOCKS, ahead);
             (pack, past) = (next, past.saturating_sub(end));
         }
     }
 
-    /// [`Remote::read_ahead`] within one pack.
-    fn read_ahead_in(&self, pack: u64, blocks: RangeInclusive<u64>) {
+    /// How far to read ahead of a read of `first..=last` of `pack`: far if
+    /// it reached a block fetched ahead (which it takes off the list).
+    fn window(&self, pack: u64, first: u64, last: u64) -> u64 {
+        let mut ahead = self.inner.ahead.lock();
+        let mut reached = false;
+        for block in first..=last {
+            reached |= ahead.remove(&(pack, block));
+        }
+        match reached {
+            true => READ_AHEAD_BLOCKS,
+            false => READ_AHEAD_BLOCKS_AFTER_JUMP,
+        }
+    }
+
+    /// [`Remote::read_ahead`] within one pack, in GETs of up to `span`
+    /// blocks (`ahead`: blocks no read asked for yet, remembered).
+    fn read_ahead_in(&self, pack: u64, blocks: RangeInclusive<u64>, span: u64, ahead: bool) {
         let Some(pack_len) = self.inner.index.pack_len(pack) else {
             return;
         };
         let mut run: Option<(u64, u64)> = None;
         let start = |first: u64, last: u64| {
+            if ahead {
+                let mut remembered = self.inner.ahead.lock();
+                if remembered.len() >= MAX_AHEAD_REMEMBERED {
+                    remembered.clear();
+                }
+                remembered.extend((first..=last).map(|block| (pack, block)));
+            }
             let future = span_future(&self.inner, pack, first, last, pack_len);
             self.inner.bucket.spawn(async move {
                 let _ = future.await;
@@ -416,7 +444,7 @@ impl Remote {
             let wanted = !self.inner.cache.has_block(pack, block)
                 && !self.inner.inflight.lock().contains_key(&(pack, block));
             run = match (run, wanted) {
-                (Some((first, last)), true) if last + 1 == block && block - first < SPAN_BLOCKS => {
+                (Some((first, last)), true) if last + 1 == block && block - first < span => {
                     Some((first, block))
                 }
                 (Some((first, last)), _) => {
