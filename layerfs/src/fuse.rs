@@ -9,6 +9,13 @@
 //! Permission checks are the kernel's (`default_permissions`), against the
 //! attributes served here.
 //!
+//! Round trips: listings carry attributes (READDIRPLUS), so a first
+//! `ls -l` of a directory needs no LOOKUP per entry; dropping setuid,
+//! setgid and file capabilities on write, truncate and chown is done here
+//! (`FUSE_HANDLE_KILLPRIV_V2`), so the kernel no longer asks for
+//! `security.capability` before every WRITE; OPENDIR and FLUSH are
+//! answered ENOSYS once, and the kernel stops sending them.
+//!
 //! Locks: `flock` and `fcntl` locks are left to the kernel (neither
 //! `FUSE_POSIX_LOCKS` nor `FUSE_FLOCK_LOCKS` is asked for). Every process
 //! using a mount goes through this one kernel, so its local lock table is
@@ -20,7 +27,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -106,11 +113,33 @@ pub fn mount(
         SessionACL::Owner
     };
     config.n_threads = Some(options.threads.max(1));
-    fuser::spawn_mount2(FuseFs { fs }, mountpoint, &config)
+    let notifier = Arc::new(OnceLock::new());
+    let session = fuser::spawn_mount2(
+        FuseFs {
+            fs,
+            notifier: notifier.clone(),
+        },
+        mountpoint,
+        &config,
+    )?;
+    let _ = notifier.set(session.notifier());
+    Ok(session)
 }
 
 struct FuseFs {
     fs: Arc<CowFs>,
+    /// Set once mounted: tells the kernel of changes it did not ask for.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
+}
+
+impl FuseFs {
+    /// A write dropped privileges the kernel still has cached: its cached
+    /// attributes of `ino` are dropped (offset -1: its pages stay).
+    fn attributes_changed(&self, ino: INodeNo) {
+        if let Some(notifier) = self.notifier.get() {
+            let _ = notifier.inval_inode(ino, -1, 0);
+        }
+    }
 }
 
 fn system_time(t: Timestamp) -> SystemTime {
@@ -184,6 +213,15 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+/// Whether the caller counts as privileged for dropping setuid/setgid on
+/// truncation. The kernel's own test is CAP_FSETID, but fuser 0.17 does not
+/// pass on the kernel's verdict for truncation and `open(O_TRUNC)`
+/// (`FATTR_KILL_SUIDGID`, `FUSE_OPEN_KILL_SUIDGID`; it does for writes), so
+/// this stands in for it: root keeps the bits, anyone else loses them.
+fn privileged(req: &Request) -> bool {
+    req.uid() == 0
+}
+
 fn reply_entry(result: Result<Stat, Errno>, reply: ReplyEntry) {
     match result {
         Ok(stat) => reply.entry(&ATTR_TTL, &attr(&stat), Generation(0)),
@@ -210,9 +248,24 @@ impl Filesystem for FuseFs {
         // Directory operations may run in parallel (the core serialises
         // what needs it), symlink targets may be cached (they never change
         // under an inode), and O_TRUNC arrives with open.
+        //
+        // READDIRPLUS (in the kernel's "auto" mode: the first read of a
+        // directory, and later ones while its entries are being looked
+        // up) returns each entry's attributes with the listing, so `ls -l`
+        // of a directory the kernel has not seen costs no LOOKUP per
+        // entry.
+        //
+        // HANDLE_KILLPRIV_V2 makes dropping setuid/setgid and
+        // `security.capability` on write, truncate and chown this
+        // server's job (see `kill_privileges` below), and with it the
+        // kernel marks inodes `S_NOSEC`: without it, every WRITE was
+        // preceded by a GETXATTR `security.capability` round trip.
         let wanted = fuser::InitFlags::FUSE_PARALLEL_DIROPS
             | fuser::InitFlags::FUSE_CACHE_SYMLINKS
-            | fuser::InitFlags::FUSE_ATOMIC_O_TRUNC;
+            | fuser::InitFlags::FUSE_ATOMIC_O_TRUNC
+            | fuser::InitFlags::FUSE_DO_READDIRPLUS
+            | fuser::InitFlags::FUSE_READDIRPLUS_AUTO
+            | fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
         let _ = config.set_max_background(64);
@@ -233,7 +286,7 @@ impl Filesystem for FuseFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -257,7 +310,21 @@ impl Filesystem for FuseFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
         };
-        match self.fs.setattr(ino.0, set) {
+        let result = self.fs.setattr(ino.0, set).and_then(|stat| {
+            // A truncation drops setuid/setgid when the caller is not
+            // privileged, a change of owner always (the core does that);
+            // both drop file capabilities.
+            if size.is_none() && uid.is_none() && gid.is_none() {
+                return Ok(stat);
+            }
+            let unprivileged_truncate = size.is_some() && !privileged(req);
+            if self.fs.kill_privileges(ino.0, unprivileged_truncate)? {
+                self.fs.getattr(ino.0)
+            } else {
+                Ok(stat)
+            }
+        });
+        match result {
             Ok(stat) => reply.attr(&ATTR_TTL, &attr(&stat)),
             Err(e) => reply.error(errno(e)),
         }
@@ -389,9 +456,18 @@ impl Filesystem for FuseFs {
         reply_entry(self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        match self.fs.open(ino.0, truncate) {
+        let opened = self.fs.open(ino.0, truncate).and_then(|()| {
+            if truncate {
+                if let Err(e) = self.fs.kill_privileges(ino.0, !privileged(req)) {
+                    self.fs.release(ino.0);
+                    return Err(e);
+                }
+            }
+            Ok(())
+        });
+        match opened {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(e)),
         }
@@ -421,12 +497,24 @@ impl Filesystem for FuseFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(ino.0, offset, data) {
+        // The kernel flags a write by a caller without CAP_FSETID to a
+        // setuid/setgid file; capabilities go on any write.
+        let kill_suid_sgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let written = self
+            .fs
+            .kill_privileges(ino.0, kill_suid_sgid)
+            .and_then(|killed| {
+                if killed {
+                    self.attributes_changed(ino);
+                }
+                self.fs.write(ino.0, offset, data)
+            });
+        match written {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
@@ -519,6 +607,30 @@ impl Filesystem for FuseFs {
                 entry.offset,
                 file_type(entry.kind),
                 OsStr::from_bytes(entry.name),
+            )
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let result = self.fs.readdirplus_each(ino.0, offset, |entry, stat| {
+            reply.add(
+                INodeNo(entry.ino),
+                entry.offset,
+                OsStr::from_bytes(entry.name),
+                &ATTR_TTL,
+                &attr(stat),
+                Generation(0),
             )
         });
         match result {

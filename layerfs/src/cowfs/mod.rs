@@ -377,6 +377,12 @@ impl CowFs {
         epoch: u64,
     ) -> crate::Result<CowFs> {
         let root = TreeReader::new(&store).dir(lower)?;
+        // Its link count counts its subdirectories, as every directory's.
+        let subdirs = TreeReader::new(&store)
+            .entries(&root)?
+            .iter()
+            .filter(|(_, e)| matches!(e, crate::tree::Entry::Dir(_)))
+            .count();
         let mut dir = DirState::new(ROOT_INO);
         let attrs = root.attrs.clone();
         dir.pending = Some(Box::new(root));
@@ -390,7 +396,7 @@ impl CowFs {
             ROOT_INO,
             Node {
                 attrs,
-                nlink: 2,
+                nlink: 2 + subdirs as u32,
                 kind: NodeKind::Dir(dir),
                 opens: 0,
                 link: (0, Vec::new()),

@@ -675,4 +675,60 @@ impl CowFs {
         }
         Ok(())
     }
+
+    /// As [`CowFs::readdir_each`], with each entry's attributes (a
+    /// READDIRPLUS reply: the kernel then needs no LOOKUP per entry). A
+    /// lower subdirectory's own entries are read here, as a lookup would
+    /// (its link count needs them). Entries are taken in batches, so the
+    /// lock is not held across the directory.
+    pub fn readdirplus_each(
+        &self,
+        ino: Ino,
+        offset: u64,
+        mut emit: impl FnMut(DirEntryRef<'_>, &Stat) -> bool,
+    ) -> FsResult<()> {
+        /// Entries taken per batch (a reply page holds about 25).
+        const BATCH: usize = 32;
+        let mut st = self.state.lock();
+        self.load_dir(&mut st, ino)?;
+        let mut at = offset;
+        loop {
+            let dir = match &self.node(&st, ino)?.kind {
+                NodeKind::Dir(d) => d,
+                _ => return Err(Errno::ENOTDIR),
+            };
+            let mut batch: Vec<(u64, Ino, Vec<u8>)> = Vec::with_capacity(BATCH);
+            if at < 1 {
+                batch.push((1, ino, b".".to_vec()));
+            }
+            if at < 2 {
+                batch.push((2, dir.parent, b"..".to_vec()));
+            }
+            for (&off, name) in dir.by_offset.range(at.max(2) + 1..) {
+                if batch.len() >= BATCH {
+                    break;
+                }
+                if let Some(&(child, _)) = dir.by_name.get(name) {
+                    batch.push((off, child, name.to_vec()));
+                }
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for (off, child, name) in &batch {
+                self.ready(&mut st, *child)?;
+                let stat = self.stat_of(&st, *child)?;
+                let entry = DirEntryRef {
+                    offset: *off,
+                    ino: *child,
+                    kind: stat.kind,
+                    name,
+                };
+                if emit(entry, &stat) {
+                    return Ok(());
+                }
+                at = *off;
+            }
+        }
+    }
 }

@@ -58,6 +58,47 @@ impl CowFs {
         Ok(())
     }
 
+    /// What a write, truncation or change of owner by an unprivileged
+    /// caller does to a regular file's privileges (the kernel leaves it to
+    /// the FUSE server once `FUSE_HANDLE_KILLPRIV_V2` is agreed): drops
+    /// `security.capability` always and, when `suid_sgid`, setuid and (on a
+    /// group-executable file) setgid. Returns whether anything changed;
+    /// costs one lookup when nothing does.
+    pub fn kill_privileges(&self, ino: Ino, suid_sgid: bool) -> FsResult<bool> {
+        const CAPABILITY: &[u8] = b"security.capability";
+        let mut st = self.state.lock();
+        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        if !matches!(node.kind, NodeKind::File(_)) {
+            return Ok(false);
+        }
+        let mut mode = node.attrs.mode;
+        if suid_sgid {
+            mode &= !0o4000;
+            if mode & 0o010 != 0 {
+                mode &= !0o2000;
+            }
+        }
+        let capability = node.attrs.xattrs.contains_key(CAPABILITY);
+        if mode == node.attrs.mode && !capability {
+            return Ok(false);
+        }
+        node.attrs.mode = mode;
+        node.attrs.xattrs.remove(CAPABILITY);
+        node.attrs.ctime = now();
+        self.mark_changed(&mut st, ino);
+        if let Some(path) = self.journaling().then(|| self.path_of(&st, ino)).flatten() {
+            if capability {
+                self.log(Record::Xattr {
+                    path,
+                    name: CAPABILITY.to_vec(),
+                    value: None,
+                });
+            }
+            self.log_attrs(&st, ino);
+        }
+        Ok(true)
+    }
+
     /// Removes an extended attribute.
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
         let mut st = self.state.lock();
