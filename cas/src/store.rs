@@ -420,6 +420,12 @@ impl Store {
         &self.inner.packs_dir
     }
 
+    /// Whether data chunk `id` is in the chunk cache (for read-ahead tests).
+    #[doc(hidden)]
+    pub fn is_cached(&self, id: &ChunkId) -> bool {
+        self.inner.chunk_cache.peek(id).is_some()
+    }
+
     /// Drops cached chunks and open pack files, so the next reads go to
     /// the pack files on disk.
     pub fn clear_cache(&self) {

@@ -891,6 +891,28 @@ impl FileData {
         });
     }
 
+    /// For read-ahead across files: the blob and length of this file's
+    /// lower bytes when they are at most `max_len` and nothing has asked
+    /// for them ahead yet (then they count as asked for).
+    pub(crate) fn claim_prefetch(&self, store: &Store, max_len: u64) -> Option<(cas::Blob, u64)> {
+        let inner = self.inner.read();
+        let len = inner.lower_limit.min(inner.size);
+        if len == 0 || len > max_len || inner.upper.is_some() {
+            return None;
+        }
+        let Base::Blob(base) = &inner.base else {
+            return None;
+        };
+        base.id?;
+        if self.prefetched_to.fetch_max(len, Ordering::Relaxed) >= len {
+            return None;
+        }
+        match base.content(store) {
+            Ok(Content::Blob(blob)) => Some((blob.clone(), len)),
+            _ => None,
+        }
+    }
+
     /// Up to `len` bytes at `offset`.
     pub(crate) fn read(&self, store: &Store, offset: u64, len: usize) -> Result<Vec<u8>, String> {
         let inner = self.inner.read();

@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// Files ahead of an opened one, in its directory, whose chunks are loaded
+/// ahead (see [`CowFs::prefetch_siblings`]).
+const SIBLINGS_AHEAD: usize = 16;
+/// Files larger than this are left to their own sequential read-ahead.
+const SIBLING_MAX_BYTES: u64 = 256 << 10;
+/// Bytes loaded ahead per open at most.
+const SIBLINGS_AHEAD_BYTES: u64 = 1 << 20;
+
 impl CowFs {
     /// Opens `ino`; `truncate` empties a file first (O_TRUNC).
     pub fn open(&self, ino: Ino, truncate: bool) -> FsResult<()> {
@@ -27,7 +35,61 @@ impl CowFs {
                 self.log_data(&st, ino);
             }
         }
+        self.prefetch_siblings(&st, ino);
         Ok(())
+    }
+
+    /// Read-ahead across files: programs that open one file of a
+    /// directory usually go on with the next ones in listing order (`tar`,
+    /// `cp -r`, an interpreter's imports), and an import stored them side
+    /// by side in its packs. So the next [`SIBLINGS_AHEAD`] small files
+    /// after `ino` in its directory have their chunks loaded and verified
+    /// into the chunk cache on the background pool, each file once.
+    fn prefetch_siblings(&self, st: &State, ino: Ino) {
+        let Some(node) = st.nodes.get(&ino) else {
+            return;
+        };
+        let (parent, name) = &node.link;
+        let Some(Node {
+            kind: NodeKind::Dir(dir),
+            ..
+        }) = st.nodes.get(parent)
+        else {
+            return;
+        };
+        let Some(&(_, offset)) = dir.by_name.get(name) else {
+            return;
+        };
+        let mut wanted = Vec::new();
+        let mut bytes = 0u64;
+        for (_, sibling) in dir.by_offset.range(offset + 1..).take(SIBLINGS_AHEAD) {
+            let Some(&(child, _)) = dir.by_name.get(sibling) else {
+                continue;
+            };
+            if let Some(Node {
+                kind: NodeKind::File(data),
+                ..
+            }) = st.nodes.get(&child)
+            {
+                if let Some((blob, len)) = data.claim_prefetch(&self.store, SIBLING_MAX_BYTES) {
+                    bytes += len;
+                    wanted.push((blob, len));
+                    if bytes >= SIBLINGS_AHEAD_BYTES {
+                        break;
+                    }
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        rayon::spawn(move || {
+            for (blob, len) in wanted {
+                if let Err(e) = blob.prefetch(0, len) {
+                    tracing::debug!("sibling read-ahead: {e}");
+                }
+            }
+        });
     }
 
     /// Closes a handle opened by [`CowFs::open`] or [`CowFs::create`].

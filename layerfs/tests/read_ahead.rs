@@ -1,0 +1,52 @@
+//! Read-ahead across files: opening one file of a directory loads the
+//! chunks of the next small files in listing order, so `tar`, `cp -r` and
+//! an interpreter's imports find them verified in the chunk cache.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use cas::{ChunkId, ChunkKind};
+use common::{cow_mount, store};
+use layerfs::cowfs::ROOT_INO;
+
+fn contents(i: usize) -> Vec<u8> {
+    (0..10_000u32)
+        .map(|j| (j.wrapping_mul(31).wrapping_add(i as u32 * 7919) >> 3) as u8)
+        .collect()
+}
+
+#[test]
+fn opening_a_file_loads_the_next_small_files_of_its_directory() {
+    let (tmp, store) = store();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..40 {
+        fs::write(src.join(format!("d/f{i:02}")), contents(i)).unwrap();
+    }
+    let tree = common::import_dir(&store, "files", &src);
+    let fs_ = cow_mount(&store, tree, &tmp.path().join("upper"));
+    store.clear_cache();
+    let id = |i: usize| ChunkId::compute(ChunkKind::Data, &contents(i));
+    assert!((0..40).all(|i| !store.is_cached(&id(i))));
+
+    let dir = fs_.lookup(ROOT_INO, b"d").unwrap().ino;
+    // Every name looked up first, as a walk would: looking up loads nothing.
+    let inos: Vec<u64> = (0..40)
+        .map(|i| fs_.lookup(dir, format!("f{i:02}").as_bytes()).unwrap().ino)
+        .collect();
+    assert!((0..40).all(|i| !store.is_cached(&id(i))));
+
+    fs_.open(inos[3], false).unwrap();
+    let ahead = 4..20; // the 16 files after f03
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ahead.clone().all(|i| store.is_cached(&id(i))) {
+        assert!(Instant::now() < deadline, "siblings not loaded ahead");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Not before it, not past the window, and each file once.
+    assert!((0..=3).chain(20..40).all(|i| !store.is_cached(&id(i))));
+    assert_eq!(fs_.read(inos[4], 0, 20_000).unwrap(), contents(4));
+    fs_.release(inos[3]);
+}
