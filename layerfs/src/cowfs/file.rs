@@ -891,10 +891,11 @@ impl FileData {
         });
     }
 
-    /// For read-ahead across files: the blob and length of this file's
-    /// lower bytes when they are at most `max_len` and nothing has asked
-    /// for them ahead yet (then they count as asked for).
-    pub(crate) fn claim_prefetch(&self, store: &Store, max_len: u64) -> Option<(cas::Blob, u64)> {
+    /// For read-ahead across files: this file's lower content and length
+    /// when it is at most `max_len` and nothing has asked for it ahead yet
+    /// (then it counts as asked for). Cheap (no store access): callers hold
+    /// the mount's lock.
+    pub(crate) fn claim_prefetch(&self, max_len: u64) -> Option<(Arc<BlobBase>, u64)> {
         let inner = self.inner.read();
         let len = inner.lower_limit.min(inner.size);
         if len == 0 || len > max_len || inner.upper.is_some() {
@@ -907,9 +908,15 @@ impl FileData {
         if self.prefetched_to.fetch_max(len, Ordering::Relaxed) >= len {
             return None;
         }
-        match base.content(store) {
-            Ok(Content::Blob(blob)) => Some((blob.clone(), len)),
-            _ => None,
+        Some((base.clone(), len))
+    }
+
+    /// Loads the chunks of a claimed file's first `len` bytes into the
+    /// chunk cache (see [`FileData::claim_prefetch`]).
+    pub(crate) fn prefetch_claimed(store: &Store, base: &BlobBase, len: u64) -> Result<(), String> {
+        match base.content(store)? {
+            Content::Blob(blob) => blob.prefetch(0, len).map_err(|e| e.to_string()),
+            Content::Memory(_) => Ok(()),
         }
     }
 

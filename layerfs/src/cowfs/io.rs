@@ -71,9 +71,9 @@ impl CowFs {
                 ..
             }) = st.nodes.get(&child)
             {
-                if let Some((blob, len)) = data.claim_prefetch(&self.store, SIBLING_MAX_BYTES) {
+                if let Some((base, len)) = data.claim_prefetch(SIBLING_MAX_BYTES) {
                     bytes += len;
-                    wanted.push((blob, len));
+                    wanted.push((base, len));
                     if bytes >= SIBLINGS_AHEAD_BYTES {
                         break;
                     }
@@ -83,9 +83,11 @@ impl CowFs {
         if wanted.is_empty() {
             return;
         }
+        // The store is read on the pool, not under the mount's lock.
+        let store = self.store.clone();
         rayon::spawn(move || {
-            for (blob, len) in wanted {
-                if let Err(e) = blob.prefetch(0, len) {
+            for (base, len) in wanted {
+                if let Err(e) = FileData::prefetch_claimed(&store, &base, len) {
                     tracing::debug!("sibling read-ahead: {e}");
                 }
             }
