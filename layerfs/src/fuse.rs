@@ -311,14 +311,10 @@ impl Filesystem for FuseFs {
             mtime: mtime.map(time_set),
         };
         let result = self.fs.setattr(ino.0, set).and_then(|stat| {
-            // A truncation drops setuid/setgid when the caller is not
-            // privileged, a change of owner always (the core does that);
-            // both drop file capabilities.
-            if size.is_none() && uid.is_none() && gid.is_none() {
-                return Ok(stat);
-            }
-            let unprivileged_truncate = size.is_some() && !privileged(req);
-            if self.fs.kill_privileges(ino.0, unprivileged_truncate)? {
+            // A change of owner clears setuid/setgid, and with a
+            // truncation drops file capabilities (the core does both); a
+            // truncation by an unprivileged caller clears setuid/setgid.
+            if size.is_some() && !privileged(req) && self.fs.kill_privileges(ino.0, true)? {
                 self.fs.getattr(ino.0)
             } else {
                 Ok(stat)

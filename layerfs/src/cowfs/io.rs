@@ -12,7 +12,8 @@ const SIBLING_MAX_BYTES: u64 = 256 << 10;
 const SIBLINGS_AHEAD_BYTES: u64 = 1 << 20;
 
 impl CowFs {
-    /// Opens `ino`; `truncate` empties a file first (O_TRUNC).
+    /// Opens `ino`; `truncate` empties a file first (O_TRUNC), which drops
+    /// its file capabilities as [`CowFs::setattr`] does.
     pub fn open(&self, ino: Ino, truncate: bool) -> FsResult<()> {
         let mut st = self.state.lock();
         let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
@@ -32,6 +33,7 @@ impl CowFs {
                 node.attrs.ctime = t;
                 data.set_upper_mtime(t);
                 self.mark_changed(&mut st, ino);
+                self.drop_capability(&mut st, ino);
                 self.log_data(&st, ino);
             }
         }

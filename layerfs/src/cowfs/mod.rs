@@ -149,6 +149,10 @@ const FIRST_ENTRY_OFFSET: u64 = 3;
 /// The journal's file name in the upper directory.
 const JOURNAL_FILE: &str = "journal";
 
+/// The extended attribute that holds a file's capabilities: a write, a
+/// truncation or a change of owner drops it, as on a local filesystem.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
 impl DirState {
     fn new(parent: Ino) -> DirState {
         DirState {

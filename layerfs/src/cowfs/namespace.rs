@@ -27,6 +27,13 @@ impl CowFs {
     }
 
     /// Changes attributes; a size change truncates or extends (zeros).
+    ///
+    /// As on a local filesystem, a change of owner or group clears setuid
+    /// (and setgid on a group-executable file), and a change of owner,
+    /// group or size drops a non-directory's file capabilities
+    /// (`security.capability`). Whether a truncation clears setuid/setgid
+    /// depends on the caller's privilege, which the frontend knows: see
+    /// [`CowFs::kill_privileges`].
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> FsResult<Stat> {
         let mut st = self.state.lock();
         self.ready(&mut st, ino)?;
@@ -53,15 +60,15 @@ impl CowFs {
         if let Some(gid) = set.gid {
             node.attrs.gid = gid;
         }
-        if set.uid.is_some() || set.gid.is_some() {
+        let chown = set.uid.is_some() || set.gid.is_some();
+        if chown && !matches!(node.kind, NodeKind::Dir(_)) {
             // chown clears setuid, and setgid on group-executable files.
-            if !matches!(node.kind, NodeKind::Dir(_)) {
-                node.attrs.mode &= !0o4000;
-                if node.attrs.mode & 0o010 != 0 {
-                    node.attrs.mode &= !0o2000;
-                }
+            node.attrs.mode &= !0o4000;
+            if node.attrs.mode & 0o010 != 0 {
+                node.attrs.mode &= !0o2000;
             }
         }
+
         let resolve = |s: TimeSet| match s {
             TimeSet::Now => t,
             TimeSet::At(at) => at,
@@ -82,6 +89,9 @@ impl CowFs {
             }
         }
         self.mark_changed(&mut st, ino);
+        if chown || set.size.is_some() {
+            self.drop_capability(&mut st, ino);
+        }
         if set.size.is_some() {
             self.log_data(&st, ino);
         } else {

@@ -65,7 +65,6 @@ impl CowFs {
     /// group-executable file) setgid. Returns whether anything changed;
     /// costs one lookup when nothing does.
     pub fn kill_privileges(&self, ino: Ino, suid_sgid: bool) -> FsResult<bool> {
-        const CAPABILITY: &[u8] = b"security.capability";
         let mut st = self.state.lock();
         let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         if !matches!(node.kind, NodeKind::File(_)) {
@@ -78,25 +77,37 @@ impl CowFs {
                 mode &= !0o2000;
             }
         }
-        let capability = node.attrs.xattrs.contains_key(CAPABILITY);
-        if mode == node.attrs.mode && !capability {
+        if mode == node.attrs.mode && !node.attrs.xattrs.contains_key(CAPABILITY_XATTR) {
             return Ok(false);
         }
         node.attrs.mode = mode;
-        node.attrs.xattrs.remove(CAPABILITY);
         node.attrs.ctime = now();
+        self.drop_capability(&mut st, ino);
         self.mark_changed(&mut st, ino);
-        if let Some(path) = self.journaling().then(|| self.path_of(&st, ino)).flatten() {
-            if capability {
-                self.log(Record::Xattr {
-                    path,
-                    name: CAPABILITY.to_vec(),
-                    value: None,
-                });
-            }
-            self.log_attrs(&st, ino);
-        }
+        self.log_attrs(&st, ino);
         Ok(true)
+    }
+
+    /// Drops a non-directory's file capabilities (journaled), as a write,
+    /// a truncation or a change of owner does; whether it had any. The
+    /// caller journals the node's attributes after.
+    pub(super) fn drop_capability(&self, st: &mut State, ino: Ino) -> bool {
+        let Some(node) = st.nodes.get_mut(&ino) else {
+            return false;
+        };
+        if matches!(node.kind, NodeKind::Dir(_))
+            || node.attrs.xattrs.remove(CAPABILITY_XATTR).is_none()
+        {
+            return false;
+        }
+        if let Some(path) = self.journaling().then(|| self.path_of(st, ino)).flatten() {
+            self.log(Record::Xattr {
+                path,
+                name: CAPABILITY_XATTR.to_vec(),
+                value: None,
+            });
+        }
+        true
     }
 
     /// Removes an extended attribute.
