@@ -309,10 +309,7 @@ pub fn run(args: DaemonArgs, home: &Path, out: &Output) -> anyhow::Result<ExitCo
         let known = daemon.runtime_pids.clone();
         std::thread::Builder::new()
             .name("orphans".into())
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_millis(20));
-                sandbox_ops::reap_orphans(&known);
-            })?;
+            .spawn(move || sandbox_ops::reap_orphans(&known))?;
     }
     let _ = daemon.me.set(Arc::downgrade(&daemon));
     {

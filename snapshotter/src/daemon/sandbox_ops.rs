@@ -97,10 +97,47 @@ pub(super) fn become_subreaper() {
     }
 }
 
-/// Reaps this process's exited children that it did not start with a
-/// `Command` (which waits for its own): runsc's re-executed processes
-/// (named `exe`) and the containers' first processes in `known`.
-pub(super) fn reap_orphans(known: &Mutex<std::collections::HashSet<i64>>) {
+/// Reaps, for as long as the daemon runs, this process's exited children
+/// that it did not start with a `Command` (which waits for its own):
+/// runsc's re-executed processes (named `exe`) and the containers' first
+/// processes in `known`.
+///
+/// Blocks in `waitid(P_ALL, WEXITED | WNOWAIT)` until some child has
+/// exited (so an idle daemon spends nothing here, and an orphan is reaped
+/// as soon as it exits), then looks at that child without reaping it
+/// first. A `Command`'s child is left to its owner, who reaps it shortly;
+/// until then `waitid` keeps naming it, so meanwhile every child is
+/// looked at every 20 ms (an orphan exiting then is reaped by that scan).
+pub(super) fn reap_orphans(known: &Mutex<std::collections::HashSet<i64>>) -> ! {
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes only into `info`; WNOWAIT leaves the child
+        // waitable, so its owner (or the code below) still reaps it.
+        let ret = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if ret != 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // No children now: look again later (one may be started).
+                _ => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+        }
+        // SAFETY: waitid succeeded with WEXITED, so `info` describes a child.
+        let pid = i64::from(unsafe { info.si_pid() });
+        if pid == 0 || !reap_if_orphan(pid, known) {
+            // Someone else's to reap: give its owner time to.
+            std::thread::sleep(Duration::from_millis(20));
+            reap_exited_orphans(known);
+        }
+    }
+}
+
+/// Reaps every exited orphan among this process's children (see
+/// [`reap_orphans`]).
+fn reap_exited_orphans(known: &Mutex<std::collections::HashSet<i64>>) {
     let Ok(tasks) = fs::read_dir("/proc/self/task") else {
         return;
     };
@@ -112,23 +149,31 @@ pub(super) fn reap_orphans(known: &Mutex<std::collections::HashSet<i64>>) {
             .split_whitespace()
             .filter_map(|p| p.parse::<i64>().ok())
         {
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // `pid (comm) state …`: comm may hold spaces and parentheses.
-            let Some((head, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
-            let zombie = rest.trim_start().starts_with('Z');
-            if zombie && (comm == "exe" || known.lock().contains(&pid)) {
-                let mut status = 0;
-                // SAFETY: waitpid on one pid of ours that has exited.
-                unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
-                known.lock().remove(&pid);
-            }
+            reap_if_orphan(pid, known);
         }
     }
+}
+
+/// Reaps child `pid` when it has exited and is runsc's `exe` or a known
+/// container process; whether it did.
+fn reap_if_orphan(pid: i64, known: &Mutex<std::collections::HashSet<i64>>) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) state …`: comm may hold spaces and parentheses.
+    let Some((head, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+    let zombie = rest.trim_start().starts_with('Z');
+    if !zombie || (comm != "exe" && !known.lock().contains(&pid)) {
+        return false;
+    }
+    let mut status = 0;
+    // SAFETY: waitpid on one pid of ours that has exited.
+    unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+    known.lock().remove(&pid);
+    true
 }
 
 /// Makes directory `path` (absolute, inside the sandbox) under `rootfs`,
