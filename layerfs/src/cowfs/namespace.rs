@@ -68,7 +68,6 @@ impl CowFs {
                 node.attrs.mode &= !0o2000;
             }
         }
-
         let resolve = |s: TimeSet| match s {
             TimeSet::Now => t,
             TimeSet::At(at) => at,
