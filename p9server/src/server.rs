@@ -469,6 +469,14 @@ struct Framer<S> {
 }
 
 impl<S: Connection> Framer<S> {
+    /// Whether a whole next message is already buffered (reading it
+    /// waits for nothing).
+    fn has_message(&self) -> bool {
+        self.buf.len() >= 4
+            && self.buf.len()
+                >= u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize
+    }
+
     /// The next message's bytes after its size field. A size outside
     /// `7..=max` is an error (the stream cannot be resynchronised).
     /// `answered` says whether every request read so far is answered: only
@@ -573,8 +581,13 @@ where
         loop {
             // One request at a time per turn: a session whose client
             // floods it lets the others' requests in between (the
-            // runtime's own budget would let it run 128 first).
-            tokio::task::yield_now().await;
+            // runtime's own budget would let it run 128 first). A session
+            // with no whole request buffered waits on its socket next,
+            // which lets the others in anyway: a yield there would only
+            // wake an idle worker to take this task over.
+            if framer.has_message() {
+                tokio::task::yield_now().await;
+            }
             // A client that does not read its replies gets no further
             // request read: its backlog is all it can cost.
             tokio::select! {
