@@ -18,6 +18,7 @@
 
 #[cfg(feature = "server")]
 pub mod client;
+mod lane;
 #[cfg(feature = "server")]
 pub mod poll;
 #[cfg(feature = "server")]

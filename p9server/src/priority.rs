@@ -9,9 +9,12 @@
 //! work of a session that has requests queued runs with a higher nice
 //! value, and the kernel lets the interactive client's work go first
 //! whenever both want a core — and changes nothing when there is a core to
-//! spare (nice only weighs threads against each other). The thread that
-//! did it returns to its own priority as soon as that piece of work is
-//! done, before it can run anything else.
+//! spare (nice only weighs threads against each other). Only threads that
+//! work for that session alone are lowered (the blocking pool's, a
+//! session's lane: see `lane`), never the runtime's, whose queues hold
+//! other sessions' tasks. The thread that did it returns to its own
+//! priority as soon as that work is done, before it can run anything
+//! else.
 //!
 //! Returning to a lower nice value needs `CAP_SYS_NICE` (or a
 //! `RLIMIT_NICE` that allows it): the first use probes that on a thread of

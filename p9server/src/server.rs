@@ -10,7 +10,8 @@
 //! may wait on the disk run on the blocking pool, at most
 //! [`Limits::max_outstanding`] at once per session — past that the
 //! connection stops reading until one finishes, so a client can queue work
-//! but not memory. Between a reply and the next request a connection whose
+//! but not memory. A session that pipelines has all its requests worked on
+//! off the runtime's threads, at a lower priority, in order (`lane`). Between a reply and the next request a connection whose
 //! client comes back quickly polls its socket briefly before sleeping
 //! (see [`crate::poll`]).
 
@@ -19,17 +20,17 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::Interest;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
+use crate::lane::{InFlight, Job, Work};
 use crate::poll::{poll_until, PollLimits, PollWindow, Pollers};
-use crate::priority::Lowered;
 use crate::proto::{self, Reply, Request};
 use crate::reply::{Encoded, ReplyWriter};
 use crate::session::{Resolver, ResolverFactory, Session};
@@ -424,14 +425,6 @@ impl Connection for tokio::net::TcpStream {
     }
 }
 
-/// A request being worked on.
-struct InFlight {
-    /// Set by `Tflush`: a request that has not started yet is dropped.
-    cancelled: AtomicBool,
-    done: Notify,
-    finished: AtomicBool,
-}
-
 /// Encodes a reply; the data of `Rread` and `Rreaddir` stays where it is
 /// and goes out as a second part.
 fn encode(tag: u16, reply: &Reply) -> Encoded {
@@ -576,6 +569,36 @@ where
     ));
     let outstanding = Arc::new(Semaphore::new(shared.limits.max_outstanding));
     let inflight: Arc<Mutex<HashMap<u16, Arc<InFlight>>>> = Arc::default();
+    let work = Arc::new(Work::new(
+        session.clone(),
+        writer.clone(),
+        inflight.clone(),
+        encode,
+    ));
+    // One of the session's places, once one is free.
+    let place = || {
+        let outstanding = outstanding.clone();
+        async move {
+            outstanding
+                .acquire_owned()
+                .await
+                .map_err(std::io::Error::other)
+        }
+    };
+    // Marks `tag` in flight, holding `permit`.
+    let job = |tag: u16, req: Request, permit| -> std::io::Result<Job> {
+        let entry = Arc::new(InFlight::default());
+        if inflight.lock().insert(tag, entry.clone()).is_some() {
+            let e = format!("tag {tag} reused while in flight");
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        }
+        Ok(Job {
+            tag,
+            req,
+            entry,
+            permit,
+        })
+    };
 
     let result: std::io::Result<()> = async {
         loop {
@@ -631,14 +654,17 @@ where
             };
             tracing::trace!(session = id, tag, request = req.name(), "9p request");
             // Requests already waiting behind this one (or still being
-            // worked on): this client pipelines, and its work yields the
-            // CPU to interactive clients' (`priority`).
-            let nice = match !framer.buf.is_empty()
-                || outstanding.available_permits() < shared.limits.max_outstanding
-            {
+            // worked on): this client pipelines, and its work, taken off
+            // the runtime's threads, yields the CPU to interactive
+            // clients' (`lane`, `priority`).
+            let queued = !framer.buf.is_empty()
+                || outstanding.available_permits() < shared.limits.max_outstanding;
+            let nice = match queued {
                 true => shared.limits.queued_nice,
                 false => 0,
             };
+            // While the lane works, everything goes through it, in order.
+            let laned = nice > 0 || !work.lane_idle();
             match req {
                 Request::Version { msize, version } => {
                     // Let everything in flight finish, then start over.
@@ -654,19 +680,20 @@ where
                 Request::Flush { oldtag } => {
                     let pending = inflight.lock().get(&oldtag).cloned();
                     let Some(old) = pending else {
-                        // Nothing to wait for: answered at once.
-                        let _lowered = Lowered::enter(nice);
-                        writer.send(encode(tag, &Reply::Flush {}))?;
+                        // Nothing to wait for: answered at once, or after
+                        // the requests queued before it.
+                        if laned {
+                            let permit = place().await?;
+                            work.push(job(tag, Request::Flush { oldtag }, permit)?, nice);
+                        } else {
+                            writer.send(encode(tag, &Reply::Flush {}))?;
+                        }
                         continue;
                     };
                     // Waiting for a request to finish is work in flight
                     // like any other: it takes one of the session's
                     // places, so flushes cannot pile up.
-                    let permit = outstanding
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(std::io::Error::other)?;
+                    let permit = place().await?;
                     let writer = writer.clone();
                     tokio::spawn(async move {
                         old.cancelled.store(true, Ordering::SeqCst);
@@ -678,50 +705,22 @@ where
                         drop(permit);
                     });
                 }
+                // A pipelining client's quick requests, and any request
+                // while its lane works, go through the lane in order.
+                req if laned && (!Session::is_slow(&req) || !work.lane_idle()) => {
+                    let permit = place().await?;
+                    work.push(job(tag, req, permit)?, nice);
+                }
                 // Reads, writes, listings, opens and removals are mostly memory
                 // work: answered inline while nothing else of this session
                 // is in flight or waiting (one thread hand-off less), else
                 // on the pool so that a pipelining client's requests run
                 // side by side.
-                req if Session::is_slow(&req)
-                    && !(Session::is_usually_quick(&req)
-                        && outstanding.available_permits() == shared.limits.max_outstanding
-                        && framer.buf.is_empty()) =>
-                {
-                    let permit = outstanding
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(std::io::Error::other)?;
-                    let entry = Arc::new(InFlight {
-                        cancelled: AtomicBool::new(false),
-                        done: Notify::new(),
-                        finished: AtomicBool::new(false),
-                    });
-                    if inflight.lock().insert(tag, entry.clone()).is_some() {
-                        let e = format!("tag {tag} reused while in flight");
-                        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
-                    }
-                    let (session, writer, inflight) =
-                        (session.clone(), writer.clone(), inflight.clone());
-                    // The blocking thread answers and writes the reply
-                    // itself (see `reply`).
-                    tokio::task::spawn_blocking(move || {
-                        if !entry.cancelled.load(Ordering::SeqCst) {
-                            let _lowered = Lowered::enter(nice);
-                            let reply = session.handle(req);
-                            let _ = writer.send(encode(tag, &reply));
-                        }
-                        inflight.lock().remove(&tag);
-                        entry.finished.store(true, Ordering::SeqCst);
-                        entry.done.notify_waiters();
-                        drop(permit);
-                    });
+                req if Session::is_slow(&req) && (queued || !Session::is_usually_quick(&req)) => {
+                    let permit = place().await?;
+                    work.spawn(job(tag, req, permit)?, nice);
                 }
                 req => {
-                    // Nothing awaited while lowered: the thread is back to
-                    // its own priority before it runs another task.
-                    let _lowered = Lowered::enter(nice);
                     let reply = session.handle(req);
                     writer.send(encode(tag, &reply))?;
                 }

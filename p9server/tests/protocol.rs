@@ -502,6 +502,75 @@ fn replies_come_out_of_order_and_flush_orders_after_its_request() {
     assert_eq!(c.read(1, 0, 4).unwrap().len(), 4);
 }
 
+/// A pipelining client's requests are worked on off the runtime's threads
+/// (the session's lane) in the order they were sent: walks to new fids and
+/// then requests on those fids, all sent before any reply is read, all
+/// succeed; flushes of queued requests are answered after them or instead
+/// of them, and each request at most once.
+#[test]
+fn a_pipelining_clients_requests_keep_their_order() {
+    let f = fixture();
+    let l = f.unix("9p.sock");
+    let mut c = Client::connect(&l.address, 1 << 20).unwrap();
+    c.attach(0, "", 0).unwrap();
+    let names = vec![b"sub".to_vec(), b"a.txt".to_vec()];
+    for round in 0..50u32 {
+        let mut sent = Vec::new();
+        for i in 0..16u32 {
+            let fid = 100 + i;
+            let walk = Request::Walk {
+                fid: 0,
+                newfid: fid,
+                names: names.clone(),
+            };
+            sent.push((c.send(&walk).unwrap(), "walk"));
+            let getattr = Request::Getattr {
+                fid,
+                mask: proto::getattr::BASIC,
+            };
+            sent.push((c.send(&getattr).unwrap(), "getattr"));
+            let open = Request::Lopen {
+                fid,
+                flags: libc::O_RDONLY as u32,
+            };
+            sent.push((c.send(&open).unwrap(), "lopen"));
+        }
+        // A flush of the last getattr, still queued or just answered.
+        let flushed = sent[sent.len() - 2].0;
+        let flush = c.send(&Request::Flush { oldtag: flushed }).unwrap();
+        let mut replies = std::collections::HashMap::new();
+        let mut order = Vec::new();
+        // Everything but the flushed request is answered; the flushed one
+        // is answered before the flush or not at all.
+        let answered = |replies: &std::collections::HashMap<u16, Reply>| {
+            replies.contains_key(&flush)
+                && sent
+                    .iter()
+                    .all(|(tag, _)| *tag == flushed || replies.contains_key(tag))
+        };
+        while !answered(&replies) {
+            let (tag, reply) = c.recv().unwrap();
+            order.push(tag);
+            assert!(
+                replies.insert(tag, reply).is_none(),
+                "tag {tag} answered twice"
+            );
+        }
+        for (tag, what) in &sent {
+            if let Some(Reply::Lerror { ecode }) = replies.get(tag) {
+                panic!("{what} (round {round}) failed: errno {ecode}");
+            }
+        }
+        if let Some(at) = order.iter().position(|t| *t == flushed) {
+            let flush_at = order.iter().position(|t| *t == flush).unwrap();
+            assert!(at < flush_at, "Rflush came before the flushed reply");
+        }
+        for i in 0..16u32 {
+            c.clunk(100 + i).unwrap();
+        }
+    }
+}
+
 #[test]
 fn thousands_of_fids_and_the_fid_limit() {
     let f = fixture();

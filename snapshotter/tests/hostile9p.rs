@@ -335,11 +335,13 @@ fn hostile_clients_cannot_slow_a_polite_one_or_bloat_the_daemon() {
         threads_during <= threads_before + 20,
         "the daemon went from {threads_before} to {threads_during} threads"
     );
-    // The target is 2x. On this kind of machine (2 vCPUs, the
-    // hostile clients' threads on the same cores, the CPU saturated) the
-    // medians measure 2-4x (RELIABILITY.md); each hostile kind alone,
-    // 1.3-1.5x. The assertion guards against what the bounds removed
-    // (threads pinned per unread reply: 40x, 6.8 ms).
+    // The target is 2x: release builds on this kind of machine
+    // (2 vCPUs, the CPU saturated) measure 1.0-1.5x for the medians of
+    // the rounds and 0.85-1.8x pooled (RELIABILITY.md). The assertion
+    // leaves room for slower, busier CI machines and debug builds; it
+    // guards against what the bounds and the lane removed (threads pinned
+    // per unread reply: 40x; the flood answered on lowered runtime
+    // threads: rounds above 1 ms).
     let bound = p99_alone * 4;
     assert!(
         p99_beside <= bound,
