@@ -11,7 +11,8 @@
 #   benches/run.sh remote [--runs N] [--random-mib M] [--latency-ms 15] [--connection-mbs 100]
 #   benches/run.sh reliability [CUTS]   # power cuts per suite (default 350;
 #                                       # three suites: 1,050 cuts in all),
-#                                       # then 10 min of load on 200 mounts
+#                                       # hostile 9P clients (5 runs), then
+#                                       # 10 min of load on 200 mounts
 # Installs casync, zstd, b3sum and debootstrap, and builds the Debian root
 # filesystem fixtures once (cached under $STRATA_FIXTURES). Needs root (to
 # drop the page cache for cold reads and to run debootstrap).
@@ -86,6 +87,12 @@ case "$bench" in
         # workload, 1,000 times, checked against what was acknowledged.
         STRATA_VOLUME_CRASH_TRIALS=${STRATA_VOLUME_CRASH_TRIALS:-1000} cargo test --release \
             --locked -p volume-server --test crash -- --nocapture 2>&1 | tee -a "$log"
+        # Four hostile 9P clients beside a polite one, five runs of 15
+        # rounds: the polite client's p99 beside them against alone.
+        for _ in 1 2 3 4 5; do
+            HOSTILE_ROUNDS=15 cargo test --release --locked -p snapshotter --test hostile9p \
+                -- hostile_clients --nocapture 2>&1 | tee -a "$log"
+        done
         # Ten minutes of mixed load on 200 mounts of one daemon.
         STRATA_LOAD_SECS=${STRATA_LOAD_SECS:-600} cargo test --release --locked -p snapshotter \
             --test load -- --nocapture 2>&1 | tee -a "$log"

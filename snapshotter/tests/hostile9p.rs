@@ -193,12 +193,11 @@ fn hostile_clients_cannot_slow_a_polite_one_or_bloat_the_daemon() {
     polite_round_trips(&listen, 300);
     let (rss_before, threads_before) = footprint(pid);
     let (mut alone_p99s, mut beside_p99s) = (Vec::new(), Vec::new());
-    let (mut alone, mut beside) = (Vec::new(), Vec::new());
     // Every round trip of every round, for the pooled percentiles.
     let (mut all_alone, mut all_beside) = (Vec::new(), Vec::new());
     let (mut rss_during, mut threads_during) = (0, 0);
     for _round in 0..rounds {
-        alone = polite_round_trips(&listen, 1500);
+        let alone = polite_round_trips(&listen, 1500);
         all_alone.extend_from_slice(&alone);
         alone_p99s.push(percentile(&alone, 0.99));
         let stop = Arc::new(AtomicBool::new(false));
@@ -288,7 +287,7 @@ fn hostile_clients_cannot_slow_a_polite_one_or_bloat_the_daemon() {
             }));
         }
         std::thread::sleep(Duration::from_secs(1));
-        beside = polite_round_trips(&listen, 1500);
+        let beside = polite_round_trips(&listen, 1500);
         all_beside.extend_from_slice(&beside);
         beside_p99s.push(percentile(&beside, 0.99));
         let (rss, threads_now) = footprint(pid);
@@ -309,21 +308,26 @@ fn hostile_clients_cannot_slow_a_polite_one_or_bloat_the_daemon() {
     let (p99_alone, p99_beside) = (alone_p99s[rounds / 2], beside_p99s[rounds / 2]);
     all_alone.sort();
     all_beside.sort();
+    let (pooled_alone, pooled_beside) =
+        (percentile(&all_alone, 0.99), percentile(&all_beside, 0.99));
+    eprintln!("hostile-9p rounds' p99s: alone {alone_p99s:?}, beside {beside_p99s:?}");
+    // One line for `strata-bench reliability` (benches/run.sh reliability).
+    let us = |d: Duration| d.as_micros();
+    let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64();
     eprintln!(
-        "RESULT hostile-9p p50 alone {:?} beside {:?}; p99 alone {:?} beside {:?} \
-         (rounds: alone {alone_p99s:?}, beside {beside_p99s:?}); \
-         pooled p99 alone {:?} beside {:?}; \
-         daemon RSS {} -> {} MiB, threads {} -> {}",
-        percentile(&alone, 0.5),
-        percentile(&beside, 0.5),
-        p99_alone,
-        p99_beside,
-        percentile(&all_alone, 0.99),
-        percentile(&all_beside, 0.99),
+        "RESULT hostile-9p rounds={rounds} round_trips_per_round=1500 \
+         p99_alone_us={} p99_beside_us={} median_ratio={:.2} \
+         pooled_p99_alone_us={} pooled_p99_beside_us={} pooled_ratio={:.2} \
+         rss_mib_before={} rss_mib_during={} threads_before={threads_before} \
+         threads_during={threads_during}",
+        us(p99_alone),
+        us(p99_beside),
+        ratio(p99_alone, p99_beside),
+        us(pooled_alone),
+        us(pooled_beside),
+        ratio(pooled_alone, pooled_beside),
         rss_before >> 10,
         rss_during >> 10,
-        threads_before,
-        threads_during
     );
     assert!(
         rss_during < rss_before + (256 << 10),
