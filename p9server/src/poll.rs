@@ -81,10 +81,36 @@ impl PollWindow {
     }
 }
 
-/// The server-wide count of connections polling.
+/// The server-wide count of connections polling, and of connections
+/// awake (working on requests or polling, not asleep waiting for their
+/// client).
 #[derive(Debug, Default)]
 pub struct Pollers {
     busy: AtomicUsize,
+    awake: AtomicUsize,
+}
+
+/// A connection counted awake; ends when dropped.
+pub struct Awake<'a> {
+    pollers: &'a Pollers,
+}
+
+impl Drop for Awake<'_> {
+    fn drop(&mut self) {
+        self.pollers.awake.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An awake connection gone to sleep until its client sends; awake again
+/// when dropped.
+pub struct Asleep<'a> {
+    pollers: &'a Pollers,
+}
+
+impl Drop for Asleep<'_> {
+    fn drop(&mut self) {
+        self.pollers.awake.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// A connection's turn to poll; ends when dropped.
@@ -93,6 +119,23 @@ pub struct PollTurn<'a> {
 }
 
 impl Pollers {
+    /// Counts the calling connection awake while the guard lives.
+    pub fn awake(&self) -> Awake<'_> {
+        self.awake.fetch_add(1, Ordering::AcqRel);
+        Awake { pollers: self }
+    }
+
+    /// Counts the calling (awake) connection asleep while the guard lives.
+    pub fn asleep(&self) -> Asleep<'_> {
+        self.awake.fetch_sub(1, Ordering::AcqRel);
+        Asleep { pollers: self }
+    }
+
+    /// How many connections are awake.
+    pub fn awake_now(&self) -> usize {
+        self.awake.load(Ordering::Acquire)
+    }
+
     /// A turn to poll, unless `max` connections poll already.
     pub fn try_turn(&self, max: usize) -> Option<PollTurn<'_>> {
         self.busy

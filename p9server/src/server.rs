@@ -494,7 +494,10 @@ impl<S: Connection> Framer<S> {
             }
             let got = match answered {
                 true => self.read_some(shared).await?,
-                false => self.stream.read_draining(&mut self.buf).await?,
+                false => {
+                    let _asleep = shared.pollers.asleep();
+                    self.stream.read_draining(&mut self.buf).await?
+                }
             };
             if got == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -538,7 +541,10 @@ impl<S: Connection> Framer<S> {
                 shared.counters.polls_caught.fetch_add(1, Ordering::Relaxed);
                 n
             }
-            None => self.stream.read_draining(&mut self.buf).await?,
+            None => {
+                let _asleep = shared.pollers.asleep();
+                self.stream.read_draining(&mut self.buf).await?
+            }
         };
         self.window.record(started.elapsed());
         Ok(n)
@@ -600,15 +606,17 @@ where
         })
     };
 
+    let _awake = shared.pollers.awake();
     let result: std::io::Result<()> = async {
         loop {
             // One request at a time per turn: a session whose client
             // floods it lets the others' requests in between (the
-            // runtime's own budget would let it run 128 first). A session
-            // with no whole request buffered waits on its socket next,
-            // which lets the others in anyway: a yield there would only
-            // wake an idle worker to take this task over.
-            if framer.has_message() {
+            // runtime's own budget would let it run 128 first), and so
+            // does one that may poll next while other sessions are awake.
+            // A lone session skips it: with nothing else to run, the
+            // yield only woke an idle worker to take this task over (an
+            // eventfd write and a cross-CPU wake-up per request).
+            if framer.has_message() || shared.pollers.awake_now() > 1 {
                 tokio::task::yield_now().await;
             }
             // A client that does not read its replies gets no further
