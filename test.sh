@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 # FUSE tests need /dev/fuse; the runtime test needs bubblewrap, gVisor's
 # runsc and a Debian root filesystem built by debootstrap (cached); the
 # 9p test boots a QEMU guest against the daemon's 9P listener and diod.
-scripts/install-deps.sh bubblewrap runsc runc debootstrap tar umoci
+scripts/install-deps.sh bubblewrap runsc runc debootstrap tar umoci acl
 fixtures/debian-rootfs.sh bookworm-minbase
 fixtures/oci-debian.sh bookworm-minbase
 fixtures/pjdfstest.sh

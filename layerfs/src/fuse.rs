@@ -260,12 +260,20 @@ impl Filesystem for FuseFs {
         // server's job (see `kill_privileges` below), and with it the
         // kernel marks inodes `S_NOSEC`: without it, every WRITE was
         // preceded by a GETXATTR `security.capability` round trip.
+        //
+        // POSIX_ACL lets the kernel cache each inode's ACLs and enforce
+        // them (before, they were stored but not enforced, and asked for
+        // again on every `getxattr`: `ls -l` cost two round trips per
+        // entry, now one once the inode is known). The core keeps the
+        // mode and the access ACL in step, as the kernel expects of a
+        // server that sets it (see `cowfs::acl`).
         let wanted = fuser::InitFlags::FUSE_PARALLEL_DIROPS
             | fuser::InitFlags::FUSE_CACHE_SYMLINKS
             | fuser::InitFlags::FUSE_ATOMIC_O_TRUNC
             | fuser::InitFlags::FUSE_DO_READDIRPLUS
             | fuser::InitFlags::FUSE_READDIRPLUS_AUTO
-            | fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            | fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2
+            | fuser::InitFlags::FUSE_POSIX_ACL;
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
         let _ = config.set_max_background(64);

@@ -368,6 +368,60 @@ fn writes_drop_privileges_as_on_a_local_filesystem() {
     session.umount_and_join().unwrap();
 }
 
+/// POSIX ACLs on a mount behave as on ext4: `setfacl` sets them and the
+/// mode's group bits with them, the kernel enforces them (a named user
+/// gets in where the mode alone would keep it out, a mask limits it), an
+/// ACL the mode says all of is not stored, `chmod` rewrites the mask, and
+/// a malformed one is refused. Printed as the kernel caches it and again
+/// after its inodes are dropped (the server's own view).
+#[test]
+fn acls_are_kept_and_enforced_as_on_a_local_filesystem() {
+    if !fuse_available() || !fixtures::require::program("setfacl") {
+        return;
+    }
+    let image = image();
+    let (_fs, session, mnt) = new_mount(&image, "acls", 1 << 30);
+    let local = image.root.join("local-acl");
+    fs::create_dir_all(&local).unwrap();
+    let script = r#"
+        nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+        try() { if nobody sh -c "$1" 2>/dev/null; then echo "$2: yes"; else echo "$2: no"; fi; }
+        show() { stat -c '%n %a' a b c d; getfacl -cp a b c d 2>/dev/null | grep -v '^$'; }
+        mkdir -p q && chmod 755 q && cd q
+        echo secret > a; chmod 600 a
+        try 'cat a' 'nobody reads a 600 file'
+        setfacl -m u:65534:r a
+        try 'cat a' 'nobody reads it with u:65534:r'
+        try 'echo x >> a' 'nobody writes it'
+        setfacl -m m::- a
+        try 'cat a' 'nobody reads it under an empty mask'
+        chmod 640 a
+        try 'cat a' 'nobody reads it after chmod 640 (mask r)'
+        echo b > b; chmod 600 b; setfacl -m u::rw,g::r,o::r b
+        echo c > c; setfacl -m g:65534:rw c; setfacl -b c
+        mkdir d; setfacl -d -m u:65534:rx d
+        if setfacl -m u:65534:rwx,m::bad a 2>/dev/null; then echo 'bad acl: taken'; else echo 'bad acl: refused'; fi
+        python3 -c 'import os; os.setxattr("b", "system.posix_acl_access", b"\x02\0\0\0\x01\0")' 2>/dev/null && echo 'short acl: taken' || echo 'short acl: refused'
+        show
+        sync; echo 2 > /proc/sys/vm/drop_caches
+        echo 'as stored:'; show
+        try 'cat a' 'nobody reads a, as stored'
+    "#;
+    let on_local = must(script, &local);
+    let on_mount = must(script, &mnt);
+    assert!(
+        on_local.contains("nobody reads it with u:65534:r: yes"),
+        "{on_local}"
+    );
+    assert!(
+        on_local.contains("nobody reads it under an empty mask: no"),
+        "{on_local}"
+    );
+    assert!(on_local.contains("short acl: refused"), "{on_local}");
+    assert_eq!(on_mount, on_local);
+    session.umount_and_join().unwrap();
+}
+
 /// The first listing of a directory carries every entry's attributes
 /// (READDIRPLUS): `ls -lR` of a fresh mount, over directories larger than
 /// one reply, shows what it shows on the source tree.

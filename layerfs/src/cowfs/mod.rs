@@ -20,6 +20,7 @@
 //! file's blocks), [`datafile`] (its upper data file), [`journal`],
 //! [`recovery`], [`snapshot`] (capture and storing), [`locks`].
 
+pub mod acl;
 mod datafile;
 mod file;
 mod io;

@@ -51,8 +51,17 @@ impl CowFs {
                 _ => return Err(Errno::EINVAL),
             }
         }
+        // A chmod rewrites the access ACL's owner, mask and other
+        // entries, as a local filesystem does (see `acl`).
+        let mut acl_changed = false;
         if let Some(mode) = set.mode {
             node.attrs.mode = mode & 0o7777;
+            if let Some(value) = node.attrs.xattrs.get(acl::ACCESS) {
+                if let Some(next) = acl::chmod(value, mode) {
+                    acl_changed = next != *value;
+                    node.attrs.xattrs.insert(acl::ACCESS.to_vec(), next);
+                }
+            }
         }
         if let Some(uid) = set.uid {
             node.attrs.uid = uid;
@@ -90,6 +99,16 @@ impl CowFs {
         self.mark_changed(&mut st, ino);
         if chown || set.size.is_some() {
             self.drop_capability(&mut st, ino);
+        }
+        if acl_changed {
+            if let Some(path) = self.journaling().then(|| self.path_of(&st, ino)).flatten() {
+                let value = self.node(&st, ino)?.attrs.xattrs.get(acl::ACCESS).cloned();
+                self.log(Record::Xattr {
+                    path,
+                    name: acl::ACCESS.to_vec(),
+                    value,
+                });
+            }
         }
         if set.size.is_some() {
             self.log_data(&st, ino);

@@ -39,20 +39,39 @@ impl CowFs {
             (XattrMode::Replace, false) => return Err(Errno::ENODATA),
             _ => {}
         }
+        // An access ACL sets the mode (and one the mode says all of is
+        // not kept); a default ACL belongs to directories (see `acl`).
+        let (new_mode, stored) = match name {
+            acl::ACCESS => acl::set_access(node.attrs.mode, value)?,
+            acl::DEFAULT if !matches!(node.kind, NodeKind::Dir(_)) => {
+                return Err(Errno(libc::EACCES))
+            }
+            acl::DEFAULT => (
+                acl::check(value).map(|_| node.attrs.mode)?,
+                Some(value.to_vec()),
+            ),
+            _ => (node.attrs.mode, Some(value.to_vec())),
+        };
         let mut next = node.attrs.xattrs.clone();
-        next.insert(name.to_vec(), value.to_vec());
+        match &stored {
+            Some(value) => next.insert(name.to_vec(), value.clone()),
+            None => next.remove(name),
+        };
         if crate::tree::validate_xattrs(&next).is_err() {
             return Err(Errno::ENOSPC);
         }
         node.attrs.xattrs = next;
+        node.attrs.mode = new_mode;
         node.attrs.ctime = now();
         self.mark_changed(&mut st, ino);
         if let Some(path) = self.journaling().then(|| self.path_of(&st, ino)).flatten() {
-            self.log(Record::Xattr {
-                path,
-                name: name.to_vec(),
-                value: Some(value.to_vec()),
-            });
+            if stored.is_some() || exists {
+                self.log(Record::Xattr {
+                    path,
+                    name: name.to_vec(),
+                    value: stored,
+                });
+            }
             self.log_attrs(&st, ino);
         }
         Ok(())
