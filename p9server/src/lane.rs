@@ -38,6 +38,9 @@ pub(crate) struct InFlight {
     pub(crate) cancelled: AtomicBool,
     pub(crate) done: Notify,
     pub(crate) finished: AtomicBool,
+    /// Its reply has been handed to the writer (or it was flushed): the
+    /// client may use the tag again from now on, before the entry is gone.
+    pub(crate) replied: AtomicBool,
 }
 
 /// One request taken off the runtime, holding one of its session's places.
@@ -89,10 +92,20 @@ impl Work {
                 Request::Flush { .. } => Reply::Flush {},
                 req => self.session.handle(req),
             };
-            // The writer writes the reply itself (see `reply`).
+            // The writer writes the reply itself (see `reply`). Once it
+            // may be out, the client may send a request with this tag
+            // again, which then replaces this entry.
+            job.entry.replied.store(true, Ordering::SeqCst);
             let _ = self.writer.send((self.encode)(job.tag, &reply));
         }
-        self.inflight.lock().remove(&job.tag);
+        let mut inflight = self.inflight.lock();
+        if inflight
+            .get(&job.tag)
+            .is_some_and(|entry| Arc::ptr_eq(entry, &job.entry))
+        {
+            inflight.remove(&job.tag);
+        }
+        drop(inflight);
         job.entry.finished.store(true, Ordering::SeqCst);
         job.entry.done.notify_waiters();
         drop(job.permit);

@@ -11,9 +11,10 @@
 //! [`Limits::max_outstanding`] at once per session — past that the
 //! connection stops reading until one finishes, so a client can queue work
 //! but not memory. A session that pipelines has all its requests worked on
-//! off the runtime's threads, at a lower priority, in order (`lane`). Between a reply and the next request a connection whose
-//! client comes back quickly polls its socket briefly before sleeping
-//! (see [`crate::poll`]).
+//! off the runtime's threads, at a lower priority, in order (`lane`).
+//! Between a reply and the next request a connection whose client comes
+//! back quickly polls its socket briefly before sleeping (see
+//! [`crate::poll`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -594,10 +595,17 @@ where
     // Marks `tag` in flight, holding `permit`.
     let job = |tag: u16, req: Request, permit| -> std::io::Result<Job> {
         let entry = Arc::new(InFlight::default());
-        if inflight.lock().insert(tag, entry.clone()).is_some() {
-            let e = format!("tag {tag} reused while in flight");
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        // A tag whose reply is already out may come back before its job
+        // has let go of it: the new request takes the tag over.
+        let mut inflight = inflight.lock();
+        if let Some(old) = inflight.insert(tag, entry.clone()) {
+            if !old.replied.load(Ordering::SeqCst) {
+                inflight.insert(tag, old);
+                let e = format!("tag {tag} reused while in flight");
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            }
         }
+        drop(inflight);
         Ok(Job {
             tag,
             req,
@@ -672,7 +680,10 @@ where
                 false => 0,
             };
             // While the lane works, everything goes through it, in order.
-            let laned = nice > 0 || !work.lane_idle();
+            // A lane job holds one of the session's places until it has
+            // replied, so a session with all its places free has nothing
+            // in its lane (and a serial client's request takes no lock).
+            let laned = queued && (nice > 0 || !work.lane_idle());
             match req {
                 Request::Version { msize, version } => {
                     // Let everything in flight finish, then start over.

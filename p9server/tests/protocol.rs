@@ -502,6 +502,46 @@ fn replies_come_out_of_order_and_flush_orders_after_its_request() {
     assert_eq!(c.read(1, 0, 4).unwrap().len(), 4);
 }
 
+/// A client may send a request with a tag as soon as the reply to the last
+/// request with that tag has arrived, as diod's tools do with tag 0 for
+/// every request: the server must not see the tag as still in flight
+/// because the thread that sent the reply has not yet let go of it.
+#[test]
+fn a_tag_is_free_again_as_soon_as_its_reply_arrives() {
+    let f = fixture();
+    let l = f.unix("9p.sock");
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| {
+                let mut c = Client::connect(&l.address, 65536).unwrap();
+                c.attach(0, "", 0).unwrap();
+                // A setattr that changes nothing is worked on off the
+                // runtime's threads, which is where the reply goes out
+                // before the tag is let go.
+                let setattr = Request::Setattr {
+                    fid: 0,
+                    valid: 0,
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
+                    atime_sec: 0,
+                    atime_nsec: 0,
+                    mtime_sec: 0,
+                    mtime_nsec: 0,
+                };
+                for i in 0..5_000 {
+                    c.send_tagged(0, &setattr).unwrap();
+                    let (tag, reply) = c
+                        .recv()
+                        .unwrap_or_else(|e| panic!("request {i} with tag 0: {e}"));
+                    assert_eq!((tag, reply), (0, Reply::Setattr {}));
+                }
+            });
+        }
+    });
+}
+
 /// A pipelining client's requests are worked on off the runtime's threads
 /// (the session's lane) in the order they were sent: walks to new fids and
 /// then requests on those fids, all sent before any reply is read, all
