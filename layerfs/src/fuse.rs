@@ -37,6 +37,7 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
+use crate::cowfs::acl::{self, Inherited};
 use crate::cowfs::{
     Caller, CowFs, Errno, FileKind, RenameFlags, SetAttr, Stat, TimeSet, XattrMode,
 };
@@ -138,6 +139,63 @@ impl FuseFs {
     fn attributes_changed(&self, ino: INodeNo) {
         if let Some(notifier) = self.notifier.get() {
             let _ = notifier.inval_inode(ino, -1, 0);
+        }
+    }
+
+    /// The mode to make a node in `parent` with, from the mode and umask
+    /// the caller gave (the mount asks for `FUSE_DONT_MASK`, so the kernel
+    /// leaves both to us): the umask applies unless `parent` has a default
+    /// ACL, which is then inherited (see [`acl::inherit`]).
+    fn creation_mode(
+        &self,
+        parent: u64,
+        mode: u32,
+        umask: u32,
+        is_dir: bool,
+    ) -> Result<(u32, Option<Inherited>), Errno> {
+        match self.fs.getxattr(parent, acl::DEFAULT) {
+            Ok(default) => {
+                let inherited = acl::inherit(&default, mode, is_dir)?;
+                Ok((inherited.mode, Some(inherited)))
+            }
+            Err(e) if e == Errno::ENODATA => Ok((mode & 0o7777 & !umask, None)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives node `made`, just made as `name` in `parent`, the ACLs it
+    /// inherited, and its attributes after them. If that fails the node
+    /// is removed again and the call fails as a whole.
+    fn give_acls(
+        &self,
+        parent: u64,
+        name: &[u8],
+        made: Result<Stat, Errno>,
+        inherited: Option<Inherited>,
+    ) -> Result<Stat, Errno> {
+        let stat = made?;
+        let Some(inherited) = inherited else {
+            return Ok(stat);
+        };
+        let given = [
+            (acl::ACCESS, &inherited.access),
+            (acl::DEFAULT, &inherited.default),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+        .try_for_each(|(attr, value)| self.fs.setxattr(stat.ino, attr, value, XattrMode::Set));
+        match given {
+            Ok(()) => self.fs.getattr(stat.ino),
+            Err(e) => {
+                let removed = match stat.kind {
+                    FileKind::Dir => self.fs.rmdir(parent, name),
+                    _ => self.fs.unlink(parent, name),
+                };
+                if let Err(r) = removed {
+                    tracing::warn!("removing a node whose ACLs could not be set: errno {}", r.0);
+                }
+                Err(e)
+            }
         }
     }
 }
@@ -267,13 +325,18 @@ impl Filesystem for FuseFs {
         // entry, now one once the inode is known). The core keeps the
         // mode and the access ACL in step, as the kernel expects of a
         // server that sets it (see `cowfs::acl`).
+        //
+        // DONT_MASK: the kernel sends the mode of a new node before the
+        // umask, with the umask beside it, so that a directory's default
+        // ACL can be inherited in its place (`creation_mode`).
         let wanted = fuser::InitFlags::FUSE_PARALLEL_DIROPS
             | fuser::InitFlags::FUSE_CACHE_SYMLINKS
             | fuser::InitFlags::FUSE_ATOMIC_O_TRUNC
             | fuser::InitFlags::FUSE_DO_READDIRPLUS
             | fuser::InitFlags::FUSE_READDIRPLUS_AUTO
             | fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2
-            | fuser::InitFlags::FUSE_POSIX_ACL;
+            | fuser::InitFlags::FUSE_POSIX_ACL
+            | fuser::InitFlags::FUSE_DONT_MASK;
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
         let _ = config.set_max_background(64);
@@ -359,18 +422,20 @@ impl Filesystem for FuseFs {
             libc::S_IFREG | 0 => FileKind::File,
             _ => return reply.error(fuser::Errno::EINVAL),
         };
-        let perm = mode & 0o7777 & !umask;
-        reply_entry(
-            self.fs.mknod(
-                parent.0,
-                name.as_bytes(),
-                kind,
-                perm,
-                u64::from(rdev),
-                caller(req),
-            ),
-            reply,
-        );
+        let made =
+            self.creation_mode(parent.0, mode, umask, false)
+                .and_then(|(perm, inherited)| {
+                    let made = self.fs.mknod(
+                        parent.0,
+                        name.as_bytes(),
+                        kind,
+                        perm,
+                        u64::from(rdev),
+                        caller(req),
+                    );
+                    self.give_acls(parent.0, name.as_bytes(), made, inherited)
+                });
+        reply_entry(made, reply);
     }
 
     fn mkdir(
@@ -382,15 +447,13 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        reply_entry(
-            self.fs.mkdir(
-                parent.0,
-                name.as_bytes(),
-                mode & 0o7777 & !umask,
-                caller(req),
-            ),
-            reply,
-        );
+        let made = self
+            .creation_mode(parent.0, mode, umask, true)
+            .and_then(|(perm, inherited)| {
+                let made = self.fs.mkdir(parent.0, name.as_bytes(), perm, caller(req));
+                self.give_acls(parent.0, name.as_bytes(), made, inherited)
+            });
+        reply_entry(made, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -731,12 +794,18 @@ impl Filesystem for FuseFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.create(
-            parent.0,
-            name.as_bytes(),
-            mode & 0o7777 & !umask,
-            caller(req),
-        ) {
+        let made =
+            self.creation_mode(parent.0, mode, umask, false)
+                .and_then(|(perm, inherited)| {
+                    let made = self.fs.create(parent.0, name.as_bytes(), perm, caller(req));
+                    let given = self.give_acls(parent.0, name.as_bytes(), made.clone(), inherited);
+                    if let (Ok(stat), Err(_)) = (&made, &given) {
+                        // Created open: the kernel never gets the handle.
+                        self.fs.release(stat.ino);
+                    }
+                    given
+                });
+        match made {
             Ok(stat) => reply.created(
                 &ATTR_TTL,
                 &attr(&stat),

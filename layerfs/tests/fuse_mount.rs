@@ -372,7 +372,8 @@ fn writes_drop_privileges_as_on_a_local_filesystem() {
 /// mode's group bits with them, the kernel enforces them (a named user
 /// gets in where the mode alone would keep it out, a mask limits it), an
 /// ACL the mode says all of is not stored, `chmod` rewrites the mask, and
-/// a malformed one is refused. Printed as the kernel caches it and again
+/// a malformed one is refused; a directory's default ACL is inherited in
+/// place of the umask, and without one the umask applies. Printed as the kernel caches it and again
 /// after its inodes are dropped (the server's own view).
 #[test]
 fn acls_are_kept_and_enforced_as_on_a_local_filesystem() {
@@ -386,7 +387,9 @@ fn acls_are_kept_and_enforced_as_on_a_local_filesystem() {
     let script = r#"
         nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
         try() { if nobody sh -c "$1" 2>/dev/null; then echo "$2: yes"; else echo "$2: no"; fi; }
-        show() { stat -c '%n %a' a b c d; getfacl -cp a b c d 2>/dev/null | grep -v '^$'; }
+        show() { stat -c '%n %a' $all; getfacl -cp $all 2>/dev/null | grep -v '^$'; }
+        all='a b c d d/e d/f d/f/x d/g h i i/j'
+
         mkdir -p q && chmod 755 q && cd q
         echo secret > a; chmod 600 a
         try 'cat a' 'nobody reads a 600 file'
@@ -400,6 +403,9 @@ fn acls_are_kept_and_enforced_as_on_a_local_filesystem() {
         echo b > b; chmod 600 b; setfacl -m u::rw,g::r,o::r b
         echo c > c; setfacl -m g:65534:rw c; setfacl -b c
         mkdir d; setfacl -d -m u:65534:rx d
+        (umask 077; echo e > d/e; mkdir d/f; mkdir d/f/x; mkfifo d/g)
+        try 'cat d/e' 'nobody reads a file made under umask 077 in a directory whose default ACL lets it'
+        (umask 027; echo h > h; mkdir i; mkfifo -m 666 i/j)
         if setfacl -m u:65534:rwx,m::bad a 2>/dev/null; then echo 'bad acl: taken'; else echo 'bad acl: refused'; fi
         python3 -c 'import os; os.setxattr("b", "system.posix_acl_access", b"\x02\0\0\0\x01\0")' 2>/dev/null && echo 'short acl: taken' || echo 'short acl: refused'
         show
@@ -418,6 +424,10 @@ fn acls_are_kept_and_enforced_as_on_a_local_filesystem() {
         "{on_local}"
     );
     assert!(on_local.contains("short acl: refused"), "{on_local}");
+    assert!(
+        on_local.contains("default ACL lets it: yes") && on_local.contains("h 640"),
+        "{on_local}"
+    );
     assert_eq!(on_mount, on_local);
     session.umount_and_join().unwrap();
 }

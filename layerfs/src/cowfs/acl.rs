@@ -9,10 +9,11 @@
 //! and a `chmod` rewrites the access ACL's owner, mask (or group) and
 //! other entries. The core does both, so the 9P frontend gets them too.
 //!
-//! Inheriting a directory's default ACL at creation is not done: the
-//! kernel applies the umask before a FUSE server sees the mode (the
-//! mount does not ask for `FUSE_DONT_MASK`), as it did before ACLs were
-//! enforced.
+//! A node made in a directory with a default ACL inherits it
+//! ([`inherit`]), as `posix_acl_create` does: the caller's umask is then
+//! not applied. The FUSE frontend asks for `FUSE_DONT_MASK`, so that it
+//! sees the mode before the umask and applies one or the other; the
+//! Linux 9P client does the inheritance itself and sends the result.
 
 use super::Errno;
 
@@ -154,6 +155,72 @@ pub fn chmod(value: &[u8], mode: u32) -> Option<Vec<u8>> {
     Some(encode(&entries))
 }
 
+/// What a node made with mode `mode` (the caller's, before any umask) in
+/// a directory whose default ACL is `default` gets.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Inherited {
+    /// The mode to create the node with. When there is an access ACL, its
+    /// group bits are the owning group's entry within the mask (no more
+    /// than that group may do): setting [`Inherited::access`] afterwards
+    /// raises them to the mask, so a node left without its ACL (a crash
+    /// between the two) grants less, never more.
+    pub mode: u32,
+    /// The node's access ACL, unless it says no more than the mode.
+    pub access: Option<Vec<u8>>,
+    /// The node's default ACL: the directory's, for a directory.
+    pub default: Option<Vec<u8>>,
+}
+
+/// The inheritance of default ACL `default` by a node made with mode
+/// `mode`, as the kernel's `posix_acl_create_masq`: the owner and other
+/// entries keep only what the mode allows and the mode only what they
+/// allow; the mask (or, without one, the owning group's entry) likewise
+/// with the mode's group bits. EIO when `default` does not decode (it
+/// was checked when it was set).
+pub fn inherit(default: &[u8], mode: u32, is_dir: bool) -> Result<Inherited, Errno> {
+    let mut entries = parse(default).map_err(|_| Errno::EIO)?;
+    let mut mode = mode & 0o7777;
+    let mut extended = false;
+    for e in &mut entries {
+        match e.tag {
+            USER_OBJ => {
+                e.perm &= ((mode >> 6) & 0o7) as u16;
+                mode &= u32::from(e.perm) << 6 | !0o700;
+            }
+            OTHER => {
+                e.perm &= (mode & 0o7) as u16;
+                mode &= u32::from(e.perm) | !0o007;
+            }
+            USER | GROUP | MASK => extended = true,
+            _ => {}
+        }
+    }
+    let class = if entries.iter().any(|e| e.tag == MASK) {
+        MASK
+    } else {
+        GROUP_OBJ
+    };
+    let mut group_class = 0;
+    for e in entries.iter_mut().filter(|e| e.tag == class) {
+        e.perm &= ((mode >> 3) & 0o7) as u16;
+        group_class = u32::from(e.perm);
+    }
+    mode = mode & !0o070 | group_class << 3;
+    if extended {
+        // Created with the owning group's own bits within the mask.
+        let owning = entries
+            .iter()
+            .find(|e| e.tag == GROUP_OBJ)
+            .map_or(0, |e| u32::from(e.perm));
+        mode = mode & !0o070 | (owning & group_class) << 3;
+    }
+    Ok(Inherited {
+        mode,
+        access: extended.then(|| encode(&entries)),
+        default: is_dir.then(|| default.to_vec()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +310,54 @@ mod tests {
             assert_eq!(set_access(0o644, value), Err(Errno::EINVAL), "case {i}");
             assert_eq!(chmod(value, 0o644), None, "case {i}");
         }
+    }
+
+    #[test]
+    fn a_default_acl_is_inherited_within_the_mode_asked_for() {
+        let default = acl(&[
+            (USER_OBJ, 7, U),
+            (USER, 5, 65534),
+            (GROUP_OBJ, 5, U),
+            (MASK, 5, U),
+            (OTHER, 5, U),
+        ]);
+        // A file (0666): owner rw, mask and other r; created with the
+        // owning group's bits within the mask, raised to the mask once
+        // the access ACL is set.
+        let file = inherit(&default, 0o666, false).unwrap();
+        let access = acl(&[
+            (USER_OBJ, 6, U),
+            (USER, 5, 65534),
+            (GROUP_OBJ, 5, U),
+            (MASK, 4, U),
+            (OTHER, 4, U),
+        ]);
+        assert_eq!(file.mode, 0o644);
+        assert_eq!(file.access.as_deref(), Some(&access[..]));
+        assert_eq!(file.default, None);
+        assert_eq!(set_access(file.mode, &access), Ok((0o644, Some(access))));
+        // A directory keeps the default ACL as its own.
+        let dir = inherit(&default, 0o2777, true).unwrap();
+        assert_eq!(dir.mode, 0o2755);
+        assert_eq!(dir.access.as_deref(), Some(&default[..]));
+        assert_eq!(dir.default.as_deref(), Some(&default[..]));
+        // Where the owning group may do less than the mask, a node left
+        // without its access ACL grants that group no more than it may.
+        let narrow = acl(&[
+            (USER_OBJ, 7, U),
+            (USER, 7, 65534),
+            (GROUP_OBJ, 0, U),
+            (MASK, 7, U),
+            (OTHER, 0, U),
+        ]);
+        let file = inherit(&narrow, 0o666, false).unwrap();
+        assert_eq!(file.mode, 0o600);
+        let access = file.access.unwrap();
+        assert_eq!(set_access(file.mode, &access).unwrap().0, 0o660);
+        // A default ACL of the three base entries is a mode, not an ACL.
+        let minimal = acl(&[(USER_OBJ, 7, U), (GROUP_OBJ, 5, U), (OTHER, 0, U)]);
+        let file = inherit(&minimal, 0o666, false).unwrap();
+        assert_eq!((file.mode, file.access), (0o640, None));
+        assert_eq!(inherit(b"junk", 0o666, false), Err(Errno::EIO));
     }
 }
