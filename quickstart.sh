@@ -23,6 +23,11 @@ step "installing what Strata needs (Debian packages, once)"
 scripts/install-deps.sh runsc runc debootstrap
 step "building Strata (release; about 11 minutes the first time)"
 cargo build --release --locked -p snapshotter -p volume-server
+# FUSE over io_uring (Linux 6.14+) is off by default in the fuse module;
+# Strata's mounts take requests through it when it is on (see README).
+if [ -w /sys/module/fuse/parameters/enable_uring ]; then
+    echo Y > /sys/module/fuse/parameters/enable_uring
+fi
 step "the Debian image (debootstrap, about 3 minutes the first time; cached)"
 fixtures/debian-rootfs.sh bookworm-minbase
 rootfs=${STRATA_FIXTURES:-/var/cache/strata-fixtures}/bookworm-minbase

@@ -19,6 +19,13 @@ fixtures/guest-9p.sh >/dev/null
 # start it again).
 command -v moto_server >/dev/null || python3 -m pip install -q 'moto[server]>=5,<6'
 command -v s3s-fs >/dev/null || cargo install -q s3s-fs --version 0.14.1 --features binary --locked
+# FUSE over io_uring (Linux 6.14+): off by default in the fuse module;
+# turned on so that every FUSE mount of the suite takes requests through
+# it (Strata's default when the kernel offers it). The /dev/fuse path is
+# tested beside it by layerfs's pjdfstest and fuse_io_uring tests.
+if [ -w /sys/module/fuse/parameters/enable_uring ]; then
+    echo Y > /sys/module/fuse/parameters/enable_uring
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -68,7 +68,7 @@ fn new_mount(
     image: &Image,
     name: &str,
     quota: u64,
-) -> (Arc<CowFs>, fuser::BackgroundSession, PathBuf) {
+) -> (Arc<CowFs>, layerfs::fuse::FuseSession, PathBuf) {
     common::mount_tree(&image.store, image.tree, &image.root, name, quota)
 }
 

@@ -94,33 +94,55 @@ fn everything_that_passes_on_ext4_passes_on_a_strata_mount() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let tree = common::import_dir(&store, "empty", &empty);
-    let (_fs, session, mnt) = common::mount_tree(&store, tree, tmp.path(), "strata", 8 << 30);
-    let (mut on_strata, strata_summary) = run_suite(&binary, &config, &mnt);
-    // A test that fails once is run again, alone, up to three times: one
-    // that then passes is reported as flaky rather than failed (seen here:
-    // `open::etxtbsy` about 3 times in 100 runs on a FUSE mount, never on
-    // ext4); one that keeps failing fails this test.
-    let failed_once: Vec<String> = on_ext4.difference(&on_strata).cloned().collect();
-    for name in failed_once {
-        for attempt in 1..=3 {
-            let (passed, _) = run_tests(&binary, &config, &mnt, Some(&name));
-            if passed.contains(&name) {
-                eprintln!("FLAKY: {name} failed in the full run, passed alone (attempt {attempt})");
-                on_strata.insert(name.clone());
-                break;
+    // Both transports: requests over io_uring (when the kernel has it) and
+    // through /dev/fuse.
+    let mut transports = vec![("/dev/fuse", false)];
+    if fixtures::require::fuse_io_uring() {
+        transports.push(("io_uring", true));
+    }
+    for (transport, io_uring) in transports {
+        let options = layerfs::fuse::FuseOptions {
+            io_uring,
+            ..Default::default()
+        };
+        let name = format!("strata-{}", transport.replace('/', ""));
+        let (_fs, session, mnt) =
+            common::mount_tree_with(&store, tree, tmp.path(), &name, 8 << 30, &options);
+        assert_eq!(session.uses_io_uring(), io_uring, "{transport}");
+        let (mut on_strata, strata_summary) = run_suite(&binary, &config, &mnt);
+        // A test that fails once is run again, alone, up to three times:
+        // one that then passes is reported as flaky rather than failed
+        // (seen here: `open::etxtbsy` about 3 times in 100 runs on a FUSE
+        // mount, never on ext4; it runs the file it wrote and expects the
+        // run to have started within pjdfstest's 10 ms nap); one that
+        // keeps failing fails this test.
+        let failed_once: Vec<String> = on_ext4.difference(&on_strata).cloned().collect();
+        for name in failed_once {
+            for attempt in 1..=3 {
+                let (passed, _) = run_tests(&binary, &config, &mnt, Some(&name));
+                if passed.contains(&name) {
+                    eprintln!(
+                        "FLAKY ({transport}): {name} failed in the full run, passed alone (attempt {attempt})"
+                    );
+                    on_strata.insert(name.clone());
+                    break;
+                }
             }
         }
-    }
-    session.umount_and_join().unwrap();
+        if io_uring {
+            assert!(session.io_uring_requests() > 1000, "{transport}");
+        }
+        session.umount_and_join().unwrap();
 
-    eprintln!("pjdfstest on ext4:   {ext4_summary}");
-    eprintln!("pjdfstest on Strata: {strata_summary}");
-    let missing: Vec<_> = on_ext4
-        .difference(&on_strata)
-        .filter(|name| !EXCEPTIONS.iter().any(|(e, _)| e == name))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "pass on ext4 but not on Strata: {missing:?}\n{strata_summary}"
-    );
+        eprintln!("pjdfstest on ext4:   {ext4_summary}");
+        eprintln!("pjdfstest on Strata ({transport}): {strata_summary}");
+        let missing: Vec<_> = on_ext4
+            .difference(&on_strata)
+            .filter(|name| !EXCEPTIONS.iter().any(|(e, _)| e == name))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "pass on ext4 but not on Strata ({transport}): {missing:?}\n{strata_summary}"
+        );
+    }
 }

@@ -125,18 +125,6 @@ fn dirent_type(kind: FileKind) -> u8 {
     }
 }
 
-fn mode_bits(kind: FileKind) -> u32 {
-    match kind {
-        FileKind::File => libc::S_IFREG,
-        FileKind::Dir => libc::S_IFDIR,
-        FileKind::Symlink => libc::S_IFLNK,
-        FileKind::CharDevice => libc::S_IFCHR,
-        FileKind::BlockDevice => libc::S_IFBLK,
-        FileKind::Fifo => libc::S_IFIFO,
-        FileKind::Socket => libc::S_IFSOCK,
-    }
-}
-
 fn getattr_reply(st: &Stat) -> Reply {
     let t = |t: Timestamp| (t.secs as u64, u64::from(t.nanos));
     let (atime_sec, atime_nsec) = t(st.atime);
@@ -145,7 +133,7 @@ fn getattr_reply(st: &Stat) -> Reply {
     Reply::Getattr {
         valid: getattr::BASIC,
         qid: qid_of(st.ino, st.kind),
-        mode: mode_bits(st.kind) | st.perm,
+        mode: st.kind.mode_bits() | st.perm,
         uid: st.uid,
         gid: st.gid,
         nlink: u64::from(st.nlink),

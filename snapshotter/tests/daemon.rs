@@ -354,10 +354,8 @@ fn one_daemon_serves_isolated_mounts_and_ends_them_cleanly() {
     };
     let before = listing(&a);
     assert!(!daemon.stop(libc::SIGKILL).success());
-    assert_eq!(
-        std::fs::metadata(&a).unwrap_err().raw_os_error(),
-        Some(libc::ENOTCONN)
-    );
+    let gone = std::fs::metadata(&a).unwrap_err();
+    assert!(layerfs::fuse::server_gone(&gone), "{gone}");
     let daemon = Daemon::start(&home);
     let mounts = json(&snapctl(&home, &["--json", "mounts"]));
     assert_eq!(mounts[0]["id"], id.as_str(), "{mounts}");

@@ -50,6 +50,21 @@ pub enum FileKind {
     Socket,
 }
 
+impl FileKind {
+    /// The file-type bits of a mode (`S_IFREG`, `S_IFDIR`, …).
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileKind::File => libc::S_IFREG,
+            FileKind::Dir => libc::S_IFDIR,
+            FileKind::Symlink => libc::S_IFLNK,
+            FileKind::CharDevice => libc::S_IFCHR,
+            FileKind::BlockDevice => libc::S_IFBLK,
+            FileKind::Fifo => libc::S_IFIFO,
+            FileKind::Socket => libc::S_IFSOCK,
+        }
+    }
+}
+
 /// An inode's attributes, as `stat` reports them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stat {

@@ -160,7 +160,30 @@ pub fn mount_tree(
     quota: u64,
 ) -> (
     std::sync::Arc<layerfs::cowfs::CowFs>,
-    fuser::BackgroundSession,
+    layerfs::fuse::FuseSession,
+    std::path::PathBuf,
+) {
+    mount_tree_with(
+        store,
+        tree,
+        base,
+        name,
+        quota,
+        &layerfs::fuse::FuseOptions::default(),
+    )
+}
+
+/// [`mount_tree`] with FUSE options of the caller's.
+pub fn mount_tree_with(
+    store: &Store,
+    tree: cas::ChunkId,
+    base: &Path,
+    name: &str,
+    quota: u64,
+    options: &layerfs::fuse::FuseOptions,
+) -> (
+    std::sync::Arc<layerfs::cowfs::CowFs>,
+    layerfs::fuse::FuseSession,
     std::path::PathBuf,
 ) {
     let mnt = base.join(format!("{name}-mnt"));
@@ -171,8 +194,7 @@ pub fn mount_tree(
         inode_quota: layerfs::cowfs::DEFAULT_INODE_QUOTA,
     };
     let fs = std::sync::Arc::new(layerfs::cowfs::CowFs::new(store.clone(), tree, config).unwrap());
-    let session =
-        layerfs::fuse::mount(fs.clone(), &mnt, &layerfs::fuse::FuseOptions::default()).unwrap();
+    let session = layerfs::fuse::mount(fs.clone(), &mnt, options).unwrap();
     (fs, session, mnt)
 }
 

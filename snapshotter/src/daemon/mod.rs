@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use cas::{ChunkId, RefExpectation, Store};
 use layerfs::cowfs::{CowFs, MountConfig};
-use layerfs::fuse::{mount, BackgroundSession, FuseOptions};
+use layerfs::fuse::{mount, FuseOptions, FuseSession};
 use layerfs::ImportOptions;
 use parking_lot::Mutex;
 
@@ -74,7 +74,7 @@ const MOUNT_REF_PREFIX: &str = "mount/";
 struct LiveMount {
     info: MountInfo,
     fs: Arc<CowFs>,
-    session: Option<BackgroundSession>,
+    session: Option<FuseSession>,
     /// Its newest filesystem snapshot (the next one's parent).
     last_snapshot: Option<String>,
 }

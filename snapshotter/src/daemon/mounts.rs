@@ -64,10 +64,11 @@ impl Daemon {
                 self.discard(&id);
                 continue;
             };
-            // A FUSE mount whose server died answers ENOTCONN; detach it.
+            // A FUSE mount whose server died answers ENOTCONN (or
+            // ECONNABORTED); detach it.
             if let Some(mountpoint) = &info.mountpoint {
                 if let Err(e) = fs::metadata(mountpoint) {
-                    if e.raw_os_error() == Some(libc::ENOTCONN) {
+                    if layerfs::fuse::server_gone(&e) {
                         let _ = umount(mountpoint, libc::MNT_DETACH);
                     }
                 }
@@ -188,7 +189,7 @@ impl Daemon {
                 .filter(|(_, m)| {
                     // Only FUSE mounts end from outside.
                     m.info.mountpoint.is_some()
-                        && m.session.as_ref().is_none_or(|s| s.guard.is_finished())
+                        && m.session.as_ref().is_none_or(|s| s.is_finished())
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
@@ -333,7 +334,7 @@ impl Daemon {
         info: &MountInfo,
         source: &MountSource,
         threads: Option<usize>,
-    ) -> anyhow::Result<(Arc<CowFs>, Option<BackgroundSession>)> {
+    ) -> anyhow::Result<(Arc<CowFs>, Option<FuseSession>)> {
         self.write_record(info)?;
         let config = MountConfig {
             upper_dir: info.upper.clone(),

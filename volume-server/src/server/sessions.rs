@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context};
 use layerfs::cowfs::{CowFs, MountConfig};
-use layerfs::fuse::{mount, BackgroundSession, FuseOptions};
+use layerfs::fuse::{mount, FuseOptions, FuseSession};
 use serde::{Deserialize, Serialize};
 use snapshotter::volume_api::{CommitResult, ReloadResult, SessionInfo};
 
@@ -36,7 +36,7 @@ pub struct SessionRecord {
 pub(super) struct Live {
     pub(super) record: SessionRecord,
     pub(super) session: Arc<Session>,
-    pub(super) fuse: Option<BackgroundSession>,
+    pub(super) fuse: Option<FuseSession>,
     /// The device number its mount point shows while FUSE-mounted.
     pub(super) dev: Option<u64>,
     /// Its teardown began and failed: it is kept, and tried again.
@@ -389,11 +389,11 @@ impl VolumeServer {
 
     /// Ends, in the background, FUSE sessions unmounted from outside.
     pub(super) fn reap(&self) {
-        let ended: Vec<(String, BackgroundSession)> = self
+        let ended: Vec<(String, FuseSession)> = self
             .sessions
             .lock()
             .values_mut()
-            .filter(|l| l.fuse.as_ref().is_some_and(|f| f.guard.is_finished()))
+            .filter(|l| l.fuse.as_ref().is_some_and(|f| f.is_finished()))
             .filter_map(|l| Some((l.record.id.clone(), l.fuse.take()?)))
             .collect();
         for (id, fuse) in ended {
@@ -412,7 +412,7 @@ impl VolumeServer {
     pub(super) fn settle(&self, volume: &str) {
         let deadline = std::time::Instant::now() + SETTLE_LIMIT;
         loop {
-            let unmounted: Vec<(String, BackgroundSession, Option<u64>)> = self
+            let unmounted: Vec<(String, FuseSession, Option<u64>)> = self
                 .sessions
                 .lock()
                 .values_mut()
@@ -490,9 +490,10 @@ impl VolumeServer {
                 continue;
             };
             if let Some(mountpoint) = &record.mountpoint {
-                // A FUSE mount whose server died answers ENOTCONN.
+                // A FUSE mount whose server died answers ENOTCONN (or
+                // ECONNABORTED).
                 if let Err(e) = fs::metadata(mountpoint) {
-                    if e.raw_os_error() == Some(libc::ENOTCONN) {
+                    if layerfs::fuse::server_gone(&e) {
                         let _ = snapshotter::daemon::umount(mountpoint, libc::MNT_DETACH);
                     }
                 }
@@ -591,10 +592,10 @@ const DETACH_GRACE: Duration = Duration::from_secs(2);
 /// [`DETACH_GRACE`] the connection is aborted through fusectl (the process
 /// then gets ENOTCONN; what it wrote before is committed). Never blocks
 /// for long: a thread that still does not end is left to end by itself.
-fn finish_fuse(id: &str, fuse: BackgroundSession, dev: Option<u64>) {
+fn finish_fuse(id: &str, fuse: FuseSession, dev: Option<u64>) {
     let ended_within = |limit: Duration| {
         let deadline = std::time::Instant::now() + limit;
-        while !fuse.guard.is_finished() {
+        while !fuse.is_finished() {
             if std::time::Instant::now() > deadline {
                 return false;
             }
@@ -635,7 +636,7 @@ fn is_unmounted(live: &Live) -> bool {
     let (Some(fuse), Some(mountpoint)) = (&live.fuse, &live.record.mountpoint) else {
         return false;
     };
-    if fuse.guard.is_finished() {
+    if fuse.is_finished() {
         return true;
     }
     match fs::metadata(mountpoint) {

@@ -1,5 +1,13 @@
-//! The FUSE frontend: serves a [`CowFs`] through the kernel's FUSE driver
-//! (fuser, several request threads).
+//! The FUSE frontend: serves a [`CowFs`] through the kernel's FUSE driver.
+//!
+//! Transport: requests come over io_uring when the kernel offers it
+//! ([`ring`]: one pinned thread per CPU answers the requests sent from
+//! that CPU; the bytes of each operation are laid out in [`wire`]), and
+//! otherwise through `/dev/fuse` (fuser, several request threads). Both
+//! answer through the same methods of `FuseFs`, so the two behave alike
+//! (`tests/fuse_io_uring.rs` and pjdfstest hold them to it). fuser
+//! answers INIT and what never travels over the ring (FORGET, INTERRUPT,
+//! notifications) in either case.
 //!
 //! Caching: attributes and entries are cached by the kernel for a while
 //! ([`ATTR_TTL`]); every change goes through this process, so the kernel's
@@ -24,10 +32,17 @@
 //! table ([`crate::cowfs::locks`]) serves protocols whose clients are on
 //! other kernels (9P).
 
-use std::ffi::OsStr;
+mod ring;
+mod wire;
+
+use std::ffi::{CString, OsStr};
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -43,12 +58,19 @@ use crate::cowfs::{
 };
 use crate::tree::Timestamp;
 
-pub use fuser::BackgroundSession;
+pub use ring::enabled as io_uring_enabled;
+
+/// Whether `e`, from a call on a FUSE mount, says its server is gone: the
+/// kernel answers ENOTCONN once the server's `/dev/fuse` is closed, and
+/// ECONNABORTED when the connection was aborted (as it is when a server
+/// that took requests over io_uring dies).
+pub fn server_gone(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+}
 
 /// Tells the kernel that directory `parent` gained or lost entry `name`
 /// behind its back (a graft): its cached entry and listing are dropped.
-pub fn invalidate_entry(session: &BackgroundSession, parent: u64, name: &[u8]) {
-    use std::os::unix::ffi::OsStrExt;
+pub fn invalidate_entry(session: &FuseSession, parent: u64, name: &[u8]) {
     let notifier = session.notifier();
     let _ = notifier.inval_entry(INodeNo(parent), std::ffi::OsStr::from_bytes(name));
     let _ = notifier.inval_inode(INodeNo(parent), 0, 0);
@@ -56,7 +78,7 @@ pub fn invalidate_entry(session: &BackgroundSession, parent: u64, name: &[u8]) {
 
 /// Tells the kernel that inode `ino`'s attributes (and, for a file, its
 /// cached data) changed behind its back (a rebase).
-pub fn invalidate_inode(session: &BackgroundSession, ino: u64) {
+pub fn invalidate_inode(session: &FuseSession, ino: u64) {
     let _ = session.notifier().inval_inode(INodeNo(ino), 0, 0);
 }
 
@@ -74,6 +96,10 @@ pub struct FuseOptions {
     pub fs_name: String,
     /// Mount read-only (the kernel refuses every change with EROFS).
     pub read_only: bool,
+    /// Take requests over io_uring when the kernel offers it (the fuse
+    /// module's `enable_uring`; see [`ring`]) and this process may mount
+    /// (root); otherwise, and if setting it up fails, through `/dev/fuse`.
+    pub io_uring: bool,
 }
 
 impl Default for FuseOptions {
@@ -83,17 +109,147 @@ impl Default for FuseOptions {
             allow_other: true,
             fs_name: "strata".into(),
             read_only: false,
+            io_uring: true,
         }
     }
 }
 
+/// A mounted [`CowFs`]: unmounted when dropped (or by
+/// [`FuseSession::umount_and_join`]).
+pub struct FuseSession {
+    session: Option<fuser::BackgroundSession>,
+    /// Where this process mounted it itself (the io_uring path; fuser
+    /// unmounts its own mounts).
+    mounted_at: Option<PathBuf>,
+    /// The io_uring threads; empty when requests go through `/dev/fuse`.
+    ring: Vec<JoinHandle<()>>,
+    /// Requests answered over io_uring.
+    ring_requests: Arc<AtomicU64>,
+}
+
+impl FuseSession {
+    /// Tells the kernel of changes it did not make (see
+    /// [`invalidate_entry`], [`invalidate_inode`]).
+    pub fn notifier(&self) -> fuser::Notifier {
+        self.session
+            .as_ref()
+            .expect("a session until it is unmounted")
+            .notifier()
+    }
+
+    /// Whether requests come over io_uring.
+    pub fn uses_io_uring(&self) -> bool {
+        !self.ring.is_empty()
+    }
+
+    /// Requests answered over io_uring so far.
+    pub fn io_uring_requests(&self) -> u64 {
+        self.ring_requests.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection has ended (unmounted, perhaps from outside)
+    /// and every request thread with it: no request is being answered.
+    pub fn is_finished(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+            && self.ring.iter().all(|t| t.is_finished())
+    }
+
+    /// Unmounts (lazily: files still open keep it alive) and waits for the
+    /// request threads to end.
+    pub fn umount_and_join(mut self) -> std::io::Result<()> {
+        self.unmount();
+        self.join_threads(true)
+    }
+
+    /// Waits for the request threads once the mount was ended elsewhere;
+    /// unmounts nothing.
+    pub fn join(mut self) -> std::io::Result<()> {
+        self.mounted_at = None;
+        self.join_threads(false)
+    }
+
+    fn join_threads(&mut self, unmount: bool) -> std::io::Result<()> {
+        let joined = match self.session.take() {
+            Some(session) if unmount => session.umount_and_join(),
+            Some(session) => session.join(),
+            None => Ok(()),
+        };
+        for thread in std::mem::take(&mut self.ring) {
+            let _ = thread.join();
+        }
+        joined
+    }
+
+    fn unmount(&mut self) {
+        if let Some(at) = self.mounted_at.take() {
+            if let Ok(path) = CString::new(at.as_os_str().as_bytes()) {
+                // SAFETY: `path` is a NUL-ended string that outlives the call.
+                if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+                    let e = std::io::Error::last_os_error();
+                    // EINVAL: no longer mounted there (unmounted from outside).
+                    if e.raw_os_error() != Some(libc::EINVAL) {
+                        tracing::warn!("unmounting {}: {e}", at.display());
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FuseSession {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
 /// Mounts `fs` at `mountpoint`; unmounts when the returned session drops
-/// (or on [`BackgroundSession::umount_and_join`]).
+/// (or on [`FuseSession::umount_and_join`]).
 pub fn mount(
     fs: Arc<CowFs>,
     mountpoint: &Path,
     options: &FuseOptions,
-) -> std::io::Result<BackgroundSession> {
+) -> std::io::Result<FuseSession> {
+    let notifier = Arc::new(OnceLock::new());
+    let reserved = if options.io_uring && ring::enabled() {
+        ring::reserve()
+    } else {
+        None
+    };
+    let fuse_fs = FuseFs {
+        fs,
+        notifier: notifier.clone(),
+        io_uring: reserved.is_some(),
+        ring_negotiated: Arc::new(AtomicBool::new(false)),
+    };
+    if let Some(reserved) = reserved {
+        match mount_for_ring(fuse_fs.clone(), mountpoint, options, reserved) {
+            Ok(session) => {
+                let _ = notifier.set(session.notifier());
+                return Ok(session);
+            }
+            // Not allowed to mount directly (not root): fuser's way.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let session = fuser::spawn_mount2(
+        FuseFs {
+            io_uring: false,
+            ..fuse_fs
+        },
+        mountpoint,
+        &fuser_config(options),
+    )?;
+    let _ = notifier.set(session.notifier());
+    Ok(FuseSession {
+        session: Some(session),
+        mounted_at: None,
+        ring: Vec::new(),
+        ring_requests: Arc::default(),
+    })
+}
+
+fn fuser_config(options: &FuseOptions) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(options.fs_name.clone()),
@@ -114,23 +270,93 @@ pub fn mount(
         SessionACL::Owner
     };
     config.n_threads = Some(options.threads.max(1));
-    let notifier = Arc::new(OnceLock::new());
-    let session = fuser::spawn_mount2(
-        FuseFs {
-            fs,
-            notifier: notifier.clone(),
-        },
-        mountpoint,
-        &config,
-    )?;
-    let _ = notifier.set(session.notifier());
+    config
+}
+
+/// Mounts with `mount(2)` on a `/dev/fuse` of our own, so that the same
+/// connection can be served over io_uring: fuser answers INIT (asking for
+/// `FUSE_OVER_IO_URING`) and then serves what comes through `/dev/fuse`,
+/// the ring threads the rest.
+fn mount_for_ring(
+    fs: FuseFs,
+    mountpoint: &Path,
+    options: &FuseOptions,
+    reserved: ring::Reservation,
+) -> std::io::Result<FuseSession> {
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    // SAFETY: getuid and getgid cannot fail and touch no memory.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let data = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions{}",
+        dev.as_raw_fd(),
+        if options.allow_other {
+            ",allow_other"
+        } else {
+            ""
+        }
+    );
+    let c = |s: &[u8]| CString::new(s).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL));
+    let (source, target, fstype, data) = (
+        c(options.fs_name.as_bytes())?,
+        c(mountpoint.as_os_str().as_bytes())?,
+        c(b"fuse.strata")?,
+        c(data.as_bytes())?,
+    );
+    let flags = if options.read_only {
+        libc::MS_RDONLY
+    } else {
+        0
+    };
+    // SAFETY: every pointer is a NUL-ended string that outlives the call.
+    let mounted = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if mounted != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut session = FuseSession {
+        session: None,
+        mounted_at: Some(mountpoint.to_path_buf()),
+        ring: Vec::new(),
+        ring_requests: Arc::default(),
+    };
+    let dev = Arc::new(dev);
+    let fuser_fd: OwnedFd = dev.try_clone()?.into();
+    let negotiated = fs.ring_negotiated.clone();
+    let mut config = fuser_config(options);
+    config.mount_options.clear();
+    // fuser answers INIT here, before this returns.
+    let fuser_session = fuser::Session::from_fd(fs.clone(), fuser_fd, config.acl, config)?;
+    session.session = Some(fuser_session.spawn()?);
+    if negotiated.load(Ordering::SeqCst) {
+        match ring::start(&fs, &dev, &session.ring_requests, reserved) {
+            Ok(threads) => session.ring = threads,
+            Err(e) => tracing::warn!(
+                "FUSE over io_uring could not be set up ({e}); requests go through /dev/fuse"
+            ),
+        }
+    }
     Ok(session)
 }
 
+#[derive(Clone)]
 struct FuseFs {
     fs: Arc<CowFs>,
     /// Set once mounted: tells the kernel of changes it did not ask for.
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// Ask for `FUSE_OVER_IO_URING` at INIT.
+    io_uring: bool,
+    /// Set at INIT when the kernel granted it.
+    ring_negotiated: Arc<AtomicBool>,
 }
 
 impl FuseFs {
@@ -140,6 +366,143 @@ impl FuseFs {
         if let Some(notifier) = self.notifier.get() {
             let _ = notifier.inval_inode(ino, -1, 0);
         }
+    }
+
+    /// `setattr`; a truncation by an unprivileged caller also clears
+    /// setuid/setgid (a change of owner clears them, and with a
+    /// truncation drops file capabilities: the core does both).
+    fn setattr_as(&self, ino: u64, set: SetAttr, privileged: bool) -> Result<Stat, Errno> {
+        let truncates = set.size.is_some();
+        let stat = self.fs.setattr(ino, set)?;
+        if truncates && !privileged && self.fs.kill_privileges(ino, true)? {
+            self.fs.getattr(ino)
+        } else {
+            Ok(stat)
+        }
+    }
+
+    /// `mknod` of a file, fifo, socket or device, with the mode and umask
+    /// the kernel sent (see [`FuseFs::creation_mode`]).
+    fn mknod_as(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> Result<Stat, Errno> {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFREG | 0 => FileKind::File,
+            _ => return Err(Errno(libc::EINVAL)),
+        };
+        let (perm, inherited) = self.creation_mode(parent, mode, umask, false)?;
+        let made = self
+            .fs
+            .mknod(parent, name, kind, perm, u64::from(rdev), caller);
+        self.give_acls(parent, name, made, inherited)
+    }
+
+    fn mkdir_as(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        caller: Caller,
+    ) -> Result<Stat, Errno> {
+        let (perm, inherited) = self.creation_mode(parent, mode, umask, true)?;
+        let made = self.fs.mkdir(parent, name, perm, caller);
+        self.give_acls(parent, name, made, inherited)
+    }
+
+    /// `create`: the file is made and left open (the kernel releases it).
+    fn create_as(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        caller: Caller,
+    ) -> Result<Stat, Errno> {
+        let (perm, inherited) = self.creation_mode(parent, mode, umask, false)?;
+        let made = self.fs.create(parent, name, perm, caller);
+        let given = self.give_acls(parent, name, made.clone(), inherited);
+        if let (Ok(stat), Err(_)) = (&made, &given) {
+            // Created open: the kernel never gets the handle.
+            self.fs.release(stat.ino);
+        }
+        given
+    }
+
+    /// `rename` with the kernel's `RENAME_*` flags (a whiteout is refused).
+    fn rename_as(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<(), Errno> {
+        if flags & libc::RENAME_WHITEOUT != 0 {
+            return Err(Errno(libc::EINVAL));
+        }
+        let flags = RenameFlags {
+            noreplace: flags & libc::RENAME_NOREPLACE != 0,
+            exchange: flags & libc::RENAME_EXCHANGE != 0,
+        };
+        self.fs.rename(parent, name, newparent, newname, flags)
+    }
+
+    /// `open` with the caller's open flags; `O_TRUNC` truncates here
+    /// (`FUSE_ATOMIC_O_TRUNC`) and drops privileges as a truncation does.
+    fn open_as(&self, ino: u64, flags: i32, privileged: bool) -> Result<(), Errno> {
+        let truncate = flags & libc::O_TRUNC != 0;
+        self.fs.open(ino, truncate)?;
+        if truncate {
+            if let Err(e) = self.fs.kill_privileges(ino, !privileged) {
+                self.fs.release(ino);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// `write`: the kernel flags a write by a caller without CAP_FSETID to
+    /// a setuid/setgid file (`kill_suid_sgid`); capabilities go on any
+    /// write.
+    fn write_as(
+        &self,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suid_sgid: bool,
+    ) -> Result<usize, Errno> {
+        if self.fs.kill_privileges(ino, kill_suid_sgid)? {
+            self.attributes_changed(INodeNo(ino));
+        }
+        self.fs.write(ino, offset, data)
+    }
+
+    /// The names of `ino`'s extended attributes, each ended by a NUL.
+    fn listxattr_bytes(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let mut list = Vec::new();
+        for name in self.fs.listxattr(ino)? {
+            list.extend_from_slice(&name);
+            list.push(0);
+        }
+        Ok(list)
+    }
+
+    fn lseek_as(&self, ino: u64, offset: i64, whence: i32) -> Result<u64, Errno> {
+        if offset < 0 {
+            return Err(Errno(libc::EINVAL));
+        }
+        self.fs.lseek(ino, offset as u64, whence)
     }
 
     /// The mode to make a node in `parent` with, from the mode and umask
@@ -277,7 +640,11 @@ fn caller(req: &Request) -> Caller {
 /// (`FATTR_KILL_SUIDGID`, `FUSE_OPEN_KILL_SUIDGID`; it does for writes), so
 /// this stands in for it: root keeps the bits, anyone else loses them.
 fn privileged(req: &Request) -> bool {
-    req.uid() == 0
+    privileged_uid(req.uid())
+}
+
+fn privileged_uid(uid: u32) -> bool {
+    uid == 0
 }
 
 fn reply_entry(result: Result<Stat, Errno>, reply: ReplyEntry) {
@@ -298,6 +665,44 @@ fn time_set(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
         TimeOrNow::SpecificTime(t) => TimeSet::At(timestamp(t)),
+    }
+}
+
+/// How `setxattr`'s flags ask to set an attribute.
+fn xattr_mode(flags: i32) -> XattrMode {
+    if flags & libc::XATTR_CREATE != 0 {
+        XattrMode::Create
+    } else if flags & libc::XATTR_REPLACE != 0 {
+        XattrMode::Replace
+    } else {
+        XattrMode::Set
+    }
+}
+
+/// What an extended-attribute call answers for a buffer of `size` bytes:
+/// the value's size (`size` 0), the value, or ERANGE.
+enum Sized {
+    Size(u32),
+    Value(Vec<u8>),
+}
+
+fn sized(size: u32) -> impl Fn(Vec<u8>) -> Result<Sized, Errno> {
+    move |value| {
+        if size == 0 {
+            Ok(Sized::Size(value.len() as u32))
+        } else if value.len() <= size as usize {
+            Ok(Sized::Value(value))
+        } else {
+            Err(Errno(libc::ERANGE))
+        }
+    }
+}
+
+fn reply_xattr(result: Result<Result<Sized, Errno>, Errno>, reply: ReplyXattr) {
+    match result.and_then(|r| r) {
+        Ok(Sized::Size(n)) => reply.size(n),
+        Ok(Sized::Value(v)) => reply.data(&v),
+        Err(e) => reply.error(errno(e)),
     }
 }
 
@@ -339,6 +744,15 @@ impl Filesystem for FuseFs {
             | fuser::InitFlags::FUSE_DONT_MASK;
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
+        let ring = fuser::InitFlags::FUSE_OVER_IO_URING;
+        if self.io_uring && config.capabilities().contains(ring) {
+            // A ring entry's payload buffer must hold the largest request.
+            if config.set_max_write(ring::PAYLOAD_LEN as u32).is_ok()
+                && config.add_capabilities(ring).is_ok()
+            {
+                self.ring_negotiated.store(true, Ordering::SeqCst);
+            }
+        }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
         Ok(())
@@ -381,17 +795,7 @@ impl Filesystem for FuseFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
         };
-        let result = self.fs.setattr(ino.0, set).and_then(|stat| {
-            // A change of owner clears setuid/setgid, and with a
-            // truncation drops file capabilities (the core does both); a
-            // truncation by an unprivileged caller clears setuid/setgid.
-            if size.is_some() && !privileged(req) && self.fs.kill_privileges(ino.0, true)? {
-                self.fs.getattr(ino.0)
-            } else {
-                Ok(stat)
-            }
-        });
-        match result {
+        match self.setattr_as(ino.0, set, privileged(req)) {
             Ok(stat) => reply.attr(&ATTR_TTL, &attr(&stat)),
             Err(e) => reply.error(errno(e)),
         }
@@ -414,28 +818,10 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let kind = match mode & libc::S_IFMT {
-            libc::S_IFCHR => FileKind::CharDevice,
-            libc::S_IFBLK => FileKind::BlockDevice,
-            libc::S_IFIFO => FileKind::Fifo,
-            libc::S_IFSOCK => FileKind::Socket,
-            libc::S_IFREG | 0 => FileKind::File,
-            _ => return reply.error(fuser::Errno::EINVAL),
-        };
-        let made =
-            self.creation_mode(parent.0, mode, umask, false)
-                .and_then(|(perm, inherited)| {
-                    let made = self.fs.mknod(
-                        parent.0,
-                        name.as_bytes(),
-                        kind,
-                        perm,
-                        u64::from(rdev),
-                        caller(req),
-                    );
-                    self.give_acls(parent.0, name.as_bytes(), made, inherited)
-                });
-        reply_entry(made, reply);
+        reply_entry(
+            self.mknod_as(parent.0, name.as_bytes(), mode, umask, rdev, caller(req)),
+            reply,
+        );
     }
 
     fn mkdir(
@@ -447,13 +833,10 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let made = self
-            .creation_mode(parent.0, mode, umask, true)
-            .and_then(|(perm, inherited)| {
-                let made = self.fs.mkdir(parent.0, name.as_bytes(), perm, caller(req));
-                self.give_acls(parent.0, name.as_bytes(), made, inherited)
-            });
-        reply_entry(made, reply);
+        reply_entry(
+            self.mkdir_as(parent.0, name.as_bytes(), mode, umask, caller(req)),
+            reply,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -493,20 +876,13 @@ impl Filesystem for FuseFs {
         flags: FuseRenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags.contains(FuseRenameFlags::RENAME_WHITEOUT) {
-            return reply.error(fuser::Errno::EINVAL);
-        }
-        let flags = RenameFlags {
-            noreplace: flags.contains(FuseRenameFlags::RENAME_NOREPLACE),
-            exchange: flags.contains(FuseRenameFlags::RENAME_EXCHANGE),
-        };
         reply_empty(
-            self.fs.rename(
+            self.rename_as(
                 parent.0,
                 name.as_bytes(),
                 newparent.0,
                 newname.as_bytes(),
-                flags,
+                flags.bits(),
             ),
             reply,
         );
@@ -524,17 +900,7 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let truncate = flags.0 & libc::O_TRUNC != 0;
-        let opened = self.fs.open(ino.0, truncate).and_then(|()| {
-            if truncate {
-                if let Err(e) = self.fs.kill_privileges(ino.0, !privileged(req)) {
-                    self.fs.release(ino.0);
-                    return Err(e);
-                }
-            }
-            Ok(())
-        });
-        match opened {
+        match self.open_as(ino.0, flags.0, privileged(req)) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(e)),
         }
@@ -569,19 +935,8 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        // The kernel flags a write by a caller without CAP_FSETID to a
-        // setuid/setgid file; capabilities go on any write.
         let kill_suid_sgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        let written = self
-            .fs
-            .kill_privileges(ino.0, kill_suid_sgid)
-            .and_then(|killed| {
-                if killed {
-                    self.attributes_changed(ino);
-                }
-                self.fs.write(ino.0, offset, data)
-            });
-        match written {
+        match self.write_as(ino.0, offset, data, kill_suid_sgid) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
@@ -741,43 +1096,22 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let mode = if flags & libc::XATTR_CREATE != 0 {
-            XattrMode::Create
-        } else if flags & libc::XATTR_REPLACE != 0 {
-            XattrMode::Replace
-        } else {
-            XattrMode::Set
-        };
-        reply_empty(self.fs.setxattr(ino.0, name.as_bytes(), value, mode), reply);
+        reply_empty(
+            self.fs
+                .setxattr(ino.0, name.as_bytes(), value, xattr_mode(flags)),
+            reply,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.fs.getxattr(ino.0, name.as_bytes()) {
-            Ok(value) if size == 0 => reply.size(value.len() as u32),
-            Ok(value) if value.len() <= size as usize => reply.data(&value),
-            Ok(_) => reply.error(fuser::Errno::ERANGE),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_xattr(
+            self.fs.getxattr(ino.0, name.as_bytes()).map(sized(size)),
+            reply,
+        );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(ino.0) {
-            Ok(names) => {
-                let mut list = Vec::new();
-                for name in names {
-                    list.extend_from_slice(&name);
-                    list.push(0);
-                }
-                if size == 0 {
-                    reply.size(list.len() as u32);
-                } else if list.len() <= size as usize {
-                    reply.data(&list);
-                } else {
-                    reply.error(fuser::Errno::ERANGE);
-                }
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_xattr(self.listxattr_bytes(ino.0).map(sized(size)), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -794,17 +1128,7 @@ impl Filesystem for FuseFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let made =
-            self.creation_mode(parent.0, mode, umask, false)
-                .and_then(|(perm, inherited)| {
-                    let made = self.fs.create(parent.0, name.as_bytes(), perm, caller(req));
-                    let given = self.give_acls(parent.0, name.as_bytes(), made.clone(), inherited);
-                    if let (Ok(stat), Err(_)) = (&made, &given) {
-                        // Created open: the kernel never gets the handle.
-                        self.fs.release(stat.ino);
-                    }
-                    given
-                });
+        let made = self.create_as(parent.0, name.as_bytes(), mode, umask, caller(req));
         match made {
             Ok(stat) => reply.created(
                 &ATTR_TTL,
@@ -854,10 +1178,7 @@ impl Filesystem for FuseFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        if offset < 0 {
-            return reply.error(fuser::Errno::EINVAL);
-        }
-        match self.fs.lseek(ino.0, offset as u64, whence) {
+        match self.lseek_as(ino.0, offset, whence) {
             Ok(at) => reply.offset(at as i64),
             Err(e) => reply.error(errno(e)),
         }
