@@ -161,6 +161,16 @@ fn cmd_req(qid: usize, commit_id: u64) -> [u8; 80] {
     cmd
 }
 
+/// The command registering `entry` on queue `qid`: its two iovecs, header
+/// and payload.
+fn register(fd: types::Fd, qid: usize, entry: &Entry) -> squeue::Entry128 {
+    let sqe = opcode::UringCmd80::new(fd, CMD_REGISTER)
+        .cmd(cmd_req(qid, 0))
+        .addr(Some(entry.iov.as_ptr() as u64))
+        .build();
+    with_len(sqe, 2)
+}
+
 /// Sets the `len` field of a submission entry, which the io-uring crate
 /// does not expose for `UringCmd80`; REGISTER takes its iovec count there.
 fn with_len(mut sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
@@ -271,11 +281,7 @@ fn serve(
     };
     let mut entry = Entry::new();
     let fd = types::Fd(dev.as_raw_fd());
-    let register = opcode::UringCmd80::new(fd, CMD_REGISTER)
-        .cmd(cmd_req(qid, 0))
-        .addr(Some(entry.iov.as_ptr() as u64))
-        .build();
-    if let Err(e) = push_and_submit(&mut ring, with_len(register, 2)) {
+    if let Err(e) = push_and_submit(&mut ring, register(fd, qid, &entry)) {
         let _ = ready.send(Err(e));
         // Whether the kernel took the command is unknown: the buffers are
         // left to it.
@@ -296,6 +302,8 @@ fn serve(
     }
     drop(ready);
     let mut out = Vec::with_capacity(4096);
+    // Commands refused in a row.
+    let mut refused = 0;
     loop {
         let result = match completed.take() {
             Some(res) => res,
@@ -316,18 +324,36 @@ fn serve(
             }
         };
         if result < 0 {
-            // The command ended: the connection is gone (ENOTCONN when the
-            // mount ends) or the kernel refused a reply; nothing is pending.
+            // The command ended and nothing is pending.
             let err = -result;
-            if err != libc::ENOTCONN && err != libc::ECONNABORTED && err != libc::ECANCELED {
-                tracing::warn!(
-                    qid,
-                    "FUSE ring thread ends: {}",
-                    io::Error::from_raw_os_error(err)
-                );
+            if matches!(
+                err,
+                libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED | libc::ENODEV
+            ) {
+                // The connection is gone (ENOTCONN when the mount ends).
+                return;
             }
-            return;
+            // The kernel refused a reply (that request failed). Without an
+            // entry this CPU's requests would wait forever: register one
+            // again, unless that keeps failing.
+            refused += 1;
+            tracing::warn!(
+                qid,
+                "FUSE ring: the kernel refused a command ({}); registering again",
+                io::Error::from_raw_os_error(err)
+            );
+            if refused > 3 {
+                tracing::error!(qid, "FUSE ring thread ends: registering keeps failing");
+                return;
+            }
+            if let Err(e) = push_and_submit(&mut ring, register(fd, qid, &entry)) {
+                tracing::error!(qid, "FUSE ring thread ends: registering again failed: {e}");
+                std::mem::forget(entry);
+                return;
+            }
+            continue;
         }
+        refused = 0;
         let commit_id = u64::from_le_bytes(
             entry.header[ENT_IN_OUT + 8..ENT_IN_OUT + 16]
                 .try_into()
