@@ -58,8 +58,6 @@ use crate::cowfs::{
 };
 use crate::tree::Timestamp;
 
-pub use ring::enabled as io_uring_enabled;
-
 /// Whether `e`, from a call on a FUSE mount, says its server is gone: the
 /// kernel answers ENOTCONN once the server's `/dev/fuse` is closed, and
 /// ECONNABORTED when the connection was aborted (as it is when a server

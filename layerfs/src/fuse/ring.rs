@@ -47,7 +47,7 @@ pub(super) const PAYLOAD_LEN: usize = 1 << 20;
 
 /// Whether the kernel serves FUSE over io_uring (the fuse module's
 /// `enable_uring` parameter, off by default; root can turn it on).
-pub fn enabled() -> bool {
+pub(super) fn enabled() -> bool {
     std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
         .map(|v| v.trim() == "Y")
         .unwrap_or(false)
