@@ -480,6 +480,12 @@ impl Blob {
     /// The bytes of data chunk `id`, checked to be `len` long.
     fn chunk(&self, id: &ChunkId, len: u64) -> Result<Bytes> {
         let (kind, bytes) = self.store.get_with_kind(id)?;
+        self.check_chunk(id, len, kind, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// Checks that chunk `id` is a data chunk of `len` bytes.
+    fn check_chunk(&self, id: &ChunkId, len: u64, kind: ChunkKind, bytes: &Bytes) -> Result<()> {
         if kind != ChunkKind::Data {
             return Err(Error::wrong_kind(*id, kind, "a data chunk"));
         }
@@ -493,12 +499,23 @@ impl Blob {
                 ),
             });
         }
-        Ok(bytes)
+        Ok(())
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were
     /// read (0 at or past the end).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.read_at_noting(offset, buf, None)
+    }
+
+    /// [`Blob::read_at`]; with `loaded`, adds to it the chunks this call
+    /// read from their packs (as [`Blob::prefetch_noting`] returns them).
+    pub fn read_at_noting(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        mut loaded: Option<&mut Vec<(u64, ChunkId)>>,
+    ) -> Result<usize> {
         if offset >= self.len {
             return Ok(0);
         }
@@ -514,7 +531,11 @@ impl Blob {
                     filled += n;
                 }
                 Segment::Chunk { start, len, id } => {
-                    let bytes = self.chunk(&id, len)?;
+                    let (kind, bytes, was_loaded) = self.store.get_noting(&id)?;
+                    self.check_chunk(&id, len, kind, &bytes)?;
+                    if let (true, Some(loaded)) = (was_loaded, loaded.as_deref_mut()) {
+                        loaded.push((start + len, id));
+                    }
                     let from = (pos - start) as usize;
                     let n = remaining.min(bytes.len() - from);
                     buf[filled..filled + n].copy_from_slice(&bytes[from..from + n]);
@@ -528,19 +549,42 @@ impl Blob {
     /// Loads the chunks that hold bytes `[offset, offset + len)` into the
     /// store's chunk cache, verified, so that reads of that range soon
     /// after find them there (read-ahead). Holes cost nothing.
+    ///
+    /// The chunks are read on the rayon pool side by side, so a range
+    /// ahead of a sequential reader is verified on every core; a reader
+    /// that reaches a chunk still being read waits for that read.
     pub fn prefetch(&self, offset: u64, len: u64) -> Result<()> {
+        self.prefetch_noting(offset, len).map(drop)
+    }
+
+    /// [`Blob::prefetch`], returning the chunks this call read from their
+    /// packs (not found cached or being read by another), each with the
+    /// blob offset where it ends: a reader that caches what it reads can
+    /// [`Store::uncache`] them once it has read past them.
+    pub fn prefetch_noting(&self, offset: u64, len: u64) -> Result<Vec<(u64, ChunkId)>> {
         let end = offset.saturating_add(len).min(self.len);
+        let mut chunks = Vec::new();
         let mut pos = offset;
         while pos < end {
             match self.segment(pos)? {
                 Segment::Hole { end } => pos = end,
                 Segment::Chunk { start, len, id } => {
-                    self.chunk(&id, len)?;
+                    chunks.push((id, start, len));
                     pos = start + len;
                 }
             }
         }
-        Ok(())
+        let ids: Vec<ChunkId> = chunks.iter().map(|(id, ..)| *id).collect();
+        self.store.will_need(&ids);
+        let loaded: Vec<Option<(u64, ChunkId)>> = chunks
+            .par_iter()
+            .map(|(id, start, len)| {
+                let (kind, bytes, loaded) = self.store.get_noting(id)?;
+                self.check_chunk(id, *len, kind, &bytes)?;
+                Ok(loaded.then_some((start + len, *id)))
+            })
+            .collect::<Result<_>>()?;
+        Ok(loaded.into_iter().flatten().collect())
     }
 
     /// A reader positioned at the start.

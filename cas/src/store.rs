@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -424,6 +425,72 @@ impl Store {
     #[doc(hidden)]
     pub fn is_cached(&self, id: &ChunkId) -> bool {
         self.inner.chunk_cache.peek(id).is_some()
+    }
+
+    /// Drops data chunk `id` from the chunk cache: a reader with a cache
+    /// of its own (the kernel's page cache of a FUSE mount) has taken the
+    /// bytes a read-ahead loaded for it.
+    pub fn uncache(&self, id: &ChunkId) {
+        self.inner.chunk_cache.remove(id);
+    }
+
+    /// The bytes of chunk `id` with its kind, and whether this call read
+    /// it from its pack (it was neither cached nor being read by another).
+    pub fn get_noting(&self, id: &ChunkId) -> Result<(ChunkKind, Bytes, bool)> {
+        self.inner.read_chunk_noting(id)
+    }
+
+    /// Asks the kernel to start reading the pack bytes of data chunks
+    /// `ids` that are not cached (`POSIX_FADV_WILLNEED`, frames next to
+    /// each other in one pack as one range), so a read-ahead keeps the
+    /// disk busy with large reads instead of waiting on one frame at a
+    /// time. Only advice: a chunk it cannot locate is skipped, and the
+    /// reads that follow verify everything as always.
+    pub fn will_need(&self, ids: &[ChunkId]) {
+        /// Frames closer than this are read as one range.
+        const GAP: u64 = 256 << 10;
+        let mut spans: Vec<(PackId, u64, u64, ChunkId)> = Vec::new();
+        for id in ids {
+            if self.inner.chunk_cache.peek(id).is_some() {
+                continue;
+            }
+            let Ok(Some(at)) = self.inner.locate_local(id) else {
+                continue;
+            };
+            let end = at.offset + (frame::FRAME_HEADER_LEN as u64) + u64::from(at.stored_len);
+            match spans.last_mut() {
+                Some((pack, _, span_end, _))
+                    if *pack == at.pack
+                        && at.offset >= *span_end
+                        && at.offset - *span_end < GAP =>
+                {
+                    *span_end = end
+                }
+                _ if at.pack.is_remote() => {}
+                _ => spans.push((at.pack, at.offset, end, *id)),
+            }
+        }
+        for (pack, start, end, first) in spans {
+            let Ok(file) = self.inner.pack_file(&first, pack) else {
+                continue;
+            };
+            // SAFETY: posix_fadvise on a descriptor this store owns (kept
+            // open by the Arc for the call); it reads no memory of ours.
+            unsafe {
+                libc::posix_fadvise(
+                    file.as_raw_fd(),
+                    start as libc::off_t,
+                    (end - start) as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
+    }
+
+    /// Bytes the chunk cache holds (for read-ahead tests).
+    #[doc(hidden)]
+    pub fn cached_bytes(&self) -> u64 {
+        self.inner.chunk_cache.weight()
     }
 
     /// Drops cached chunks and open pack files, so the next reads go to
@@ -942,10 +1009,40 @@ impl Inner {
     }
 
     pub(crate) fn read_chunk(&self, id: &ChunkId) -> Result<(ChunkKind, Bytes)> {
-        if let Some(bytes) = self.chunk_cache.get(id) {
-            // Only data chunks are cached (nodes are cached decoded).
-            return Ok((ChunkKind::Data, bytes));
+        self.read_chunk_noting(id)
+            .map(|(kind, bytes, _)| (kind, bytes))
+    }
+
+    /// [`Inner::read_chunk`], and whether this call read the chunk from
+    /// its pack (rather than finding it cached, or read by another).
+    pub(crate) fn read_chunk_noting(&self, id: &ChunkId) -> Result<(ChunkKind, Bytes, bool)> {
+        // One reader per chunk at a time: a reader that misses while the
+        // same chunk is being read (the read-ahead and the reader it works
+        // for, or two sandboxes) waits for that read instead of repeating
+        // it. Only data chunks are cached (nodes are cached decoded); a
+        // node read passes through as `Uncached`.
+        enum Miss {
+            Uncached(ChunkKind, Bytes),
+            Failed(Error),
         }
+        let mut loaded = false;
+        let read = self.chunk_cache.get_or_insert_with(id, || {
+            loaded = true;
+            let (kind, bytes) = self.read_chunk_uncached(id).map_err(Miss::Failed)?;
+            match kind {
+                ChunkKind::Data => Ok(bytes),
+                other => Err(Miss::Uncached(other, bytes)),
+            }
+        });
+        match read {
+            Ok(bytes) => Ok((ChunkKind::Data, bytes, loaded)),
+            Err(Miss::Uncached(kind, bytes)) => Ok((kind, bytes, true)),
+            Err(Miss::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Reads and verifies chunk `id` from its pack, not touching the cache.
+    fn read_chunk_uncached(&self, id: &ChunkId) -> Result<(ChunkKind, Bytes)> {
         let location = self.locate(id)?.ok_or(Error::ChunkNotFound { id: *id })?;
         let bytes = match self.read_frame(id, &location) {
             // GC may have moved the chunk to another pack between the lookup
@@ -961,9 +1058,6 @@ impl Inner {
             },
             other => other?,
         };
-        if location.kind == ChunkKind::Data {
-            self.chunk_cache.insert(*id, bytes.clone());
-        }
         Ok((location.kind, bytes))
     }
 

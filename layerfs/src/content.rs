@@ -62,8 +62,19 @@ impl Content {
 
     /// Reads from `offset` into `buf`; the count read (0 at the end).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.read_at_noting(offset, buf, None)
+    }
+
+    /// [`Content::read_at`]; with `loaded`, adds to it the chunks of a blob
+    /// this call read from their packs (see [`cas::Blob::read_at_noting`]).
+    pub fn read_at_noting(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        loaded: Option<&mut Vec<(u64, ChunkId)>>,
+    ) -> Result<usize> {
         match self {
-            Content::Blob(b) => Ok(b.read_at(offset, buf)?),
+            Content::Blob(b) => Ok(b.read_at_noting(offset, buf, loaded)?),
             Content::Memory(m) => Ok(m.read_at(offset, buf)?),
         }
     }

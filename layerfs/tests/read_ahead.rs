@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cas::{ChunkId, ChunkKind};
 use common::{cow_mount, store};
-use layerfs::cowfs::ROOT_INO;
+use layerfs::cowfs::{CachedAbove, ROOT_INO};
 
 fn contents(i: usize) -> Vec<u8> {
     (0..10_000u32)
@@ -49,4 +49,48 @@ fn opening_a_file_loads_the_next_small_files_of_its_directory() {
     assert!((0..=3).chain(20..40).all(|i| !store.is_cached(&id(i))));
     assert_eq!(fs_.read(inos[4], 0, 20_000).unwrap(), contents(4));
     fs_.release(inos[3]);
+}
+
+/// A sequential reader with a page cache of its own (a FUSE mount) does
+/// not leave the chunks its read-ahead loaded in the chunk cache once it
+/// has read past them; a reader without one (9P) keeps them there, since
+/// the chunk cache is then what serves its re-reads. Both read every byte.
+#[test]
+fn a_streaming_reader_with_a_page_cache_does_not_fill_the_chunk_cache() {
+    const LEN: usize = 48 << 20;
+    let (tmp, store) = store();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let data = fixtures::workload::Rng::new(1).bytes(LEN);
+    fs::write(src.join("big"), &data).unwrap();
+    let tree = common::import_dir(&store, "big", &src);
+    let read_all = |upper: &str, cached_above| {
+        let fs_ = cow_mount(&store, tree, &tmp.path().join(upper));
+        let ino = fs_.lookup(ROOT_INO, b"big").unwrap().ino;
+        store.clear_cache();
+        let mut buf = vec![0u8; 128 << 10];
+        let mut offset = 0usize;
+        while offset < LEN {
+            let n = fs_
+                .read_into(ino, offset as u64, &mut buf, cached_above)
+                .unwrap();
+            assert!(n > 0, "early end at {offset}");
+            assert!(buf[..n] == data[offset..offset + n], "bytes at {offset}");
+            offset += n;
+        }
+        // Let the last read-ahead finish.
+        std::thread::sleep(Duration::from_millis(300));
+        store.cached_bytes()
+    };
+
+    let kept = read_all("upper", CachedAbove::No);
+    assert!(
+        kept >= 40 << 20,
+        "a 9P reader's chunks stay cached: {kept} bytes"
+    );
+    let kept = read_all("upper2", CachedAbove::Yes);
+    assert!(
+        kept <= 20 << 20,
+        "a FUSE reader's streamed chunks are dropped once read: {kept} bytes stay"
+    );
 }

@@ -785,3 +785,79 @@ fn nix_statvfs(path: &Path) -> (u64, u64) {
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut vfs) }, 0);
     (vfs.f_files, vfs.f_ffree)
 }
+
+/// Ring threads are pinned to one CPU each and run at idle priority; the
+/// daemon's shared threads (rayon's pool, which verifies read-ahead
+/// chunks; the data-file remover) must not inherit that from a ring
+/// thread that happened to use them first. A cold sequential read over
+/// the ring exercises the read-ahead; then every thread but the ring's
+/// runs unpinned in the normal class.
+#[test]
+fn shared_threads_do_not_inherit_a_ring_threads_cpu_or_class() {
+    if !fixtures::require::fuse_io_uring() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (home, src) = init_with_source(dir.path());
+    let big = fixtures::workload::Rng::new(2).bytes(24 << 20);
+    std::fs::write(src.join("big"), &big).unwrap();
+    // Imported by an earlier daemon: this one's first use of its pools
+    // comes from serving the mount.
+    let importer = Daemon::start(&home);
+    let out = snapctl(
+        &home,
+        &["image", "import", src.to_str().unwrap(), "--name", "big"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    drop(importer);
+    let daemon = Daemon::start(&home);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let out = snapctl(&home, &["mount", "--image", "big", mnt.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(std::fs::read(mnt.join("big")).unwrap() == big);
+    std::fs::write(mnt.join("gone"), b"x").unwrap();
+    std::fs::remove_file(mnt.join("gone")).unwrap();
+
+    let pid = daemon.child.id();
+    let field = |tid: &str, key: &str| -> String {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let all_cpus = field(&pid.to_string(), "Cpus_allowed_list:");
+    let mut ring_threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = task.unwrap().file_name().into_string().unwrap();
+        let name = field(&tid, "Name:");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+        // Field 41 (policy), counted after the parenthesised name.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy: u32 = after_name.split(' ').nth(38).unwrap().parse().unwrap();
+        if name.starts_with("fuse-ring-") {
+            // A thread started by a ring thread would bear its name too.
+            assert!(!ring_threads.contains(&name), "two threads named {name}");
+            assert_eq!(policy, libc::SCHED_IDLE as u32, "{name}");
+            ring_threads.push(name);
+            continue;
+        }
+        assert_eq!(
+            policy,
+            libc::SCHED_OTHER as u32,
+            "thread {name} ({tid}) runs idle-class"
+        );
+        assert_eq!(
+            field(&tid, "Cpus_allowed_list:"),
+            all_cpus,
+            "thread {name} ({tid}) is pinned"
+        );
+    }
+    assert!(!ring_threads.is_empty(), "the mount took no ring");
+    let out = snapctl(&home, &["umount", mnt.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    drop(daemon);
+}

@@ -8,7 +8,7 @@
 //! once the snapshot's tree is stored the layer is replaced, in place, by
 //! the blob holding its bytes ([`Layer::convert`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, FileTimes, OpenOptions};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -31,7 +31,7 @@ use crate::tree::Timestamp;
 /// Copy-up granularity: a write copies at most the blocks it touches.
 pub const BLOCK_SIZE: u64 = 64 << 10;
 /// How far ahead of a sequential reader lower chunks are loaded.
-const READ_AHEAD: u64 = 4 << 20;
+const READ_AHEAD: u64 = 16 << 20;
 /// Largest file size accepted (as ext4's 16 TiB).
 const MAX_FILE_SIZE: u64 = 16 << 40;
 
@@ -92,7 +92,13 @@ impl BlobBase {
         Ok(self.content.get_or_init(|| content))
     }
 
-    fn read(&self, store: &Store, start: u64, buf: &mut [u8]) -> Result<(), String> {
+    fn read(
+        &self,
+        store: &Store,
+        start: u64,
+        buf: &mut [u8],
+        mut loaded: Option<&mut Vec<(u64, ChunkId)>>,
+    ) -> Result<(), String> {
         if self.id.is_none() {
             buf.fill(0);
             return Ok(());
@@ -101,7 +107,7 @@ impl BlobBase {
         let mut done = 0;
         while done < buf.len() {
             let n = content
-                .read_at(start + done as u64, &mut buf[done..])
+                .read_at_noting(start + done as u64, &mut buf[done..], loaded.as_deref_mut())
                 .map_err(|e| e.to_string())?;
             if n == 0 {
                 buf[done..].fill(0);
@@ -126,8 +132,20 @@ impl Base {
     }
 
     fn read(&self, store: &Store, start: u64, buf: &mut [u8]) -> Result<(), String> {
+        self.read_noting(store, start, buf, None)
+    }
+
+    /// [`Base::read`]; with `loaded`, adds to it the chunks of a blob base
+    /// this call read from their packs, with where each ends.
+    fn read_noting(
+        &self,
+        store: &Store,
+        start: u64,
+        buf: &mut [u8],
+        loaded: Option<&mut Vec<(u64, ChunkId)>>,
+    ) -> Result<(), String> {
         match self {
-            Base::Blob(b) => b.read(store, start, buf),
+            Base::Blob(b) => b.read(store, start, buf, loaded),
             Base::Layer(l) => l.read(store, start, buf),
         }
     }
@@ -209,7 +227,7 @@ impl Layer {
 
     fn read(&self, store: &Store, start: u64, buf: &mut [u8]) -> Result<(), String> {
         match &*self.state.read() {
-            LayerState::Converted(b) => b.read(store, start, buf),
+            LayerState::Converted(b) => b.read(store, start, buf, None),
             LayerState::Local {
                 file,
                 present,
@@ -218,11 +236,10 @@ impl Layer {
             } => read_blocks(
                 store,
                 file.as_deref(),
-                present,
-                *lower_limit,
-                base,
+                (present, *lower_limit, base),
                 start,
                 buf,
+                None,
             ),
         }
     }
@@ -285,15 +302,16 @@ fn is_present(present: &[u64], block: u64) -> bool {
 }
 
 /// Reads `buf.len()` bytes at `offset` of a file made of present blocks in
-/// `file`, `base` below `lower_limit`, and zeros elsewhere.
+/// `file`, `base` below `lower_limit`, and zeros elsewhere; with `loaded`,
+/// notes the chunks of a blob base read from their packs (see
+/// [`Base::read_noting`]).
 fn read_blocks(
     store: &Store,
     file: Option<&DataFile>,
-    present: &[u64],
-    lower_limit: u64,
-    base: &Base,
+    (present, lower_limit, base): (&[u64], u64, &Base),
     offset: u64,
     out: &mut [u8],
+    mut loaded: Option<&mut Vec<(u64, ChunkId)>>,
 ) -> Result<(), String> {
     let end = offset + out.len() as u64;
     let mut pos = offset;
@@ -314,7 +332,7 @@ fn read_blocks(
         } else if pos < lower_limit {
             let lower_end = block_end.min(lower_limit);
             let n = (lower_end - pos) as usize;
-            base.read(store, pos, &mut slice[..n])?;
+            base.read_noting(store, pos, &mut slice[..n], loaded.as_deref_mut())?;
             slice[n..].fill(0);
         } else {
             slice.fill(0);
@@ -331,7 +349,7 @@ pub(crate) struct FileData {
     inner: RwLock<Inner>,
     /// Where the next sequential read would start, and how far read-ahead
     /// has been asked for (see [`FileData::read_ahead`]).
-    next_read: AtomicU64,
+    next_read: Arc<AtomicU64>,
     prefetched_to: AtomicU64,
     /// Changed since its state was last journaled.
     dirty: AtomicBool,
@@ -345,7 +363,35 @@ pub(crate) struct FileData {
     /// whose write-back failed and reports that once), so no later sync
     /// may report success for them.
     sync_failure: AtomicI32,
+    /// Chunks a read-ahead for a reader with a page cache above loaded
+    /// (where each ends in the file), oldest first: dropped from the
+    /// chunk cache once that reader has read past them (see
+    /// [`CachedAbove`]).
+    streamed: Arc<Mutex<VecDeque<(u64, ChunkId)>>>,
 }
+
+/// Whether the reader keeps what it reads in a cache of its own: the
+/// kernel's page cache of a FUSE mount does; a 9P client (the kernel's
+/// without `cache=`, or a program) does not, so the chunk cache is its
+/// page cache.
+///
+/// A sequential reader with a cache of its own does not leave the chunks
+/// its read-ahead loaded in the chunk cache once it has read past them:
+/// they would be a second copy of pages the kernel holds, and streaming a
+/// large file would push out the chunks other mounts share, and fill the
+/// cache with fresh memory the daemon pays page faults for (a third of
+/// its time in a cold 1 GiB read). Chunks found cached, or loaded for
+/// other readers, stay. As a database's sequential scan reads through a
+/// small ring of buffers instead of its shared buffer pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CachedAbove {
+    Yes,
+    No,
+}
+
+/// Most chunks remembered in [`FileData::streamed`]; older ones simply
+/// stay cached.
+const MAX_STREAMED: usize = 4096;
 
 impl std::fmt::Debug for FileData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -670,12 +716,13 @@ impl FileData {
             files,
             dir,
             inner: RwLock::new(inner),
-            next_read: AtomicU64::new(0),
+            next_read: Arc::default(),
             prefetched_to: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             layout_dirty: AtomicBool::new(false),
             upper_mtime: Mutex::new(None),
             sync_failure: AtomicI32::new(0),
+            streamed: Arc::default(),
         }
     }
 
@@ -867,9 +914,15 @@ impl FileData {
     /// background thread to load the lower chunks of the next
     /// [`READ_AHEAD`] bytes, so fetching and verifying them overlaps with
     /// the reader's work instead of stalling its next request.
-    fn read_ahead(&self, store: &Store, base: &BlobBase, offset: u64, end: u64, lower_limit: u64) {
-        let sequential = self.next_read.swap(end, Ordering::Relaxed) == offset;
-        if !sequential || end >= lower_limit {
+    fn read_ahead(
+        &self,
+        store: &Store,
+        base: &BlobBase,
+        end: u64,
+        lower_limit: u64,
+        cached_above: CachedAbove,
+    ) {
+        if end >= lower_limit {
             return;
         }
         let already = self.prefetched_to.load(Ordering::Relaxed);
@@ -884,11 +937,50 @@ impl FileData {
         let Ok(Content::Blob(blob)) = base.content(store).cloned() else {
             return;
         };
-        rayon::spawn(move || {
-            if let Err(e) = blob.prefetch(from, to - from) {
-                tracing::debug!("read-ahead: {e}");
+        let streamed = (cached_above == CachedAbove::Yes)
+            .then(|| (self.streamed.clone(), self.next_read.clone(), store.clone()));
+        rayon::spawn(move || match blob.prefetch_noting(from, to - from) {
+            Err(e) => tracing::debug!("read-ahead: {e}"),
+            Ok(loaded) => {
+                if let Some((streamed, next_read, store)) = streamed {
+                    let mut streamed = streamed.lock();
+                    // Chunks the reader has passed meanwhile (it read them
+                    // itself) go now; the others wait for it.
+                    let reader_at = next_read.load(Ordering::Relaxed);
+                    for (chunk_end, id) in loaded {
+                        if chunk_end <= reader_at {
+                            store.uncache(&id);
+                        } else {
+                            streamed.push_back((chunk_end, id));
+                        }
+                    }
+                    let excess = streamed.len().saturating_sub(MAX_STREAMED);
+                    streamed.drain(..excess);
+                }
             }
         });
+    }
+
+    /// Adds the chunks a streaming read loaded itself to the streamed
+    /// ones, and drops from the chunk cache those that end at or before
+    /// `end` (the reader has them now).
+    fn release_streamed(&self, store: &Store, end: u64, loaded: Vec<(u64, ChunkId)>) {
+        let mut streamed = self.streamed.lock();
+        // Chunks still ahead of the reader wait for it; the others go now.
+        for (chunk_end, id) in loaded {
+            if chunk_end <= end {
+                store.uncache(&id);
+            } else {
+                streamed.push_back((chunk_end, id));
+            }
+        }
+        while let Some(&(chunk_end, id)) = streamed.front() {
+            if chunk_end > end {
+                break;
+            }
+            streamed.pop_front();
+            store.uncache(&id);
+        }
     }
 
     /// For read-ahead across files: this file's lower content and length
@@ -922,27 +1014,53 @@ impl FileData {
 
     /// Up to `len` bytes at `offset`.
     pub(crate) fn read(&self, store: &Store, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        let available = self.size().saturating_sub(offset).min(len as u64);
+        let mut out = vec![0u8; available as usize];
+        let n = self.read_into(store, offset, &mut out, CachedAbove::No)?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// Up to `buf.len()` bytes at `offset`, into `buf`; returns how many
+    /// (fewer only at the end of the file). Every byte of `buf[..n]` is
+    /// written, whatever `buf` held before.
+    pub(crate) fn read_into(
+        &self,
+        store: &Store,
+        offset: u64,
+        buf: &mut [u8],
+        cached_above: CachedAbove,
+    ) -> Result<usize, String> {
         let inner = self.inner.read();
         if offset >= inner.size {
-            return Ok(Vec::new());
+            return Ok(0);
         }
-        let end = inner.size.min(offset.saturating_add(len as u64));
-        let mut out = vec![0u8; (end - offset) as usize];
+        let end = inner.size.min(offset.saturating_add(buf.len() as u64));
+        let n = (end - offset) as usize;
+        let sequential = self.next_read.swap(end, Ordering::Relaxed) == offset;
+        // A sequential reader with a page cache above notes the chunks it
+        // reads from their packs itself, as its read-ahead does.
+        let streaming = sequential && cached_above == CachedAbove::Yes;
+        let mut loaded = Vec::new();
         read_blocks(
             store,
             inner.upper.as_deref(),
-            &inner.present,
-            inner.lower_limit,
-            &inner.base,
+            (&inner.present, inner.lower_limit, &inner.base),
             offset,
-            &mut out,
+            &mut buf[..n],
+            streaming.then_some(&mut loaded),
         )?;
         if let Base::Blob(blob) = &inner.base {
             if blob.id().is_some() {
-                self.read_ahead(store, blob, offset, end, inner.lower_limit);
+                if sequential {
+                    self.read_ahead(store, blob, end, inner.lower_limit, cached_above);
+                }
+                if streaming {
+                    self.release_streamed(store, end, loaded);
+                }
             }
         }
-        Ok(out)
+        Ok(n)
     }
 
     fn upper<'i>(&self, inner: &'i mut Inner) -> FsResult<&'i DataFile> {
@@ -1449,9 +1567,8 @@ const REMOVE_IN_BACKGROUND: u64 = 8 << 20;
 /// recovery sweeps; data-file names are never reused, so a late removal
 /// cannot hit a newer file.
 fn remove_data_file(path: PathBuf, in_background: bool) {
-    static REMOVER: OnceLock<Option<Sender<PathBuf>>> = OnceLock::new();
     let path = match in_background {
-        true => match REMOVER.get_or_init(start_remover) {
+        true => match remover() {
             Some(remover) => match remover.send(path) {
                 Ok(()) => return,
                 Err(SendError(path)) => path,
@@ -1463,8 +1580,21 @@ fn remove_data_file(path: PathBuf, in_background: bool) {
     let _ = std::fs::remove_file(path);
 }
 
-/// The background thread of [`remove_data_file`]; `None` if none starts
-/// (then files are removed in place).
+/// The background thread of [`remove_data_file`], started on first use;
+/// `None` if none starts (then files are removed in place).
+fn remover() -> &'static Option<Sender<PathBuf>> {
+    static REMOVER: OnceLock<Option<Sender<PathBuf>>> = OnceLock::new();
+    REMOVER.get_or_init(start_remover)
+}
+
+/// Starts the threads this module starts on first use (the data-file
+/// remover), so that they are started by the caller and take its CPU
+/// affinity and scheduling class, not those of a thread serving requests
+/// (see `fuse::ring`).
+pub(crate) fn start_shared_threads() {
+    let _ = remover();
+}
+
 fn start_remover() -> Option<Sender<PathBuf>> {
     let (send, receive) = std::sync::mpsc::channel::<PathBuf>();
     std::thread::Builder::new()

@@ -171,6 +171,21 @@ impl CowFs {
             .map_err(|e| self.eio(e))
     }
 
+    /// Up to `buf.len()` bytes at `offset`, into `buf`; returns how many
+    /// (fewer only at the end of the file). `cached_above`: whether the
+    /// reader keeps what it reads (see [`CachedAbove`]).
+    pub fn read_into(
+        &self,
+        ino: Ino,
+        offset: u64,
+        buf: &mut [u8],
+        cached_above: CachedAbove,
+    ) -> FsResult<usize> {
+        let data = self.file(ino)?;
+        data.read_into(&self.store, offset, buf, cached_above)
+            .map_err(|e| self.eio(e))
+    }
+
     /// Writes `bytes` at `offset`; all or nothing (ENOSPC past the quota).
     pub fn write(&self, ino: Ino, offset: u64, bytes: &[u8]) -> FsResult<usize> {
         let data = self.file(ino)?;

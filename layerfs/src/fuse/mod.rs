@@ -54,7 +54,7 @@ use fuser::{
 
 use crate::cowfs::acl::{self, Inherited};
 use crate::cowfs::{
-    Caller, CowFs, Errno, FileKind, RenameFlags, SetAttr, Stat, TimeSet, XattrMode,
+    CachedAbove, Caller, CowFs, Errno, FileKind, RenameFlags, SetAttr, Stat, TimeSet, XattrMode,
 };
 use crate::tree::Timestamp;
 
@@ -915,10 +915,17 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
+        thread_local! {
+            /// This request thread's buffer for READ replies.
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with_borrow_mut(|buf| {
+            buf.resize(size as usize, 0);
+            match self.fs.read_into(ino.0, offset, buf, CachedAbove::Yes) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn write(

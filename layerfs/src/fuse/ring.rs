@@ -123,6 +123,18 @@ pub(super) fn start(
     mut reserved: Reservation,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let queues = reserved.0;
+    // A thread takes its CPU affinity and scheduling class from the thread
+    // that starts it. Ring threads are pinned and idle-class, so the
+    // process's shared pools must not be started lazily by one of them (a
+    // read-ahead would start rayon's global pool pinned to one CPU at idle
+    // priority, and verify chunks on that CPU only): start them here, from
+    // the mounting thread.
+    // (If the pool exists already, it was started the same way or by the
+    // program before any mount.)
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("rayon-{i}"))
+        .build_global();
+    crate::cowfs::start_shared_threads();
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::new();
     for qid in 0..queues {
@@ -365,23 +377,36 @@ fn serve(
                 .unwrap_or_default(),
         ) as usize;
         out.clear();
+        // Where the reply's bytes are: READ data goes straight into the
+        // payload buffer; other replies are built in `out`, then copied.
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let h = InHeader::parse(&entry.header[..IN_HEADER])?;
+            let arg = &entry.header[OP_IN..ENT_IN_OUT];
+            if h.opcode == wire::op::READ {
+                return wire::read_into(fs, &h, arg, &mut entry.payload).map(Some);
+            }
             let payload = entry.payload.get(..payload_sz).ok_or(Errno(libc::EIO))?;
-            wire::answer(fs, &h, &entry.header[OP_IN..ENT_IN_OUT], payload, &mut out)
+            wire::answer(fs, &h, arg, payload, &mut out).map(|()| None)
         }));
-        let error = match outcome {
-            Ok(Ok(())) if out.len() <= PAYLOAD_LEN => 0,
-            Ok(Ok(())) => libc::EIO,
-            Ok(Err(e)) => e.0,
+        let (error, in_payload) = match outcome {
+            Ok(Ok(Some(n))) => (0, Some(n)),
+            Ok(Ok(None)) if out.len() <= PAYLOAD_LEN => (0, None),
+            Ok(Ok(None)) => (libc::EIO, None),
+            Ok(Err(e)) => (e.0, None),
             Err(_) => {
                 tracing::error!(qid, "a FUSE request panicked; answered EIO");
-                libc::EIO
+                (libc::EIO, None)
             }
         };
         answered.fetch_add(1, Ordering::Relaxed);
-        let len = if error == 0 { out.len() } else { 0 };
-        entry.payload[..len].copy_from_slice(&out[..len]);
+        let len = match (error, in_payload) {
+            (0, Some(n)) => n,
+            (0, None) => {
+                entry.payload[..out.len()].copy_from_slice(&out);
+                out.len()
+            }
+            _ => 0,
+        };
         wire::out_header(
             &mut entry.header[..OUT_HEADER],
             OUT_HEADER + len,

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use super::{privileged_uid, FuseFs, Sized, ATTR_TTL};
-use crate::cowfs::{Caller, Errno, FileKind, SetAttr, Stat, TimeSet};
+use crate::cowfs::{CachedAbove, Caller, Errno, FileKind, SetAttr, Stat, TimeSet};
 use crate::tree::Timestamp;
 
 /// Size of `struct fuse_in_header`.
@@ -22,7 +22,7 @@ pub(super) const IN_HEADER: usize = 40;
 pub(super) const OUT_HEADER: usize = 16;
 
 /// Operation codes (`enum fuse_opcode`) answered here.
-mod op {
+pub(super) mod op {
     pub const LOOKUP: u32 = 1;
     pub const GETATTR: u32 = 3;
     pub const SETATTR: u32 = 4;
@@ -224,7 +224,23 @@ fn time_set(given: bool, now: bool, secs: u64, nanos: u32) -> Option<TimeSet> {
     }
 }
 
-/// The answer to one request: its reply arguments appended to `out`, or
+/// A READ answered straight into `reply` (the entry's payload buffer,
+/// whose old bytes do not matter): the bytes read, or the errno. A READ
+/// larger than `reply` fails with EIO (a short read would mean the end of
+/// the file).
+pub(super) fn read_into(
+    fs: &FuseFs,
+    h: &InHeader,
+    arg: &[u8],
+    reply: &mut [u8],
+) -> Result<usize, Errno> {
+    let (offset, size) = (u64_at(arg, 8)?, u32_at(arg, 16)? as usize);
+    let buf = reply.get_mut(..size).ok_or(Errno(libc::EIO))?;
+    fs.fs.read_into(h.nodeid, offset, buf, CachedAbove::Yes)
+}
+
+/// The answer to one request but READ (see [`read_into`]): its reply
+/// arguments appended to `out`, or
 /// the errno to fail it with. `arg` is the operation's fixed-size
 /// argument, `payload` what follows it.
 pub(super) fn answer(
@@ -305,11 +321,6 @@ pub(super) fn answer(
         op::OPEN => {
             fs.open_as(ino, u32_at(arg, 0)? as i32, privileged_uid(h.uid))?;
             put_open_out(out);
-        }
-        op::READ => {
-            let (offset, size) = (u64_at(arg, 8)?, u32_at(arg, 16)?);
-            // The data is the whole reply: taken as it is, not copied.
-            *out = fs.fs.read(ino, offset, size)?;
         }
         op::WRITE => {
             let (offset, size) = (u64_at(arg, 8)?, u32_at(arg, 16)? as usize);
