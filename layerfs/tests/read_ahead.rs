@@ -94,3 +94,40 @@ fn a_streaming_reader_with_a_page_cache_does_not_fill_the_chunk_cache() {
         "a FUSE reader's streamed chunks are dropped once read: {kept} bytes stay"
     );
 }
+
+/// A second sequential pass over a file (after its chunks left the cache)
+/// gets read-ahead again, as the first did.
+#[test]
+fn a_second_pass_over_a_file_is_read_ahead_again() {
+    const LEN: usize = 24 << 20;
+    let (tmp, store) = store();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let data = fixtures::workload::Rng::new(3).bytes(LEN);
+    fs::write(src.join("big"), &data).unwrap();
+    let tree = common::import_dir(&store, "big", &src);
+    let fs_ = cow_mount(&store, tree, &tmp.path().join("upper"));
+    let ino = fs_.lookup(ROOT_INO, b"big").unwrap().ino;
+    let mut buf = vec![0u8; 128 << 10];
+    for pass in 0..2 {
+        store.clear_cache();
+        for (i, offset) in (0..LEN).step_by(buf.len()).enumerate() {
+            let n = fs_
+                .read_into(ino, offset as u64, &mut buf, CachedAbove::No)
+                .unwrap();
+            assert!(buf[..n] == data[offset..offset + n], "bytes at {offset}");
+            if i == 1 {
+                // Two reads in: the read-ahead loads what follows.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while store.cached_bytes() < 8 << 20 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "pass {pass}: no read-ahead ({} bytes cached)",
+                        store.cached_bytes()
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+}

@@ -1038,6 +1038,11 @@ impl FileData {
         let end = inner.size.min(offset.saturating_add(buf.len() as u64));
         let n = (end - offset) as usize;
         let sequential = self.next_read.swap(end, Ordering::Relaxed) == offset;
+        if !sequential {
+            // A reader starting over (a second pass, a seek) gets its
+            // read-ahead again from where it now is.
+            self.prefetched_to.store(end, Ordering::Relaxed);
+        }
         // A sequential reader with a page cache above notes the chunks it
         // reads from their packs itself, as its read-ahead does.
         let streaming = sequential && cached_above == CachedAbove::Yes;
