@@ -574,8 +574,12 @@ impl Blob {
                 }
             }
         }
-        let ids: Vec<ChunkId> = chunks.iter().map(|(id, ..)| *id).collect();
-        self.store.will_need(&ids);
+        // A window of several chunks is read from the disk in large
+        // reads; a single chunk (a small file) is one read anyway.
+        if chunks.len() > 1 {
+            let ids: Vec<ChunkId> = chunks.iter().map(|(id, ..)| *id).collect();
+            self.store.will_need(&ids);
+        }
         let loaded: Vec<Option<(u64, ChunkId)>> = chunks
             .par_iter()
             .map(|(id, start, len)| {
