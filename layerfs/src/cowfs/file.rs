@@ -393,6 +393,26 @@ pub enum CachedAbove {
 /// stay cached.
 const MAX_STREAMED: usize = 4096;
 
+/// Adds chunks a stream loaded to `streamed`: those ending at or before
+/// `reader_at` (the reader is past them) leave the chunk cache now, the
+/// others wait for the reader.
+fn add_streamed(
+    streamed: &mut VecDeque<(u64, ChunkId)>,
+    store: &Store,
+    loaded: Vec<(u64, ChunkId)>,
+    reader_at: u64,
+) {
+    for (chunk_end, id) in loaded {
+        if chunk_end <= reader_at {
+            store.uncache(&id);
+        } else {
+            streamed.push_back((chunk_end, id));
+        }
+    }
+    let excess = streamed.len().saturating_sub(MAX_STREAMED);
+    streamed.drain(..excess);
+}
+
 impl std::fmt::Debug for FileData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let inner = self.inner.read();
@@ -943,19 +963,9 @@ impl FileData {
             Err(e) => tracing::debug!("read-ahead: {e}"),
             Ok(loaded) => {
                 if let Some((streamed, next_read, store)) = streamed {
-                    let mut streamed = streamed.lock();
-                    // Chunks the reader has passed meanwhile (it read them
-                    // itself) go now; the others wait for it.
+                    // The reader may have passed some meanwhile.
                     let reader_at = next_read.load(Ordering::Relaxed);
-                    for (chunk_end, id) in loaded {
-                        if chunk_end <= reader_at {
-                            store.uncache(&id);
-                        } else {
-                            streamed.push_back((chunk_end, id));
-                        }
-                    }
-                    let excess = streamed.len().saturating_sub(MAX_STREAMED);
-                    streamed.drain(..excess);
+                    add_streamed(&mut streamed.lock(), &store, loaded, reader_at);
                 }
             }
         });
@@ -966,14 +976,7 @@ impl FileData {
     /// `end` (the reader has them now).
     fn release_streamed(&self, store: &Store, end: u64, loaded: Vec<(u64, ChunkId)>) {
         let mut streamed = self.streamed.lock();
-        // Chunks still ahead of the reader wait for it; the others go now.
-        for (chunk_end, id) in loaded {
-            if chunk_end <= end {
-                store.uncache(&id);
-            } else {
-                streamed.push_back((chunk_end, id));
-            }
-        }
+        add_streamed(&mut streamed, store, loaded, end);
         while let Some(&(chunk_end, id)) = streamed.front() {
             if chunk_end > end {
                 break;
