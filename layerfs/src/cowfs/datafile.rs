@@ -20,8 +20,10 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -235,6 +237,14 @@ pub(crate) struct DataFile {
     /// The errno of a failed sync made to close the descriptor: every
     /// later sync of the file reports it.
     failure: AtomicI32,
+    /// Where the last write ended, and where the current sequential run of
+    /// writes has had its write-back started up to (see
+    /// [`DataFile::wrote`]).
+    stream_end: AtomicU64,
+    written_behind: AtomicU64,
+    /// Up to where the stream's pages were dropped from the host's page
+    /// cache.
+    dropped_to: AtomicU64,
 }
 
 /// A descriptor of a data file, held while it is used.
@@ -266,6 +276,9 @@ impl DataFile {
             synced: AtomicU64::new(0),
             given_up: AtomicU64::new(0),
             failure: AtomicI32::new(0),
+            stream_end: AtomicU64::new(0),
+            written_behind: AtomicU64::new(0),
+            dropped_to: AtomicU64::new(0),
         })
     }
 
@@ -304,6 +317,82 @@ impl DataFile {
         let result = write(&fd);
         self.writes.fetch_add(1, Ordering::AcqRel);
         result
+    }
+
+    /// Notes that bytes `offset..end` were written. A sequential writer's
+    /// bytes have their write-back to the disk started every
+    /// [`WRITE_BEHIND`] bytes, by a background thread: a sandbox streaming
+    /// a large file then finds most of it on disk when it calls `fsync`
+    /// (the disk works while the writer writes, where it would otherwise
+    /// start at the `fsync`), and the host holds less of it dirty. Only a
+    /// start: nothing waits, and durability is still given by the syncs.
+    /// With `drop_behind` (the writer keeps the bytes in a page cache of
+    /// its own), the windows before the one just started also leave the
+    /// host's page cache once clean.
+    pub(crate) fn wrote(&self, offset: u64, end: u64, drop_behind: bool) {
+        let previous = self.stream_end.swap(end, Ordering::AcqRel);
+        if offset != previous {
+            self.written_behind.store(offset, Ordering::Relaxed);
+            self.dropped_to.store(offset, Ordering::Relaxed);
+            return;
+        }
+        let behind = self.written_behind.load(Ordering::Relaxed);
+        if end.saturating_sub(behind) < WRITE_BEHIND {
+            return;
+        }
+        self.written_behind.store(end, Ordering::Relaxed);
+        // Pages up to [`DROP_LAG`] before the window started now leave the
+        // host's cache: their write-back has had that much writing to
+        // finish (see [`DataFile::write_behind`] for those it has not).
+        write_behind(WriteBehind {
+            file: self.me.clone(),
+            start: behind..end,
+            drop_to: match drop_behind {
+                true => behind.saturating_sub(DROP_LAG),
+                false => 0,
+            },
+        });
+    }
+
+    /// Starts write-back of `job.start` and drops the clean pages of the
+    /// stream up to `job.drop_to`, if the descriptor is open and free
+    /// (hints: a file being closed or synced needs neither). Pages still
+    /// dirty or being written are not dropped, and waiting for them here
+    /// would take a write-back error away from the sandbox's next fsync;
+    /// while any are left the drop mark stays, so the next job tries them
+    /// again.
+    fn write_behind(&self, job: &WriteBehind) {
+        let Some(fd) = self.fd.try_read() else {
+            return;
+        };
+        let Some(file) = fd.as_ref() else {
+            return;
+        };
+        let fd = file.as_raw_fd();
+        let start = job.start.start as libc::off64_t;
+        let len = (job.start.end - job.start.start) as libc::off64_t;
+        // SAFETY: sync_file_range only reads its integer arguments; the
+        // descriptor stays open while the read guard is held.
+        // SYNC_FILE_RANGE_WRITE starts write-back and waits for none (a
+        // failure of it is reported to the next fsync, as any write-back
+        // error).
+        unsafe { libc::sync_file_range(fd, start, len, libc::SYNC_FILE_RANGE_WRITE) };
+        let from = self.dropped_to.load(Ordering::Relaxed);
+        if job.drop_to <= from {
+            return;
+        }
+        let len = (job.drop_to - from) as libc::off64_t;
+        // SAFETY: as above; POSIX_FADV_DONTNEED drops clean pages only.
+        unsafe { libc::posix_fadvise(fd, from as libc::off64_t, len, libc::POSIX_FADV_DONTNEED) };
+        if unwritten_pages(fd, from, job.drop_to) == 0 {
+            // (A stream started again elsewhere since moved the mark.)
+            let _ = self.dropped_to.compare_exchange(
+                from,
+                job.drop_to,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// `fdatasync` (or `fsync` without `data_only`) of the data file.
@@ -375,6 +464,89 @@ impl DataFile {
         drop(file);
         self.files.open_count.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Bytes of a sequential run of writes between two starts of their
+/// write-back (see [`DataFile::wrote`]).
+const WRITE_BEHIND: u64 = 8 << 20;
+
+/// How far behind a sequential writer with a page cache of its own its
+/// bytes leave the host's page cache (see [`DataFile::wrote`]).
+const DROP_LAG: u64 = 4 * WRITE_BEHIND;
+
+/// A range of a data file whose write-back to start, and where to drop
+/// its stream's clean pages up to (see [`DataFile::wrote`]).
+struct WriteBehind {
+    file: Weak<DataFile>,
+    start: std::ops::Range<u64>,
+    drop_to: u64,
+}
+
+/// Pages of `fd` in `from..to` that are dirty or being written back
+/// (`cachestat(2)`, Linux 6.5; 0 where the kernel has none).
+fn unwritten_pages(fd: libc::c_int, from: u64, to: u64) -> u64 {
+    /// `struct cachestat`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct CacheStat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    let range = [from, to - from];
+    let mut stat = CacheStat::default();
+    // SAFETY: cachestat reads a `struct cachestat_range` (two u64s) and
+    // writes one `struct cachestat`, both live locals of those layouts;
+    // it only reads the descriptor's page cache.
+    let rc = unsafe {
+        libc::syscall(
+            451, // SYS_cachestat on every architecture
+            fd,
+            range.as_ptr(),
+            &mut stat as *mut CacheStat,
+            0u32,
+        )
+    };
+    match rc {
+        0 => stat.dirty + stat.writeback,
+        _ => 0,
+    }
+}
+
+/// Hands a job to the write-behind thread (dropped if it has none).
+fn write_behind(job: WriteBehind) {
+    if let Some(sender) = write_behind_thread() {
+        let _ = sender.send(job);
+    }
+}
+
+/// The thread that starts the write-back of ranges [`DataFile::wrote`]
+/// hands it, started on first use (or by [`start_shared_threads`]);
+/// `None` if it cannot start (then nothing is written behind).
+fn write_behind_thread() -> &'static Option<Sender<WriteBehind>> {
+    static THREAD: OnceLock<Option<Sender<WriteBehind>>> = OnceLock::new();
+    THREAD.get_or_init(|| {
+        let (send, receive) = std::sync::mpsc::channel::<WriteBehind>();
+        std::thread::Builder::new()
+            .name("layerfs-writeback".into())
+            .spawn(move || {
+                for job in receive {
+                    if let Some(file) = job.file.upgrade() {
+                        file.write_behind(&job);
+                    }
+                }
+            })
+            .ok()
+            .map(|_| send)
+    })
+}
+
+/// Starts the write-behind thread from the caller (see
+/// `file::start_shared_threads`).
+pub(crate) fn start_shared_threads() {
+    let _ = write_behind_thread();
 }
 
 impl Drop for DataFile {

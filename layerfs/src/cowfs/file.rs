@@ -1100,6 +1100,7 @@ impl FileData {
         offset: u64,
         data: &[u8],
         quota: u64,
+        cached_above: CachedAbove,
     ) -> FsResult<()> {
         if data.is_empty() {
             return Ok(());
@@ -1148,9 +1149,11 @@ impl FileData {
             }
             newly_present.push(block);
         }
-        let written = self
-            .upper(&mut inner)?
-            .write(|f| f.write_all_at(data, offset));
+        let upper = self.upper(&mut inner)?;
+        let written = upper.write(|f| f.write_all_at(data, offset));
+        if written.is_ok() {
+            upper.wrote(offset, end, cached_above == CachedAbove::Yes);
+        }
         if let Err(e) = written {
             // Holes the write reached partly must read as zeros again.
             if let Some(file) = inner.upper.clone() {
@@ -1601,6 +1604,7 @@ fn remover() -> &'static Option<Sender<PathBuf>> {
 /// (see `fuse::ring`).
 pub(crate) fn start_shared_threads() {
     let _ = remover();
+    super::datafile::start_shared_threads();
 }
 
 fn start_remover() -> Option<Sender<PathBuf>> {

@@ -187,13 +187,32 @@ impl CowFs {
     }
 
     /// Writes `bytes` at `offset`; all or nothing (ENOSPC past the quota).
+    /// For a writer without a page cache of its own (see
+    /// [`CowFs::write_from`]).
     pub fn write(&self, ino: Ino, offset: u64, bytes: &[u8]) -> FsResult<usize> {
+        self.write_from(ino, offset, bytes, CachedAbove::No)
+    }
+
+    /// [`CowFs::write`] by a writer that does or does not keep what it
+    /// writes in a page cache of its own (see [`CachedAbove`]). With one
+    /// (a FUSE mount: the kernel caches the written pages of the mount's
+    /// file), a sequential writer's bytes leave the host's page cache of
+    /// the upper data file once written back: they would be a second copy,
+    /// and a host whose free memory goes back to its hypervisor pays a
+    /// fault for every fresh page.
+    pub fn write_from(
+        &self,
+        ino: Ino,
+        offset: u64,
+        bytes: &[u8],
+        cached_above: CachedAbove,
+    ) -> FsResult<usize> {
         let data = self.file(ino)?;
         if bytes.is_empty() {
             return Ok(0); // as Linux: no effect, times unchanged
         }
         self.premark(ino);
-        data.write(&self.store, offset, bytes, self.quota)?;
+        data.write(&self.store, offset, bytes, self.quota, cached_above)?;
         let mut st = self.state.lock();
         if let Some(node) = st.nodes.get_mut(&ino) {
             let t = now();

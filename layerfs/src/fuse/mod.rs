@@ -483,7 +483,7 @@ impl FuseFs {
         if self.fs.kill_privileges(ino, kill_suid_sgid)? {
             self.attributes_changed(INodeNo(ino));
         }
-        self.fs.write(ino, offset, data)
+        self.fs.write_from(ino, offset, data, CachedAbove::Yes)
     }
 
     /// The names of `ino`'s extended attributes, each ended by a NUL.
