@@ -175,3 +175,53 @@ fn a_streaming_writer_with_a_page_cache_leaves_no_second_copy_on_the_host() {
         cached[1]
     );
 }
+
+/// A reader with a page cache of its own (FUSE) streaming an upper file
+/// leaves no second copy of it in the host's cache of the data file; a
+/// reader without one (9P) keeps it there.
+#[test]
+fn a_streaming_reader_with_a_page_cache_leaves_no_second_copy_of_an_upper_file() {
+    let (tmp, store) = store();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let tree = common::import_dir(&store, "empty", &src);
+    let data = fixtures::workload::Rng::new(9).bytes(128 * MIB as usize);
+    let mut cached = Vec::new();
+    for (upper, cached_above) in [("fuse", CachedAbove::Yes), ("p9", CachedAbove::No)] {
+        let upper = tmp.path().join(upper);
+        let fs_ = cow_mount(&store, tree, &upper);
+        let ino = fs_.create(ROOT_INO, b"big", 0o644, ROOT).unwrap().ino;
+        fs_.open(ino, false).unwrap();
+        fs_.write(ino, 0, &data).unwrap();
+        fs_.fsync(ino).unwrap();
+        let file = File::open(largest_file(&upper)).unwrap();
+        // Read back into the host's cache first, as after a write.
+        std::io::copy(&mut &file, &mut std::io::sink()).unwrap();
+        let mut buf = vec![0u8; 128 << 10];
+        let mut offset = 0;
+        while offset < data.len() {
+            let n = fs_
+                .read_into(ino, offset as u64, &mut buf, cached_above)
+                .unwrap();
+            assert!(buf[..n] == data[offset..offset + n], "bytes at {offset}");
+            offset += n;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut pages = cached_pages(&file, 0, 64 * MIB);
+        while cached_above == CachedAbove::Yes && pages > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            pages = cached_pages(&file, 0, 64 * MIB);
+        }
+        cached.push(pages);
+        fs_.release(ino);
+    }
+    assert_eq!(
+        cached[0], 0,
+        "pages of the FUSE reader's first 64 MiB left cached"
+    );
+    assert!(
+        cached[1] >= 48 * MIB / 4096,
+        "the 9P reader's first 64 MiB should stay cached: {} pages",
+        cached[1]
+    );
+}

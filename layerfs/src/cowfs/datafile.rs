@@ -245,6 +245,11 @@ pub(crate) struct DataFile {
     /// Up to where the stream's pages were dropped from the host's page
     /// cache.
     dropped_to: AtomicU64,
+    /// Where the last read by a reader with a page cache of its own
+    /// ended, and where its sequential run last handed a window on (see
+    /// [`DataFile::read_through`]).
+    read_end: AtomicU64,
+    read_behind: AtomicU64,
 }
 
 /// A descriptor of a data file, held while it is used.
@@ -279,6 +284,8 @@ impl DataFile {
             stream_end: AtomicU64::new(0),
             written_behind: AtomicU64::new(0),
             dropped_to: AtomicU64::new(0),
+            read_end: AtomicU64::new(0),
+            read_behind: AtomicU64::new(0),
         })
     }
 
@@ -354,6 +361,29 @@ impl DataFile {
         });
     }
 
+    /// Notes that a reader with a page cache of its own (see
+    /// [`super::CachedAbove`]) read `offset..end`: a sequential reader's
+    /// pages leave the host's cache of the data file [`DROP_LAG`] behind
+    /// it, as a FUSE writer's do (see [`DataFile::wrote`]); the kernel
+    /// holds them above the mount.
+    pub(crate) fn read_through(&self, offset: u64, end: u64) {
+        let previous = self.read_end.swap(end, Ordering::AcqRel);
+        if offset != previous {
+            self.read_behind.store(offset, Ordering::Relaxed);
+            return;
+        }
+        let behind = self.read_behind.load(Ordering::Relaxed);
+        if end.saturating_sub(behind) < WRITE_BEHIND {
+            return;
+        }
+        self.read_behind.store(end, Ordering::Relaxed);
+        write_behind(WriteBehind {
+            file: self.me.clone(),
+            start: end..end,
+            drop_to: behind.saturating_sub(DROP_LAG),
+        });
+    }
+
     /// Starts write-back of `job.start` and drops the clean pages of the
     /// stream up to `job.drop_to`, if the descriptor is open and free
     /// (hints: a file being closed or synced needs neither). Pages still
@@ -376,7 +406,9 @@ impl DataFile {
         // SYNC_FILE_RANGE_WRITE starts write-back and waits for none (a
         // failure of it is reported to the next fsync, as any write-back
         // error).
-        unsafe { libc::sync_file_range(fd, start, len, libc::SYNC_FILE_RANGE_WRITE) };
+        if len > 0 {
+            unsafe { libc::sync_file_range(fd, start, len, libc::SYNC_FILE_RANGE_WRITE) };
+        }
         let from = self.dropped_to.load(Ordering::Relaxed);
         if job.drop_to <= from {
             return;

@@ -1058,6 +1058,9 @@ impl FileData {
             &mut buf[..n],
             streaming.then_some(&mut loaded),
         )?;
+        if let (Some(upper), CachedAbove::Yes) = (inner.upper.as_deref(), cached_above) {
+            upper.read_through(offset, end);
+        }
         if let Base::Blob(blob) = &inner.base {
             if blob.id().is_some() {
                 if sequential {
