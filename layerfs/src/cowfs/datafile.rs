@@ -237,19 +237,13 @@ pub(crate) struct DataFile {
     /// The errno of a failed sync made to close the descriptor: every
     /// later sync of the file reports it.
     failure: AtomicI32,
-    /// Where the last write ended, and where the current sequential run of
-    /// writes has had its write-back started up to (see
-    /// [`DataFile::wrote`]).
-    stream_end: AtomicU64,
-    written_behind: AtomicU64,
+    /// The sequential run of writes, and of reads by a reader with a page
+    /// cache of its own (see [`DataFile::wrote`], [`DataFile::read_through`]).
+    writing: SequentialRun,
+    reading: SequentialRun,
     /// Up to where the stream's pages were dropped from the host's page
     /// cache.
     dropped_to: AtomicU64,
-    /// Where the last read by a reader with a page cache of its own
-    /// ended, and where its sequential run last handed a window on (see
-    /// [`DataFile::read_through`]).
-    read_end: AtomicU64,
-    read_behind: AtomicU64,
 }
 
 /// A descriptor of a data file, held while it is used.
@@ -281,11 +275,9 @@ impl DataFile {
             synced: AtomicU64::new(0),
             given_up: AtomicU64::new(0),
             failure: AtomicI32::new(0),
-            stream_end: AtomicU64::new(0),
-            written_behind: AtomicU64::new(0),
+            writing: SequentialRun::default(),
+            reading: SequentialRun::default(),
             dropped_to: AtomicU64::new(0),
-            read_end: AtomicU64::new(0),
-            read_behind: AtomicU64::new(0),
         })
     }
 
@@ -337,17 +329,14 @@ impl DataFile {
     /// its own), the windows before the one just started also leave the
     /// host's page cache once clean.
     pub(crate) fn wrote(&self, offset: u64, end: u64, drop_behind: bool) {
-        let previous = self.stream_end.swap(end, Ordering::AcqRel);
-        if offset != previous {
-            self.written_behind.store(offset, Ordering::Relaxed);
-            self.dropped_to.store(offset, Ordering::Relaxed);
-            return;
-        }
-        let behind = self.written_behind.load(Ordering::Relaxed);
-        if end.saturating_sub(behind) < WRITE_BEHIND {
-            return;
-        }
-        self.written_behind.store(end, Ordering::Relaxed);
+        let behind = match self.writing.advance(offset, end) {
+            Window::Started => {
+                self.dropped_to.store(offset, Ordering::Relaxed);
+                return;
+            }
+            Window::Open => return,
+            Window::Full { from } => from,
+        };
         // Pages up to [`DROP_LAG`] before the window started now leave the
         // host's cache: their write-back has had that much writing to
         // finish (see [`DataFile::write_behind`] for those it has not).
@@ -367,16 +356,9 @@ impl DataFile {
     /// it, as a FUSE writer's do (see [`DataFile::wrote`]); the kernel
     /// holds them above the mount.
     pub(crate) fn read_through(&self, offset: u64, end: u64) {
-        let previous = self.read_end.swap(end, Ordering::AcqRel);
-        if offset != previous {
-            self.read_behind.store(offset, Ordering::Relaxed);
+        let Window::Full { from: behind } = self.reading.advance(offset, end) else {
             return;
-        }
-        let behind = self.read_behind.load(Ordering::Relaxed);
-        if end.saturating_sub(behind) < WRITE_BEHIND {
-            return;
-        }
-        self.read_behind.store(end, Ordering::Relaxed);
+        };
         write_behind(WriteBehind {
             file: self.me.clone(),
             start: end..end,
@@ -505,6 +487,43 @@ const WRITE_BEHIND: u64 = 8 << 20;
 /// How far behind a sequential writer with a page cache of its own its
 /// bytes leave the host's page cache (see [`DataFile::wrote`]).
 const DROP_LAG: u64 = 4 * WRITE_BEHIND;
+
+/// A sequential run of accesses to a data file, cut into windows of
+/// [`WRITE_BEHIND`] bytes.
+#[derive(Debug, Default)]
+struct SequentialRun {
+    /// Where the last access ended, and where the current window starts.
+    end: AtomicU64,
+    window: AtomicU64,
+}
+
+/// What an access did to its [`SequentialRun`].
+enum Window {
+    /// It did not follow the last one: a run starts at it.
+    Started,
+    /// It followed it, and the window is not full yet.
+    Open,
+    /// It filled the window that started at `from`; the next starts at its
+    /// end.
+    Full { from: u64 },
+}
+
+impl SequentialRun {
+    /// Notes an access to `offset..end` (hints: two accesses at once may
+    /// start a run again, which costs a window, nothing more).
+    fn advance(&self, offset: u64, end: u64) -> Window {
+        if self.end.swap(end, Ordering::AcqRel) != offset {
+            self.window.store(offset, Ordering::Relaxed);
+            return Window::Started;
+        }
+        let from = self.window.load(Ordering::Relaxed);
+        if end.saturating_sub(from) < WRITE_BEHIND {
+            return Window::Open;
+        }
+        self.window.store(end, Ordering::Relaxed);
+        Window::Full { from }
+    }
+}
 
 /// A range of a data file whose write-back to start, and where to drop
 /// its stream's clean pages up to (see [`DataFile::wrote`]).
