@@ -285,7 +285,7 @@ impl Store {
             lease_id,
             lease,
             needs_seq: AtomicU64::new(0),
-            known: Mutex::new(HashSet::new()),
+            known: Mutex::new(HashSet::default()),
         }
     }
 
@@ -512,8 +512,12 @@ pub struct Writer {
     /// Chunks known to be stored and kept alive by this writer: those it
     /// put or pinned, and those a node it pinned links to. `put_node`
     /// does not look them up again.
-    known: Mutex<HashSet<ChunkId>>,
+    known: Mutex<ChunkSet>,
 }
+
+/// A set of chunk ids, hashed with a fast seeded hasher (ids are BLAKE3
+/// output, but a data chunk's id is chosen by whoever writes the data).
+type ChunkSet = HashSet<ChunkId, foldhash::quality::RandomState>;
 
 impl Drop for Writer {
     fn drop(&mut self) {

@@ -372,22 +372,26 @@ pub fn page_ranges(entries: &[(Vec<u8>, Entry)]) -> Vec<std::ops::Range<usize>> 
 /// alone, so a directory changed in a few places keeps every page before
 /// the first change, and the pages after it fall in step again.
 pub(crate) fn complete_pages(entries: &[(Vec<u8>, Entry)]) -> (Vec<std::ops::Range<usize>>, usize) {
+    complete_pages_knowing(entries, |_| false)
+}
+
+/// [`complete_pages`], where `no_split(i)` says that the name of
+/// `entries[i]` is known not to end a page by content (see
+/// [`ends_no_page_by_name`]): its hash is not computed. The result is
+/// the same as [`complete_pages`]' whenever `no_split` is right.
+pub(crate) fn complete_pages_knowing(
+    entries: &[(Vec<u8>, Entry)],
+    no_split: impl Fn(usize) -> bool,
+) -> (Vec<std::ops::Range<usize>>, usize) {
     let mut ranges = Vec::new();
     let mut start = 0;
     let mut bytes = 0usize;
     for (i, (name, entry)) in entries.iter().enumerate() {
         bytes += name.len() + approximate_entry_len(entry);
         let count = i + 1 - start;
-        let hash = blake3::hash(name);
-        let word = u32::from_le_bytes([
-            hash.as_bytes()[0],
-            hash.as_bytes()[1],
-            hash.as_bytes()[2],
-            hash.as_bytes()[3],
-        ]);
-        let boundary = (count >= PAGE_MIN_ENTRIES && word % PAGE_SPLIT_MODULUS == 0)
-            || count >= PAGE_MAX_ENTRIES
-            || bytes >= PAGE_MAX_BYTES;
+        let boundary = count >= PAGE_MAX_ENTRIES
+            || bytes >= PAGE_MAX_BYTES
+            || (count >= PAGE_MIN_ENTRIES && !no_split(i) && splits_by_name(name));
         if boundary {
             ranges.push(start..i + 1);
             start = i + 1;
@@ -395,6 +399,29 @@ pub(crate) fn complete_pages(entries: &[(Vec<u8>, Entry)]) -> (Vec<std::ops::Ran
         }
     }
     (ranges, start)
+}
+
+/// Whether a page that holds at least [`PAGE_MIN_ENTRIES`] entries ends
+/// after an entry named `name`.
+fn splits_by_name(name: &[u8]) -> bool {
+    let hash = blake3::hash(name);
+    let word = u32::from_le_bytes([
+        hash.as_bytes()[0],
+        hash.as_bytes()[1],
+        hash.as_bytes()[2],
+        hash.as_bytes()[3],
+    ]);
+    word % PAGE_SPLIT_MODULUS == 0
+}
+
+/// Whether the name of entry `index` of a stored page of `len` entries is
+/// known not to end a page by content: the page was cut by
+/// [`complete_pages`] and did not end there although it held enough
+/// entries to. (A page cut by another rule only makes a patch cut
+/// differently: a valid tree, pages elsewhere than a whole write puts
+/// them.)
+pub(crate) fn ends_no_page_by_name(index: usize, len: usize) -> bool {
+    index + 1 >= PAGE_MIN_ENTRIES && index + 1 < len
 }
 
 fn approximate_entry_len(entry: &Entry) -> usize {
