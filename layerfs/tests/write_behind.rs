@@ -177,8 +177,9 @@ fn a_streaming_writer_with_a_page_cache_leaves_no_second_copy_on_the_host() {
 }
 
 /// A reader with a page cache of its own (FUSE) streaming an upper file
-/// leaves no second copy of it in the host's cache of the data file; a
-/// reader without one (9P) keeps it there.
+/// leaves no second copy of it in the host's cache of the data file, also
+/// right after a writer of the same kind streamed it there; a reader
+/// without one (9P) keeps it there.
 #[test]
 fn a_streaming_reader_with_a_page_cache_leaves_no_second_copy_of_an_upper_file() {
     let (tmp, store) = store();
@@ -192,7 +193,12 @@ fn a_streaming_reader_with_a_page_cache_leaves_no_second_copy_of_an_upper_file()
         let fs_ = cow_mount(&store, tree, &upper);
         let ino = fs_.create(ROOT_INO, b"big", 0o644, ROOT).unwrap().ino;
         fs_.open(ino, false).unwrap();
-        fs_.write(ino, 0, &data).unwrap();
+        // Written as that reader's writer writes (a FUSE writer's stream
+        // drops behind too): the reader's stream drops behind on its own.
+        for (i, block) in data.chunks(MIB as usize).enumerate() {
+            fs_.write_from(ino, i as u64 * MIB, block, cached_above)
+                .unwrap();
+        }
         fs_.fsync(ino).unwrap();
         let file = File::open(largest_file(&upper)).unwrap();
         // Read back into the host's cache first, as after a write.

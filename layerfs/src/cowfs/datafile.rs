@@ -241,9 +241,6 @@ pub(crate) struct DataFile {
     /// cache of its own (see [`DataFile::wrote`], [`DataFile::read_through`]).
     writing: SequentialRun,
     reading: SequentialRun,
-    /// Up to where the stream's pages were dropped from the host's page
-    /// cache.
-    dropped_to: AtomicU64,
 }
 
 /// A descriptor of a data file, held while it is used.
@@ -277,7 +274,6 @@ impl DataFile {
             failure: AtomicI32::new(0),
             writing: SequentialRun::default(),
             reading: SequentialRun::default(),
-            dropped_to: AtomicU64::new(0),
         })
     }
 
@@ -329,19 +325,15 @@ impl DataFile {
     /// its own), the windows before the one just started also leave the
     /// host's page cache once clean.
     pub(crate) fn wrote(&self, offset: u64, end: u64, drop_behind: bool) {
-        let behind = match self.writing.advance(offset, end) {
-            Window::Started => {
-                self.dropped_to.store(offset, Ordering::Relaxed);
-                return;
-            }
-            Window::Open => return,
-            Window::Full { from } => from,
+        let Window::Full { from: behind } = self.writing.advance(offset, end) else {
+            return;
         };
         // Pages up to [`DROP_LAG`] before the window started now leave the
         // host's cache: their write-back has had that much writing to
         // finish (see [`DataFile::write_behind`] for those it has not).
         write_behind(WriteBehind {
             file: self.me.clone(),
+            stream: Stream::Writing,
             start: behind..end,
             drop_to: match drop_behind {
                 true => behind.saturating_sub(DROP_LAG),
@@ -361,6 +353,7 @@ impl DataFile {
         };
         write_behind(WriteBehind {
             file: self.me.clone(),
+            stream: Stream::Reading,
             start: end..end,
             drop_to: behind.saturating_sub(DROP_LAG),
         });
@@ -391,7 +384,11 @@ impl DataFile {
         if len > 0 {
             unsafe { libc::sync_file_range(fd, start, len, libc::SYNC_FILE_RANGE_WRITE) };
         }
-        let from = self.dropped_to.load(Ordering::Relaxed);
+        let dropped_to = match job.stream {
+            Stream::Writing => &self.writing.dropped_to,
+            Stream::Reading => &self.reading.dropped_to,
+        };
+        let from = dropped_to.load(Ordering::Relaxed);
         if job.drop_to <= from {
             return;
         }
@@ -400,7 +397,7 @@ impl DataFile {
         unsafe { libc::posix_fadvise(fd, from as libc::off64_t, len, libc::POSIX_FADV_DONTNEED) };
         if unwritten_pages(fd, from, job.drop_to) == 0 {
             // (A stream started again elsewhere since moved the mark.)
-            let _ = self.dropped_to.compare_exchange(
+            let _ = dropped_to.compare_exchange(
                 from,
                 job.drop_to,
                 Ordering::Relaxed,
@@ -495,6 +492,17 @@ struct SequentialRun {
     /// Where the last access ended, and where the current window starts.
     end: AtomicU64,
     window: AtomicU64,
+    /// Up to where the run's pages left the host's page cache: a run
+    /// starts its own mark (a reader that follows a writer drops its own
+    /// pages, not only those past where the writer's were dropped).
+    dropped_to: AtomicU64,
+}
+
+/// Which of a data file's runs a [`WriteBehind`] is for.
+#[derive(Clone, Copy, Debug)]
+enum Stream {
+    Writing,
+    Reading,
 }
 
 /// What an access did to its [`SequentialRun`].
@@ -514,6 +522,7 @@ impl SequentialRun {
     fn advance(&self, offset: u64, end: u64) -> Window {
         if self.end.swap(end, Ordering::AcqRel) != offset {
             self.window.store(offset, Ordering::Relaxed);
+            self.dropped_to.store(offset, Ordering::Relaxed);
             return Window::Started;
         }
         let from = self.window.load(Ordering::Relaxed);
@@ -529,6 +538,8 @@ impl SequentialRun {
 /// its stream's clean pages up to (see [`DataFile::wrote`]).
 struct WriteBehind {
     file: Weak<DataFile>,
+    /// The run whose pages are dropped.
+    stream: Stream,
     start: std::ops::Range<u64>,
     drop_to: u64,
 }
