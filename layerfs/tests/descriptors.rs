@@ -51,9 +51,7 @@ fn check_files(fs: &CowFs, dir: u64) {
 #[test]
 fn open_data_files_stay_bounded_through_writes_syncs_snapshots_and_recovery() {
     let (tmp, store) = store();
-    let src = tmp.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let tree = common::import_dir(&store, "img", &src);
+    let tree = common::empty_image(&store, "img", tmp.path());
     let upper = tmp.path().join("upper");
     let bound = layerfs::cowfs::OPEN_DATA_FILES + 64;
     let before = open_descriptors();
@@ -132,9 +130,7 @@ fn open_data_files_stay_bounded_through_writes_syncs_snapshots_and_recovery() {
 #[test]
 fn a_file_cut_shorter_then_removed_before_the_next_sync_leaves_the_journal_working() {
     let (tmp, store) = store();
-    let src = tmp.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let tree = common::import_dir(&store, "img", &src);
+    let tree = common::empty_image(&store, "img", tmp.path());
     let fs = cow_mount(&store, tree, &tmp.path().join("upper"));
     for name in [&b"gone"[..], b"kept"] {
         let ino = fs.create(ROOT_INO, name, 0o644, ROOT).unwrap().ino;

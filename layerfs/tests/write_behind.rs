@@ -61,6 +61,19 @@ fn cached_pages(file: &File, offset: u64, len: u64) -> u64 {
     cachestat(file, offset, len).expect("cachestat").nr_cache
 }
 
+/// Pages of `file`'s first 64 MiB in the host's page cache; for a stream
+/// with a page cache above it, once they have left (the background
+/// thread drops them), or after 10 s.
+fn first_64_mib_cached(file: &File, cached_above: CachedAbove) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pages = cached_pages(file, 0, 64 * MIB);
+    while cached_above == CachedAbove::Yes && pages > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        pages = cached_pages(file, 0, 64 * MIB);
+    }
+    pages
+}
+
 fn largest_file(dir: &Path) -> PathBuf {
     let mut best: Option<(u64, PathBuf)> = None;
     let mut stack = vec![dir.to_path_buf()];
@@ -81,9 +94,7 @@ fn largest_file(dir: &Path) -> PathBuf {
 #[test]
 fn a_sequential_writer_has_its_bytes_written_back_before_it_syncs() {
     let (tmp, store) = store();
-    let src = tmp.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let tree = common::import_dir(&store, "empty", &src);
+    let tree = common::empty_image(&store, "empty", tmp.path());
     let upper = tmp.path().join("upper");
     let fs_ = cow_mount(&store, tree, &upper);
     let ino = fs_.create(ROOT_INO, b"stream", 0o644, ROOT).unwrap().ino;
@@ -126,9 +137,7 @@ fn a_sequential_writer_has_its_bytes_written_back_before_it_syncs() {
 #[test]
 fn a_streaming_writer_with_a_page_cache_leaves_no_second_copy_on_the_host() {
     let (tmp, store) = store();
-    let src = tmp.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let tree = common::import_dir(&store, "empty", &src);
+    let tree = common::empty_image(&store, "empty", tmp.path());
     let block = fixtures::workload::Rng::new(8).bytes(MIB as usize);
     let mut cached = Vec::new();
     for (upper, cached_above) in [("fuse", CachedAbove::Yes), ("p9", CachedAbove::No)] {
@@ -153,13 +162,7 @@ fn a_streaming_writer_with_a_page_cache_leaves_no_second_copy_on_the_host() {
             eprintln!("skipped: the kernel has no cachestat(2) to count cached pages");
             return;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut pages = cached_pages(&data, 0, 64 * MIB);
-        while cached_above == CachedAbove::Yes && pages > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-            pages = cached_pages(&data, 0, 64 * MIB);
-        }
-        cached.push(pages);
+        cached.push(first_64_mib_cached(&data, cached_above));
         assert_eq!(fs_.read(ino, 127 * MIB, MIB as u32).unwrap(), block);
         assert_eq!(fs_.read(ino, 3 * MIB, MIB as u32).unwrap(), block);
         fs_.release(ino);
@@ -183,9 +186,7 @@ fn a_streaming_writer_with_a_page_cache_leaves_no_second_copy_on_the_host() {
 #[test]
 fn a_streaming_reader_with_a_page_cache_leaves_no_second_copy_of_an_upper_file() {
     let (tmp, store) = store();
-    let src = tmp.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let tree = common::import_dir(&store, "empty", &src);
+    let tree = common::empty_image(&store, "empty", tmp.path());
     let data = fixtures::workload::Rng::new(9).bytes(128 * MIB as usize);
     let mut cached = Vec::new();
     for (upper, cached_above) in [("fuse", CachedAbove::Yes), ("p9", CachedAbove::No)] {
@@ -212,13 +213,7 @@ fn a_streaming_reader_with_a_page_cache_leaves_no_second_copy_of_an_upper_file()
             assert!(buf[..n] == data[offset..offset + n], "bytes at {offset}");
             offset += n;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut pages = cached_pages(&file, 0, 64 * MIB);
-        while cached_above == CachedAbove::Yes && pages > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-            pages = cached_pages(&file, 0, 64 * MIB);
-        }
-        cached.push(pages);
+        cached.push(first_64_mib_cached(&file, cached_above));
         fs_.release(ino);
     }
     assert_eq!(

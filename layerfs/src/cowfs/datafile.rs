@@ -331,15 +331,11 @@ impl DataFile {
         // Pages up to [`DROP_LAG`] before the window started now leave the
         // host's cache: their write-back has had that much writing to
         // finish (see [`DataFile::write_behind`] for those it has not).
-        write_behind(WriteBehind {
-            file: self.me.clone(),
-            stream: Stream::Writing,
-            start: behind..end,
-            drop_to: match drop_behind {
-                true => behind.saturating_sub(DROP_LAG),
-                false => 0,
-            },
-        });
+        let drop_to = match drop_behind {
+            true => behind.saturating_sub(DROP_LAG),
+            false => 0,
+        };
+        self.queue_behind(Stream::Writing, behind..end, drop_to);
     }
 
     /// Notes that a reader with a page cache of its own (see
@@ -351,12 +347,25 @@ impl DataFile {
         let Window::Full { from: behind } = self.reading.advance(offset, end) else {
             return;
         };
+        self.queue_behind(Stream::Reading, end..end, behind.saturating_sub(DROP_LAG));
+    }
+
+    /// Hands the write-back of `start` and the drop of `stream`'s pages up
+    /// to `drop_to` to the background thread ([`DataFile::write_behind`]).
+    fn queue_behind(&self, stream: Stream, start: std::ops::Range<u64>, drop_to: u64) {
         write_behind(WriteBehind {
             file: self.me.clone(),
-            stream: Stream::Reading,
-            start: end..end,
-            drop_to: behind.saturating_sub(DROP_LAG),
+            stream,
+            start,
+            drop_to,
         });
+    }
+
+    fn run(&self, stream: Stream) -> &SequentialRun {
+        match stream {
+            Stream::Writing => &self.writing,
+            Stream::Reading => &self.reading,
+        }
     }
 
     /// Starts write-back of `job.start` and drops the clean pages of the
@@ -384,10 +393,7 @@ impl DataFile {
         if len > 0 {
             unsafe { libc::sync_file_range(fd, start, len, libc::SYNC_FILE_RANGE_WRITE) };
         }
-        let dropped_to = match job.stream {
-            Stream::Writing => &self.writing.dropped_to,
-            Stream::Reading => &self.reading.dropped_to,
-        };
+        let dropped_to = &self.run(job.stream).dropped_to;
         let from = dropped_to.load(Ordering::Relaxed);
         if job.drop_to <= from {
             return;

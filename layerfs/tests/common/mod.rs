@@ -150,6 +150,14 @@ pub fn import_dir(store: &Store, name: &str, dir: &Path) -> cas::ChunkId {
         .unwrap()
 }
 
+/// An image of an empty directory (made at `base/src`), imported as
+/// `name`; returns its tree.
+pub fn empty_image(store: &Store, name: &str, base: &Path) -> cas::ChunkId {
+    let src = base.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    import_dir(store, name, &src)
+}
+
 /// Mounts `tree` with FUSE at `base/NAME-mnt` (upper layer in
 /// `base/NAME-upper`); returns the filesystem, the session and the mount point.
 pub fn mount_tree(
