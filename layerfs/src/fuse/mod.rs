@@ -61,9 +61,16 @@ use crate::tree::Timestamp;
 /// Whether `e`, from a call on a FUSE mount, says its server is gone: the
 /// kernel answers ENOTCONN once the server's `/dev/fuse` is closed, and
 /// ECONNABORTED when the connection was aborted (as it is when a server
-/// that took requests over io_uring dies).
+/// that took requests over io_uring dies). In the moment after such a
+/// server dies, a request the kernel had already handed to one of its
+/// ring entries ends with ECANCELED instead (the entry's command is
+/// cancelled with its dead task); this server never answers ECANCELED
+/// itself, so that means gone too.
 pub fn server_gone(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED)
+    )
 }
 
 /// Tells the kernel that directory `parent` gained or lost entry `name`

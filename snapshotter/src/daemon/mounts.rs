@@ -65,7 +65,7 @@ impl Daemon {
                 continue;
             };
             // A FUSE mount whose server died answers ENOTCONN (or
-            // ECONNABORTED); detach it.
+            // ECONNABORTED, or ECANCELED: see `server_gone`); detach it.
             if let Some(mountpoint) = &info.mountpoint {
                 if let Err(e) = fs::metadata(mountpoint) {
                     if layerfs::fuse::server_gone(&e) {

@@ -491,7 +491,7 @@ impl VolumeServer {
             };
             if let Some(mountpoint) = &record.mountpoint {
                 // A FUSE mount whose server died answers ENOTCONN (or
-                // ECONNABORTED).
+                // ECONNABORTED, or ECANCELED: see `server_gone`).
                 if let Err(e) = fs::metadata(mountpoint) {
                     if layerfs::fuse::server_gone(&e) {
                         let _ = snapshotter::daemon::umount(mountpoint, libc::MNT_DETACH);
