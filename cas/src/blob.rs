@@ -576,16 +576,20 @@ impl Blob {
         }
         // A window of several chunks is read from the disk in large
         // reads; a single chunk (a small file) is one read anyway.
-        if chunks.len() > 1 {
+        let ahead: foldhash::HashSet<ChunkId> = if chunks.len() > 1 {
             let ids: Vec<ChunkId> = chunks.iter().map(|(id, ..)| *id).collect();
-            self.store.will_need(&ids);
-        }
+            self.store.load_ahead(&ids).into_iter().collect()
+        } else {
+            Default::default()
+        };
+        // What the read-ahead loaded is found cached now; the rest is read
+        // one chunk at a time, and every chunk is checked to fit its extent.
         let loaded: Vec<Option<(u64, ChunkId)>> = chunks
             .par_iter()
             .map(|(id, start, len)| {
                 let (kind, bytes, loaded) = self.store.get_noting(id)?;
                 self.check_chunk(id, *len, kind, &bytes)?;
-                Ok(loaded.then_some((start + len, *id)))
+                Ok((loaded || ahead.contains(id)).then_some((start + len, *id)))
             })
             .collect::<Result<_>>()?;
         Ok(loaded.into_iter().flatten().collect())

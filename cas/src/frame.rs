@@ -183,9 +183,15 @@ pub fn frame_crc(header_bytes: &[u8], payload: &[u8]) -> u32 {
 /// verified chunk bytes. `Err` carries the reason it failed. A raw frame's
 /// bytes are returned without copying.
 pub fn decode(frame: Vec<u8>) -> Result<(FrameHeader, Bytes), String> {
+    decode_bytes(Bytes::from(frame))
+}
+
+/// [`decode`] of a frame that is (a slice of) shared bytes, such as one
+/// frame of a larger read: a raw frame's chunk is a slice of them.
+pub fn decode_bytes(frame: Bytes) -> Result<(FrameHeader, Bytes), String> {
     let header = check(&frame)?;
     let raw = match header.codec {
-        Codec::Raw => Bytes::from(frame).slice(FRAME_HEADER_LEN..),
+        Codec::Raw => frame.slice(FRAME_HEADER_LEN..),
         Codec::Zstd => Bytes::from(decode_zstd(&header, &frame[FRAME_HEADER_LEN..])?),
     };
     if ChunkId::compute(header.kind, &raw) != header.id {

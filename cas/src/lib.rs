@@ -58,6 +58,7 @@ mod index;
 mod lease;
 mod node;
 mod pack;
+mod readahead;
 mod recovery;
 mod refs;
 mod source;

@@ -11,7 +11,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -70,9 +69,11 @@ pub(crate) struct Inner {
     /// Group commits performed since the store was opened.
     commits: AtomicU64,
     write_failure: Mutex<Option<String>>,
-    chunk_cache: quick_cache::sync::Cache<ChunkId, Bytes, ByteWeight>,
+    pub(crate) chunk_cache: quick_cache::sync::Cache<ChunkId, Bytes, ByteWeight>,
     pub(crate) blob_nodes: BlobNodeCache,
     open_packs: quick_cache::sync::Cache<PackId, Arc<File>>,
+    /// Packs opened with `O_DIRECT`, for read-ahead (see `readahead.rs`).
+    pub(crate) direct_packs: crate::readahead::DirectPacks,
     pub(crate) leases: Leases,
     refs_lock: Mutex<()>,
     pub(crate) gc_lock: Mutex<()>,
@@ -81,7 +82,7 @@ pub(crate) struct Inner {
 }
 
 #[derive(Clone)]
-struct ByteWeight;
+pub(crate) struct ByteWeight;
 
 impl quick_cache::Weighter<ChunkId, Bytes> for ByteWeight {
     fn weight(&self, _: &ChunkId, value: &Bytes) -> u64 {
@@ -238,6 +239,7 @@ impl Store {
             ),
             blob_nodes: BlobNodeCache::new(),
             open_packs: quick_cache::sync::Cache::new(options.max_open_packs.max(4)),
+            direct_packs: crate::readahead::DirectPacks::new(options.max_open_packs.max(4)),
             options,
             index,
             appender: Mutex::new(Appender {
@@ -440,51 +442,14 @@ impl Store {
         self.inner.read_chunk_noting(id)
     }
 
-    /// Asks the kernel to start reading the pack bytes of data chunks
-    /// `ids` that are not cached (`POSIX_FADV_WILLNEED`, frames next to
-    /// each other in one pack as one range), so a read-ahead keeps the
-    /// disk busy with large reads instead of waiting on one frame at a
-    /// time. Only advice: a chunk it cannot locate is skipped, and the
-    /// reads that follow verify everything as always.
-    pub fn will_need(&self, ids: &[ChunkId]) {
-        /// Frames closer than this are read as one range.
-        const GAP: u64 = 256 << 10;
-        let mut spans: Vec<(PackId, u64, u64, ChunkId)> = Vec::new();
-        for id in ids {
-            if self.inner.chunk_cache.peek(id).is_some() {
-                continue;
-            }
-            let Ok(Some(at)) = self.inner.locate_local(id) else {
-                continue;
-            };
-            let end = at.offset + (frame::FRAME_HEADER_LEN as u64) + u64::from(at.stored_len);
-            match spans.last_mut() {
-                Some((pack, _, span_end, _))
-                    if *pack == at.pack
-                        && at.offset >= *span_end
-                        && at.offset - *span_end < GAP =>
-                {
-                    *span_end = end
-                }
-                _ if at.pack.is_remote() => {}
-                _ => spans.push((at.pack, at.offset, end, *id)),
-            }
-        }
-        for (pack, start, end, first) in spans {
-            let Ok(file) = self.inner.pack_file(&first, pack) else {
-                continue;
-            };
-            // SAFETY: posix_fadvise on a descriptor this store owns (kept
-            // open by the Arc for the call); it reads no memory of ours.
-            unsafe {
-                libc::posix_fadvise(
-                    file.as_raw_fd(),
-                    start as libc::off_t,
-                    (end - start) as libc::off_t,
-                    libc::POSIX_FADV_WILLNEED,
-                );
-            }
-        }
+    /// Loads into the chunk cache, verified, the data chunks of `ids`
+    /// that are neither cached nor being read, reading frames next to each
+    /// other in one pack together in large direct reads on the rayon pool
+    /// (see `readahead.rs`). Returns the ids this call loaded. Only a
+    /// head start: a chunk it skips or fails on is left to the read that
+    /// asks for it, which reports what is wrong.
+    pub(crate) fn load_ahead(&self, ids: &[ChunkId]) -> Vec<ChunkId> {
+        self.inner.load_ahead(ids)
     }
 
     /// Bytes the chunk cache holds (for read-ahead tests).
@@ -499,6 +464,7 @@ impl Store {
         self.inner.chunk_cache.clear();
         self.inner.blob_nodes.clear();
         self.inner.open_packs.clear();
+        self.inner.direct_packs.clear();
     }
 }
 
@@ -1105,24 +1071,8 @@ impl Inner {
 
     /// Reads and verifies one frame.
     pub(crate) fn read_frame(&self, id: &ChunkId, location: &ChunkLocation) -> Result<Bytes> {
-        let corrupt = |reason: String| Error::CorruptChunk {
-            id: *id,
-            pack: location.pack,
-            offset: location.offset,
-            reason,
-        };
         let buf = self.read_frame_bytes(id, location)?;
-        let (header, bytes) = frame::decode(buf).map_err(corrupt)?;
-        if header.id != *id {
-            return Err(corrupt(format!(
-                "the index points at the frame of another chunk ({})",
-                header.id.short()
-            )));
-        }
-        if header.kind != location.kind {
-            return Err(corrupt("the frame's kind differs from the index".into()));
-        }
-        Ok(bytes)
+        verify_frame(id, location, Bytes::from(buf))
     }
 
     fn pack_file(&self, id: &ChunkId, pack: PackId) -> Result<Arc<File>> {
@@ -1139,6 +1089,7 @@ impl Inner {
     /// Forgets an open pack file (after GC deleted it).
     pub(crate) fn forget_pack(&self, pack: PackId) {
         self.open_packs.remove(&pack);
+        self.direct_packs.forget(pack);
     }
 
     /// Reads the links of node `id` (for GC and fsck).
@@ -1147,6 +1098,29 @@ impl Inner {
         let links = node::links_of(*id, &bytes)?.collect();
         Ok(links)
     }
+}
+
+/// Checks the bytes of one frame read from `location` (header, crc32,
+/// BLAKE3 of the decoded chunk, that it is the frame of `id` and of the
+/// kind the index gives) and returns the chunk's bytes.
+pub(crate) fn verify_frame(id: &ChunkId, location: &ChunkLocation, frame: Bytes) -> Result<Bytes> {
+    let corrupt = |reason: String| Error::CorruptChunk {
+        id: *id,
+        pack: location.pack,
+        offset: location.offset,
+        reason,
+    };
+    let (header, bytes) = frame::decode_bytes(frame).map_err(corrupt)?;
+    if header.id != *id {
+        return Err(corrupt(format!(
+            "the index points at the frame of another chunk ({})",
+            header.id.short()
+        )));
+    }
+    if header.kind != location.kind {
+        return Err(corrupt("the frame's kind differs from the index".into()));
+    }
+    Ok(bytes)
 }
 
 pub(crate) fn read_marker(home: &Path) -> Result<Marker> {

@@ -293,13 +293,7 @@ fn opening_what_is_not_a_store_fails_clearly() {
 fn prefetch_loads_a_range_into_the_chunk_cache() {
     let (_dir, store) = new_store(StoreConfig::default());
     let data = random_bytes(4 << 20, 11);
-    let writer = store.writer("prefetch");
-    let info = writer
-        .write_blob(&mut &data[..], Chunking::ContentDefined)
-        .unwrap();
-    writer.commit().unwrap();
-    store.clear_cache();
-    let blob = store.blob(&info.id).unwrap();
+    let (blob, _) = stored_blob(&store, &data);
     blob.prefetch(0, 1 << 20).unwrap();
     // Past the end is clamped, not an error.
     blob.prefetch(data.len() as u64 - 10, 1 << 30).unwrap();
@@ -315,4 +309,109 @@ fn prefetch_loads_a_range_into_the_chunk_cache() {
         "without the cache the packs are needed"
     );
     std::fs::rename(&moved, store.packs_dir()).unwrap();
+}
+
+/// Stores `data` as one blob (default chunking: about 64 KiB per chunk),
+/// commits, empties the cache and returns the blob with its chunks in
+/// order (each with the blob offset where it ends).
+fn stored_blob(store: &Store, data: &[u8]) -> (cas::Blob, Vec<(u64, ChunkId)>) {
+    let writer = store.writer("read-ahead");
+    let info = writer
+        .write_blob(&mut &data[..], Chunking::ContentDefined)
+        .unwrap();
+    writer.commit().unwrap();
+    store.clear_cache();
+    let blob = store.blob(&info.id).unwrap();
+    let chunks = blob.prefetch_noting(0, data.len() as u64).unwrap();
+    store.clear_cache();
+    (blob, chunks)
+}
+
+/// A read-ahead window of many chunks (read in large pieces, several
+/// frames per read): every chunk of it is loaded, verified and reported
+/// once, and reads of the window then need no pack.
+#[test]
+fn a_read_ahead_window_loads_every_chunk_of_it_once() {
+    let (dir, store) = new_store(StoreConfig::default());
+    let data = random_bytes(12 << 20, 21);
+    let (blob, chunks) = stored_blob(&store, &data);
+    assert!(chunks.len() > 100, "{} chunks", chunks.len());
+    assert_eq!(chunks.last().unwrap().0, data.len() as u64);
+    assert!(chunks.windows(2).all(|w| w[0].0 < w[1].0));
+
+    let loaded = blob.prefetch_noting(0, data.len() as u64).unwrap();
+    assert_eq!(loaded, chunks, "each chunk reported once, in order");
+    assert!(chunks.iter().all(|(_, id)| store.is_cached(id)));
+    // Loaded again: nothing to report.
+    assert!(blob
+        .prefetch_noting(0, data.len() as u64)
+        .unwrap()
+        .is_empty());
+
+    let moved = dir.path().join("packs-away");
+    std::fs::rename(store.packs_dir(), &moved).unwrap();
+    let mut buf = vec![0u8; data.len()];
+    assert_eq!(blob.read_at(0, &mut buf).unwrap(), data.len());
+    assert!(buf == data);
+    std::fs::rename(&moved, store.packs_dir()).unwrap();
+}
+
+/// A damaged frame inside a read-ahead window: the chunks around it (read
+/// in the same large read) are loaded, the damaged one is not, and the
+/// read-ahead and any read of it fail naming that chunk, never returning
+/// other bytes.
+#[test]
+fn a_damaged_frame_in_a_read_ahead_window_fails_only_its_own_reads() {
+    let (_dir, store) = new_store(StoreConfig::default());
+    let data = random_bytes(8 << 20, 22);
+    let (blob, chunks) = stored_blob(&store, &data);
+    let k = chunks.len() / 2;
+    let (victim_end, victim) = chunks[k];
+    let victim_start = chunks[k - 1].0;
+    let at = store.locate(&victim).unwrap().unwrap();
+    let pack = store.packs_dir().join(format!("{}.pack", at.pack));
+    flip(&pack, at.offset + 52 + u64::from(at.stored_len) / 2);
+    store.clear_cache();
+
+    let err = blob.prefetch(0, data.len() as u64).unwrap_err();
+    assert!(
+        matches!(err, cas::Error::CorruptChunk { id, .. } if id == victim),
+        "{err}"
+    );
+    assert!(!store.is_cached(&victim));
+    assert!(store.is_cached(&chunks[k - 1].1) && store.is_cached(&chunks[k + 1].1));
+    let mut buf = vec![0u8; (victim_end - victim_start) as usize];
+    assert!(blob.read_at(victim_start, &mut buf).is_err());
+    let mut before = vec![0u8; victim_start as usize];
+    assert_eq!(blob.read_at(0, &mut before).unwrap(), before.len());
+    assert!(before[..] == data[..victim_start as usize]);
+    let mut after = vec![0u8; data.len() - victim_end as usize];
+    assert_eq!(blob.read_at(victim_end, &mut after).unwrap(), after.len());
+    assert!(after[..] == data[victim_end as usize..]);
+}
+
+/// Read-aheads of overlapping windows and readers of the same bytes, all
+/// at once: every reader gets the right bytes and nobody waits forever on
+/// a chunk another has claimed.
+#[test]
+fn overlapping_read_aheads_and_readers_at_once_agree() {
+    let (_dir, store) = new_store(StoreConfig::default());
+    let data = random_bytes(8 << 20, 23);
+    let (blob, _) = stored_blob(&store, &data);
+    for round in 0..5u64 {
+        store.clear_cache();
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (blob, data) = (&blob, &data);
+                s.spawn(move || {
+                    let from = ((t + round) % 4) << 20;
+                    blob.prefetch(from, 4 << 20).unwrap();
+                    let mut buf = vec![0u8; 3 << 20];
+                    let at = (t * 1_234_567 + round) % (5 << 20);
+                    assert_eq!(blob.read_at(at, &mut buf).unwrap(), buf.len());
+                    assert!(buf[..] == data[at as usize..at as usize + buf.len()]);
+                });
+            }
+        });
+    }
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use cas::{
@@ -14,19 +13,6 @@ use common::*;
 
 fn pack_file(store: &Store, pack: cas::PackId) -> PathBuf {
     store.packs_dir().join(format!("{pack}.pack"))
-}
-
-fn flip(path: &Path, offset: u64) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut byte = [0u8; 1];
-    file.read_exact_at(&mut byte, offset).unwrap();
-    byte[0] ^= 0x5a;
-    file.write_all_at(&byte, offset).unwrap();
-    file.sync_all().unwrap();
 }
 
 /// Stores two blobs under refs and returns (victim blob, one of its data

@@ -84,3 +84,18 @@ pub fn read_blob(store: &Store, id: &cas::ChunkId) -> cas::Result<Vec<u8>> {
     store.blob(id)?.copy_to(&mut out)?;
     Ok(out)
 }
+
+/// Flips one byte of a file in place (damage on disk), synced.
+pub fn flip(path: &std::path::Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    byte[0] ^= 0x5a;
+    file.write_all_at(&byte, offset).unwrap();
+    file.sync_all().unwrap();
+}
