@@ -136,7 +136,35 @@ impl Wanted {
 
 impl Inner {
     /// See [`crate::Store::load_ahead`].
-    pub(crate) fn load_ahead(&self, ids: &[ChunkId]) -> Vec<ChunkId> {
+    pub(crate) fn load_ahead(self: &Arc<Self>, ids: &[ChunkId]) -> Vec<ChunkId> {
+        let pieces = self.pieces(ids);
+        if pieces.is_empty() {
+            return Vec::new();
+        }
+        let Some(pool) = read_pool() else {
+            return self.load_pieces(&pieces);
+        };
+        if pool.current_thread_index().is_some() {
+            return pool.install(|| self.load_pieces(&pieces));
+        }
+        // Handed to the pool, waited for by blocking this thread. Not
+        // `install`: called from another pool's worker (a read-ahead the
+        // mount spawned on the global pool), `install` keeps that worker
+        // busy with other jobs of its pool while it waits, so it picks up
+        // the next read-ahead of the same file and returns only once that
+        // one has, and the reader cannot release what the first one
+        // loaded until the whole stream is read (measured: a 48 MiB file
+        // all in the chunk cache at once).
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        let inner = Arc::clone(self);
+        pool.spawn(move || {
+            let _ = done.send(inner.load_pieces(&pieces));
+        });
+        wait.recv().unwrap_or_default()
+    }
+
+    /// The frames of `ids` to read ahead, grouped into pieces.
+    fn pieces(&self, ids: &[ChunkId]) -> Vec<Vec<Wanted>> {
         let mut pieces: Vec<Vec<Wanted>> = Vec::new();
         for id in ids {
             if self.chunk_cache.peek(id).is_some() {
@@ -165,16 +193,15 @@ impl Inner {
                 _ => pieces.push(vec![wanted]),
             }
         }
-        let load = || {
-            pieces
-                .par_iter()
-                .flat_map_iter(|piece| self.load_piece(piece))
-                .collect()
-        };
-        match read_pool() {
-            Some(pool) => pool.install(load),
-            None => load(),
-        }
+        pieces
+    }
+
+    /// Loads pieces side by side on the current pool.
+    fn load_pieces(&self, pieces: &[Vec<Wanted>]) -> Vec<ChunkId> {
+        pieces
+            .par_iter()
+            .flat_map_iter(|piece| self.load_piece(piece))
+            .collect()
     }
 
     /// Claims, reads and verifies the frames of one piece; returns the

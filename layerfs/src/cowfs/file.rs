@@ -395,7 +395,9 @@ const MAX_STREAMED: usize = 4096;
 
 /// Adds chunks a stream loaded to `streamed`: those ending at or before
 /// `reader_at` (the reader is past them) leave the chunk cache now, the
-/// others wait for the reader.
+/// others wait for the reader, in the order of their ends (read-aheads
+/// finish out of order, and the reader releases from the front: a chunk
+/// far ahead at the front would hold every chunk behind it in the cache).
 fn add_streamed(
     streamed: &mut VecDeque<(u64, ChunkId)>,
     store: &Store,
@@ -406,7 +408,8 @@ fn add_streamed(
         if chunk_end <= reader_at {
             store.uncache(&id);
         } else {
-            streamed.push_back((chunk_end, id));
+            let at = streamed.partition_point(|&(end, _)| end <= chunk_end);
+            streamed.insert(at, (chunk_end, id));
         }
     }
     let excess = streamed.len().saturating_sub(MAX_STREAMED);
