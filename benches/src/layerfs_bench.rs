@@ -387,9 +387,8 @@ pub fn run(args: Args) -> Result<()> {
     let _ = fs::remove_dir_all(&store_dir);
     drop(Store::init(&store_dir, StoreConfig::default())?);
     // Opened as the node daemon opens its store for `snapctl mount`: with
-    // its default chunk cache (a sequential reader's read-ahead stages
-    // chunks there; 128 MiB read a cold 1 GiB file 8% slower than the
-    // daemon's 1/16 of memory, medians of ten runs alternated).
+    // its default chunk cache, which is what a mounted sandbox reads
+    // through (it also serves a random reader's re-reads of a chunk).
     let store = Store::open(
         &store_dir,
         cas::OpenOptions {

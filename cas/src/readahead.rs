@@ -13,8 +13,8 @@
 //! claims each frame's slot in the chunk cache (a reader that reaches a
 //! claimed chunk waits for it instead of reading it again), reads each
 //! piece with one `O_DIRECT` read into an aligned buffer, and verifies
-//! every frame as a slice of that buffer. Pieces are read and verified on
-//! the rayon pool side by side. A raw frame's chunk stays a slice of its
+//! every frame as a slice of that buffer. Pieces are read and verified
+//! side by side on a pool of their own (two threads per CPU). A raw frame's chunk stays a slice of its
 //! piece's buffer; a piece's memory is freed when the last of its chunks
 //! leaves the cache (at most [`PIECE_BYTES`] plus one alignment unit per
 //! piece).
@@ -43,7 +43,7 @@ use crate::store::{verify_frame, Inner};
 
 /// A piece (frames read in one system call) spans at most this many bytes,
 /// unless a single frame is larger.
-pub(crate) const PIECE_BYTES: u64 = 1 << 20;
+const PIECE_BYTES: u64 = 1 << 20;
 
 /// Frames of one pack closer than this are read in one piece (the bytes
 /// between are read and dropped).
@@ -223,7 +223,7 @@ impl Inner {
             return Vec::new();
         };
         let (start, end) = (first.at.offset, last.end());
-        let (bytes, base) = match self.read_span(first.at.pack, start, end) {
+        let (bytes, base) = match self.read_span(&first.id, first.at.pack, start, end) {
             Ok(read) => read,
             Err(e) => {
                 tracing::debug!("read-ahead of pack {}: {e}", first.at.pack);
@@ -248,7 +248,14 @@ impl Inner {
 
     /// Bytes `[start, end)` of pack `pack`, as a buffer and the index in it
     /// where byte `start` is.
-    fn read_span(&self, pack: PackId, start: u64, end: u64) -> Result<(Bytes, usize)> {
+    /// (`first`: a chunk in it, named if the pack is missing).
+    fn read_span(
+        &self,
+        first: &ChunkId,
+        pack: PackId,
+        start: u64,
+        end: u64,
+    ) -> Result<(Bytes, usize)> {
         let read_err = |e| Error::io(format!("reading pack {pack}"), e);
         let Some(file) = self
             .direct_packs
@@ -256,7 +263,7 @@ impl Inner {
             .map_err(read_err)?
         else {
             let mut buf = vec![0u8; (end - start) as usize];
-            let file = pack::open_pack(&self.packs_dir, pack).map_err(read_err)?;
+            let file = self.pack_file(first, pack)?;
             file.read_exact_at(&mut buf, start).map_err(read_err)?;
             return Ok((Bytes::from(buf), 0));
         };

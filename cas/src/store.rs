@@ -444,8 +444,8 @@ impl Store {
 
     /// Loads into the chunk cache, verified, the data chunks of `ids`
     /// that are neither cached nor being read, reading frames next to each
-    /// other in one pack together in large direct reads on the rayon pool
-    /// (see `readahead.rs`). Returns the ids this call loaded. Only a
+    /// other in one pack together in large direct reads on a pool of their
+    /// own (see `readahead.rs`). Returns the ids this call loaded. Only a
     /// head start: a chunk it skips or fails on is left to the read that
     /// asks for it, which reports what is wrong.
     pub(crate) fn load_ahead(&self, ids: &[ChunkId]) -> Vec<ChunkId> {
@@ -1075,7 +1075,7 @@ impl Inner {
         verify_frame(id, location, Bytes::from(buf))
     }
 
-    fn pack_file(&self, id: &ChunkId, pack: PackId) -> Result<Arc<File>> {
+    pub(crate) fn pack_file(&self, id: &ChunkId, pack: PackId) -> Result<Arc<File>> {
         self.open_packs
             .get_or_insert_with(&pack, || match pack::open_pack(&self.packs_dir, pack) {
                 Ok(file) => Ok(Arc::new(file)),
