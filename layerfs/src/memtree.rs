@@ -538,12 +538,14 @@ pub(crate) fn store_patched(
     path: &[u8],
 ) -> Result<(ChunkId, Patch)> {
     let cached = patched_dirs().remove(&base).map(|(_, d)| d);
-    let (dir, base_node) = match cached {
-        Some(cached) => {
-            let (node, dir) = Arc::try_unwrap(cached).unwrap_or_else(|a| (*a).clone());
-            (dir, Some(node))
+    let (base_node, dir) = match cached {
+        Some(cached) => Arc::try_unwrap(cached).unwrap_or_else(|a| (*a).clone()),
+        None => {
+            // Read once: decoded here, pinned below.
+            let node = reader.store().get_verified_node(&base)?;
+            let dir = decode_dir(base, node.node())?;
+            (node, dir)
         }
-        None => (reader.dir(base)?, None),
     };
     let mut patch = Patch {
         // As `diff_trees`: the root's own attributes are not a path.
@@ -558,10 +560,6 @@ pub(crate) fn store_patched(
         DirLayout::Pages(pages) => pages,
     };
     // The new node links to most of the pages the old one does.
-    let base_node = match base_node {
-        Some(node) => node,
-        None => reader.store().get_verified_node(&base)?,
-    };
     writer.pin_node(&base_node)?;
     let page_of = |name: &[u8]| {
         pages
