@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use cas::{ChunkId, Chunking, Store, StoreConfig};
 use layerfs::cowfs::{CowFs, MountConfig, ROOT_INO};
 use layerfs::memtree::{implicit_dir_attrs, MemKind, MemNode};
-use layerfs::tree::InodeKind;
+use layerfs::tree::{InodeKind, Timestamp};
 use layerfs::MemTree;
 use volume_server::{CommitKind, Session, Volumes};
 
@@ -167,11 +167,19 @@ fn build(store: &Store, files: usize) -> Result<ChunkId> {
     let mut file_attrs = dir_attrs.clone();
     file_attrs.mode = 0o644;
     let mut tree = MemTree::new(dir_attrs.clone());
+    let written = implicit_dir_attrs().mtime.secs;
     for i in 0..files {
+        // One content for all (a blob stored once), but each file its
+        // own modification time, as files written over time have: every
+        // directory is then a node and pages of its own, as in a real
+        // volume, not one node shared by all a thousand directories.
+        let mut attrs = file_attrs.clone();
+        attrs.mtime = Timestamp::new(written - i as i64, 0).context("a file's mtime")?;
+        attrs.ctime = attrs.mtime;
         tree.insert(
             file_path(i).as_bytes(),
             MemNode {
-                attrs: file_attrs.clone(),
+                attrs,
                 kind: MemKind::Other(InodeKind::File {
                     size: 4096,
                     blob: Some(blob.id),
@@ -194,6 +202,20 @@ fn config(dir: &Path) -> MountConfig {
     }
 }
 
+/// A new store at `dir`, opened as `volume-server` opens its own: with
+/// the node daemon's default chunk cache (1/16 of memory, 128 MiB–2 GiB),
+/// which holds what sessions load and what commits patch.
+fn server_store(dir: &Path) -> Result<Store> {
+    drop(Store::init(dir, StoreConfig::default())?);
+    Ok(Store::open(
+        dir,
+        cas::OpenOptions {
+            chunk_cache_bytes: snapshotter::daemon::default_chunk_cache(),
+            ..cas::OpenOptions::default()
+        },
+    )?)
+}
+
 /// Overwrites the start of the file at `path` in `fs`.
 fn change(fs: &CowFs, path: &str, text: &[u8]) -> Result<()> {
     let mut at = ROOT_INO;
@@ -212,7 +234,7 @@ fn change(fs: &CowFs, path: &str, text: &[u8]) -> Result<()> {
 }
 
 fn strata_rounds(args: &Args, dir: &Path, row: &mut SizeRow) -> Result<()> {
-    let store = Store::init(&dir.join("store"), StoreConfig::default())?;
+    let store = server_store(&dir.join("store"))?;
     let tree = build(&store, row.files)?;
     let volumes = Arc::new(Volumes::new(store.clone()));
     let head = volumes.create("bench", 0)?;
@@ -333,7 +355,7 @@ struct IoFigures {
 }
 
 fn io_rounds(args: &Args, dir: &Path) -> Result<IoFigures> {
-    let store = Store::init(&dir.join("store"), StoreConfig::default())?;
+    let store = server_store(&dir.join("store"))?;
     let volumes = Arc::new(Volumes::new(store.clone()));
     volumes.create("io", 0)?;
     let session = Session::open(volumes.clone(), "io", "io", config(&dir.join("upper")))?;
@@ -533,8 +555,10 @@ fn report(args: &Args, rows: &[SizeRow], io: &IoFigures, work: &Path) -> String 
     let _ = writeln!(s, "## Volumes (`benches/run.sh volume`)\n");
     let _ = writeln!(
         s,
-        "Volumes of 4 KiB files, a thousand to a directory, built in the store; \
-         before each commit, reload or backup round {} files spread over the tree are \
+        "Volumes of 4 KiB files, a thousand to a directory, built in the store \
+         (one content, each file its own modification time, so every directory \
+         is a node of its own) and opened as `volume-server` opens its store (the \
+         node daemon's default chunk cache); before each commit, reload or backup round {} files spread over the tree are \
          changed. {} rounds; milliseconds, p50 / p99. Commit: a session's capture \
          merged into the head (three-way) and the head moved, durable. Reload: a \
          session that changed 10 files of its own moves onto that commit in place. \
