@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cas::{Store, StoreConfig};
+use cas::Store;
 use layerfs::cowfs::{CowFs, MountConfig};
 use layerfs::fuse::{mount, FuseOptions};
 use layerfs::{import_image, ImportOptions, SourceKind};
 
 use crate::machine;
 use crate::report::{median, write_section};
-use crate::tools::{drop_caches, require, shell_quote, timed};
+use crate::tools::{drop_caches, new_daemon_store, require, shell_quote, timed};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -385,17 +385,9 @@ pub fn run(args: Args) -> Result<()> {
 
     let store_dir = args.work.join("store");
     let _ = fs::remove_dir_all(&store_dir);
-    drop(Store::init(&store_dir, StoreConfig::default())?);
-    // Opened as the node daemon opens its store for `snapctl mount`: with
-    // its default chunk cache, which is what a mounted sandbox reads
-    // through (it also serves a random reader's re-reads of a chunk).
-    let store = Store::open(
-        &store_dir,
-        cas::OpenOptions {
-            chunk_cache_bytes: snapshotter::daemon::default_chunk_cache(),
-            ..cas::OpenOptions::default()
-        },
-    )?;
+    // Opened as the node daemon opens its store for `snapctl mount` (its
+    // chunk cache also serves a random reader's re-reads of a chunk).
+    let store = new_daemon_store(&store_dir)?;
     let options = ImportOptions {
         kind: Some(SourceKind::Directory),
         ..ImportOptions::default()

@@ -86,3 +86,18 @@ pub fn require(tool: &str) -> Result<()> {
         bail!("`{tool}` is not installed; run benches/run.sh, which installs it")
     }
 }
+
+/// A new store at `dir`, opened as the node daemon and `volume-server`
+/// open theirs: with the daemon's default chunk cache (1/16 of memory,
+/// 128 MiB–2 GiB), which is what a mounted sandbox reads through and
+/// what a volume's sessions load into.
+pub fn new_daemon_store(dir: &Path) -> Result<cas::Store> {
+    drop(cas::Store::init(dir, cas::StoreConfig::default())?);
+    Ok(cas::Store::open(
+        dir,
+        cas::OpenOptions {
+            chunk_cache_bytes: snapshotter::daemon::default_chunk_cache(),
+            ..cas::OpenOptions::default()
+        },
+    )?)
+}

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use cas::{ChunkId, Chunking, Store, StoreConfig};
+use cas::{ChunkId, Chunking, Store};
 use layerfs::cowfs::{CowFs, MountConfig, ROOT_INO};
 use layerfs::memtree::{implicit_dir_attrs, MemKind, MemNode};
 use layerfs::tree::{InodeKind, Timestamp};
@@ -29,7 +29,7 @@ use volume_server::{CommitKind, Session, Volumes};
 use crate::daemon::ApiConnection;
 use crate::machine;
 use crate::report::write_section;
-use crate::tools::{drop_caches, remove, require};
+use crate::tools::{drop_caches, new_daemon_store, remove, require};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -203,20 +203,6 @@ fn config(dir: &Path) -> MountConfig {
     }
 }
 
-/// A new store at `dir`, opened as `volume-server` opens its own: with
-/// the node daemon's default chunk cache (1/16 of memory, 128 MiB–2 GiB),
-/// which holds what sessions load and what commits patch.
-fn server_store(dir: &Path) -> Result<Store> {
-    drop(Store::init(dir, StoreConfig::default())?);
-    Ok(Store::open(
-        dir,
-        cas::OpenOptions {
-            chunk_cache_bytes: snapshotter::daemon::default_chunk_cache(),
-            ..cas::OpenOptions::default()
-        },
-    )?)
-}
-
 /// Overwrites the start of the file at `path` in `fs`.
 fn change(fs: &CowFs, path: &str, text: &[u8]) -> Result<()> {
     let mut at = ROOT_INO;
@@ -235,7 +221,7 @@ fn change(fs: &CowFs, path: &str, text: &[u8]) -> Result<()> {
 }
 
 fn strata_rounds(args: &Args, dir: &Path, row: &mut SizeRow) -> Result<()> {
-    let store = server_store(&dir.join("store"))?;
+    let store = new_daemon_store(&dir.join("store"))?;
     let tree = build(&store, row.files)?;
     let volumes = Arc::new(Volumes::new(store.clone()));
     let head = volumes.create("bench", 0)?;
@@ -356,7 +342,7 @@ struct IoFigures {
 }
 
 fn io_rounds(args: &Args, dir: &Path) -> Result<IoFigures> {
-    let store = server_store(&dir.join("store"))?;
+    let store = new_daemon_store(&dir.join("store"))?;
     let volumes = Arc::new(Volumes::new(store.clone()));
     volumes.create("io", 0)?;
     let session = Session::open(volumes.clone(), "io", "io", config(&dir.join("upper")))?;

@@ -14,10 +14,10 @@
 //! claimed chunk waits for it instead of reading it again), reads each
 //! piece with one `O_DIRECT` read into an aligned buffer, and verifies
 //! every frame as a slice of that buffer. Pieces are read and verified
-//! side by side on a pool of their own (two threads per CPU). A raw frame's chunk stays a slice of its
-//! piece's buffer; a piece's memory is freed when the last of its chunks
-//! leaves the cache (at most [`PIECE_BYTES`] plus one alignment unit per
-//! piece).
+//! side by side on a pool of their own (two threads per CPU). A raw
+//! frame's chunk stays a slice of its piece's buffer; a piece's memory is
+//! freed when the last of its chunks leaves the cache (at most
+//! [`PIECE_BYTES`] plus one alignment unit per piece).
 //!
 //! Where `O_DIRECT` is refused (a file system without it), a piece is one
 //! buffered read instead. Any failure only skips the frames concerned: the
