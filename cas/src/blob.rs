@@ -183,6 +183,9 @@ pub struct BlobWriter<'w> {
     writer: &'w Writer,
     chunker: Chunker,
     buf: Vec<u8>,
+    /// A batch's buffer once stored, kept for the batch after the next
+    /// (fresh memory costs a page fault per 4 KiB on first use).
+    spare: Vec<u8>,
     /// Blob offset of `buf[0]`.
     offset: u64,
     /// Entries of the node being filled at each level.
@@ -198,6 +201,7 @@ impl<'w> BlobWriter<'w> {
             writer,
             chunker,
             buf: Vec::new(),
+            spare: Vec::new(),
             offset: 0,
             levels: vec![Vec::new()],
             fanout: writer.store().config().blob_fanout as usize,
@@ -214,6 +218,14 @@ impl<'w> BlobWriter<'w> {
 
     /// Cuts, hashes and stores everything buffered that forms whole chunks.
     fn process(&mut self, eof: bool) -> Result<()> {
+        let batch = self.take_batch(eof);
+        let stored = store_chunks(self.writer, &batch);
+        self.record(batch, stored?)
+    }
+
+    /// Cuts what is buffered into chunks and takes the whole chunks out of
+    /// the buffer (all of it at `eof`), leaving the rest for the next batch.
+    fn take_batch(&mut self, eof: bool) -> Batch {
         let mut cuts = Vec::new();
         let used = self.chunker.cut(&self.buf, eof, &mut cuts);
         let mut spans = Vec::with_capacity(cuts.len());
@@ -222,21 +234,19 @@ impl<'w> BlobWriter<'w> {
             spans.push((at, len));
             at += len;
         }
-        let writer = self.writer;
-        let buf = &self.buf;
-        let results: Vec<Option<(ChunkId, bool)>> = spans
-            .par_iter()
-            .map(|&(at, len)| {
-                let bytes = &buf[at..at + len];
-                if is_all_zero(bytes) {
-                    return Ok(None);
-                }
-                let id = ChunkId::compute(ChunkKind::Data, bytes);
-                let outcome = writer.put_hashed(id, ChunkKind::Data, bytes)?;
-                Ok(Some((id, outcome.written)))
-            })
-            .collect::<Result<_>>()?;
-        for (&(at, len), result) in spans.iter().zip(results) {
+        let mut rest = std::mem::take(&mut self.spare);
+        rest.clear();
+        rest.extend_from_slice(&self.buf[used..]);
+        self.buf.truncate(used);
+        Batch {
+            bytes: std::mem::replace(&mut self.buf, rest),
+            spans,
+        }
+    }
+
+    /// Records a stored batch's chunks (in blob order) and keeps its buffer.
+    fn record(&mut self, batch: Batch, stored: Vec<Option<(ChunkId, bool)>>) -> Result<()> {
+        for (&(at, len), result) in batch.spans.iter().zip(stored) {
             let start = self.offset + at as u64;
             match result {
                 None => self.info.zero_bytes += len as u64,
@@ -257,8 +267,8 @@ impl<'w> BlobWriter<'w> {
                 }
             }
         }
-        self.buf.drain(..used);
-        self.offset += used as u64;
+        self.offset += batch.bytes.len() as u64;
+        self.spare = batch.bytes;
         Ok(())
     }
 
@@ -309,24 +319,47 @@ impl<'w> BlobWriter<'w> {
 
     /// Reads `source` to its end straight into the chunking buffer (no
     /// intermediate copy), storing chunks as batches fill. Read sizes start
-    /// small and grow, so small files cost small buffers.
+    /// small and grow, so small files cost small buffers. While a full
+    /// batch is stored (its chunks hashed, compressed and written on the
+    /// pool), this thread reads and cuts the next one.
     pub fn read_from(&mut self, source: &mut dyn Read) -> Result<u64> {
-        let mut total = 0u64;
-        let mut want = 16u64 << 10;
+        let mut input = Input {
+            total: 0,
+            want: 16 << 10,
+        };
+        let mut next = self.read_batch(source, &mut input)?;
+        while let Some(batch) = next {
+            let writer = self.writer;
+            let mut stored = None;
+            let following = rayon::in_place_scope(|scope| {
+                let (batch, stored) = (&batch, &mut stored);
+                scope.spawn(move |_| *stored = Some(store_chunks(writer, batch)));
+                self.read_batch(source, &mut input)
+            });
+            let stored = stored.ok_or_else(|| Error::Invariant("a batch was not stored".into()))?;
+            self.record(batch, stored?)?;
+            next = following?;
+        }
+        Ok(input.total)
+    }
+
+    /// Reads until a batch is full, then cuts it off (`None` at the end of
+    /// the input: what is buffered is left for [`BlobWriter::finish`]).
+    fn read_batch(&mut self, source: &mut dyn Read, input: &mut Input) -> Result<Option<Batch>> {
         loop {
             // `read_to_end` on a `take` appends without zero-filling first
             // and retries interrupted reads.
-            let n = Read::take(&mut *source, want)
+            let n = Read::take(&mut *source, input.want)
                 .read_to_end(&mut self.buf)
                 .map_err(|e| Error::io("reading blob input", e))?;
-            total += n as u64;
+            input.total += n as u64;
             if self.buf.len() >= BATCH_BYTES + self.chunker.max_chunk_len() {
-                self.process(false)?;
+                return Ok(Some(self.take_batch(false)));
             }
-            if (n as u64) < want {
-                return Ok(total);
+            if (n as u64) < input.want {
+                return Ok(None);
             }
-            want = (want * 2).min(1 << 20);
+            input.want = (input.want * 2).min(1 << 20);
         }
     }
 
@@ -374,6 +407,37 @@ impl Write for BlobWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Whole chunks cut from a blob's input, in order.
+struct Batch {
+    bytes: Vec<u8>,
+    /// (offset in `bytes`, length) of each chunk.
+    spans: Vec<(usize, usize)>,
+}
+
+/// How much [`BlobWriter::read_from`] has read, and its next read size.
+struct Input {
+    total: u64,
+    want: u64,
+}
+
+/// Hashes and stores a batch's chunks in parallel: for each, its id and
+/// whether it was new, or `None` for an all-zero chunk (a hole).
+fn store_chunks(writer: &Writer, batch: &Batch) -> Result<Vec<Option<(ChunkId, bool)>>> {
+    batch
+        .spans
+        .par_iter()
+        .map(|&(at, len)| {
+            let bytes = &batch.bytes[at..at + len];
+            if is_all_zero(bytes) {
+                return Ok(None);
+            }
+            let id = ChunkId::compute(ChunkKind::Data, bytes);
+            let outcome = writer.put_hashed(id, ChunkKind::Data, bytes)?;
+            Ok(Some((id, outcome.written)))
+        })
+        .collect()
 }
 
 /// A stored blob, ready for ranged or streaming reads.

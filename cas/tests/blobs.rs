@@ -151,6 +151,43 @@ fn streaming_reader_reads_and_seeks() {
     assert!(reader.seek(SeekFrom::Current(-1_000_000)).is_err());
 }
 
+/// A blob read from a source is stored in batches of 8 MiB, each stored
+/// on the pool while the next is read: the result is the blob that the
+/// same bytes written in small pieces give, chunk for chunk.
+#[test]
+fn a_blob_read_in_batches_is_the_blob_written_in_pieces() {
+    let (_dir, store) = new_store(StoreConfig::default());
+    let writer = store.writer("batches");
+    // Zeros across the first batch boundary, text in the third batch.
+    let data = [
+        random_bytes(7 << 20, 21),
+        vec![0u8; 3 << 20],
+        random_bytes(9 << 20, 22),
+        text_bytes(6 << 20, 23),
+        random_bytes(5 << 20, 24),
+    ]
+    .concat();
+    let read = writer
+        .write_blob(&mut &data[..], Chunking::ContentDefined)
+        .unwrap();
+    let mut pieces = writer.blob_writer(Chunking::ContentDefined);
+    for piece in data.chunks(100_003) {
+        std::io::Write::write_all(&mut pieces, piece).unwrap();
+    }
+    let written = pieces.finish().unwrap();
+    writer.commit().unwrap();
+    assert_eq!(read.id, written.id);
+    assert_eq!(read.len, data.len() as u64);
+    assert_eq!(read.chunks, written.chunks);
+    assert!(read.zero_bytes >= 2 << 20, "zero bytes {}", read.zero_bytes);
+    assert_eq!(read.zero_bytes, written.zero_bytes);
+    assert_eq!(
+        written.new_chunks, 0,
+        "the second writing found every chunk"
+    );
+    assert!(read_blob(&store, &read.id).unwrap() == data);
+}
+
 #[test]
 fn large_blobs_keep_every_node_bounded_by_the_fanout() {
     let (_dir, store) = new_store(small_config());
