@@ -139,3 +139,58 @@ fn a_second_pass_over_a_file_is_read_ahead_again() {
         }
     }
 }
+
+/// An import stores files in the order a reader walking the tree meets
+/// them (depth first, each directory's entries by name), whatever order
+/// the host's directories list them in, so a walk's reads, and the
+/// read-ahead across files above, go forward through the packs. Storing
+/// on one thread makes that order exact; with more, neighbours may swap.
+#[test]
+fn an_import_stores_files_in_the_order_a_walk_reads_them() {
+    let (tmp, store) = store();
+    let src = tmp.path().join("src");
+    // A file's position in the walk, and its path: a directory's files
+    // come before and after its subdirectories, one file is stored alone
+    // (large) and the listing order on the host is not the name order.
+    let walk = [
+        "a0", "a1", "b/c/x", "b/c/y", "b/m", "b/n", "big", "c", "d/e", "z",
+    ];
+    let data = |i: usize| {
+        let len = if walk[i] == "big" { 9 << 20 } else { 3000 };
+        (0..len as u32)
+            .map(|j| (j.wrapping_mul(2654435761).wrapping_add(i as u32 * 40503) >> 13) as u8)
+            .collect::<Vec<u8>>()
+    };
+    for i in [9, 3, 0, 7, 5, 1, 8, 2, 6, 4] {
+        let path = src.join(walk[i]);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, data(i)).unwrap();
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| common::import_dir(&store, "walk", &src));
+    // Where each file's first chunk lies: (pack, offset). The large file's
+    // first chunk ends at the first content-defined cut.
+    let chunker = cas::Chunker::new(cas::Chunking::ContentDefined, store.config().chunking);
+    let first_chunk = |i: usize| {
+        let bytes = data(i);
+        let mut cuts = Vec::new();
+        chunker.cut(&bytes, true, &mut cuts);
+        let chunk = ChunkId::compute(ChunkKind::Data, &bytes[..cuts[0]]);
+        let at = store.locate(&chunk).unwrap().expect("stored");
+        (at.pack, at.offset)
+    };
+    let places: Vec<_> = (0..walk.len()).map(first_chunk).collect();
+    for i in 1..walk.len() {
+        assert!(
+            places[i - 1] < places[i],
+            "{} stored at {:?}, before {} at {:?}",
+            walk[i],
+            places[i],
+            walk[i - 1],
+            places[i - 1]
+        );
+    }
+}

@@ -140,8 +140,7 @@ pub fn import_dir(
     let mut tree = MemTree::new(attrs_of(root, &root_meta)?);
     let mut stats = DirStats::default();
     let mut hard_links: HashMap<(u64, u64), NodeIndex> = HashMap::new();
-    // (node, path, identity, size) of each regular file.
-    let mut files: Vec<(NodeIndex, PathBuf, (u64, u64))> = Vec::new();
+    let mut files: Vec<FileToStore> = Vec::new();
     let mut total_bytes = 0u64;
     let device = root_meta.dev();
     let mut stack: Vec<Pending> = Vec::new();
@@ -245,7 +244,12 @@ pub fn import_dir(
                 hard_links.insert(key, index);
             }
             if is_file {
-                files.push((index, path.clone(), key));
+                files.push(FileToStore {
+                    index,
+                    path: path.clone(),
+                    id: key,
+                    size: meta.len(),
+                });
             }
             if is_dir && meta.dev() == device {
                 if depth + 1 > MAX_DEPTH {
@@ -266,40 +270,11 @@ pub fn import_dir(
         }
     }
 
-    // Contents, in parallel; each file is one blob. A file is opened by
-    // its path without following a final symlink, and must be the inode
-    // the walk saw (a directory on its path swapped for a symlink leads
-    // elsewhere: another inode).
-    let max = limits.max_file_bytes;
-    let stored: Vec<(NodeIndex, u64, Option<cas::ChunkId>, u64)> = files
-        .par_iter()
-        .map(|(index, path, id)| {
-            let file = fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(path)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ELOOP) => changed(path),
-                    _ => Error::io(format!("opening {}", path.display()), e),
-                })?;
-            let meta = file.metadata().map_err(io_err(path, "reading"))?;
-            if (meta.dev(), meta.ino()) != *id || !meta.is_file() {
-                return Err(changed(path));
-            }
-            let mut blob = writer.blob_writer(Chunking::ContentDefined);
-            let len = blob.read_from(&mut file.take(max + 1))?;
-            if len > max {
-                return Err(Error::LimitExceeded {
-                    source_name: path.display().to_string(),
-                    what: "file bytes (it grew while it was being imported)".into(),
-                    limit: max,
-                    hint: "raise --max-file-bytes",
-                });
-            }
-            let info = blob.finish()?;
-            Ok((*index, len, (len > 0).then_some(info.id), info.new_bytes))
-        })
-        .collect::<Result<_>>()?;
+    // Contents, in the order a reader walking the tree meets them, so
+    // that files read one after another lie side by side in the packs.
+    let rank = reading_order(&tree);
+    files.sort_by_key(|file| rank[file.index]);
+    let stored = store_files(&files, writer, limits.max_file_bytes)?;
     for (index, len, blob, new_bytes) in stored {
         stats.files += 1;
         stats.file_bytes += len;
@@ -307,6 +282,113 @@ pub fn import_dir(
         tree.node_mut(index).kind = MemKind::Other(InodeKind::File { size: len, blob });
     }
     Ok((tree, stats))
+}
+
+/// A regular file the walk found, to be stored.
+struct FileToStore {
+    index: NodeIndex,
+    path: PathBuf,
+    /// Device and inode number the walk saw.
+    id: (u64, u64),
+    size: u64,
+}
+
+/// What storing one file gave: its node, length, blob and new bytes.
+type Stored = (NodeIndex, u64, Option<cas::ChunkId>, u64);
+
+/// Files of at least this size are stored one at a time, their chunks in
+/// parallel (the blob writer's batches); smaller ones several at a time.
+const LARGE_FILE: u64 = 8 << 20;
+
+/// Each node's position in a depth-first walk of `tree` that lists every
+/// directory's entries by name: the order in which `tar`, `cp -r`, `rsync`
+/// and the mount's own listings meet them (`usize::MAX` for nodes not
+/// reached). A hard-linked file takes its first position.
+fn reading_order(tree: &MemTree) -> Vec<usize> {
+    let mut rank = Vec::new();
+    let mut next = 0usize;
+    let mut stack = vec![tree.root()];
+    while let Some(index) = stack.pop() {
+        if rank.len() <= index {
+            rank.resize(index + 1, usize::MAX);
+        }
+        if rank[index] != usize::MAX {
+            continue;
+        }
+        rank[index] = next;
+        next += 1;
+        if let MemKind::Dir(children) = &tree.node(index).kind {
+            stack.extend(children.values().rev());
+        }
+    }
+    rank
+}
+
+/// Stores the contents of `files` in their order: a run of small files is
+/// handed out one file at a time, in order, to the pool's threads (so the
+/// packs receive them in nearly that order, neighbours at most swapped);
+/// a large file is stored alone, its chunks in parallel.
+fn store_files(files: &[FileToStore], writer: &Writer, max: u64) -> Result<Vec<Stored>> {
+    let mut stored = Vec::with_capacity(files.len());
+    let mut rest = files;
+    while let Some(first) = rest.first() {
+        if first.size >= LARGE_FILE {
+            stored.push(store_file(first, writer, max)?);
+            rest = &rest[1..];
+            continue;
+        }
+        let run = rest
+            .iter()
+            .position(|file| file.size >= LARGE_FILE)
+            .unwrap_or(rest.len());
+        let mut done: Vec<(usize, Stored)> = rest[..run]
+            .iter()
+            .enumerate()
+            .par_bridge()
+            .map(|(i, file)| store_file(file, writer, max).map(|s| (i, s)))
+            .collect::<Result<_>>()?;
+        done.sort_unstable_by_key(|(i, _)| *i);
+        stored.extend(done.into_iter().map(|(_, s)| s));
+        rest = &rest[run..];
+    }
+    Ok(stored)
+}
+
+/// Stores one file as a blob. The file is opened by its path without
+/// following a final symlink, and must be the inode the walk saw (a
+/// directory on its path swapped for a symlink leads elsewhere: another
+/// inode).
+fn store_file(file: &FileToStore, writer: &Writer, max: u64) -> Result<Stored> {
+    let path = &file.path;
+    let handle = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => changed(path),
+            _ => Error::io(format!("opening {}", path.display()), e),
+        })?;
+    let meta = handle.metadata().map_err(io_err(path, "reading"))?;
+    if (meta.dev(), meta.ino()) != file.id || !meta.is_file() {
+        return Err(changed(path));
+    }
+    let mut blob = writer.blob_writer(Chunking::ContentDefined);
+    let len = blob.read_from(&mut handle.take(max + 1))?;
+    if len > max {
+        return Err(Error::LimitExceeded {
+            source_name: path.display().to_string(),
+            what: "file bytes (it grew while it was being imported)".into(),
+            limit: max,
+            hint: "raise --max-file-bytes",
+        });
+    }
+    let info = blob.finish()?;
+    Ok((
+        file.index,
+        len,
+        (len > 0).then_some(info.id),
+        info.new_bytes,
+    ))
 }
 
 fn insert_child(tree: &mut MemTree, dir: NodeIndex, name: &[u8], child: NodeIndex) -> Result<()> {
