@@ -88,8 +88,10 @@ struct Figures {
 
 /// A mounted system under test; unmounts on drop.
 struct Mounted {
-    system: System,
     root: PathBuf,
+    /// Where the write workloads write: under the mount, or for ext4 a
+    /// directory beside the tree on the same disk.
+    scratch: PathBuf,
     session: Option<layerfs::fuse::FuseSession>,
     cleanup: Vec<String>,
 }
@@ -189,8 +191,8 @@ fn mount_system(
             // Mounted once the root answers.
             fs::metadata(mnt.join("etc"))?;
             Mounted {
-                system,
                 root: mnt.clone(),
+                scratch: mnt.join("scratch"),
                 session: Some(session),
                 cleanup: vec![],
             }
@@ -204,8 +206,8 @@ fn mount_system(
                 q(&mnt)
             ))?;
             Mounted {
-                system,
                 root: mnt.clone(),
+                scratch: mnt.join("scratch"),
                 session: None,
                 cleanup: vec![format!("umount {}", q(&mnt))],
             }
@@ -219,18 +221,19 @@ fn mount_system(
                 q(&mnt)
             ))?;
             Mounted {
-                system,
                 root: mnt.clone(),
+                scratch: mnt.join("scratch"),
                 session: None,
                 cleanup: vec![format!("umount {}", q(&mnt))],
             }
         }
         System::Ext4 => {
-            // The tree itself for reads; writes go to a scratch directory
-            // beside it (the workloads write only under scratch/).
+            // The tree itself for reads; writes go to a directory beside
+            // it on the same disk (not into the tree, which the overlays
+            // mounted at the same time have as their lower layer).
             Mounted {
-                system,
                 root: source.to_path_buf(),
+                scratch: base.join("scratch"),
                 session: None,
                 cleanup: vec![],
             }
@@ -280,89 +283,129 @@ fn fio(cmd_args: &str, dir: &Path, seconds: u64) -> Result<f64> {
 /// Passes of each warm walk (`tar`, `find`, `ls -lR`) in every run.
 const WARM_PASSES: usize = 3;
 
+/// The workloads, each measured on every system back to back (see `run`).
+#[derive(Clone, Copy, Debug)]
+enum Workload {
+    /// Cold `tar` of the tree, then its warm passes.
+    Tar,
+    /// Warm `find` and `ls -lR`, then `ls -lR` with the dentries dropped.
+    Walks,
+    /// Open + read of the small files, cold.
+    SmallFiles,
+    /// Sequential, then random reads of the 1 GiB file, cold.
+    BigFile,
+    /// Sequential write of 1 GiB + fsync, then fsync'd 4 KiB writes.
+    Writes,
+}
+
+impl Workload {
+    const ALL: [Workload; 5] = [
+        Workload::Tar,
+        Workload::Walks,
+        Workload::SmallFiles,
+        Workload::BigFile,
+        Workload::Writes,
+    ];
+}
+
+/// Page cache dropped and Strata's chunk cache cleared.
+fn cold(store: &Store) {
+    store.clear_cache();
+    drop_caches();
+}
+
 fn measure(
+    workload: Workload,
     m: &Mounted,
     store: &Store,
-    source_bytes: u64,
-    small: &[PathBuf],
-    args: &Args,
+    bench: &Bench,
     figures: &mut Figures,
 ) -> Result<()> {
     let root = &m.root;
     let q = shell_quote(root);
-    // Cold full-tree read: page cache dropped, Strata's chunk cache cleared.
-    store.clear_cache();
-    drop_caches();
-    let d = timed(&format!(
-        "cd {q} && tar cf - --exclude=./scratch . | cat > /dev/null"
-    ))?;
-    figures.cold_tar_mbs.push(mb_per_s(source_bytes, d));
-    // The warm walks last 0.02-1.5 s, within reach of the host's swings
-    // (one pass of warm `tar` moved by +-20 % between runs): each is
-    // timed WARM_PASSES times per run, and the table takes the median of
-    // all passes.
-    for _ in 0..WARM_PASSES {
-        let d = timed(&format!(
-            "cd {q} && tar cf - --exclude=./scratch . | cat > /dev/null"
-        ))?;
-        figures.warm_tar_mbs.push(mb_per_s(source_bytes, d));
+    let tar = format!("cd {q} && tar cf - --exclude=./scratch . | cat > /dev/null");
+    match workload {
+        Workload::Tar => {
+            cold(store);
+            let d = timed(&tar)?;
+            figures.cold_tar_mbs.push(mb_per_s(bench.source_bytes, d));
+            // The warm walks last 0.02-1.5 s, within reach of the host's
+            // swings: each is timed WARM_PASSES times per run.
+            for _ in 0..WARM_PASSES {
+                let d = timed(&tar)?;
+                figures.warm_tar_mbs.push(mb_per_s(bench.source_bytes, d));
+            }
+        }
+        Workload::Walks => {
+            // Warm: one untimed pass first (the tar before this workload
+            // may have been another system's).
+            timed(&format!("cd {q} && ls -lR > /dev/null"))?;
+            for _ in 0..WARM_PASSES {
+                let d = timed(&format!("cd {q} && find . | wc -l > /dev/null"))?;
+                figures.find_ms.push(d.as_secs_f64() * 1e3);
+            }
+            for _ in 0..WARM_PASSES {
+                let d = timed(&format!("cd {q} && ls -lR > /dev/null"))?;
+                figures.ls_lr_ms.push(d.as_secs_f64() * 1e3);
+            }
+            // The same walk with the kernel's dentries and inodes dropped:
+            // every entry is looked up (or listed with its attributes) again.
+            cold(store);
+            let d = timed(&format!("cd {q} && ls -lR > /dev/null"))?;
+            figures.ls_lr_cold_ms.push(d.as_secs_f64() * 1e3);
+        }
+        Workload::SmallFiles => {
+            // Mean latency per file.
+            cold(store);
+            let started = Instant::now();
+            let mut buf = Vec::with_capacity(4096);
+            for file in &bench.small {
+                buf.clear();
+                fs::File::open(root.join(file))?.read_to_end(&mut buf)?;
+            }
+            figures
+                .small_open_us
+                .push(started.elapsed().as_secs_f64() * 1e6 / bench.small.len().max(1) as f64);
+        }
+        Workload::BigFile => {
+            cold(store);
+            let d = timed(&format!("cat {q}/big.bin > /dev/null"))?;
+            figures.seq_read_mbs.push(mb_per_s(1 << 30, d));
+            cold(store);
+            figures.rand_read_iops.push(fio(
+                "--filename=big.bin --rw=randread --bs=4k --ioengine=psync --size=1g --readonly",
+                root,
+                bench.fio_seconds,
+            )?);
+        }
+        Workload::Writes => {
+            let scratch = &m.scratch;
+            fs::create_dir_all(scratch)?;
+            // Every system starts from the same state: nothing dirty, the
+            // page cache dropped.
+            cold(store);
+            let d = timed(&format!(
+                "dd if=/dev/zero of={}/seq.bin bs=1M count=1024 conv=fsync status=none",
+                shell_quote(scratch)
+            ))?;
+            figures.seq_write_mbs.push(mb_per_s(1 << 30, d));
+            let _ = fs::remove_file(scratch.join("seq.bin"));
+            figures.fsync_write_iops.push(fio(
+                "--rw=randwrite --bs=4k --ioengine=psync --size=64m --fsync=1",
+                scratch,
+                bench.fio_seconds,
+            )?);
+            let _ = fs::remove_dir_all(scratch);
+        }
     }
-    for _ in 0..WARM_PASSES {
-        let d = timed(&format!("cd {q} && find . | wc -l > /dev/null"))?;
-        figures.find_ms.push(d.as_secs_f64() * 1e3);
-    }
-    for _ in 0..WARM_PASSES {
-        let d = timed(&format!("cd {q} && ls -lR > /dev/null"))?;
-        figures.ls_lr_ms.push(d.as_secs_f64() * 1e3);
-    }
-    // The same walk with the kernel's dentries and inodes dropped: every
-    // entry is looked up (or listed with its attributes) again.
-    store.clear_cache();
-    drop_caches();
-    let d = timed(&format!("cd {q} && ls -lR > /dev/null"))?;
-    figures.ls_lr_cold_ms.push(d.as_secs_f64() * 1e3);
-    // Small-file open + read, page cache dropped: mean latency per file.
-    drop_caches();
-    store.clear_cache();
-    let started = Instant::now();
-    let mut buf = Vec::with_capacity(4096);
-    for file in small {
-        buf.clear();
-        fs::File::open(root.join(file))?.read_to_end(&mut buf)?;
-    }
-    figures
-        .small_open_us
-        .push(started.elapsed().as_secs_f64() * 1e6 / small.len().max(1) as f64);
-    // Sequential read of the 1 GiB file, cold.
-    drop_caches();
-    store.clear_cache();
-    let d = timed(&format!("cat {q}/big.bin > /dev/null"))?;
-    figures.seq_read_mbs.push(mb_per_s(1 << 30, d));
-    // Random 4 KiB reads on it, cold, fio.
-    drop_caches();
-    store.clear_cache();
-    figures.rand_read_iops.push(fio(
-        "--filename=big.bin --rw=randread --bs=4k --ioengine=psync --size=1g --readonly",
-        root,
-        args.fio_seconds,
-    )?);
-    // Writes go to scratch/ (for ext4: beside the tree, same disk).
-    let scratch = root.join("scratch");
-    fs::create_dir_all(&scratch)?;
-    let d = timed(&format!(
-        "dd if=/dev/zero of={}/seq.bin bs=1M count=1024 conv=fsync status=none",
-        shell_quote(&scratch)
-    ))?;
-    figures.seq_write_mbs.push(mb_per_s(1 << 30, d));
-    let _ = fs::remove_file(scratch.join("seq.bin"));
-    figures.fsync_write_iops.push(fio(
-        "--rw=randwrite --bs=4k --ioengine=psync --size=64m --fsync=1",
-        &scratch,
-        args.fio_seconds,
-    )?);
-    let _ = fs::remove_dir_all(&scratch);
-    let _ = m.system;
     Ok(())
+}
+
+/// What every measurement of a run shares.
+struct Bench {
+    source_bytes: u64,
+    small: Vec<PathBuf>,
+    fio_seconds: u64,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -374,13 +417,16 @@ pub fn run(args: Args) -> Result<()> {
     // enable_uring is turned on (off by default) where the kernel has it.
     let io_uring = fixtures::require::fuse_io_uring();
     let source = prepare_source(&args)?;
-    let source_bytes = tree_bytes(&source)?;
-    let small = small_files(&source, 2000)?;
+    let bench = Bench {
+        source_bytes: tree_bytes(&source)?,
+        small: small_files(&source, 2000)?,
+        fio_seconds: args.fio_seconds,
+    };
     println!(
         "== image: {} ({:.2} GB, {} small files sampled)",
         source.display(),
-        source_bytes as f64 / 1e9,
-        small.len()
+        bench.source_bytes as f64 / 1e9,
+        bench.small.len()
     );
 
     let store_dir = args.work.join("store");
@@ -398,38 +444,60 @@ pub fn run(args: Args) -> Result<()> {
     let tree = report.image.tree.parse()?;
     println!("   imported in {import_s:.1}s");
 
-    let mut results: Vec<(System, Figures)> = System::ALL
-        .iter()
-        .map(|s| (*s, Figures::default()))
-        .collect();
+    // This host is shared: its disk and CPUs drift over minutes. So every
+    // workload is measured on all systems back to back (seconds apart, the
+    // order rotated each run), and the ratios are paired: one per run,
+    // from that run's figures, and the table gives their median.
+    let mut results: Vec<(System, Vec<Figures>)> =
+        System::ALL.iter().map(|s| (*s, Vec::new())).collect();
     for run in 0..args.runs {
         println!("-- run {}/{}", run + 1, args.runs);
-        for (system, figures) in results.iter_mut() {
-            let (mounted, mount_time) = mount_system(*system, &args, &source, &store, tree, run)?;
-            if *system != System::Ext4 {
+        let order: Vec<usize> = (0..results.len())
+            .map(|i| (i + run) % results.len())
+            .collect();
+        let mut mounted: Vec<Option<Mounted>> = (0..results.len()).map(|_| None).collect();
+        for &i in &order {
+            let system = results[i].0;
+            let (m, mount_time) = mount_system(system, &args, &source, &store, tree, run)?;
+            let mut figures = Figures::default();
+            if system != System::Ext4 {
                 figures.mount_ms.push(mount_time.as_secs_f64() * 1e3);
             }
-            measure(&mounted, &store, source_bytes, &small, &args, figures)
-                .with_context(|| format!("measuring {}", system.name()))?;
+            results[i].1.push(figures);
+            mounted[i] = Some(m);
+        }
+        for workload in Workload::ALL {
+            for &i in &order {
+                let (system, runs) = &mut results[i];
+                let m = mounted[i].as_ref().context("mounted system")?;
+                let figures = runs.last_mut().context("this run's figures")?;
+                measure(workload, m, &store, &bench, figures)
+                    .with_context(|| format!("measuring {:?} on {}", workload, system.name()))?;
+            }
+            println!("   {workload:?} measured");
+        }
+        for (i, (system, runs)) in results.iter().enumerate() {
+            let f = runs.last().context("this run's figures")?;
             println!(
-                "   {:18} cold tar {:6.0} MB/s  warm tar {:6.0} MB/s  find {:5.0} ms  small {:6.0} µs  seq w {:5.0} MB/s  fsync 4k {:5.0}/s",
+                "   {:18} cold tar {:6.0} MB/s  warm tar {:6.0} MB/s  ls -lR {:5.0} ms  small {:6.0} µs  seq r {:5.0} MB/s  seq w {:5.0} MB/s  fsync 4k {:5.0}/s",
                 system.name(),
-                figures.cold_tar_mbs.last().unwrap_or(&0.0),
-                figures.warm_tar_mbs.last().unwrap_or(&0.0),
-                figures.find_ms.last().unwrap_or(&0.0),
-                figures.small_open_us.last().unwrap_or(&0.0),
-                figures.seq_write_mbs.last().unwrap_or(&0.0),
-                figures.fsync_write_iops.last().unwrap_or(&0.0),
+                median(&f.cold_tar_mbs),
+                median(&f.warm_tar_mbs),
+                median(&f.ls_lr_ms),
+                median(&f.small_open_us),
+                median(&f.seq_read_mbs),
+                median(&f.seq_write_mbs),
+                median(&f.fsync_write_iops),
             );
-            drop(mounted);
+            drop(mounted[i].take());
         }
     }
     let body = render(
         io_uring,
         &args,
         &source,
-        source_bytes,
-        small.len(),
+        bench.source_bytes,
+        bench.small.len(),
         import_s,
         &results,
     );
@@ -445,7 +513,7 @@ fn render(
     bytes: u64,
     small: usize,
     import_s: f64,
-    results: &[(System, Figures)],
+    results: &[(System, Vec<Figures>)],
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## layerfs: an image as a sandbox root\n");
@@ -515,7 +583,11 @@ Strata's store has the node daemon's default chunk cache ({} MiB here: 1/16 of m
     let _ = writeln!(s, "| workload | Strata | Strata over /dev/fuse | kernel overlayfs | fuse-overlayfs | ext4 | Strata ÷ fuse-overlayfs | Strata ÷ overlayfs | Strata ÷ ext4 |");
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (label, pick, higher_better) in rows {
-        let value = |sys: System| median(pick(get(sys)));
+        // A system's figure: the median of all its passes in all runs.
+        let value = |sys: System| {
+            let all: Vec<f64> = get(sys).iter().flat_map(|f| pick(f).clone()).collect();
+            median(&all)
+        };
         let fmt = |v: f64| {
             if v.is_nan() {
                 "—".to_string()
@@ -525,18 +597,34 @@ Strata's store has the node daemon's default chunk cache ({} MiB here: 1/16 of m
                 format!("{v:.0}")
             }
         };
-        // A ratio > 1 always means Strata is better.
-        let ratio = |other: f64| {
-            let ours = value(System::Strata);
-            if other.is_nan() || ours.is_nan() || other == 0.0 || ours == 0.0 {
+        // Paired ratios, one per run (> 1 always means Strata is better):
+        // their median, and their range when there are several.
+        let ratio = |other: System| {
+            let per_run: Vec<f64> = get(System::Strata)
+                .iter()
+                .zip(get(other))
+                .filter_map(|(ours, theirs)| {
+                    let (ours, theirs) = (median(pick(ours)), median(pick(theirs)));
+                    if !(ours > 0.0 && theirs > 0.0) {
+                        return None;
+                    }
+                    Some(if higher_better {
+                        ours / theirs
+                    } else {
+                        theirs / ours
+                    })
+                })
+                .collect();
+            if per_run.is_empty() {
                 return "—".to_string();
             }
-            let r = if higher_better {
-                ours / other
+            let low = per_run.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = per_run.iter().copied().fold(0.0, f64::max);
+            if per_run.len() > 1 {
+                format!("{:.2}× ({low:.2}–{high:.2})", median(&per_run))
             } else {
-                other / ours
-            };
-            format!("{r:.2}×")
+                format!("{:.2}×", median(&per_run))
+            }
         };
         let _ = writeln!(
             s,
@@ -546,14 +634,14 @@ Strata's store has the node daemon's default chunk cache ({} MiB here: 1/16 of m
             fmt(value(System::Overlay)),
             fmt(value(System::FuseOverlay)),
             fmt(value(System::Ext4)),
-            ratio(value(System::FuseOverlay)),
-            ratio(value(System::Overlay)),
-            ratio(value(System::Ext4)),
+            ratio(System::FuseOverlay),
+            ratio(System::Overlay),
+            ratio(System::Ext4),
         );
     }
     let _ = writeln!(
         s,
-        "\nRatios are \"how many times better Strata is\" (> 1 is better for Strata, whether the figure is a time or a rate). \
+        "\nRatios are \"how many times better Strata is\" (> 1 is better for Strata, whether the figure is a time or a rate), paired: each workload is measured on all five systems back to back (seconds apart, all mounted at once, the order rotated each run), one ratio is taken per run from that run's figures, and the table gives their median and, in brackets, their range. \
 Targets (issue 19): ≥ 1.5× fuse-overlayfs on every workload; ≥ 0.8× overlayfs on warm `tar`, `find`, `ls -lR` and small-file open+read; ≥ 0.9× ext4 on sequential writes and fsync'd 4 KiB writes; cold sequential read ≥ 1 GB/s; mount ≤ 10 ms. \
 The seeds publish 1.1 GB/s sequential writes and 34K IOPS of fsync'd 4 KiB writes for Modal's gVisor root on bigger hardware."
     );
