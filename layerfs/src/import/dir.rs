@@ -273,7 +273,7 @@ pub fn import_dir(
     // Contents, in the order a reader walking the tree meets them, so
     // that files read one after another lie side by side in the packs.
     let rank = reading_order(&tree);
-    files.sort_by_key(|file| rank[file.index]);
+    files.sort_by_key(|file| rank.get(file.index).copied().unwrap_or(usize::MAX));
     let stored = store_files(&files, writer, limits.max_file_bytes)?;
     for (index, len, blob, new_bytes) in stored {
         stats.files += 1;
