@@ -66,6 +66,10 @@ pub struct Args {
     /// The results file.
     #[arg(long, default_value = "benches/RESULTS.md")]
     results: PathBuf,
+    /// Only write the parent and child images into the scratch directory
+    /// and stop (to profile a capture by hand).
+    #[arg(long)]
+    images_only: bool,
 }
 
 const PAGE: usize = 4096;
@@ -751,6 +755,14 @@ pub fn run(args: Args) -> Result<()> {
         (count(Class::NewText) + count(Class::NewRandom)) * 100.0
     );
     let (parent, child, new_pages) = generate(&args.work, &classes)?;
+    if args.images_only {
+        eprintln!(
+            "memory: images written: {} and {}",
+            parent.display(),
+            child.display()
+        );
+        return Ok(());
+    }
     eprintln!("memory: zstd -1 and cp --sparse=always");
     let base = baselines(&args, &child, &new_pages)?;
     let mut captures = Vec::new();

@@ -3,10 +3,15 @@
 //!
 //! The parent is compared by the page hashes its maps hold, so none of
 //! its pages is read. Maps are captured in parallel (one per task, on the
-//! caller's rayon pool); each reads its 16 MiB of the file once.
+//! caller's rayon pool); each reads its 16 MiB of the file once, in
+//! windows that stay in the CPU's cache, and skips the file's holes (a
+//! sparse RAM file's zero pages, the clean pages of a diff snapshot)
+//! without reading them.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -100,8 +105,18 @@ pub fn capture_file(writer: &Writer, file: &File, parent: Option<&ChunkId>) -> R
                 }
                 _ => None,
             };
-            read_span(file, start, len, buf)?;
-            capture_map(writer, buf, cell_pages, parent_map.as_ref())
+            let cell_bytes = cell_pages * PAGE_SIZE;
+            let data = data_extents(file, start, len)?;
+            let mut source = MapReader {
+                file,
+                start,
+                len,
+                cell_bytes,
+                data: &data,
+                buf,
+                window_start: None,
+            };
+            capture_map(writer, &mut source, &data, cell_pages, parent_map.as_ref())
         })
         .collect::<Result<_>>()?;
     let mut stats = CaptureStats::default();
@@ -129,14 +144,113 @@ pub fn capture_file(writer: &Writer, file: &File, parent: Option<&ChunkId>) -> R
     })
 }
 
-/// Reads `len` bytes at `start` into `buf`, zero-padded to whole pages.
-fn read_span(file: &File, start: u64, len: usize, buf: &mut Vec<u8>) -> Result<()> {
-    let padded = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-    buf.resize(padded, 0);
-    file.read_exact_at(&mut buf[..len], start)
-        .map_err(io(format!("reading the image at byte {start}")))?;
-    buf[len..].fill(0);
-    Ok(())
+/// The parts of the `len` bytes at `start` of `file` that hold data (as
+/// ranges from `start`), by `SEEK_DATA` and `SEEK_HOLE`: a VM's sparse RAM
+/// file, a diff snapshot's dirty pages. What lies outside them reads as
+/// zeros without reading. All of it on a filesystem that does not tell.
+fn data_extents(file: &File, start: u64, len: usize) -> Result<Vec<Range<usize>>> {
+    let fd = file.as_raw_fd();
+    let end = start + len as u64;
+    let seek = |offset: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
+        let offset = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
+        // SAFETY: lseek on a descriptor we borrow, integer arguments. Its
+        // change of the shared file position is harmless: the capture
+        // reads with positioned reads only.
+        let at = unsafe { libc::lseek(fd, offset, whence) };
+        if at >= 0 {
+            return Ok(Some(at as u64));
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            // No data from `offset` on.
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(err),
+        }
+    };
+    let mut extents = Vec::new();
+    let mut at = start;
+    while at < end {
+        let data = match seek(at, libc::SEEK_DATA) {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            // The filesystem does not know holes: all data.
+            Err(_) if at == start => return Ok(std::iter::once(0..len).collect()),
+            Err(e) => return Err(io(format!("finding data in the image at byte {at}"))(e)),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)
+            .map_err(io(format!("finding holes in the image at byte {data}")))?
+            .map_or(end, |h| h.clamp(data + 1, end));
+        extents.push((data - start) as usize..(hole - start) as usize);
+        at = hole;
+    }
+    Ok(extents)
+}
+
+/// Cells of a map's pages, read from the image a window at a time: a
+/// window small enough to stay in the CPU's cache while its cells are
+/// classified, hashed and compressed (measured: 16 MiB reads made the
+/// 4 GiB benchmark image's capture 5–10% slower).
+struct MapReader<'a> {
+    file: &'a File,
+    /// Offset of the map in the file, and its bytes (the last page may be
+    /// partial).
+    start: u64,
+    len: usize,
+    cell_bytes: usize,
+    /// The map's data extents ([`data_extents`]): a window stops at the
+    /// cell where one ends, so holes are not read.
+    data: &'a [Range<usize>],
+    buf: &'a mut Vec<u8>,
+    /// Where the window in `buf` starts in the map; `None` until the first
+    /// read.
+    window_start: Option<usize>,
+}
+
+/// Bytes read at once: 32 cells of 64 KiB, within a core's L2 cache.
+const WINDOW_BYTES: usize = 2 << 20;
+
+impl MapReader<'_> {
+    /// Pages of the map.
+    fn pages(&self) -> usize {
+        self.len.div_ceil(PAGE_SIZE)
+    }
+
+    /// The bytes of cell `cell` (whole pages, zero-padded past the end of
+    /// the file; the map's last cell may be shorter), reading the next
+    /// window when the cell is outside this one.
+    fn cell(&mut self, cell: usize) -> Result<&[u8]> {
+        let padded = self.pages() * PAGE_SIZE;
+        let from = cell * self.cell_bytes;
+        let to = (from + self.cell_bytes).min(padded);
+        let inside = self
+            .window_start
+            .is_some_and(|w| from >= w && to <= w + self.buf.len());
+        if !inside {
+            let cells_per_window = (WINDOW_BYTES / self.cell_bytes).max(1);
+            let extent_end = self
+                .data
+                .iter()
+                .find(|d| d.end > from)
+                .map_or(padded, |d| d.end.next_multiple_of(self.cell_bytes));
+            let window_end = (from + cells_per_window * self.cell_bytes)
+                .min(extent_end)
+                .max(to)
+                .min(padded);
+            let data_end = window_end.min(self.len);
+            self.buf.resize(window_end - from, 0);
+            let at = self.start + from as u64;
+            self.file
+                .read_exact_at(&mut self.buf[..data_end - from], at)
+                .map_err(io(format!("reading the image at byte {at}")))?;
+            self.buf[data_end - from..].fill(0);
+            self.window_start = Some(from);
+        }
+        let w = self.window_start.unwrap_or(0);
+        Ok(&self.buf[from - w..to - w])
+    }
 }
 
 /// How one page of a cell is stored.
@@ -150,11 +264,12 @@ enum Class {
 /// Stores one map's pages (`buf`, whole pages) and its node.
 fn capture_map(
     writer: &Writer,
-    buf: &[u8],
+    source: &mut MapReader,
+    data: &[Range<usize>],
     cell_pages: usize,
     parent: Option<&MapNode>,
 ) -> Result<(ChunkId, CaptureStats)> {
-    let pages = buf.len() / PAGE_SIZE;
+    let pages = source.pages();
     let mut stats = CaptureStats::default();
     let mut map = MapNode {
         cell_pages,
@@ -165,18 +280,23 @@ fn capture_map(
     let mut link_of: HashMap<ChunkId, usize> = HashMap::new();
     let mut classes: Vec<Class> = Vec::with_capacity(cell_pages);
     let mut packed: Vec<u8> = Vec::with_capacity(cell_pages * PAGE_SIZE);
-    for cell_start in (0..pages).step_by(cell_pages) {
+    for (cell, cell_start) in (0..pages).step_by(cell_pages).enumerate() {
         let cell_end = (cell_start + cell_pages).min(pages);
+        // A cell in a hole of a sparse file is zero without reading it.
+        let (from, to) = (cell_start * PAGE_SIZE, cell_end * PAGE_SIZE);
+        let hole = !data.iter().any(|d| d.start < to && d.end > from);
+        let bytes: &[u8] = if hole { &[] } else { source.cell(cell)? };
+        let page_bytes = |p: usize| &bytes[(p - cell_start) * PAGE_SIZE..][..PAGE_SIZE];
         classes.clear();
         let mut sources: Vec<ChunkId> = Vec::new();
         let mut new_pages = 0usize;
         for p in cell_start..cell_end {
-            let page = &buf[p * PAGE_SIZE..(p + 1) * PAGE_SIZE];
-            if cas::is_all_zero(page) {
+            if hole || cas::is_all_zero(page_bytes(p)) {
                 classes.push(Class::Zero);
                 map.hashes.push([0; 16]);
                 continue;
             }
+            let page = page_bytes(p);
             let hash: PageHash = page_hash(page);
             let same = parent.and_then(|pm| match pm.entries.get(p).map(|e| entry_ref(*e)) {
                 Some(PageRef::Data { link, page }) if pm.hashes[p] == hash => {
@@ -219,8 +339,7 @@ fn capture_map(
             packed.clear();
             for (i, class) in classes.iter().enumerate() {
                 if matches!(class, Class::New) {
-                    let p = cell_start + i;
-                    packed.extend_from_slice(&buf[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
+                    packed.extend_from_slice(page_bytes(cell_start + i));
                 }
             }
             let outcome = writer.put_data(&packed)?;

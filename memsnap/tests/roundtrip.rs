@@ -93,6 +93,67 @@ fn a_child_stores_only_its_new_pages() {
     }
 }
 
+/// Writes `image` with its zero pages as holes (as a VM's sparse RAM file
+/// or a diff snapshot is written).
+fn write_sparse(path: &std::path::Path, image: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = File::create(path).unwrap();
+    for (i, page) in image.chunks(PAGE_SIZE).enumerate() {
+        if page.iter().any(|&b| b != 0) {
+            file.write_all_at(page, (i * PAGE_SIZE) as u64).unwrap();
+        }
+    }
+    file.set_len(image.len() as u64).unwrap();
+}
+
+#[test]
+fn a_sparse_image_is_stored_as_its_dense_copy() {
+    // One image two ways, each into a store of its own: dense, and with
+    // its zero pages as holes (cells in holes are skipped unread). Both
+    // store the same records, alone and as the child of the same parent.
+    let dir = tempfile::tempdir().unwrap();
+    let parent = image(11, 9000, 300);
+    let (child, _) = child_of(&parent, 12);
+    let parent_path = dir.path().join("parent");
+    std::fs::write(&parent_path, &parent).unwrap();
+    let dense = dir.path().join("dense");
+    let sparse = dir.path().join("sparse");
+    std::fs::write(&dense, &child).unwrap();
+    write_sparse(&sparse, &child);
+    let allocated = std::fs::metadata(&sparse).unwrap().blocks() * 512;
+    assert!(
+        allocated < child.len() as u64 * 3 / 4,
+        "the sparse copy has holes ({allocated} bytes allocated)"
+    );
+    let mut results = Vec::new();
+    for way in ["dense", "holes"] {
+        let store =
+            cas::Store::init(&dir.path().join(format!("store-{way}")), Default::default()).unwrap();
+        let writer = store.writer("test");
+        let base = capture_file(&writer, &File::open(&parent_path).unwrap(), None).unwrap();
+        let path = if way == "holes" { &sparse } else { &dense };
+        let alone = capture_file(&writer, &File::open(path).unwrap(), None).unwrap();
+        let child_of_base =
+            capture_file(&writer, &File::open(path).unwrap(), Some(&base.id)).unwrap();
+        writer.commit().unwrap();
+        assert_eq!(alone.stats.pages.zero, zero_pages(&child), "{way}");
+        let back = dir.path().join(format!("back-{way}"));
+        restore(&store, &child_of_base.id, &back).unwrap();
+        assert!(
+            std::fs::read(&back).unwrap() == child,
+            "{way}: restored image differs"
+        );
+        results.push((way, alone.id, child_of_base.id));
+    }
+    for (way, alone, child_of_base) in &results[1..] {
+        assert_eq!(*alone, results[0].1, "{way} against dense, alone");
+        assert_eq!(
+            *child_of_base, results[0].2,
+            "{way} against dense, with parent"
+        );
+    }
+}
+
 #[test]
 fn many_generations_stay_exact() {
     // Each generation changes pages of the last; a cell's pages come from
