@@ -140,11 +140,29 @@ fn child_seed(page: usize) -> u64 {
     (page as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ 0xb0b
 }
 
-/// Writes the parent image, the child image and the child's new pages
-/// alone (for zstd's reference size). Dense files, as a VM writes its RAM.
-fn generate(work: &Path, classes: &[Class]) -> Result<(PathBuf, PathBuf, PathBuf)> {
+/// The images a run stores.
+struct Images {
+    parent: PathBuf,
+    child: PathBuf,
+    /// The child with its zero pages as holes (a sparse copy of the RAM
+    /// file).
+    child_sparse: PathBuf,
+    /// A RAM file of the same size of which one part in 20 was ever
+    /// written (the child's bytes, 1 MiB in every 20 MiB), holes
+    /// elsewhere: a VM that touched 5% of its memory.
+    touched: PathBuf,
+    /// The child's new pages alone (for zstd's reference size).
+    new_pages: PathBuf,
+}
+
+/// Writes the parent image, the child image (dense files, as a VM writes
+/// its RAM), the child again with its zero pages as holes, and the
+/// child's new pages alone.
+fn generate(work: &Path, classes: &[Class]) -> Result<Images> {
     let parent = work.join("parent.ram");
     let child = work.join("child.ram");
+    let child_sparse = work.join("child-sparse.ram");
+    let touched = work.join("touched.ram");
     let new_pages = work.join("child-new-pages");
     let block_pages = 4096; // 16 MiB
     let blocks: Vec<usize> = (0..classes.len().div_ceil(block_pages)).collect();
@@ -164,6 +182,8 @@ fn generate(work: &Path, classes: &[Class]) -> Result<(PathBuf, PathBuf, PathBuf
         File::create(&parent)?,
         File::create(&child)?,
         File::create(&new_pages)?,
+        File::create(&child_sparse)?,
+        File::create(&touched)?,
     ];
     blocks.par_iter().try_for_each(|&b| -> Result<()> {
         let start = b * block_pages;
@@ -195,12 +215,45 @@ fn generate(work: &Path, classes: &[Class]) -> Result<(PathBuf, PathBuf, PathBuf
         files[0].write_all_at(&p, offset)?;
         files[1].write_all_at(&c, offset)?;
         files[2].write_all_at(&n, new_offsets[b])?;
+        // The sparse child: each run of non-zero pages written, the rest
+        // left as holes.
+        let mut page = start;
+        while page < end {
+            if classes[page] == Class::Zero {
+                page += 1;
+                continue;
+            }
+            let run_end = (page..end)
+                .find(|&q| classes[q] == Class::Zero)
+                .unwrap_or(end);
+            files[3].write_all_at(
+                &c[(page - start) * PAGE..(run_end - start) * PAGE],
+                (page * PAGE) as u64,
+            )?;
+            page = run_end;
+        }
+        // The touched file: 1 MiB of the child at every 20 MiB.
+        let (from, to) = (start * PAGE, end * PAGE);
+        let mut at = from.next_multiple_of(20 << 20);
+        while at < to {
+            let len = (1 << 20).min(to - at);
+            files[4].write_all_at(&c[at - from..at - from + len], at as u64)?;
+            at += 20 << 20;
+        }
         Ok(())
     })?;
+    files[3].set_len((classes.len() * PAGE) as u64)?;
+    files[4].set_len((classes.len() * PAGE) as u64)?;
     for f in &files {
         f.sync_all()?;
     }
-    Ok((parent, child, new_pages))
+    Ok(Images {
+        parent,
+        child,
+        child_sparse,
+        touched,
+        new_pages,
+    })
 }
 
 fn ms(d: Duration) -> f64 {
@@ -298,6 +351,16 @@ struct CaptureFigures {
     restored_disk: u64,
 }
 
+/// A node daemon on an empty store at `home` with `cell_kib` cells.
+fn fresh_daemon(args: &Args, home: &Path, cell_kib: u64) -> Result<StrataDaemon> {
+    remove(home)?;
+    StrataDaemon::start_with(
+        &args.snapctl,
+        home,
+        &["--fixed-chunk", &format!("{cell_kib}KiB")],
+    )
+}
+
 /// Stores parent and child in a fresh store with `cell_kib` cells (runs
 /// times); restores the child eagerly (runs times). Leaves the last
 /// daemon running, returned with the child's snapshot id.
@@ -319,13 +382,8 @@ fn capture(
     let mut last = None;
     for run in 0..args.runs {
         drop(last.take());
-        let home = args.work.join(format!("home-{cell_kib}k"));
-        remove(&home)?;
-        let mut daemon = StrataDaemon::start_with(
-            &args.snapctl,
-            &home,
-            &["--fixed-chunk", &format!("{cell_kib}KiB")],
-        )?;
+        let mut daemon =
+            fresh_daemon(args, &args.work.join(format!("home-{cell_kib}k")), cell_kib)?;
         let started = Instant::now();
         let p = daemon.call("mem.put", json!({ "source": parent }))?;
         figures.parent_ms.push(ms(started.elapsed()));
@@ -365,6 +423,85 @@ fn capture(
     }
     fs::remove_file(&target)?;
     Ok((figures, daemon, child_id))
+}
+
+/// The sparse files' figures.
+struct SparseFigures {
+    /// The child stored from its sparse copy, with the parent.
+    child_ms: Vec<f64>,
+    /// The touched file stored alone, and copied by `cp --sparse=always`.
+    touched_ms: Vec<f64>,
+    touched_cp_ms: Vec<f64>,
+    touched_stored: u64,
+}
+
+/// In a fresh store with `cell_kib` cells (runs times): stores the
+/// touched file alone, then the parent, then the child from its sparse
+/// copy (which must find the new pages the dense one did); and copies
+/// the touched file with `cp --sparse=always`.
+fn capture_sparse(
+    args: &Args,
+    cell_kib: u64,
+    images: &Images,
+    dense: &CaptureFigures,
+) -> Result<SparseFigures> {
+    let mut f = SparseFigures {
+        child_ms: Vec::new(),
+        touched_ms: Vec::new(),
+        touched_cp_ms: Vec::new(),
+        touched_stored: 0,
+    };
+    let home = args.work.join("home-sparse");
+    // In the page cache, as the dense child is when it is stored.
+    let cache = |path: &Path| -> Result<()> {
+        std::io::copy(&mut File::open(path)?, &mut std::io::sink())?;
+        Ok(())
+    };
+    for run in 0..args.runs {
+        let mut daemon = fresh_daemon(args, &home, cell_kib)?;
+        // The touched file first, into the empty store: nothing of it is
+        // stored already.
+        cache(&images.touched)?;
+        let started = Instant::now();
+        let t = daemon.call("mem.put", json!({ "source": images.touched }))?;
+        f.touched_ms.push(ms(started.elapsed()));
+        f.touched_stored = t["memory"]["stored_bytes"].as_u64().unwrap_or(0);
+        let p = daemon.call("mem.put", json!({ "source": images.parent }))?;
+        let parent_id = p["id"].as_str().context("mem.put id")?.to_string();
+        cache(&images.child_sparse)?;
+        let started = Instant::now();
+        let c = daemon.call(
+            "mem.put",
+            json!({ "source": images.child_sparse, "parent": parent_id }),
+        )?;
+        f.child_ms.push(ms(started.elapsed()));
+        let new_pages = c["memory"]["pages"]["new"].as_u64().unwrap_or(0);
+        if new_pages != dense.child_new_pages {
+            bail!(
+                "the sparse child has {new_pages} new pages, the dense one {}",
+                dense.child_new_pages
+            );
+        }
+        drop(daemon);
+        let copy = args.work.join("touched-copy.ram");
+        let _ = fs::remove_file(&copy);
+        f.touched_cp_ms.push(ms(timed(&format!(
+            "cp --sparse=always {} {} && sync {}",
+            shell_quote(&images.touched),
+            shell_quote(&copy),
+            shell_quote(&copy)
+        ))?));
+        fs::remove_file(&copy)?;
+        eprintln!(
+            "memory: sparse child, run {}: {:.0} ms; touched file {:.0} ms, cp {:.0} ms",
+            run + 1,
+            f.child_ms[run],
+            f.touched_ms[run],
+            f.touched_cp_ms[run]
+        );
+    }
+    remove(&home)?;
+    Ok(f)
 }
 
 struct ServeFigures {
@@ -754,26 +891,31 @@ pub fn run(args: Args) -> Result<()> {
         count(Class::Parent) * 100.0,
         (count(Class::NewText) + count(Class::NewRandom)) * 100.0
     );
-    let (parent, child, new_pages) = generate(&args.work, &classes)?;
+    let images = generate(&args.work, &classes)?;
+    let (parent, child, new_pages) = (&images.parent, &images.child, &images.new_pages);
     if args.images_only {
         eprintln!(
-            "memory: images written: {} and {}",
+            "memory: images written: {}, {} and {}",
             parent.display(),
-            child.display()
+            child.display(),
+            images.child_sparse.display()
         );
         return Ok(());
     }
     eprintln!("memory: zstd -1 and cp --sparse=always");
-    let base = baselines(&args, &child, &new_pages)?;
+    let base = baselines(&args, child, new_pages)?;
     let mut captures = Vec::new();
     let mut kept = None;
     for &cell in &args.cells_kib {
-        let (figures, daemon, id) = capture(&args, cell, &parent, &child)?;
+        let (figures, daemon, id) = capture(&args, cell, parent, child)?;
         captures.push(figures);
         if kept.is_none() {
             kept = Some((daemon, id));
         }
     }
+    let first_cell = *args.cells_kib.first().context("no cell sizes given")?;
+    eprintln!("memory: the child from a sparse file");
+    let sparse = capture_sparse(&args, first_cell, &images, &captures[0])?;
     let (mut daemon, id) = kept.context("no cell sizes given")?;
     eprintln!("memory: page server");
     let served = serve(&args, &mut daemon, &id, &classes, image)?;
@@ -784,10 +926,24 @@ pub fn run(args: Args) -> Result<()> {
         None
     };
     drop(daemon);
-    let report = report(&args, &captures, &base, &served, gvisor.as_ref(), &classes)?;
+    let report = report(
+        &args,
+        &captures,
+        &sparse,
+        &base,
+        &served,
+        gvisor.as_ref(),
+        &classes,
+    )?;
     println!("{report}");
     write_section(&args.results, "memory", &report)?;
-    for f in [&parent, &child, &new_pages] {
+    for f in [
+        parent,
+        child,
+        new_pages,
+        &images.child_sparse,
+        &images.touched,
+    ] {
         let _ = fs::remove_file(f);
     }
     for c in &args.cells_kib {
@@ -799,6 +955,7 @@ pub fn run(args: Args) -> Result<()> {
 fn report(
     args: &Args,
     captures: &[CaptureFigures],
+    sparse: &SparseFigures,
     base: &Baselines,
     s: &ServeFigures,
     gvisor: Option<&RunscFigures>,
@@ -843,6 +1000,20 @@ fn report(
         median(&base.zstd_ms) / 1e3,
         median(&base.cp_ms) / 1e3,
         yes(capture_s <= 1.0)
+    )?;
+    let sparse_s = median(&sparse.child_ms) / 1e3;
+    writeln!(
+        r,
+        "| capture of the same child from a sparse copy (its zero pages as holes) | {:.2} s ({:.2} GB/s of image) | — | — | |",
+        sparse_s,
+        gb / sparse_s
+    )?;
+    writeln!(
+        r,
+        "| capture of a RAM file of the same size of which 5% was written (holes elsewhere; no parent) | {:.3} s, {:.1} MB stored | `cp --sparse=always` + `sync` {:.3} s | — | |",
+        median(&sparse.touched_ms) / 1e3,
+        sparse.touched_stored as f64 / 1e6,
+        median(&sparse.touched_cp_ms) / 1e3
     )?;
     writeln!(
         r,

@@ -4,9 +4,9 @@
 //! The parent is compared by the page hashes its maps hold, so none of
 //! its pages is read. Maps are captured in parallel (one per task, on the
 //! caller's rayon pool); each reads its 16 MiB of the file once, in
-//! windows that stay in the CPU's cache, and skips the file's holes (a
-//! sparse RAM file's zero pages, the clean pages of a diff snapshot)
-//! without reading them.
+//! windows that stay in the CPU's cache, and skips the file's holes (zero
+//! pages by definition: the memory a VM never touched in a RAM file
+//! written sparse, a sparse copy's zero pages) without reading them.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -145,9 +145,9 @@ pub fn capture_file(writer: &Writer, file: &File, parent: Option<&ChunkId>) -> R
 }
 
 /// The parts of the `len` bytes at `start` of `file` that hold data (as
-/// ranges from `start`), by `SEEK_DATA` and `SEEK_HOLE`: a VM's sparse RAM
-/// file, a diff snapshot's dirty pages. What lies outside them reads as
-/// zeros without reading. All of it on a filesystem that does not tell.
+/// ranges from `start`), by `SEEK_DATA` and `SEEK_HOLE` (a VM's RAM file
+/// written sparse). What lies outside them reads as zeros without
+/// reading. All of it on a filesystem that does not tell.
 fn data_extents(file: &File, start: u64, len: usize) -> Result<Vec<Range<usize>>> {
     let fd = file.as_raw_fd();
     let end = start + len as u64;
