@@ -113,10 +113,11 @@ pub fn capture_file(writer: &Writer, file: &File, parent: Option<&ChunkId>) -> R
                 len,
                 cell_bytes,
                 data: &data,
+                next_extent: 0,
                 buf,
                 window_start: None,
             };
-            capture_map(writer, &mut source, &data, cell_pages, parent_map.as_ref())
+            capture_map(writer, &mut source, cell_pages, parent_map.as_ref())
         })
         .collect::<Result<_>>()?;
     let mut stats = CaptureStats::default();
@@ -200,9 +201,12 @@ struct MapReader<'a> {
     start: u64,
     len: usize,
     cell_bytes: usize,
-    /// The map's data extents ([`data_extents`]): a window stops at the
-    /// cell where one ends, so holes are not read.
+    /// The map's data extents ([`data_extents`]): a cell outside them is
+    /// not read, and a window stops at the cell where one ends.
     data: &'a [Range<usize>],
+    /// The first extent that ends after the last cell asked about (cells
+    /// are asked about in order).
+    next_extent: usize,
     buf: &'a mut Vec<u8>,
     /// Where the window in `buf` starts in the map; `None` until the first
     /// read.
@@ -220,21 +224,32 @@ impl MapReader<'_> {
 
     /// The bytes of cell `cell` (whole pages, zero-padded past the end of
     /// the file; the map's last cell may be shorter), reading the next
-    /// window when the cell is outside this one.
-    fn cell(&mut self, cell: usize) -> Result<&[u8]> {
+    /// window when the cell is outside this one; `None` when the cell lies
+    /// in a hole of the file (all zero, not read). Cells are asked for in
+    /// order.
+    fn cell(&mut self, cell: usize) -> Result<Option<&[u8]>> {
         let padded = self.pages() * PAGE_SIZE;
         let from = cell * self.cell_bytes;
         let to = (from + self.cell_bytes).min(padded);
+        while self
+            .data
+            .get(self.next_extent)
+            .is_some_and(|d| d.end <= from)
+        {
+            self.next_extent += 1;
+        }
+        let Some(extent) = self.data.get(self.next_extent) else {
+            return Ok(None);
+        };
+        if extent.start >= to {
+            return Ok(None);
+        }
         let inside = self
             .window_start
             .is_some_and(|w| from >= w && to <= w + self.buf.len());
         if !inside {
             let cells_per_window = (WINDOW_BYTES / self.cell_bytes).max(1);
-            let extent_end = self
-                .data
-                .iter()
-                .find(|d| d.end > from)
-                .map_or(padded, |d| d.end.next_multiple_of(self.cell_bytes));
+            let extent_end = extent.end.next_multiple_of(self.cell_bytes);
             let window_end = (from + cells_per_window * self.cell_bytes)
                 .min(extent_end)
                 .max(to)
@@ -249,7 +264,7 @@ impl MapReader<'_> {
             self.window_start = Some(from);
         }
         let w = self.window_start.unwrap_or(0);
-        Ok(&self.buf[from - w..to - w])
+        Ok(Some(&self.buf[from - w..to - w]))
     }
 }
 
@@ -261,11 +276,10 @@ enum Class {
     New,
 }
 
-/// Stores one map's pages (`buf`, whole pages) and its node.
+/// Stores one map's pages (read through `source`) and its node.
 fn capture_map(
     writer: &Writer,
     source: &mut MapReader,
-    data: &[Range<usize>],
     cell_pages: usize,
     parent: Option<&MapNode>,
 ) -> Result<(ChunkId, CaptureStats)> {
@@ -283,9 +297,10 @@ fn capture_map(
     for (cell, cell_start) in (0..pages).step_by(cell_pages).enumerate() {
         let cell_end = (cell_start + cell_pages).min(pages);
         // A cell in a hole of a sparse file is zero without reading it.
-        let (from, to) = (cell_start * PAGE_SIZE, cell_end * PAGE_SIZE);
-        let hole = !data.iter().any(|d| d.start < to && d.end > from);
-        let bytes: &[u8] = if hole { &[] } else { source.cell(cell)? };
+        let (hole, bytes) = match source.cell(cell)? {
+            Some(bytes) => (false, bytes),
+            None => (true, &[][..]),
+        };
         let page_bytes = |p: usize| &bytes[(p - cell_start) * PAGE_SIZE..][..PAGE_SIZE];
         classes.clear();
         let mut sources: Vec<ChunkId> = Vec::new();
